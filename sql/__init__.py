@@ -1,0 +1,1 @@
+"""The SQL of uploaderd, shipped as package data (``uploaderd.sql``)."""

@@ -1,0 +1,203 @@
+-- Every query the daemon and the commands run, one named block each ("-- name: NAME").
+-- uploaderd.ledger loads this file once and refers to the blocks by name; parameters are
+-- bound by psycopg2 (%(name)s), never formatted into the text.
+
+-- name: open_sessions
+-- The open session of each group, created on first use; one round trip for a whole batch.
+WITH wanted AS (SELECT DISTINCT unnest(%(group_keys)s::text[]) AS group_key)
+INSERT INTO sessions (job, host, origin, group_key)
+SELECT %(job)s, %(host)s, 'daemon', group_key FROM wanted
+ON CONFLICT (job, group_key) WHERE state = 'open' AND group_key IS NOT NULL
+DO UPDATE SET last_activity_at = now()
+RETURNING id, group_key;
+
+-- name: enqueue_versions
+-- New complete versions in one statement. Older versions of the same paths that never made
+-- it (pending or failed) are superseded: their content is gone from disk.
+WITH incoming AS (
+    SELECT * FROM unnest(
+        %(roots)s::text[], %(relpaths)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
+        %(inodes)s::bigint[], %(keys)s::text[], %(sessions)s::bigint[], %(errors)s::text[]
+    ) AS i(root, relpath, size, mtime_ns, inode, key, session_id, error)
+), inserted AS (
+    -- A version that can never upload (its key would be unsafe) is recorded as failed at once.
+    INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inode, bucket,
+                               key, session_id, state, last_error)
+    SELECT %(job)s, %(scope)s, %(host)s, root, relpath, size, mtime_ns, inode, %(bucket)s, key,
+           session_id, CASE WHEN error IS NULL THEN 'pending' ELSE 'failed' END, error
+    FROM incoming
+    ON CONFLICT ON CONSTRAINT file_versions_one_row_per_version DO NOTHING
+    RETURNING id, root, relpath
+), superseded AS (
+    UPDATE file_versions old
+    SET state = 'superseded', last_error = 'replaced by a newer version', updated_at = now()
+    FROM inserted
+    WHERE old.job = %(job)s AND old.scope = %(scope)s AND old.root = inserted.root
+      AND old.relpath = inserted.relpath
+      AND old.id < inserted.id AND old.state IN ('pending', 'failed')
+    RETURNING old.id
+)
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM superseded);
+
+-- name: notify_work
+SELECT pg_notify('uploaderd_work', %(job)s);
+
+-- name: listen_work
+LISTEN uploaderd_work;
+
+-- name: known_versions
+-- The newest version of every path of a job: discovery skips what the ledger already has.
+SELECT DISTINCT ON (root, relpath) root, relpath, size, mtime_ns, inode
+FROM file_versions
+WHERE job = %(job)s AND scope = %(scope)s
+ORDER BY root, relpath, id DESC;
+
+-- name: claim_batch
+-- A short claim: lock free rows without waiting on other claimers, mark them with our
+-- worker id, the attempt number and a lease, and open their attempt rows. Committed at once.
+WITH claimed AS (
+    UPDATE file_versions
+    SET state = 'uploading', attempts = attempts + 1, claimed_by = %(worker)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        first_attempt_at = coalesce(first_attempt_at, now()), updated_at = now()
+    WHERE id IN (
+        SELECT id FROM file_versions
+        WHERE state = 'pending' AND next_attempt_at <= now()
+          AND job = ANY(%(jobs)s::text[]) AND scope = ANY(%(scopes)s::text[])
+        ORDER BY next_attempt_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id, job, root, relpath, size, mtime_ns, inode, bucket, key, attempts, session_id
+), attempts AS (
+    INSERT INTO upload_attempts (file_version_id, attempt, host, worker)
+    SELECT id, attempts, %(host)s, %(worker)s FROM claimed
+)
+SELECT * FROM claimed ORDER BY id;
+
+-- name: renew_leases
+UPDATE file_versions
+SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker)s AND state = 'uploading';
+
+-- name: complete_batch
+-- Outcomes of finished attempts, fenced on the claimer and the attempt number: a worker
+-- whose lease was reclaimed cannot overwrite the newer attempt's result.
+WITH outcome AS (
+    SELECT * FROM unnest(
+        %(ids)s::bigint[], %(attempts)s::int[], %(states)s::text[], %(outcomes)s::text[],
+        %(sha256s)s::text[], %(etags)s::text[], %(errors)s::text[], %(delays)s::float8[],
+        %(bytes)s::bigint[]
+    ) AS o(id, attempt, state, outcome, sha256, etag, error, delay, bytes)
+), finished AS (
+    UPDATE file_versions fv
+    SET state = o.state,
+        sha256 = coalesce(o.sha256, fv.sha256),
+        etag = coalesce(o.etag, fv.etag),
+        last_error = o.error,
+        next_attempt_at = CASE WHEN o.delay IS NULL THEN fv.next_attempt_at
+                               ELSE now() + make_interval(secs => o.delay) END,
+        uploaded_at = CASE WHEN o.state = 'uploaded' THEN now() ELSE fv.uploaded_at END,
+        claimed_by = NULL, lease_expires_at = NULL, updated_at = now()
+    FROM outcome o
+    WHERE fv.id = o.id AND fv.attempts = o.attempt AND fv.claimed_by = %(worker)s
+      AND fv.state = 'uploading'
+    RETURNING fv.id, o.attempt, o.outcome, o.error, o.bytes
+), recorded AS (
+    UPDATE upload_attempts a
+    SET finished_at = now(), outcome = f.outcome, error = f.error, bytes = f.bytes
+    FROM finished f
+    WHERE a.file_version_id = f.id AND a.attempt = f.attempt
+)
+SELECT id FROM finished;
+
+-- name: release_claims
+-- Shutdown: hand unfinished claims back without charging an attempt.
+WITH released AS (
+    UPDATE file_versions
+    SET state = 'pending', attempts = attempts - 1, claimed_by = NULL, lease_expires_at = NULL,
+        next_attempt_at = now(), updated_at = now()
+    WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker)s AND state = 'uploading'
+    RETURNING id, attempts + 1 AS attempt
+)
+UPDATE upload_attempts a
+SET finished_at = now(), outcome = 'released', error = 'daemon stopping'
+FROM released r
+WHERE a.file_version_id = r.id AND a.attempt = r.attempt;
+
+-- name: reclaim_leases
+-- Claims whose lease ran out (a crashed or partitioned worker), and claims of workers known
+-- to be dead (same host, process gone): back to pending, the attempt recorded as expired.
+WITH expired AS (
+    UPDATE file_versions
+    SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL,
+        next_attempt_at = now(), updated_at = now()
+    WHERE state = 'uploading'
+      AND (lease_expires_at < now() OR claimed_by = ANY(%(dead_workers)s::text[]))
+    RETURNING id, attempts
+), recorded AS (
+    UPDATE upload_attempts a
+    SET finished_at = now(), outcome = 'expired', error = 'lease expired'
+    FROM expired e
+    WHERE a.file_version_id = e.id AND a.attempt = e.attempts
+)
+SELECT count(*) FROM expired;
+
+-- name: workers_on_host
+SELECT DISTINCT claimed_by FROM file_versions
+WHERE state = 'uploading' AND claimed_by LIKE %(prefix)s;
+
+-- name: job_counts
+-- Per job and state: files, bytes and the age of the oldest pending file.
+SELECT job, state, count(*) AS files, coalesce(sum(size), 0)::bigint AS bytes,
+       extract(epoch FROM now() - min(discovered_at)) AS oldest_age_seconds,
+       max(uploaded_at) AS last_uploaded_at
+FROM file_versions
+WHERE (%(job)s::text IS NULL OR job = %(job)s)
+GROUP BY job, state
+ORDER BY job, state;
+
+-- name: recent_errors
+SELECT job, relpath, state, attempts, last_error, updated_at
+FROM file_versions
+WHERE last_error IS NOT NULL AND state IN ('pending', 'failed')
+  AND (%(job)s::text IS NULL OR job = %(job)s)
+ORDER BY updated_at DESC
+LIMIT %(limit)s;
+
+-- name: list_files
+SELECT id, job, host, relpath, size, state, attempts, bucket, key, sha256, last_error,
+       session_id, discovered_at, uploaded_at, next_attempt_at
+FROM file_versions
+WHERE (%(job)s::text IS NULL OR job = %(job)s)
+  AND (%(state)s::text IS NULL OR state = %(state)s)
+  AND (%(session_id)s::bigint IS NULL OR session_id = %(session_id)s)
+ORDER BY id
+LIMIT %(limit)s;
+
+-- name: try_cluster_lock
+-- Work that must run once per cluster (sweeps) holds this for one transaction.
+SELECT pg_try_advisory_xact_lock(hashtext('uploaderd'), hashtext(%(name)s));
+
+-- name: ping
+SELECT 1;
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS uploaderd_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: applied_migrations
+SELECT version FROM uploaderd_migrations;
+
+-- name: record_migration
+INSERT INTO uploaderd_migrations (version, name) VALUES (%(version)s, %(name)s);
+
+-- name: lock_migrations
+-- Session-level, so it spans the one transaction per migration file.
+SELECT pg_advisory_lock(hashtext('uploaderd'), hashtext('migrate'));
+
+-- name: unlock_migrations
+SELECT pg_advisory_unlock(hashtext('uploaderd'), hashtext('migrate'));

@@ -1,0 +1,39 @@
+"""Helpers shared by every test tier (import as ``from helpers import wait_for``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str = "condition",
+    ignore: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    Tests wait on the condition they need, with a deadline, instead of sleeping
+    and hoping. Exceptions listed in ``ignore`` count as "not yet" (e.g. a
+    NoSuchKey while an upload is still in flight). On timeout the
+    AssertionError names what was awaited and the last value (or exception)
+    seen, which is usually enough to tell a slow system from a broken one.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value: T | BaseException = predicate()
+        except ignore as exc:
+            value = exc
+        if value and not isinstance(value, BaseException):
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message}; last: {value!r}"
+            )
+        time.sleep(interval)

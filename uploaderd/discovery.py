@@ -1,0 +1,285 @@
+"""From "look at this path" to queued file versions: the settle check, then the ledger.
+
+One thread owns all discovery state: the paths waiting to settle, the versions the ledger
+already knows, the scans in progress and the batches not yet written. Watchdog threads and
+the scheduler only put requests on its queue. Scans advance a slice at a time between
+events, so a long rescan never stalls event handling. Complete versions are written in
+batches (one round trip for many files); while PostgreSQL is away they wait in memory and
+the next successful write is followed by a full rescan.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from collections import Counter as Tally
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from uploaderd import metrics
+from uploaderd.config import Job
+from uploaderd.errors import DatabaseUnavailable, KeyTemplateError
+from uploaderd.keys import key_variables
+from uploaderd.ledger import Ledger, NewVersion
+from uploaderd.scanner import Candidate, ScanRules, check_path, scan
+from uploaderd.sessions import group_key
+from uploaderd.settle import SettleTracker, Signature
+from uploaderd.watcher import PathEvent
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 500
+SCAN_SLICE = 2000
+_MAX_BACKOFF = 30.0
+
+PathKey = tuple[str, str]  # (root, relpath)
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    job: str
+
+
+@dataclass
+class _JobState:
+    job: Job
+    tracker: SettleTracker[PathKey]
+    known: dict[PathKey, Signature] = field(default_factory=dict)
+    known_loaded: bool = False
+    batch: list[tuple[Candidate, str]] = field(default_factory=list)
+
+    @property
+    def rules(self) -> ScanRules:
+        source = self.job.source
+        return ScanRules(source.filter, source.recursive, source.follow_symlinks)
+
+
+class Discovery:
+    """The discovery thread and its inbox."""
+
+    def __init__(self, ledger: Ledger, *, host: str | None = None,
+                 on_db: Callable[[bool], None] = lambda up: None) -> None:
+        self.ledger = ledger
+        self.host = host or socket.gethostname()
+        self.on_db = on_db
+        self.inbox: queue.SimpleQueue[PathEvent | ScanRequest | dict[str, Job]] = (
+            queue.SimpleQueue()
+        )
+        self._jobs: dict[str, _JobState] = {}
+        self._scans: deque[tuple[str, Iterator[Candidate]]] = deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="discovery", daemon=True)
+        self._db_ok = True
+        self._retry_at = 0.0
+        self._backoff = 0.5
+        self._idle = threading.Event()
+
+    # --- called from other threads ---------------------------------------------------------
+
+    def set_jobs(self, jobs: dict[str, Job]) -> None:
+        self.inbox.put(dict(jobs))
+
+    def submit(self, event: PathEvent) -> None:
+        self.inbox.put(event)
+
+    def request_scan(self, job: str) -> None:
+        self.inbox.put(ScanRequest(job))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after a last attempt to write what is complete."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def settled(self) -> bool:
+        """True when nothing is waiting: no scan, no unsettled path, no unwritten batch."""
+        return self._idle.is_set()
+
+    # --- the thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_tick = 0.0
+        while not self._stop.is_set():
+            busy = bool(self._scans) or any(len(s.tracker) or s.batch for s in self._jobs.values())
+            if busy:
+                self._idle.clear()
+            else:
+                self._idle.set()
+            self._drain(timeout=0.0 if self._scans else self._tick_interval() if busy else 0.5)
+            self._advance_scan()
+            now = time.monotonic()
+            if now >= next_tick:
+                self._recheck_tracked()
+                next_tick = now + self._tick_interval()
+            self._flush(force=not self._scans)
+        self._flush(force=True)
+
+    def _tick_interval(self) -> float:
+        settles = [s.job.source.settle for s in self._jobs.values()] or [1.0]
+        return min(0.5, max(0.05, min(settles) / 4))
+
+    def _drain(self, timeout: float) -> None:
+        try:
+            item = self.inbox.get(timeout=timeout) if timeout else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        for _ in range(10_000):  # bounded, so a flood of events cannot starve the rest
+            self._handle(item)
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, item: PathEvent | ScanRequest | dict[str, Job]) -> None:
+        if isinstance(item, dict):
+            self._apply_jobs(item)
+        elif isinstance(item, ScanRequest):
+            self._start_scan(item.job)
+        elif item.job in self._jobs:
+            state = self._jobs[item.job]
+            if item.is_dir:
+                self._scans.append((item.job, scan(item.root, state.rules, start=item.path)))
+            else:
+                candidate = check_path(item.root, item.path, state.rules)
+                if candidate is not None:
+                    self._observe(state, candidate, "watch")
+
+    def _apply_jobs(self, jobs: dict[str, Job]) -> None:
+        for name in list(self._jobs):
+            if name not in jobs:
+                self._flush_job(self._jobs.pop(name))
+        for name, job in jobs.items():
+            state = self._jobs.get(name)
+            if state is None or state.job.source != job.source:
+                self._jobs[name] = _JobState(job, SettleTracker(job.source.settle))
+                self._start_scan(name)
+            else:
+                state.job = job
+
+    def _start_scan(self, name: str) -> None:
+        state = self._jobs.get(name)
+        if state is None:
+            return
+        self._load_known(state)
+        rules = state.rules
+        for path in state.job.source.paths:
+            self._scans.append((name, scan(str(path), rules)))
+
+    def _load_known(self, state: _JobState) -> None:
+        if state.known_loaded:
+            return
+        try:
+            state.known = self.ledger.known_versions(state.job.name, self._scope(state.job))
+            state.known_loaded = True
+        except DatabaseUnavailable as exc:
+            self._db_down(exc)
+
+    def _advance_scan(self) -> None:
+        if not self._scans:
+            return
+        name, candidates = self._scans[0]
+        state = self._jobs.get(name)
+        seen = 0
+        for _, candidate in zip(range(SCAN_SLICE), candidates, strict=False):
+            seen += 1
+            if state is not None:
+                self._observe(state, candidate, "scan")
+        if seen < SCAN_SLICE:
+            self._scans.popleft()
+
+    def _observe(self, state: _JobState, candidate: Candidate, source: str) -> None:
+        key = (candidate.root, candidate.relpath)
+        if state.known.get(key) == candidate.signature:
+            state.tracker.forget(key)
+            return
+        first_source = state.tracker.observe(key, candidate.signature, source)
+        if first_source is not None:
+            state.batch.append((candidate, first_source))
+
+    def _recheck_tracked(self) -> None:
+        for state in self._jobs.values():
+            rules = state.rules
+            for root, relpath in state.tracker.pending():
+                candidate = check_path(root, f"{root}/{relpath}", rules)
+                if candidate is None:
+                    state.tracker.forget((root, relpath))
+                else:
+                    self._observe(state, candidate, "watch")
+
+    # --- writing to the ledger -------------------------------------------------------------
+
+    def _flush(self, *, force: bool) -> None:
+        if time.monotonic() < self._retry_at:
+            return
+        for state in list(self._jobs.values()):
+            due = state.batch and (force or len(state.batch) >= BATCH_SIZE)
+            if due and not self._flush_job(state):
+                return
+
+    def _flush_job(self, state: _JobState) -> bool:
+        job = state.job
+        try:
+            self._load_known(state)
+            while state.batch:
+                chunk = state.batch[:BATCH_SIZE]
+                self._write(job, [candidate for candidate, _ in chunk])
+                del state.batch[: len(chunk)]
+                for candidate, _ in chunk:
+                    state.known[(candidate.root, candidate.relpath)] = candidate.signature
+                for source, count in Tally(source for _, source in chunk).items():
+                    metrics.files_discovered.labels(job.name, source).inc(count)
+        except DatabaseUnavailable as exc:
+            self._db_down(exc)
+            return False
+        self._db_up()
+        return True
+
+    def _write(self, job: Job, candidates: list[Candidate]) -> None:
+        groups = {c.relpath: group_key(job.session.group_by, c.relpath, c.signature.mtime_ns)
+                  for c in candidates}
+        sessions = self.ledger.open_sessions(job.name, self.host, sorted(set(groups.values())))
+        versions = []
+        for candidate in candidates:
+            session_id = sessions[groups[candidate.relpath]]
+            values = key_variables(job.name, candidate.relpath, session=str(session_id),
+                                   hostname=self.host, mtime_ns=candidate.signature.mtime_ns)
+            try:
+                key, error = job.destination.key.render(values), None
+            except KeyTemplateError as exc:
+                key, error = "", f"unsafe key: {exc}"
+            versions.append(NewVersion(candidate.root, candidate.relpath, *candidate.signature,
+                                       key=key, session_id=session_id, error=error))
+        inserted, superseded = self.ledger.enqueue(
+            job.name, scope=self._scope(job), host=self.host,
+            bucket=job.destination.bucket, versions=versions,
+        )
+        log.debug("job %s: queued %d new versions (%d superseded)", job.name, inserted, superseded)
+
+    def _scope(self, job: Job) -> str:
+        return "" if job.source.shared else self.host
+
+    def _db_down(self, exc: DatabaseUnavailable) -> None:
+        if self._db_ok:
+            log.error("discovery: %s; complete files wait in memory and are retried", exc)
+        self._db_ok = False
+        self.on_db(False)
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+
+    def _db_up(self) -> None:
+        if not self._db_ok:
+            log.info("discovery: PostgreSQL is back; rescanning every job")
+            self._db_ok = True
+            for name in self._jobs:
+                self._start_scan(name)
+        self.on_db(True)
+        self._backoff = 0.5

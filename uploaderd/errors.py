@@ -1,0 +1,67 @@
+"""Every error uploaderd reports to a person, each carrying what they need to act on it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Exit statuses of every command (DESIGN.md, "Command line").
+EXIT_OK = 0
+EXIT_FAILURES = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+
+class UploaderdError(Exception):
+    """Base of the errors the command line turns into a message and an exit status."""
+
+    exit_status = EXIT_FAILURES
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in one file: where it is and what was expected."""
+
+    file: Path | None
+    line: int | None
+    key: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = str(self.file) if self.file else "<config>"
+        if self.line is not None:
+            where += f":{self.line}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(UploaderdError):
+    """The daemon config or a job file is invalid; carries every problem, not just the first."""
+
+    exit_status = EXIT_USAGE
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class UsageError(UploaderdError):
+    """The command line itself is wrong (unknown job, conflicting flags)."""
+
+    exit_status = EXIT_USAGE
+
+
+class DatabaseUnavailable(UploaderdError):
+    """PostgreSQL cannot be reached; the message never includes the password."""
+
+    exit_status = EXIT_UNREACHABLE
+
+
+class StorageUnavailable(UploaderdError):
+    """An S3 endpoint cannot be reached or refuses our credentials."""
+
+    exit_status = EXIT_UNREACHABLE
+
+
+class KeyTemplateError(ValueError):
+    """A destination key template, or a key rendered from it, is unsafe."""

@@ -1,0 +1,109 @@
+"""Destination key templates: parsed and checked up front, rendered without ``str.format``.
+
+A template is split once into literal text and ``${name}`` references to a fixed set of
+variables, so no attribute or index access can ever be expressed. Rendered keys are checked
+segment by segment: a key is a path in the bucket and must not climb (``..``), be empty or
+carry control characters.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from uploaderd.errors import KeyTemplateError
+
+VARIABLES = frozenset(
+    {"job", "relpath", "name", "stem", "ext", "dirname", "session", "hostname", "yyyy", "mm", "dd"}
+)
+_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+_MAX_KEY_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class KeyTemplate:
+    """A parsed key template: alternating literal text and variable names."""
+
+    text: str
+    parts: tuple[tuple[bool, str], ...]  # (is_variable, literal text or variable name)
+
+    @classmethod
+    def parse(cls, text: str) -> KeyTemplate:
+        parts: list[tuple[bool, str]] = []
+        position = 0
+        for match in _REFERENCE.finditer(text):
+            parts.append((False, text[position : match.start()]))
+            name = match.group(1)
+            if name not in VARIABLES:
+                raise KeyTemplateError(
+                    f"unknown variable ${{{name}}}; known: "
+                    + ", ".join(f"${{{v}}}" for v in sorted(VARIABLES))
+                )
+            parts.append((True, name))
+            position = match.end()
+        parts.append((False, text[position:]))
+        literal = "".join(value for is_var, value in parts if not is_var)
+        if "$" in literal:
+            raise KeyTemplateError("a '$' must start a ${variable} reference")
+        if not any(is_var and value in {"relpath", "name", "stem"} for is_var, value in parts):
+            raise KeyTemplateError(
+                "the key must contain ${relpath}, ${name} or ${stem}, or every file would "
+                "overwrite the same object"
+            )
+        template = cls(text, tuple(p for p in parts if p[0] or p[1]))
+        # Render once with harmless values so a template that can only produce unsafe keys
+        # (a literal '..' segment, '//', a leading '/') fails at load time, not per file.
+        template.render(key_variables("job", "a/b.txt", session="1", hostname="host", mtime_ns=0))
+        return template
+
+    def variables(self) -> frozenset[str]:
+        return frozenset(value for is_var, value in self.parts if is_var)
+
+    def render(self, values: Mapping[str, str]) -> str:
+        key = "".join(values[value] if is_var else value for is_var, value in self.parts)
+        validate_key(key)
+        return key
+
+
+def key_variables(
+    job: str, relpath: str, *, session: str, hostname: str, mtime_ns: int
+) -> dict[str, str]:
+    """The values of every template variable for one file version.
+
+    The date comes from the file's mtime (UTC), not the clock, so the key of a version never
+    changes between attempts or hosts.
+    """
+    name = posixpath.basename(relpath)
+    stem, dot, ext = name.rpartition(".")
+    if not stem:  # "README" or ".bashrc": no extension
+        stem, ext = name, ""
+    when = datetime.fromtimestamp(mtime_ns / 1e9, tz=UTC)
+    return {
+        "job": job,
+        "relpath": relpath,
+        "name": name,
+        "stem": stem,
+        "ext": ext if dot else "",
+        "dirname": posixpath.dirname(relpath),
+        "session": session,
+        "hostname": hostname,
+        "yyyy": f"{when.year:04d}",
+        "mm": f"{when.month:02d}",
+        "dd": f"{when.day:02d}",
+    }
+
+
+def validate_key(key: str) -> None:
+    """Raise KeyTemplateError unless ``key`` is a safe object key."""
+    if not key:
+        raise KeyTemplateError("the key is empty")
+    if len(key.encode("utf-8", "surrogateescape")) > _MAX_KEY_BYTES:
+        raise KeyTemplateError(f"the key is longer than {_MAX_KEY_BYTES} bytes")
+    for segment in key.split("/"):
+        if segment in {"", ".", ".."}:
+            raise KeyTemplateError(f"the key {key!r} has an empty, '.' or '..' segment")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in segment):
+            raise KeyTemplateError(f"the key {key!r} contains a control character")

@@ -1,0 +1,321 @@
+"""All access to PostgreSQL: the durable queue and the ledger of every file version.
+
+One ``Ledger`` wraps one connection and is used by one thread. Each method runs named
+queries from ``sql/queries.sql`` and commits before it returns, so no transaction is ever
+held across an upload. Connection trouble surfaces as ``DatabaseUnavailable``; the caller
+decides whether to back off and reconnect (the daemon) or to exit 3 (a command).
+"""
+
+from __future__ import annotations
+
+import re
+import select
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+
+from uploaderd.errors import DatabaseUnavailable
+from uploaderd.settle import Signature
+
+NOTIFY_CHANNEL = "uploaderd_work"
+_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    UPLOADING = "uploading"
+    UPLOADED = "uploaded"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """A complete file version found by discovery, with its rendered key."""
+
+    root: str
+    relpath: str
+    size: int
+    mtime_ns: int
+    inode: int
+    key: str
+    session_id: int | None
+    error: str | None = None  # set when the version can never upload (an unsafe key)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A file version this worker holds a lease on, for exactly one attempt."""
+
+    id: int
+    job: str
+    root: str
+    relpath: str
+    size: int
+    mtime_ns: int
+    inode: int
+    bucket: str
+    key: str
+    attempt: int
+    session_id: int | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one attempt, as the dispatcher writes it back."""
+
+    claim: Claim
+    state: State
+    outcome: str  # uploaded | failed | changed
+    sha256: str | None = None
+    etag: str | None = None
+    error: str | None = None
+    retry_in: float | None = None  # seconds until the next attempt, when state is pending
+    bytes: int = 0
+
+
+@cache
+def queries() -> dict[str, str]:
+    """The named blocks of ``queries.sql``, loaded once."""
+    text = resources.files("uploaderd.sql").joinpath("queries.sql").read_text(encoding="utf-8")
+    parts = _NAME.split(text)
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def describe_dsn(dsn: str) -> str:
+    """The DSN without any password, for messages and logs."""
+    try:
+        params = psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        return "<unparsable DSN>"
+    params.pop("password", None)
+    return " ".join(f"{k}={v}" for k, v in sorted(params.items()))
+
+
+class Ledger:
+    """One connection's worth of ledger operations."""
+
+    def __init__(self, dsn: str, *, application_name: str = "uploaderd") -> None:
+        self.dsn = dsn
+        self.application_name = application_name
+        self._conn: psycopg2.extensions.connection | None = None
+
+    # --- connection ------------------------------------------------------------------------
+
+    def connect(self) -> Ledger:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg2.connect(
+                    self.dsn, application_name=self.application_name, connect_timeout=5,
+                    keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
+                )
+            except psycopg2.Error as exc:
+                raise DatabaseUnavailable(
+                    f"cannot connect to PostgreSQL ({describe_dsn(self.dsn)}): {_first_line(exc)}"
+                ) from exc
+        return self
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
+
+    @property
+    def connection(self) -> psycopg2.extensions.connection:
+        if self._conn is None or self._conn.closed:
+            self.connect()
+        assert self._conn is not None
+        return self._conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg2.extensions.cursor]:
+        """A cursor in a transaction that commits on success; connection loss → unavailable."""
+        conn = self.connection
+        try:
+            with conn, conn.cursor() as cursor:
+                yield cursor
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            self.close()
+            raise DatabaseUnavailable(f"lost PostgreSQL: {_first_line(exc)}") from exc
+
+    def _all(self, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        with self.transaction() as cursor:
+            cursor.execute(queries()[name], params or {})
+            return cursor.fetchall() if cursor.description else []
+
+    def ping(self) -> None:
+        self._all("ping")
+
+    # --- schema ----------------------------------------------------------------------------
+
+    @contextmanager
+    def migration_lock(self) -> Iterator[None]:
+        """Serialise migrations across hosts; creates the bookkeeping table under the lock."""
+        self._all("lock_migrations")
+        try:
+            self._all("create_migrations_table")
+            yield
+        finally:
+            self._all("unlock_migrations")
+
+    def applied_migrations(self) -> set[int]:
+        try:
+            return {row[0] for row in self._all("applied_migrations")}
+        except psycopg2.errors.UndefinedTable:
+            return set()
+
+    def apply_migration(self, version: int, name: str, sql: str) -> None:
+        """One migration file and its record, in one transaction."""
+        with self.transaction() as cursor:
+            cursor.execute(sql)
+            cursor.execute(queries()["record_migration"], {"version": version, "name": name})
+
+    # --- discovery -------------------------------------------------------------------------
+
+    def known_versions(self, job: str, scope: str) -> dict[tuple[str, str], Signature]:
+        """The newest version of every (root, relpath) of a job, to skip what is known."""
+        rows = self._all("known_versions", {"job": job, "scope": scope})
+        return {(root, relpath): Signature(size, mtime, inode)
+                for root, relpath, size, mtime, inode in rows}
+
+    def open_sessions(self, job: str, host: str, group_keys: Sequence[str]) -> dict[str, int]:
+        params = {"job": job, "host": host, "group_keys": list(group_keys)}
+        rows = self._all("open_sessions", params)
+        return {group_key: session_id for session_id, group_key in rows}
+
+    def enqueue(
+        self, job: str, *, scope: str, host: str, bucket: str, versions: Sequence[NewVersion]
+    ) -> tuple[int, int]:
+        """Insert new versions in one statement and wake the workers; (inserted, superseded)."""
+        params = {
+            "job": job, "scope": scope, "host": host, "bucket": bucket,
+            "roots": [v.root for v in versions],
+            "relpaths": [v.relpath for v in versions],
+            "sizes": [v.size for v in versions],
+            "mtimes": [v.mtime_ns for v in versions],
+            "inodes": [v.inode for v in versions],
+            "keys": [v.key for v in versions],
+            "sessions": [v.session_id for v in versions],
+            "errors": [v.error for v in versions],
+        }
+        with self.transaction() as cursor:
+            cursor.execute(queries()["enqueue_versions"], params)
+            inserted, superseded = cursor.fetchone() or (0, 0)
+            if inserted:
+                cursor.execute(queries()["notify_work"], {"job": job})
+        return int(inserted), int(superseded)
+
+    # --- the upload queue ------------------------------------------------------------------
+
+    def listen(self) -> None:
+        """Subscribe this connection to new-work notifications (autocommit, for LISTEN)."""
+        conn = self.connection
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(queries()["listen_work"])
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            self.close()
+            raise DatabaseUnavailable(f"lost PostgreSQL: {_first_line(exc)}") from exc
+        finally:
+            if not conn.closed:
+                conn.autocommit = False
+
+    def wait_for_notify(self, timeout: float, *extra_fds: int) -> bool:
+        """Block until a notification, readable ``extra_fds`` or ``timeout``; True on a notify."""
+        conn = self.connection
+        ready, _, _ = select.select([conn, *extra_fds], [], [], timeout)
+        if conn not in ready:
+            return False
+        try:
+            conn.poll()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            self.close()
+            raise DatabaseUnavailable(f"lost PostgreSQL: {_first_line(exc)}") from exc
+        notified = bool(conn.notifies)
+        conn.notifies.clear()
+        return notified
+
+    def claim(
+        self, *, worker: str, host: str, jobs: Sequence[str], scopes: Sequence[str], limit: int,
+        lease_seconds: float,
+    ) -> list[Claim]:
+        rows = self._all("claim_batch", {
+            "worker": worker, "host": host, "jobs": list(jobs), "scopes": list(scopes),
+            "limit": limit, "lease_seconds": lease_seconds,
+        })
+        return [Claim(*row) for row in rows]
+
+    def renew_leases(self, worker: str, ids: Sequence[int], lease_seconds: float) -> None:
+        self._all("renew_leases", {"worker": worker, "ids": list(ids),
+                                   "lease_seconds": lease_seconds})
+
+    def complete(self, worker: str, outcomes: Sequence[Outcome]) -> set[int]:
+        """Write outcomes back; returns the ids that were still ours (the rest were fenced)."""
+        rows = self._all("complete_batch", {
+            "worker": worker,
+            "ids": [o.claim.id for o in outcomes],
+            "attempts": [o.claim.attempt for o in outcomes],
+            "states": [str(o.state) for o in outcomes],
+            "outcomes": [o.outcome for o in outcomes],
+            "sha256s": [o.sha256 for o in outcomes],
+            "etags": [o.etag for o in outcomes],
+            "errors": [o.error for o in outcomes],
+            "delays": [o.retry_in for o in outcomes],
+            "bytes": [o.bytes for o in outcomes],
+        })
+        return {row[0] for row in rows}
+
+    def release(self, worker: str, ids: Sequence[int]) -> None:
+        self._all("release_claims", {"worker": worker, "ids": list(ids)})
+
+    def workers_on_host(self, host: str) -> list[str]:
+        return [row[0] for row in self._all("workers_on_host", {"prefix": f"{host}:%"})]
+
+    def reclaim_leases(self, dead_workers: Sequence[str]) -> int:
+        rows = self._all("reclaim_leases", {"dead_workers": list(dead_workers)})
+        return int(rows[0][0]) if rows else 0
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def job_counts(self, job: str | None = None) -> list[JobStateCount]:
+        return [JobStateCount(*row) for row in self._all("job_counts", {"job": job})]
+
+    def recent_errors(self, job: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+        return self._dicts("recent_errors", {"job": job, "limit": limit})
+
+    def list_files(
+        self, *, job: str | None = None, state: str | None = None, session_id: int | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        return self._dicts("list_files", {"job": job, "state": state, "session_id": session_id,
+                                          "limit": limit})
+
+    def _dicts(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        with self.transaction() as cursor:
+            cursor.execute(queries()[name], params)
+            columns = [c.name for c in cursor.description]
+            return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+@dataclass(frozen=True)
+class JobStateCount:
+    job: str
+    state: str
+    files: int
+    bytes: int
+    oldest_age_seconds: float | None
+    last_uploaded_at: datetime | None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

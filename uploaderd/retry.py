@@ -1,0 +1,31 @@
+"""The retry policy: exponential backoff with jitter, as a pure function of the attempt."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from uploaderd.config import Backoff, RetryPolicy
+
+
+def backoff_delay(
+    attempt: int, backoff: Backoff, rand: Callable[[], float] = random.random
+) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based).
+
+    "Equal jitter": half the delay is fixed, half random, so retries of many files that failed
+    together spread out without any of them retrying almost at once.
+    """
+    delay = min(backoff.max, backoff.initial * backoff.multiplier ** max(0, attempt - 1))
+    if backoff.jitter:
+        delay = delay / 2 + rand() * delay / 2
+    return delay
+
+
+def next_attempt_in(
+    attempt: int, policy: RetryPolicy, rand: Callable[[], float] = random.random
+) -> float | None:
+    """The delay before the next attempt, or None when ``attempt`` was the last one allowed."""
+    if attempt >= policy.max_attempts:
+        return None
+    return backoff_delay(attempt, policy.backoff, rand)

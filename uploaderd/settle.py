@@ -1,0 +1,81 @@
+"""When a file counts as complete: its size, mtime and inode unchanged for ``settle``.
+
+A pure policy with injected clocks, so its tests never sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Signature(NamedTuple):
+    """What identifies a version of a file: a change of any field is a new version."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, stat: os.stat_result) -> Signature:
+        return cls(stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@dataclass
+class _Watching:
+    signature: Signature
+    since: float  # monotonic time the signature was first seen
+    source: str
+
+
+class SettleTracker(Generic[K]):
+    """Files seen but not yet complete, each with the signature it has held since when.
+
+    A file is complete on an observation that finds the same signature as the previous one
+    and either that signature has held for ``settle`` by our clock, or the file's mtime is
+    already ``settle`` old (it was written before we saw it, e.g. while the daemon was down).
+    """
+
+    def __init__(
+        self,
+        settle: float,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.settle = settle
+        self._monotonic = monotonic
+        self._wall = wall
+        self._watching: dict[K, _Watching] = {}
+
+    def __len__(self) -> int:
+        return len(self._watching)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._watching
+
+    def pending(self) -> Iterator[K]:
+        """A snapshot of the tracked keys, safe to iterate while observing."""
+        return iter(list(self._watching))
+
+    def observe(self, key: K, signature: Signature, source: str) -> str | None:
+        """Record an observation; returns the first source that saw it once it is complete."""
+        seen = self._watching.get(key)
+        if seen is None or seen.signature != signature:
+            first_source = seen.source if seen else source
+            self._watching[key] = _Watching(signature, self._monotonic(), first_source)
+            return None
+        held = self._monotonic() - seen.since
+        age = self._wall() - signature.mtime_ns / 1e9
+        if held >= self.settle or age >= self.settle:
+            del self._watching[key]
+            return seen.source
+        return None
+
+    def forget(self, key: K) -> None:
+        self._watching.pop(key, None)

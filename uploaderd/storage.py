@@ -1,0 +1,58 @@
+"""boto3 clients for each S3 endpoint setting, sized to the worker pool, with request metrics."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+
+from uploaderd import metrics
+from uploaderd.config import S3Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+class Storage:
+    """One client per distinct ``S3Settings``; boto3 clients are thread-safe, sessions are not."""
+
+    def __init__(self, pool_connections: int) -> None:
+        self.pool_connections = pool_connections
+        self._clients: dict[S3Settings, S3Client] = {}
+        self._lock = threading.Lock()
+
+    def client(self, settings: S3Settings) -> S3Client:
+        with self._lock:
+            client = self._clients.get(settings)
+            if client is None:
+                client = self._clients[settings] = self._make(settings)
+            return client
+
+    def _make(self, settings: S3Settings) -> S3Client:
+        session = boto3.session.Session(profile_name=settings.profile, region_name=settings.region)
+        config = Config(
+            max_pool_connections=self.pool_connections,
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=10,
+            read_timeout=120,
+            # Some S3-compatible stores reject the flexible checksums boto3 sends by default.
+            request_checksum_calculation=settings.checksum,
+            response_checksum_validation=settings.checksum,
+            s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+        )
+        client: S3Client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+        events = client.meta.events
+        events.register("after-call.s3", _count_response)
+        events.register("after-call-error.s3", _count_error)
+        return client
+
+
+def _count_response(http_response: Any, model: Any, **_: Any) -> None:
+    metrics.s3_requests.labels(model.name, str(http_response.status_code)).inc()
+
+
+def _count_error(event_name: str, **_: Any) -> None:
+    # No response (connection refused, timeout): the operation is the event name's last part.
+    metrics.s3_requests.labels(event_name.rsplit(".", 1)[-1], "error").inc()

@@ -1,0 +1,289 @@
+"""The upload pool: one dispatcher thread talks to PostgreSQL, worker threads talk to S3.
+
+The dispatcher claims work in batches (``FOR UPDATE SKIP LOCKED`` plus a lease, committed at
+once), keeps a short queue of claims ahead of the workers, renews the leases of everything it
+holds, and writes outcomes back in batches fenced on claimer and attempt. Workers never touch
+the database, so no transaction is open during an upload. It sleeps on LISTEN/NOTIFY (new work)
+and on a pipe the workers write to (finished work), with a poll as the safety net for lost
+notifications and retries coming due.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+from uploaderd import metrics
+from uploaderd.config import Job
+from uploaderd.errors import DatabaseUnavailable
+from uploaderd.ledger import Claim, Ledger, Outcome, State
+from uploaderd.retry import next_attempt_in
+from uploaderd.uploader import Uploader, UploadResult
+from uploaderd.windows import in_any_window
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 60.0
+POLL_SECONDS = 2.0
+_MAX_BACKOFF = 30.0
+
+
+def worker_id(host: str) -> str:
+    """``host:pid:token``: the pid lets a restarted daemon reclaim its dead predecessor's leases."""
+    return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def dead_workers(host: str, holders: list[str], me: str) -> list[str]:
+    """Claim holders on this host whose process no longer exists."""
+    dead = []
+    for holder in holders:
+        parts = holder.split(":")
+        if holder == me or len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            dead.append(holder)
+        except PermissionError:
+            continue  # alive, someone else's
+    return dead
+
+
+class UploadPool:
+    def __init__(
+        self,
+        ledger: Ledger,
+        uploader: Uploader,
+        jobs: Callable[[], Mapping[str, Job]],
+        *,
+        workers: int,
+        host: str | None = None,
+        lease_seconds: float = LEASE_SECONDS,
+        on_db: Callable[[bool], None] = lambda up: None,
+    ) -> None:
+        self.ledger = ledger
+        self.uploader = uploader
+        self.jobs = jobs
+        self.workers = workers
+        self.host = host or socket.gethostname()
+        self.worker = worker_id(self.host)
+        self.lease_seconds = lease_seconds
+        self.on_db = on_db
+        self._todo: queue.SimpleQueue[tuple[Claim, Job] | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self._held: dict[int, Claim] = {}  # claimed and not yet written back (dispatcher only)
+        self._unwritten: list[Outcome] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        self._claiming = threading.Event()
+        self._claiming.set()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"upload-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+        self._dispatcher.start()
+
+    def alive(self) -> bool:
+        return self._dispatcher.is_alive() and all(t.is_alive() for t in self._threads)
+
+    def stop(self, grace: float) -> None:
+        """Stop claiming, hand back what has not started, wait up to ``grace`` for the rest."""
+        self._claiming.clear()
+        self._wake()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (self._busy or not self._todo.empty()):
+            if self._stop.wait(0.05):
+                break
+        self._stop.set()
+        self._wake()
+        self._dispatcher.join(timeout=max(5.0, deadline - time.monotonic()))
+
+    def busy(self) -> int:
+        return self._busy
+
+    # --- worker threads --------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            item = self._todo.get()
+            if item is None:
+                return
+            claim, job = item
+            if not self._claiming.is_set():
+                self._finish(Outcome(claim, State.PENDING, "released"))
+                continue
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                self._finish(self._attempt(claim, job))
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+
+    def _attempt(self, claim: Claim, job: Job) -> Outcome:
+        started = time.monotonic()
+        try:
+            result = self.uploader.upload(claim, job)
+        except Exception as exc:  # a bug must cost one attempt, not the worker thread
+            log.exception("job %s: unexpected error uploading %s", job.name, claim.relpath)
+            result = UploadResult("failed", error=f"internal error: {type(exc).__name__}")
+        metrics.uploads.labels(job.name, result.outcome).inc()
+        if result.outcome == "uploaded":
+            metrics.upload_duration.labels(job.name).observe(time.monotonic() - started)
+            metrics.upload_bytes.labels(job.name).inc(result.bytes)
+            metrics.last_success.labels(job.name).set_to_current_time()
+        return outcome_of(claim, job, result)
+
+    def _finish(self, outcome: Outcome) -> None:
+        self._done.put(outcome)
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe: the dispatcher is awake anyway
+            os.write(self._wake_w, b"x")
+
+    # --- the dispatcher --------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        backoff = 0.5
+        listening = False
+        next_renewal = time.monotonic() + self.lease_seconds / 3
+        while True:
+            stopping = self._stop.is_set()
+            try:
+                if not listening:
+                    self.ledger.listen()
+                    listening = True
+                self._collect()
+                self._write_outcomes()
+                if stopping:
+                    self._release_held()
+                    return
+                if time.monotonic() >= next_renewal and self._held:
+                    self.ledger.renew_leases(self.worker, list(self._held), self.lease_seconds)
+                    next_renewal = time.monotonic() + self.lease_seconds / 3
+                claimed = self._claim_more()
+                self.on_db(True)
+                backoff = 0.5
+                if not claimed:
+                    self.ledger.wait_for_notify(POLL_SECONDS, self._wake_r)
+                    self._drain_wake_pipe()
+            except DatabaseUnavailable as exc:
+                if stopping:
+                    log.error("stopping without PostgreSQL: %d claims expire with their lease",
+                              len(self._held))
+                    return
+                log.error("upload pool: %s; retrying in %.1fs", exc, backoff)
+                listening = False
+                self.on_db(False)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                self._unwritten.append(self._done.get_nowait())
+            except queue.Empty:
+                return
+
+    def _write_outcomes(self) -> None:
+        if not self._unwritten:
+            return
+        releases = [o.claim.id for o in self._unwritten if o.outcome == "released"]
+        finished = [o for o in self._unwritten if o.outcome != "released"]
+        if releases:
+            self.ledger.release(self.worker, releases)
+        if finished:
+            kept = self.ledger.complete(self.worker, finished)
+            for outcome in finished:
+                if outcome.claim.id not in kept:
+                    log.warning("job %s: %s: the lease was lost; the result of attempt %d is "
+                                "dropped", outcome.claim.job, outcome.claim.relpath,
+                                outcome.claim.attempt)
+        for outcome in self._unwritten:
+            self._held.pop(outcome.claim.id, None)
+        self._unwritten.clear()
+
+    def _claim_more(self) -> bool:
+        """Top the queue up to twice the workers, in batches of at least half of them."""
+        if not self._claiming.is_set():
+            return False
+        room = 2 * self.workers - len(self._held)
+        if room < max(1, self.workers // 2):
+            return False
+        jobs = self._claimable_jobs()
+        if not jobs:
+            return False
+        claims = self.ledger.claim(
+            worker=self.worker, host=self.host, jobs=list(jobs), scopes=[self.host, ""],
+            limit=room, lease_seconds=self.lease_seconds,
+        )
+        for claim in claims:
+            self._held[claim.id] = claim
+            self._todo.put((claim, jobs[claim.job]))
+        return len(claims) == room
+
+    def _claimable_jobs(self) -> dict[str, Job]:
+        now = datetime.now()  # windows are in local time, as operators write them
+        return {
+            name: job for name, job in self.jobs().items()
+            if job.enabled and in_any_window(job.destination.windows, now)
+        }
+
+    def _release_held(self) -> None:
+        while True:  # claims no worker started
+            try:
+                item = self._todo.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self._unwritten.append(Outcome(item[0], State.PENDING, "released"))
+        self._write_outcomes()
+        if self._held:
+            log.warning("released %d uploads still running at the end of the grace period",
+                        len(self._held))
+            self.ledger.release(self.worker, list(self._held))
+            self._held.clear()
+        for _ in self._threads:
+            self._todo.put(None)
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+
+def outcome_of(claim: Claim, job: Job, result: UploadResult) -> Outcome:
+    """What the ledger records for one attempt's result, by the job's retry policy."""
+    if result.outcome == "uploaded":
+        return Outcome(claim, State.UPLOADED, "uploaded", result.sha256, result.etag,
+                       bytes=result.bytes)
+    if result.outcome == "changed":
+        # The file moved on; its new content is a new version that discovery queues.
+        return Outcome(claim, State.SUPERSEDED, "changed", error=result.error)
+    delay = next_attempt_in(claim.attempt, job.retry) if result.retryable else None
+    if delay is None:
+        return Outcome(claim, State.FAILED, "failed", result.sha256, error=result.error)
+    return Outcome(claim, State.PENDING, "failed", result.sha256, error=result.error,
+                   retry_in=delay)

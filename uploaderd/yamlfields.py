@@ -1,0 +1,225 @@
+"""Reading YAML into typed values while remembering the line of every key.
+
+``yaml.safe_load`` gives the data; ``yaml.compose`` (which builds nodes, never objects) gives
+the line of each key and catches duplicate keys, which ``safe_load`` silently collapses. A
+``Fields`` view over one mapping then hands out typed values and records every problem it
+meets, so a file is reported in full instead of one error per run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from uploaderd.errors import ConfigProblem
+
+T = TypeVar("T")
+KeyPath = tuple[str, ...]
+
+
+class YamlDocument:
+    """One parsed file: its data, the line of every key path, and the problems found so far."""
+
+    def __init__(self, file: Path | None, text: str) -> None:
+        self.file = file
+        self.problems: list[ConfigProblem] = []
+        self.lines: dict[KeyPath, int] = {}
+        self.data: Any = None
+        try:
+            self.data = yaml.safe_load(text)
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark else None
+            self.problems.append(ConfigProblem(file, line, None, f"invalid YAML: {exc.problem}"))
+            return
+        except yaml.YAMLError as exc:
+            self.problems.append(ConfigProblem(file, None, None, f"invalid YAML: {exc}"))
+            return
+        if node is not None:
+            self._index(node, ())
+
+    @classmethod
+    def read(cls, file: Path) -> YamlDocument:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            document = cls(file, "")
+            document.problems.append(ConfigProblem(file, None, None, f"cannot read: {exc}"))
+            return document
+        return cls(file, text)
+
+    def _index(self, node: yaml.Node, path: KeyPath) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    self.problems.append(
+                        ConfigProblem(self.file, line, _dotted((*path, key)), "duplicate key")
+                    )
+                seen.add(key)
+                self.lines[(*path, key)] = line
+                self._index(value_node, (*path, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self.lines[(*path, str(index))] = item.start_mark.line + 1
+                self._index(item, (*path, str(index)))
+
+    def problem(self, path: KeyPath, message: str) -> None:
+        line = None
+        for depth in range(len(path), 0, -1):  # the key itself, else its closest parent
+            line = self.lines.get(path[:depth])
+            if line is not None:
+                break
+        self.problems.append(ConfigProblem(self.file, line, _dotted(path) or None, message))
+
+    def root(self) -> Fields:
+        if self.data is None:
+            return Fields(self, (), {})
+        if not isinstance(self.data, dict):
+            self.problem((), f"expected a mapping of keys at the top, got {_kind(self.data)}")
+            return Fields(self, (), {})
+        return Fields(self, (), self.data)
+
+
+class Fields:
+    """Typed access to one YAML mapping; every key read is ticked off, the rest are unknown."""
+
+    def __init__(self, document: YamlDocument, path: KeyPath, data: Mapping[str, Any]) -> None:
+        self.document = document
+        self.path = path
+        self.data = data
+        self._read: set[str] = set()
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def path_of(self, key: str) -> KeyPath:
+        return (*self.path, key)
+
+    def problem(self, key: str, message: str) -> None:
+        self.document.problem(self.path_of(key), message)
+
+    def value(self, key: str, default: Any = None) -> Any:
+        self._read.add(key)
+        return self.data.get(key, default)
+
+    def typed(self, key: str, kind: type[T] | tuple[type, ...], default: T, what: str) -> T:
+        """The value if it has the right type, else ``default`` and a problem."""
+        raw = self.value(key, default)
+        if raw is default:
+            return default
+        if isinstance(raw, bool) and kind is not bool and bool not in _as_tuple(kind):
+            self.problem(key, f"expected {what}, got {_kind(raw)}")
+            return default
+        if not isinstance(raw, kind):
+            self.problem(key, f"expected {what}, got {_kind(raw)}")
+            return default
+        return raw  # type: ignore[return-value]
+
+    def string(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        if required and self.data.get(key) in (None, ""):
+            self._read.add(key)
+            self.problem(key, "is required (a non-empty string)")
+            return default
+        return self.typed(key, str, default, "a string")
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self.typed(key, bool, default, "true or false")
+
+    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
+        value = self.typed(key, int, default, "an integer")
+        if minimum is not None and value < minimum:
+            self.problem(key, f"must be at least {minimum}, got {value}")
+            return default
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float | None = None) -> float:
+        value = float(self.typed(key, (int, float), default, "a number"))
+        if minimum is not None and value < minimum:
+            self.problem(key, f"must be at least {minimum}, got {value}")
+            return default
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.value(key, default)
+        if value not in choices:
+            self.problem(key, f"expected one of {', '.join(choices)}, got {value!r}")
+            return default
+        return str(value)
+
+    def converted(self, key: str, convert: Callable[[Any], T], default: T) -> T:
+        """A value run through ``convert``; its ValueError becomes a problem on this key."""
+        if key not in self.data:
+            self._read.add(key)
+            return default
+        try:
+            return convert(self.value(key))
+        except ValueError as exc:
+            self.problem(key, str(exc))
+            return default
+
+    def string_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self.value(key, None)
+        if raw is None:
+            return default
+        if isinstance(raw, str):
+            return (raw,)
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            self.problem(key, f"expected a list of strings, got {_kind(raw)}")
+            return default
+        return tuple(raw)
+
+    def string_map(self, key: str) -> dict[str, str]:
+        raw = self.value(key, None)
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.problem(key, f"expected a mapping of names to strings, got {_kind(raw)}")
+            return {}
+        result: dict[str, str] = {}
+        for name, item in raw.items():
+            if isinstance(item, bool) or not isinstance(item, str | int | float):
+                self.document.problem((*self.path_of(key), str(name)), "expected a string")
+                continue
+            result[str(name)] = str(item)
+        return result
+
+    def section(self, key: str) -> Fields:
+        raw = self.value(key, None)
+        if raw is None:
+            return Fields(self.document, self.path_of(key), {})
+        if not isinstance(raw, dict):
+            self.problem(key, f"expected a mapping, got {_kind(raw)}")
+            return Fields(self.document, self.path_of(key), {})
+        return Fields(self.document, self.path_of(key), raw)
+
+    def finish(self) -> None:
+        """Report every key nobody read, with the closest known key as a hint."""
+        for key in self.data:
+            if key in self._read:
+                continue
+            close = difflib.get_close_matches(str(key), sorted(self._read), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            known = ", ".join(sorted(self._read))
+            self.problem(str(key), f"unknown key{hint} (known here: {known})")
+
+
+def _dotted(path: KeyPath) -> str:
+    return ".".join(path)
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _kind(value: object) -> str:
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+             int: "an integer", float: "a number", type(None): "nothing"}
+    return f"{names.get(type(value), type(value).__name__)} ({value!r})"[:120]
