@@ -70,8 +70,12 @@ WITH claimed AS (
     )
     RETURNING id, job, root, relpath, size, mtime_ns, inode, bucket, key, attempts, session_id
 ), attempts AS (
+    -- A released attempt gave its number back (release_claims); its row is reused.
     INSERT INTO upload_attempts (file_version_id, attempt, host, worker)
     SELECT id, attempts, %(host)s, %(worker)s FROM claimed
+    ON CONFLICT (file_version_id, attempt) DO UPDATE
+    SET host = excluded.host, worker = excluded.worker, started_at = now(),
+        finished_at = NULL, outcome = NULL, error = NULL, bytes = NULL
 )
 SELECT * FROM claimed ORDER BY id;
 

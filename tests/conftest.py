@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import psycopg2
 import pytest
+from daemon import DaemonProcess
 
 from uploaderd.devstack import (
     ACCESS_KEY,
@@ -131,3 +133,35 @@ def bucket(s3_server: S3Server, request: pytest.FixtureRequest) -> str:
 def backend_bucket(s3_backend: S3Server, request: pytest.FixtureRequest) -> str:
     """A new empty bucket on ``s3_backend``."""
     return _new_bucket(s3_backend, request)
+
+
+@pytest.fixture
+def make_daemon(
+    tmp_path_factory: pytest.TempPathFactory, migrated_dsn: str, s3_server: S3Server
+) -> Iterator[Callable[..., DaemonProcess]]:
+    """Build ``uploaderd run`` subprocesses on this test's database and the moto server."""
+    made: list[DaemonProcess] = []
+
+    def make(**settings: object) -> DaemonProcess:
+        workdir = tmp_path_factory.mktemp("daemon")
+        daemon = DaemonProcess(workdir, migrated_dsn, s3_server.endpoint_url, **settings)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.cleanup()
+
+
+@pytest.fixture
+def sql(migrated_dsn: str) -> Iterator[Callable[..., list[tuple[object, ...]]]]:
+    """Run a query on this test's database (a fresh connection each call, autocommit)."""
+
+    def run(query: str, *params: object) -> list[tuple[object, ...]]:
+        with contextlib.closing(psycopg2.connect(migrated_dsn)) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                cursor.execute(query, params)
+                return cursor.fetchall() if cursor.description else []
+
+    yield run

@@ -246,6 +246,11 @@ def parse_job_text(text: str, *, name: str, defaults: S3Settings) -> Job:
 
 
 def _job(document: YamlDocument, stem: str, defaults: S3Settings) -> Job | None:
+    if document.data is None and document.problems:
+        return None  # unreadable or invalid YAML: its one problem says it all
+    if document.data is not None and not isinstance(document.data, dict):
+        document.root()  # records "expected a mapping"; no "missing key" noise after it
+        return None
     root = document.root()
     name = root.string("name", stem) or stem
     if not JOB_NAME.match(name):
@@ -267,7 +272,7 @@ def _job(document: YamlDocument, stem: str, defaults: S3Settings) -> Job | None:
 
 def _source(fields: Fields) -> Source | None:
     raw_paths = fields.string_list("paths", ())
-    if not raw_paths:
+    if not raw_paths and fields.data.get("paths") in (None, []):  # else: already a type problem
         fields.problem("paths", "is required: a list of absolute directories to watch")
     paths: list[Path] = []
     for index, raw in enumerate(raw_paths):

@@ -16,7 +16,11 @@ def backoff_delay(
     "Equal jitter": half the delay is fixed, half random, so retries of many files that failed
     together spread out without any of them retrying almost at once.
     """
-    delay = min(backoff.max, backoff.initial * backoff.multiplier ** max(0, attempt - 1))
+    try:
+        grown = backoff.initial * backoff.multiplier ** max(0, attempt - 1)
+    except OverflowError:  # float power past ~1e308 (a large max_attempts): capped anyway
+        grown = backoff.max
+    delay = min(backoff.max, grown)
     if backoff.jitter:
         delay = delay / 2 + rand() * delay / 2
     return delay

@@ -152,6 +152,8 @@ class Daemon:
             if event == "reload":
                 self._reload()
                 reload_at = None
+            elif event == "status":
+                self._notify(f"STATUS={self._status()}")
             elif event.startswith("rescan:"):
                 job = event.removeprefix("rescan:")
                 self.watcher.ensure_watches(job)

@@ -32,6 +32,10 @@ class Window:
         days = _parse_days(match.group("days")) if match.group("days") else frozenset(range(7))
         if match.group("start"):
             start, end = _parse_time(match.group("start")), _parse_time(match.group("end"))
+            if start == end and not (start == time(0, 0) and match.group("end").startswith("24")):
+                raise ValueError(
+                    f"{text!r}: the range starts where it ends; use 00:00-24:00 for whole days"
+                )
         else:
             start = end = time(0, 0)
         return cls(days, start, end)
@@ -56,8 +60,8 @@ def in_any_window(windows: Iterable[Window], moment: datetime) -> bool:
 
 def _parse_days(text: str) -> frozenset[int]:
     days: set[int] = set()
-    for part in text.lower().split(","):
-        first, _, last = part.partition("-")
+    for part in text.split(","):
+        first, _, last = part.lower().partition("-")
         if first not in _DAYS or (last and last not in _DAYS):
             raise ValueError(f"{part!r}: days are Mon, Tue, Wed, Thu, Fri, Sat, Sun")
         a, b = _DAYS.index(first), _DAYS.index(last or first)

@@ -9,6 +9,7 @@ meets, so a file is reported in full instead of one error per run.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +22,22 @@ T = TypeVar("T")
 KeyPath = tuple[str, ...]
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so the key ``on:`` (trigger.on)
+    and values such as ``no`` or ``off`` stay strings instead of turning into booleans."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
 class YamlDocument:
     """One parsed file: its data, the line of every key path, and the problems found so far."""
 
@@ -30,8 +47,8 @@ class YamlDocument:
         self.lines: dict[KeyPath, int] = {}
         self.data: Any = None
         try:
-            self.data = yaml.safe_load(text)
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.data = yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
+            node = yaml.compose(text, Loader=_Loader)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else None
@@ -169,8 +186,8 @@ class Fields:
         raw = self.value(key, None)
         if raw is None:
             return default
-        if isinstance(raw, str):
-            return (raw,)
+        # A bare string is refused, not taken as a one-item list: "paths: /a, /b" would
+        # silently become one (wrong) path.
         if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
             self.problem(key, f"expected a list of strings, got {_kind(raw)}")
             return default

@@ -1,0 +1,158 @@
+"""The ledger's queries on a real PostgreSQL: queueing, claims, leases, fencing, migrations."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from uploaderd import schema
+from uploaderd.ledger import Ledger, NewVersion, Outcome, State
+from uploaderd.workers import dead_workers
+
+Sql = Callable[..., list[tuple[Any, ...]]]
+
+
+@pytest.fixture
+def ledger(migrated_dsn: str) -> Ledger:
+    led = Ledger(migrated_dsn).connect()
+    yield led
+    led.close()
+
+
+def version(relpath: str, size: int = 10, inode: int = 1, error: str | None = None) -> NewVersion:
+    return NewVersion("/data", relpath, size, 1_700_000_000_000_000_000, inode,
+                      key=f"k/{relpath}", session_id=None, error=error)
+
+
+def enqueue(ledger: Ledger, *versions: NewVersion, scope: str = "host-a") -> tuple[int, int]:
+    return ledger.enqueue("lab", scope=scope, host="host-a", bucket="b", versions=versions)
+
+
+def claim(ledger: Ledger, worker: str = "host-a:1:w", limit: int = 10, lease: float = 60.0,
+          scopes: tuple[str, ...] = ("host-a", "")) -> list[Any]:
+    return ledger.claim(worker=worker, host="host-a", jobs=["lab"], scopes=list(scopes),
+                        limit=limit, lease_seconds=lease)
+
+
+def test_migrate_is_idempotent_and_safe_in_parallel(database_dsn: str) -> None:
+    results: list[list[str]] = []
+    threads = [threading.Thread(target=lambda: results.append(schema.migrate(database_dsn)))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    names = [m.name for m in schema.available()]
+    assert sorted(results, key=len) == [[], [], names], "exactly one runner applies each file"
+    assert schema.migrate(database_dsn) == []
+
+
+def test_enqueue_is_one_statement_for_a_batch_and_ignores_known_versions(ledger: Ledger) -> None:
+    batch = [version(f"f{i}") for i in range(300)]
+    assert enqueue(ledger, *batch) == (300, 0)
+    assert enqueue(ledger, *batch) == (0, 0)
+    known = ledger.known_versions("lab", "host-a")
+    assert len(known) == 300 and known[("/data", "f7")] == (10, 1_700_000_000_000_000_000, 1)
+
+
+def test_a_new_version_supersedes_the_pending_one(ledger: Ledger, sql: Sql) -> None:
+    enqueue(ledger, version("a", size=1))
+    assert enqueue(ledger, version("a", size=2)) == (1, 1)
+    assert sql("SELECT size, state FROM file_versions ORDER BY id") == [
+        (1, "superseded"), (2, "pending")]
+
+
+def test_unsafe_key_is_recorded_failed_at_once(ledger: Ledger, sql: Sql) -> None:
+    enqueue(ledger, version("bad\x01name", error="unsafe key: control character"))
+    assert sql("SELECT state, last_error FROM file_versions") == [
+        ("failed", "unsafe key: control character")]
+    assert claim(ledger) == []
+
+
+def test_concurrent_claims_never_share_a_row(migrated_dsn: str, ledger: Ledger) -> None:
+    enqueue(ledger, *[version(f"f{i}") for i in range(200)])
+    claimed: list[list[int]] = [[], [], [], []]
+
+    def drain(slot: int) -> None:
+        mine = Ledger(migrated_dsn).connect()
+        while batch := claim(mine, worker=f"host-a:{slot}:w", limit=7):
+            claimed[slot].extend(c.id for c in batch)
+        mine.close()
+
+    threads = [threading.Thread(target=drain, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    everything = [i for ids in claimed for i in ids]
+    assert len(everything) == len(set(everything)) == 200
+
+
+def test_completion_is_fenced_on_claimer_and_attempt(ledger: Ledger, sql: Sql) -> None:
+    enqueue(ledger, version("a"))
+    [first] = claim(ledger, worker="host-a:1:old", lease=0.001)
+    assert ledger.reclaim_leases([]) == 1, "the expired lease goes back to pending"
+    [second] = claim(ledger, worker="host-a:2:new")
+    assert (first.attempt, second.attempt) == (1, 2)
+    late = Outcome(first, State.UPLOADED, "uploaded", "0" * 64)
+    assert ledger.complete("host-a:1:old", [late]) == set(), "the old claimer is fenced out"
+    done = Outcome(second, State.UPLOADED, "uploaded", "1" * 64, bytes=10)
+    assert ledger.complete("host-a:2:new", [done]) == {second.id}
+    assert sql("SELECT state, sha256, attempts FROM file_versions") == [
+        ("uploaded", "1" * 64, 2)]
+    assert sql("SELECT attempt, outcome FROM upload_attempts ORDER BY attempt") == [
+        (1, "expired"), (2, "uploaded")]
+
+
+def test_failed_attempt_waits_for_its_backoff(ledger: Ledger, sql: Sql) -> None:
+    enqueue(ledger, version("a"))
+    [held] = claim(ledger)
+    ledger.complete("host-a:1:w", [Outcome(held, State.PENDING, "failed", error="S3 Slow",
+                                           retry_in=3600)])
+    assert claim(ledger) == [], "not due for an hour"
+    assert sql("SELECT state, last_error, next_attempt_at > now() + interval '59 minutes' "
+               "FROM file_versions") == [("pending", "S3 Slow", True)]
+
+
+def test_release_hands_back_without_charging_an_attempt(ledger: Ledger, sql: Sql) -> None:
+    enqueue(ledger, version("a"))
+    [held] = claim(ledger)
+    ledger.release("host-a:1:w", [held.id])
+    assert sql("SELECT state, attempts, claimed_by FROM file_versions") == [
+        ("pending", 0, None)]
+    assert sql("SELECT outcome FROM upload_attempts") == [("released",)]
+    assert claim(ledger)[0].attempt == 1
+
+
+def test_dead_workers_on_this_host_are_reclaimed_before_their_lease_ends(
+    ledger: Ledger,
+) -> None:
+    enqueue(ledger, version("a"), version("b"))
+    claim(ledger, worker="host-a:999999999:gone", limit=1)
+    claim(ledger, worker="host-a:1:alive", limit=1)
+    assert sorted(ledger.workers_on_host("host-a")) == ["host-a:1:alive",
+                                                       "host-a:999999999:gone"]
+    assert ledger.reclaim_leases(["host-a:999999999:gone"]) == 1
+    assert len(claim(ledger)) == 1
+
+
+def test_scopes_keep_hosts_apart_unless_the_root_is_shared(ledger: Ledger) -> None:
+    enqueue(ledger, version("local"), scope="host-b")
+    enqueue(ledger, version("shared"), scope="")
+    assert [c.relpath for c in claim(ledger)] == ["shared"]
+
+
+def test_sessions_are_shared_per_group(ledger: Ledger) -> None:
+    first = ledger.open_sessions("lab", "host-a", ["run-1", "run-2"])
+    again = ledger.open_sessions("lab", "host-b", ["run-2"])
+    assert again["run-2"] == first["run-2"] and first["run-1"] != first["run-2"]
+
+
+def test_dead_workers_are_those_whose_process_is_gone_on_this_host() -> None:
+    holders = ["host-a:999999999:gone", f"host-a:{os.getpid()}:alive", "host-b:999999999:far",
+               "host-a:1:me"]
+    assert dead_workers("host-a", holders, me="host-a:1:me") == ["host-a:999999999:gone"]

@@ -1,0 +1,169 @@
+"""Uploading one claimed version to real S3 servers: moto, and rclone as a second one."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uploaderd import uploader as uploader_module
+from uploaderd.config import S3Settings, parse_job_text
+from uploaderd.devstack import S3Server
+from uploaderd.ledger import Claim
+from uploaderd.settle import Signature
+from uploaderd.storage import Storage
+from uploaderd.uploader import MiB, TransferSettings, Uploader
+
+# Small enough to keep the test fast, large enough for a real multipart upload (5 MiB parts).
+SMALL_MULTIPART = TransferSettings(multipart_threshold=6 * MiB, part_size=5 * MiB)
+
+
+def make_job(root: Path, bucket: str, server: S3Server, **destination: Any) -> Any:
+    extra = "".join(f"  {k}: {v}\n" for k, v in destination.items())
+    text = (f"source:\n  paths: [{root}]\ndestination:\n  bucket: {bucket}\n"
+            f"  key: 'up/${{relpath}}'\n  endpoint_url: {server.endpoint_url}\n{extra}")
+    return parse_job_text(text, name="lab", defaults=S3Settings(region="us-east-1"))
+
+
+def claim_for(path: Path, root: Path, attempt: int = 1) -> Claim:
+    sig = Signature.of(path.stat())
+    relpath = str(path.relative_to(root))
+    return Claim(1, "lab", str(root), relpath, sig.size, sig.mtime_ns, sig.inode, "",
+                 f"up/{relpath}", attempt, None)
+
+
+def with_bucket(claim: Claim, bucket: str) -> Claim:
+    return Claim(claim.id, claim.job, claim.root, claim.relpath, claim.size, claim.mtime_ns,
+                 claim.inode, bucket, claim.key, claim.attempt, claim.session_id)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "root"
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("size", [0, 1000, 13 * MiB], ids=["empty", "small", "multipart"])
+def test_upload_carries_content_and_sha256(
+    root: Path, s3_backend: S3Server, backend_bucket: str, size: int
+) -> None:
+    data = os.urandom(size)
+    (root / "sample.bin").write_bytes(data)
+    job = make_job(root, backend_bucket, s3_backend, storage_class="STANDARD",
+                   metadata="{instrument: scope-a}", tags="{project: x}")
+    claim = with_bucket(claim_for(root / "sample.bin", root), backend_bucket)
+    result = Uploader(Storage(4), SMALL_MULTIPART).upload(claim, job)
+    digest = hashlib.sha256(data).hexdigest()
+    assert (result.outcome, result.sha256, result.bytes) == ("uploaded", digest, size)
+    got = s3_backend.client().get_object(Bucket=backend_bucket, Key="up/sample.bin")
+    metadata = {k.lower(): v for k, v in got["Metadata"].items()}
+    assert got["Body"].read() == data
+    assert metadata == {"sha256": digest, "instrument": "scope-a"}
+
+
+def test_overwrite_never_refuses_different_content_and_accepts_its_own(
+    root: Path, s3_backend: S3Server, backend_bucket: str
+) -> None:
+    (root / "a.txt").write_bytes(b"ours")
+    job = make_job(root, backend_bucket, s3_backend, overwrite="never")
+    claim = with_bucket(claim_for(root / "a.txt", root), backend_bucket)
+    up = Uploader(Storage(4))
+    assert up.upload(claim, job).outcome == "uploaded"
+    assert up.upload(claim, job).outcome == "uploaded", "a re-run after a crash is idempotent"
+    s3_backend.client().put_object(Bucket=backend_bucket, Key="up/a.txt", Body=b"theirs")
+    result = up.upload(claim, job)
+    assert (result.outcome, result.retryable) == ("failed", False)
+    assert "overwrite is never" in (result.error or "")
+    body = s3_backend.client().get_object(Bucket=backend_bucket, Key="up/a.txt")["Body"].read()
+    assert body == b"theirs"
+
+
+def test_if_changed_replaces_an_object_with_other_content(
+    root: Path, s3_backend: S3Server, backend_bucket: str
+) -> None:
+    (root / "a.txt").write_bytes(b"new content")
+    s3_backend.client().put_object(Bucket=backend_bucket, Key="up/a.txt", Body=b"old")
+    job = make_job(root, backend_bucket, s3_backend)
+    claim = with_bucket(claim_for(root / "a.txt", root), backend_bucket)
+    assert Uploader(Storage(4)).upload(claim, job).outcome == "uploaded"
+    body = s3_backend.client().get_object(Bucket=backend_bucket, Key="up/a.txt")["Body"].read()
+    assert body == b"new content"
+
+
+def test_a_file_changed_since_it_was_queued_is_not_uploaded(
+    root: Path, s3_server: S3Server, bucket: str
+) -> None:
+    target = root / "a.txt"
+    target.write_bytes(b"version one")
+    claim = with_bucket(claim_for(target, root), bucket)
+    target.write_bytes(b"version two, longer")
+    result = Uploader(Storage(4)).upload(claim, make_job(root, bucket, s3_server))
+    assert (result.outcome, result.retryable) == ("changed", False)
+    listing = s3_server.client().list_objects_v2(Bucket=bucket)
+    assert listing.get("Contents", []) == []
+
+
+def test_a_file_changed_during_a_multipart_upload_is_aborted(
+    root: Path, s3_backend: S3Server, backend_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = root / "big.bin"
+    target.write_bytes(os.urandom(13 * MiB))
+    claim = with_bucket(claim_for(target, root), backend_bucket)
+    first_pass = uploader_module._hash_file
+
+    def hash_then_tamper(file: Any, expected: Signature) -> str:
+        """The writer strikes between the hash pass and the upload, keeping size and mtime."""
+        digest = first_pass(file, expected)
+        with target.open("r+b") as out:
+            out.seek(7 * MiB)
+            out.write(b"tampered")
+        os.utime(target, ns=(expected.mtime_ns, expected.mtime_ns))
+        return digest
+
+    monkeypatch.setattr(uploader_module, "_hash_file", hash_then_tamper)
+    job = make_job(root, backend_bucket, s3_backend)
+    result = Uploader(Storage(4), SMALL_MULTIPART).upload(claim, job)
+    assert result.outcome == "changed"
+    client = s3_backend.client()
+    assert client.list_objects_v2(Bucket=backend_bucket).get("Contents", []) == []
+    assert client.list_multipart_uploads(Bucket=backend_bucket).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("setting", ["when_supported", "when_required"])
+def test_checksum_setting_decides_the_sha256_checksum_header(
+    root: Path, s3_server: S3Server, bucket: str, setting: str
+) -> None:
+    """Neither local server verifies checksums, so read the header off the real request."""
+    data = b"checked by the server"
+    (root / "c.txt").write_bytes(data)
+    storage = Storage(4)
+    job = make_job(root, bucket, s3_server, checksum=setting)
+    sent: list[dict[str, str | bytes]] = []
+    storage.client(job.destination.s3).meta.events.register(
+        "before-send.s3.PutObject", lambda request, **_: sent.append(dict(request.headers)))
+    claim = with_bucket(claim_for(root / "c.txt", root), bucket)
+    assert Uploader(storage).upload(claim, job).outcome == "uploaded"
+    headers = {k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in sent[-1].items()}
+    expected = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    if setting == "when_supported":
+        assert headers["x-amz-checksum-sha256"] == expected
+    else:
+        assert not any(name.startswith("x-amz-checksum") for name in headers)
+    assert headers["x-amz-meta-sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_unreachable_endpoint_is_a_retryable_failure(root: Path, bucket: str) -> None:
+    (root / "a.txt").write_bytes(b"x")
+
+    class Nowhere:
+        endpoint_url = "http://127.0.0.1:9"  # discard port: nothing listens
+
+    job = make_job(root, bucket, Nowhere())  # type: ignore[arg-type]
+    result = Uploader(Storage(4)).upload(with_bucket(claim_for(root / "a.txt", root), bucket), job)
+    assert (result.outcome, result.retryable) == ("failed", True)
+    assert result.error and result.error.startswith("S3: Could not connect")
