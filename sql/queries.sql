@@ -154,7 +154,7 @@ WHERE state = 'uploading' AND claimed_by LIKE %(prefix)s;
 -- name: job_counts
 -- Per job and state: files, bytes and the age of the oldest pending file.
 SELECT job, state, count(*) AS files, coalesce(sum(size), 0)::bigint AS bytes,
-       extract(epoch FROM now() - min(discovered_at)) AS oldest_age_seconds,
+       extract(epoch FROM now() - min(discovered_at))::float8 AS oldest_age_seconds,
        max(uploaded_at) AS last_uploaded_at
 FROM file_versions
 WHERE (%(job)s::text IS NULL OR job = %(job)s)

@@ -22,7 +22,7 @@ from uploaderd import __version__
 log = logging.getLogger(__name__)
 
 # The _created series double every counter for no use on a dashboard.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 

@@ -70,6 +70,11 @@ def scan(root: str, rules: ScanRules, start: str | None = None) -> Iterator[Cand
     """Every candidate under ``start`` (default: the whole root), depth first."""
     real_root = os.path.realpath(root)
     seen_dirs: set[tuple[int, int]] = set()
+    try:  # a link back to the root (``ln -s .. run1/up``) must not list the whole root again
+        info = os.stat(root)
+        seen_dirs.add((info.st_dev, info.st_ino))
+    except OSError:
+        pass
     stack = [start or root]
     while stack:
         directory = stack.pop()

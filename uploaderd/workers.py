@@ -178,14 +178,18 @@ class UploadPool:
                 if stopping:
                     self._release_held()
                     return
-                if time.monotonic() >= next_renewal and self._held:
-                    self.ledger.renew_leases(self.worker, list(self._held), self.lease_seconds)
+                if time.monotonic() >= next_renewal:
+                    if self._held:
+                        self.ledger.renew_leases(self.worker, list(self._held),
+                                                 self.lease_seconds)
                     next_renewal = time.monotonic() + self.lease_seconds / 3
                 claimed = self._claim_more()
                 self.on_db(True)
                 backoff = 0.5
                 if not claimed:
-                    self.ledger.wait_for_notify(POLL_SECONDS, self._wake_r)
+                    # Wake for new work, finished work, a poll, or a lease renewal coming due.
+                    until_renewal = max(0.0, next_renewal - time.monotonic())
+                    self.ledger.wait_for_notify(min(POLL_SECONDS, until_renewal), self._wake_r)
                     self._drain_wake_pipe()
             except DatabaseUnavailable as exc:
                 if stopping:

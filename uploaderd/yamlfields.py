@@ -9,7 +9,6 @@ meets, so a file is reported in full instead of one error per run.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,22 +21,6 @@ T = TypeVar("T")
 KeyPath = tuple[str, ...]
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: only true/false, so the key ``on:`` (trigger.on)
-    and values such as ``no`` or ``off`` stay strings instead of turning into booleans."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
-
-
 class YamlDocument:
     """One parsed file: its data, the line of every key path, and the problems found so far."""
 
@@ -47,8 +30,8 @@ class YamlDocument:
         self.lines: dict[KeyPath, int] = {}
         self.data: Any = None
         try:
-            self.data = yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
-            node = yaml.compose(text, Loader=_Loader)
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.data = _keys_as_written(yaml.safe_load(text), node)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else None
@@ -226,6 +209,31 @@ class Fields:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             known = ", ".join(sorted(self._read))
             self.problem(str(key), f"unknown key{hint} (known here: {known})")
+
+
+def _keys_as_written(data: Any, node: yaml.Node | None) -> Any:
+    """The data with YAML 1.2 booleans: only true and false.
+
+    YAML 1.1 (PyYAML) reads a plain ``on`` key (trigger.on) or ``no`` as a boolean. Keys in
+    our files are names, so each key keeps the text of its node; a value spelled yes/no/on/off
+    stays a string. Both come from the composed nodes, so loading stays ``yaml.safe_load``.
+    """
+    if isinstance(node, yaml.MappingNode) and isinstance(data, dict):
+        result = {}
+        for key_node, value_node in node.value:
+            written = str(key_node.value)
+            constructed = yaml.safe_load(written) if key_node.style is None else written
+            key = constructed if constructed in data else written
+            if key in data:
+                result[written] = _keys_as_written(data[key], value_node)
+        return result
+    if isinstance(node, yaml.SequenceNode) and isinstance(data, list):
+        pairs = zip(data, node.value, strict=False)
+        return [_keys_as_written(item, child) for item, child in pairs]
+    if isinstance(data, bool) and isinstance(node, yaml.ScalarNode) and node.style is None:
+        # Values too follow YAML 1.2: "off" is a string (and an error where a bool is due).
+        return data if node.value.lower() in ("true", "false") else node.value
+    return data
 
 
 def _dotted(path: KeyPath) -> str:

@@ -1,0 +1,811 @@
+"""Throughput of uploaderd against its peers (s5cmd, rclone, aws s3) on one local S3 server.
+
+Why this shape: a throughput figure means little on its own (it depends on the disk, the
+CPU and above all the S3 server), so every tool uploads the same files to the same server
+in the same run, interleaved repetition by repetition, and the table reports medians and
+the ratio of uploaderd's time to each peer's.
+
+uploaderd is measured the way it is used: a daemon already running (started, migrated and
+READY=1 over a private NOTIFY_SOCKET, as systemd sees it) and files *moved* into its
+watched directory, as instruments do. The clock starts at the first rename and stops when
+the ledger shows every version ``uploaded``; the settle time is part of that latency, so
+the figure minus the settle time is reported too. Peers are timed from process start to
+exit, which includes their start-up (about 0.5 s of Python imports for ``aws``).
+
+Every measurement is checked by listing the destination prefix: a tool that "finished"
+without uploading every file fails the run instead of producing a flattering number.
+
+    .venv/bin/python bench/throughput.py [--s3 rclone moto] [--small 2000] [--medium 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import psycopg2
+import psycopg2.extensions
+
+from uploaderd.devstack import REGION, S3_SERVERS, PostgresCluster, S3Server
+
+KiB = 1024
+MiB = 1024 * 1024
+BUCKET = "bench"
+POLL_SECONDS = 0.05
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+SHUTDOWN_GRACE = 10.0
+PEERS = ("s5cmd", "rclone", "aws")
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be taken or was wrong; the run stops with its message."""
+
+
+# --- what is measured ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    """``count`` files of ``size`` bytes each."""
+
+    name: str
+    count: int
+    size: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.count * self.size
+
+    def describe(self) -> str:
+        return f"{self.name} {self.count}x{_size_text(self.size)}"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measurement: wall seconds, and the CPU seconds each party burnt meanwhile.
+
+    On a small machine the CPU split says who the bottleneck is: a single-threaded Python
+    process near one CPU second per wall second is saturated.
+    """
+
+    seconds: float
+    tool_cpu: float
+    s3_cpu: float
+    db_cpu: float
+
+
+@dataclass
+class Results:
+    """Every repetition, by (S3 server, tool, workload)."""
+
+    samples: dict[tuple[str, str, str], list[Sample]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # tool -> why
+
+    def add(self, server: str, tool: str, workload: str, sample: Sample) -> None:
+        self.samples.setdefault((server, tool, workload), []).append(sample)
+
+    def get(self, server: str, tool: str, workload: str) -> list[Sample]:
+        return self.samples.get((server, tool, workload), [])
+
+
+def median_of(samples: Sequence[Sample], attribute: str) -> float:
+    return statistics.median(getattr(sample, attribute) for sample in samples)
+
+
+def _size_text(size: int) -> str:
+    if size % MiB == 0:
+        return f"{size // MiB}MiB"
+    if size % KiB == 0:
+        return f"{size // KiB}KiB"
+    return f"{size}B"
+
+
+def make_files(directory: Path, workload: Workload, seed: int) -> list[Path]:
+    """Write the workload's files (incompressible bytes, so no store can cheat by compressing).
+
+    The seed only makes file names distinct between repetitions; contents are random.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(workload.count):
+        path = directory / f"s{seed}-f{index:06d}.bin"
+        with path.open("wb") as out:
+            out.write(os.urandom(workload.size))
+        paths.append(path)
+    return paths
+
+
+def settle_disk() -> None:
+    """Flush dirty pages before a clock starts, so no tool pays for the previous one's writes."""
+    os.sync()
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int | None) -> float:
+    """User+system CPU seconds of a live process, all its threads (0 when it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def children_cpu() -> float:
+    """CPU seconds of every child we have reaped: a peer's share is the delta around it."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def postgres_cpu(pg: PostgresCluster) -> float:
+    """The postmaster and its live children (the daemon's backends among them)."""
+    try:
+        postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = process_cpu(postmaster)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    total += process_cpu(int(entry.name))
+    return total
+
+
+def server_pid(s3: S3Server) -> int | None:
+    """devstack keeps the server's Popen private; its pid is read here for CPU accounting."""
+    proc: subprocess.Popen[bytes] | None = getattr(s3, "_proc", None)
+    return proc.pid if proc is not None else None
+
+
+@dataclass(frozen=True)
+class CpuMeter:
+    """CPU seconds of the tool under test, the S3 server and PostgreSQL over one measurement."""
+
+    tool: Callable[[], float]
+    s3: Callable[[], float]
+    db: Callable[[], float]
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[list[float]]:
+        """Yields a list that holds [tool, s3, db] CPU seconds once the block is left."""
+        before = (self.tool(), self.s3(), self.db())
+        spent: list[float] = []
+        yield spent
+        after = (self.tool(), self.s3(), self.db())
+        spent.extend(b - a for a, b in zip(before, after, strict=True))
+
+
+def find_tool(name: str) -> str | None:
+    """The tool installed next to this interpreter (the venv's bench extra) or on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    return shutil.which(name)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM) -> None:
+    """Signal the process group of ``proc``; SIGKILL it if it outlives ``timeout``."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def run_timed(argv: Sequence[str], env: dict[str, str], log: IO[bytes], timeout: float) -> float:
+    """Run a peer to completion in its own process group; its wall seconds.
+
+    Its own group so that Ctrl-C or a timeout kills the whole tool (aws spawns no
+    children, but rclone and s5cmd are free to) and nothing outlives the benchmark.
+    """
+    log.write(f"$ {shlex.join(argv)}\n".encode())
+    log.flush()
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        returncode = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{Path(argv[0]).name} did not finish within {timeout:.0f}s") from None
+    finally:
+        terminate(proc, 5.0)
+    elapsed = time.perf_counter() - started
+    if returncode != 0:
+        raise BenchError(f"{shlex.join(argv)} exited with {returncode}; see {log.name}")
+    return elapsed
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# --- the S3 side -----------------------------------------------------------------------------
+
+
+def count_objects(s3: S3Server, prefix: str) -> int:
+    """How many objects the server lists under ``prefix``: the correctness check."""
+    paginator = s3.client().get_paginator("list_objects_v2")
+    return sum(page.get("KeyCount", 0) for page in paginator.paginate(Bucket=BUCKET,
+                                                                        Prefix=prefix))
+
+
+def delete_prefix(s3: S3Server, prefix: str) -> None:
+    """Drop a measurement's objects, so moto's memory and rclone's disk stay bounded."""
+    client = s3.client()
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=BUCKET, Prefix=prefix):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys, "Quiet": True})
+
+
+def verify_upload(s3: S3Server, prefix: str, workload: Workload, tool: str) -> None:
+    found = count_objects(s3, prefix)
+    if found != workload.count:
+        raise BenchError(f"{tool}: {found} objects under s3://{BUCKET}/{prefix}, "
+                         f"expected {workload.count}")
+
+
+def credentials_env(s3: S3Server) -> dict[str, str]:
+    """The environment every tool runs with: the server's keys, and no user AWS config."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
+    return env | {
+        "AWS_ACCESS_KEY_ID": s3.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+
+
+# --- peers -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One reference tool: how to call it to copy a directory to ``s3://BUCKET/prefix/``."""
+
+    name: str
+    executable: str
+    argv: Callable[[str, S3Server, Path, str, int], list[str]]
+    extra_env: Callable[[S3Server], dict[str, str]] = lambda s3: {}
+
+    def command(self, s3: S3Server, src: Path, prefix: str, workers: int) -> list[str]:
+        return self.argv(self.executable, s3, src, prefix, workers)
+
+
+def _s5cmd_argv(exe: str, s3: S3Server, src: Path, prefix: str, workers: int) -> list[str]:
+    # --numworkers left at its default (256): s5cmd as people run it.
+    return [exe, "--endpoint-url", s3.endpoint_url, "cp", f"{src}/*", f"s3://{BUCKET}/{prefix}"]
+
+
+def _rclone_argv(exe: str, s3: S3Server, src: Path, prefix: str, workers: int) -> list[str]:
+    # --config to a missing file: the remote comes from RCLONE_CONFIG_BENCH_* only.
+    return [exe, "--config", os.devnull, "copy", str(src), f"bench:{BUCKET}/{prefix}",
+            "--transfers", str(workers), "--s3-no-check-bucket"]
+
+
+def _rclone_env(s3: S3Server) -> dict[str, str]:
+    return {
+        "RCLONE_CONFIG_BENCH_TYPE": "s3",
+        "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
+        "RCLONE_CONFIG_BENCH_ENDPOINT": s3.endpoint_url,
+        "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": s3.access_key,
+        "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": s3.secret_key,
+        "RCLONE_CONFIG_BENCH_REGION": REGION,
+        "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
+    }
+
+
+def _aws_argv(exe: str, s3: S3Server, src: Path, prefix: str, workers: int) -> list[str]:
+    # awscli v1 defaults: 10 concurrent requests, multipart from 8 MiB.
+    return [exe, "--endpoint-url", s3.endpoint_url, "s3", "cp", str(src),
+            f"s3://{BUCKET}/{prefix}", "--recursive", "--only-show-errors"]
+
+
+_PEER_ARGV = {"s5cmd": _s5cmd_argv, "rclone": _rclone_argv, "aws": _aws_argv}
+
+
+def available_peers(names: Sequence[str], results: Results) -> list[Peer]:
+    """The requested peers that are installed; the others are noted as skipped, not fatal."""
+    peers = []
+    for name in names:
+        exe = find_tool(name)
+        if exe is None:
+            results.skipped[name] = "not installed (.venv/bin/pip install -e '.[bench]')"
+            continue
+        peers.append(Peer(name, exe, _PEER_ARGV[name],
+                          _rclone_env if name == "rclone" else lambda s3: {}))
+    return peers
+
+
+# --- uploaderd -------------------------------------------------------------------------------
+
+
+class NotifySocket:
+    """The systemd side of sd_notify: a datagram socket we read READY=1 from.
+
+    It is drained until closed because the daemon's sd_notify sends are blocking: a full
+    socket buffer would stall its main loop and distort the measurement.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.2)
+        self._ready = threading.Event()
+        self._closed = threading.Event()
+        self.last_status = ""
+        self._thread = threading.Thread(target=self._drain, name="notify", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._closed.is_set():
+            try:
+                message = self._sock.recv(4096).decode(errors="replace")
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            for line in message.splitlines():
+                if line == "READY=1":
+                    self._ready.set()
+                elif line.startswith("STATUS="):
+                    self.last_status = line.removeprefix("STATUS=")
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.1):
+            if proc.poll() is not None:
+                raise BenchError(f"uploaderd exited with {proc.returncode} before READY=1")
+            if time.monotonic() > deadline:
+                raise BenchError(f"no READY=1 from uploaderd within {timeout:.0f}s "
+                                 f"(last STATUS: {self.last_status!r})")
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=2)
+        self._sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    workers: int
+    settle: float
+    log_level: str
+    py_spy: Path | None
+
+
+def write_config(work: Path, dsn: str, s3: S3Server, watched: Path,
+                 settings: DaemonSettings) -> Path:
+    """The daemon config and one job; metrics off (no port to collide with)."""
+    jobs = work / "jobs.d"
+    jobs.mkdir(parents=True, exist_ok=True)
+    config = work / "uploaderd.yaml"
+    config.write_text(
+        f"database:\n  dsn: {dsn}\n"
+        f"jobs_dir: {json.dumps(str(jobs))}\n"
+        f"workers: {settings.workers}\n"
+        "metrics:\n  listen: \"\"\n"
+        f"s3:\n  endpoint_url: {s3.endpoint_url}\n  region: {REGION}\n"
+        f"log:\n  level: {settings.log_level}\n  format: text\n"
+        f"shutdown_grace: {SHUTDOWN_GRACE:.0f}s\n"
+    )
+    (jobs / "bench.yaml").write_text(
+        "name: bench\n"
+        f"source:\n  paths: [{json.dumps(str(watched))}]\n"
+        f"  settle: {settings.settle}s\n  rescan: 1d\n"
+        f"destination:\n  bucket: {BUCKET}\n  key: \"uploaderd/${{relpath}}\"\n"
+    )
+    return config
+
+
+class UploaderdUnderTest:
+    """One daemon for one S3 server: started once, fed each workload, stopped at the end."""
+
+    def __init__(self, work: Path, pg: PostgresCluster, s3: S3Server, server: str,
+                 settings: DaemonSettings) -> None:
+        self.work = work
+        self.s3 = s3
+        self.settings = settings
+        self.watched = work / "watched"
+        self.staging = work / "staging"  # same filesystem, so a move is a rename
+        self.log_path = work / "uploaderd.log"
+        self.env = credentials_env(s3)
+        self.dsn = pg.create_database(f"bench_{server}")
+        self.meter = CpuMeter(lambda: process_cpu(self._proc.pid if self._proc else None),
+                              lambda: process_cpu(server_pid(s3)), lambda: postgres_cpu(pg))
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._spy: subprocess.Popen[bytes] | None = None
+        self._notify: NotifySocket | None = None
+        self._log: IO[bytes] | None = None
+        self._db: psycopg2.extensions.connection | None = None
+
+    def start(self, labels: Sequence[str]) -> None:
+        """Migrate, start, wait for READY=1.
+
+        Each measurement's directory exists before the start, so its watch is in place
+        when READY=1 arrives and no move-in can race the watch being added.
+        """
+        for label in labels:
+            (self.watched / label).mkdir(parents=True, exist_ok=True)
+        config = write_config(self.work, self.dsn, self.s3, self.watched, self.settings)
+        migrate = [sys.executable, "-m", "uploaderd", "migrate", "-c", str(config)]
+        done = subprocess.run(migrate, env=self.env, capture_output=True, text=True,
+                              check=False, timeout=60)
+        if done.returncode != 0:
+            raise BenchError(f"uploaderd migrate failed: {done.stderr.strip()}")
+        self._notify = NotifySocket(self.work / "notify.sock")
+        self._log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "uploaderd", "run", "-c", str(config)],
+            env=self.env | {"NOTIFY_SOCKET": str(self._notify.path)},
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            self._notify.wait_ready(self._proc, READY_TIMEOUT)
+        except BenchError as exc:
+            raise BenchError(f"{exc}\n{tail(self.log_path)}") from None
+        self._db = psycopg2.connect(self.dsn, application_name="bench")
+        self._db.autocommit = True
+        self._start_py_spy()
+
+    def _start_py_spy(self) -> None:
+        """Sample the daemon for the whole run (GIL holders and waiters alike)."""
+        if self.settings.py_spy is None or self._proc is None:
+            return
+        exe = find_tool("py-spy")
+        if exe is None:
+            raise BenchError("--py-spy needs py-spy: .venv/bin/pip install py-spy")
+        out = self.settings.py_spy
+        fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(out.suffix, "raw")
+        self._spy = subprocess.Popen(
+            [exe, "record", "--pid", str(self._proc.pid), "--rate", "200", "--format", fmt,
+             "--output", str(out), "--nonblocking"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
+            start_new_session=True,
+        )
+
+    def _ledger_counts(self) -> tuple[int, int]:
+        """(uploaded, failed) versions in the ledger."""
+        assert self._db is not None
+        with self._db.cursor() as cursor:
+            cursor.execute("SELECT count(*) FILTER (WHERE state = 'uploaded'), "
+                           "count(*) FILTER (WHERE state = 'failed') FROM file_versions")
+            uploaded, failed = cursor.fetchone() or (0, 0)
+        return int(uploaded), int(failed)
+
+    def _first_error(self) -> str:
+        assert self._db is not None
+        with self._db.cursor() as cursor:
+            cursor.execute("SELECT relpath, last_error FROM file_versions "
+                           "WHERE last_error IS NOT NULL ORDER BY id DESC LIMIT 1")
+            row = cursor.fetchone()
+        return f"{row[0]}: {row[1]}" if row else "no error recorded"
+
+    def measure(self, workload: Workload, label: str, seed: int, timeout: float) -> Sample:
+        """Move ``workload`` into the watched directory; seconds until all are ``uploaded``."""
+        files = make_files(self.staging / label, workload, seed)
+        settle_disk()
+        base_uploaded, base_failed = self._ledger_counts()
+        target = self.watched / label
+        # Fresh mtimes, as an instrument that has just finished writing: the settle check
+        # would otherwise accept files whose mtime is already `settle` old at first sight.
+        for path in files:
+            os.utime(path)
+        with self.meter.measuring() as cpu:
+            started = time.perf_counter()
+            for path in files:
+                os.rename(path, target / path.name)
+            elapsed = self._wait_uploaded(base_uploaded + workload.count, base_failed,
+                                          started, timeout)
+        verify_upload(self.s3, f"uploaderd/{label}/", workload, "uploaderd")
+        for path in files:  # the disk footprint stays one workload deep
+            (target / path.name).unlink()
+        return Sample(elapsed, *cpu)
+
+    def _wait_uploaded(self, target: int, base_failed: int, started: float,
+                       timeout: float) -> float:
+        while True:
+            uploaded, failed = self._ledger_counts()
+            if uploaded >= target:
+                return time.perf_counter() - started
+            if failed > base_failed:
+                raise BenchError(f"uploaderd failed {failed - base_failed} versions: "
+                                 f"{self._first_error()}")
+            if self._proc is not None and self._proc.poll() is not None:
+                raise BenchError(f"uploaderd died ({self._proc.returncode}):\n"
+                                 f"{tail(self.log_path)}")
+            if time.perf_counter() - started > timeout:
+                raise BenchError(f"uploaderd: {uploaded} of {target} uploaded after "
+                                 f"{timeout:.0f}s:\n{tail(self.log_path)}")
+            time.sleep(POLL_SECONDS)
+
+    def stop(self) -> None:
+        """SIGTERM as systemd does (py-spy first: SIGINT makes it write its profile)."""
+        if self._spy is not None:
+            terminate(self._spy, 20.0, signal.SIGINT)
+            self._spy = None
+        if self._proc is not None:
+            terminate(self._proc, SHUTDOWN_GRACE + STOP_TIMEOUT)
+            self._proc = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+# --- one S3 server's run ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    servers: tuple[str, ...]
+    workloads: tuple[Workload, ...]
+    peers: tuple[str, ...]
+    repeat: int
+    timeout: float
+    daemon: DaemonSettings
+
+
+def labels_for(plan: Plan) -> list[str]:
+    return [f"{w.name}-r{rep}" for w in plan.workloads for rep in range(1, plan.repeat + 1)]
+
+
+def run_server(server: str, plan: Plan, work: Path, pg: PostgresCluster,
+               results: Results) -> None:
+    """Every tool, workload and repetition against one fresh S3 server."""
+    print(f"\n== S3 server: {server}", flush=True)
+    with contextlib.ExitStack() as stack:
+        s3 = S3_SERVERS[server](work / "s3")
+        stack.callback(s3.cleanup)
+        s3.start()
+        s3.create_bucket(BUCKET)
+        daemon = UploaderdUnderTest(work / "uploaderd", pg, s3, server, plan.daemon)
+        stack.callback(daemon.stop)
+        daemon.start(labels_for(plan))
+        peers = available_peers(plan.peers, results)
+        peer_log = stack.enter_context((work / "peers.log").open("ab"))
+        for workload in plan.workloads:
+            src = work / "src" / workload.name
+            make_files(src, workload, seed=0)
+            for rep in range(1, plan.repeat + 1):
+                label = f"{workload.name}-r{rep}"
+                sample = daemon.measure(workload, label, rep, plan.timeout)
+                _record(results, server, "uploaderd", workload, rep, sample)
+                delete_prefix(s3, f"uploaderd/{label}/")
+                meter = CpuMeter(children_cpu, lambda: process_cpu(server_pid(s3)),
+                                 lambda: postgres_cpu(pg))
+                for peer in peers:
+                    sample = measure_peer(peer, s3, src, workload, label, plan, peer_log, meter)
+                    _record(results, server, peer.name, workload, rep, sample)
+            shutil.rmtree(src)
+
+
+def measure_peer(peer: Peer, s3: S3Server, src: Path, workload: Workload, label: str,
+                 plan: Plan, log: IO[bytes], meter: CpuMeter) -> Sample:
+    prefix = f"{peer.name}/{label}/"
+    env = credentials_env(s3) | peer.extra_env(s3)
+    settle_disk()
+    with meter.measuring() as cpu:
+        seconds = run_timed(peer.command(s3, src, prefix, plan.daemon.workers), env, log,
+                            plan.timeout)
+    verify_upload(s3, prefix, workload, peer.name)
+    delete_prefix(s3, prefix)
+    return Sample(seconds, *cpu)
+
+
+def _record(results: Results, server: str, tool: str, workload: Workload, rep: int,
+            sample: Sample) -> None:
+    results.add(server, tool, workload.name, sample)
+    seconds = sample.seconds
+    print(f"  {tool:<10} {workload.describe():<22} rep {rep}: {seconds:7.2f}s "
+          f"({workload.count / seconds:8.1f} files/s, "
+          f"{workload.total_bytes / MiB / seconds:7.1f} MiB/s; CPU s: tool "
+          f"{sample.tool_cpu:.2f}, s3 {sample.s3_cpu:.2f}, db {sample.db_cpu:.2f})", flush=True)
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def report(plan: Plan, results: Results, command: str) -> str:
+    """The table: medians, throughput, uploaderd's time over each tool's and the CPU split."""
+    header = (f"{'tool':<16} {'workload':<18} {'seconds':>7} {'min-max':>11} {'files/s':>8} "
+              f"{'MiB/s':>7} {'ud/tool':>7} {'ud-settle/tool':>14} "
+              f"{'cpu tool':>8} {'cpu s3':>7} {'cpu db':>7}")
+    lines = [f"medians of {plan.repeat} runs; ud/tool = uploaderd time / tool time "
+             f"(>1: uploaderd slower); ud-settle = uploaderd time minus the "
+             f"{plan.daemon.settle:g}s settle; cpu = CPU seconds of the tool, the S3 server "
+             "and PostgreSQL during the measurement"]
+    for server in plan.servers:
+        lines += ["", f"S3 server: {server}", header, "-" * len(header)]
+        for workload in plan.workloads:
+            lines += _workload_rows(plan, results, server, workload)
+    for tool, why in results.skipped.items():
+        lines.append(f"skipped {tool}: {why}")
+    lines += ["", f"reproduce: {command}"]
+    return "\n".join(lines)
+
+
+def _workload_rows(plan: Plan, results: Results, server: str, workload: Workload) -> list[str]:
+    ours = results.get(server, "uploaderd", workload.name)
+    if not ours:
+        return []
+    wall = median_of(ours, "seconds")
+    net = max(wall - plan.daemon.settle, 1e-9)
+    rows = [_row("uploaderd", workload, ours, wall, None, None),
+            _row(f"uploaderd -{plan.daemon.settle:g}s", workload, [], net, None, None)]
+    for tool in PEERS:
+        theirs = results.get(server, tool, workload.name)
+        if theirs:
+            seconds = median_of(theirs, "seconds")
+            rows.append(_row(tool, workload, theirs, seconds, wall / seconds, net / seconds))
+    return rows
+
+
+def _row(tool: str, workload: Workload, samples: Sequence[Sample], seconds: float,
+         ratio: float | None, net_ratio: float | None) -> str:
+    times = [sample.seconds for sample in samples]
+    spread = f"{min(times):.2f}-{max(times):.2f}" if times else ""
+    cpu = "".join(f" {median_of(samples, name):>7.2f}" if samples else f" {'':>7}"
+                  for name in ("tool_cpu", "s3_cpu", "db_cpu"))
+    return (f"{tool:<16} {workload.describe():<18} {seconds:7.2f} {spread:>11} "
+            f"{workload.count / seconds:8.1f} {workload.total_bytes / MiB / seconds:7.1f} "
+            f"{_ratio(ratio):>7} {_ratio(net_ratio):>14} {cpu[1:]:>8}")
+
+
+def _ratio(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else ""
+
+
+def results_json(plan: Plan, results: Results) -> dict[str, object]:
+    return {
+        "settle_seconds": plan.daemon.settle,
+        "workloads": {w.name: {"count": w.count, "size": w.size} for w in plan.workloads},
+        "samples": [{"server": s, "tool": t, "workload": w, **sample.__dict__}
+                    for (s, t, w), samples in results.samples.items() for sample in samples],
+        "skipped": results.skipped,
+    }
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--s3", nargs="+", choices=sorted(S3_SERVERS), default=["rclone"],
+                        help="S3 server(s), one after the other (default: rclone)")
+    parser.add_argument("--small", type=int, default=2000, help="small files (default 2000)")
+    parser.add_argument("--small-size", type=int, default=4 * KiB, help="bytes (default 4 KiB)")
+    parser.add_argument("--medium", type=int, default=200, help="medium files (default 200)")
+    parser.add_argument("--medium-size", type=int, default=MiB, help="bytes (default 1 MiB)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
+    parser.add_argument("--workers", type=int, default=8,
+                        help="uploaderd workers and rclone --transfers (default 8)")
+    parser.add_argument("--settle", type=float, default=1.0, help="job settle seconds")
+    parser.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS),
+                        help="reference tools (default: all installed)")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds allowed per measurement (default 300)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        default="warning", help="uploaderd's log level (default warning)")
+    parser.add_argument("--py-spy", type=Path, metavar="FILE",
+                        help="profile the daemon with py-spy (.svg, .json speedscope, else raw)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write every sample")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work directory (logs, database cluster)")
+    args = parser.parse_args(argv)
+    if min(args.small, args.medium) < 0 or args.repeat < 1 or args.workers < 1:
+        parser.error("counts must be >= 0, --repeat and --workers >= 1")
+    return args
+
+
+def plan_of(args: argparse.Namespace) -> Plan:
+    workloads = tuple(w for w in (Workload("small", args.small, args.small_size),
+                                  Workload("medium", args.medium, args.medium_size)) if w.count)
+    py_spy = args.py_spy.resolve() if args.py_spy else None
+    return Plan(tuple(args.s3), workloads, tuple(args.peers), args.repeat, args.timeout,
+                DaemonSettings(args.workers, args.settle, args.log_level, py_spy))
+
+
+def reproduce_command(args: argparse.Namespace) -> str:
+    """The full command line with every default spelled out, so a rerun measures the same."""
+    argv = [".venv/bin/python", "bench/throughput.py", "--s3", *args.s3,
+            "--small", str(args.small), "--small-size", str(args.small_size),
+            "--medium", str(args.medium), "--medium-size", str(args.medium_size),
+            "--repeat", str(args.repeat), "--workers", str(args.workers),
+            "--settle", f"{args.settle:g}", "--peers", *args.peers]
+    return shlex.join(argv)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def work_directory(keep: bool) -> Iterator[Path]:
+    """Under /tmp: PostgreSQL runs as `postgres` when we are root and must reach it."""
+    work = Path(tempfile.mkdtemp(prefix="uploaderd-bench-"))
+    work.chmod(0o755)
+    try:
+        yield work
+    finally:
+        if keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = plan_of(args)
+    results = Results()
+    signal.signal(signal.SIGTERM, _interrupt)
+    print(f"uploaderd throughput: {', '.join(w.describe() for w in plan.workloads)}; "
+          f"{plan.repeat} repetitions; {os.cpu_count()} CPUs", flush=True)
+    try:
+        with work_directory(args.keep) as work:
+            pg = PostgresCluster(work / "postgres")
+            try:
+                pg.start()
+                for server in plan.servers:
+                    run_server(server, plan, work / server, pg, results)
+            finally:
+                pg.stop()
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    print("\n" + report(plan, results, reproduce_command(args)))
+    if args.json:
+        args.json.write_text(json.dumps(results_json(plan, results), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

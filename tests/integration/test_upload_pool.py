@@ -1,0 +1,112 @@
+"""The upload pool against real PostgreSQL and S3: leases, retries, failure after max attempts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import wait_for
+
+from uploaderd.config import Job, S3Settings, parse_job_text
+from uploaderd.devstack import S3Server
+from uploaderd.ledger import Claim, Ledger, NewVersion
+from uploaderd.settle import Signature
+from uploaderd.storage import Storage
+from uploaderd.uploader import Uploader, UploadResult
+from uploaderd.workers import UploadPool
+
+Sql = Callable[..., list[tuple[Any, ...]]]
+
+
+class HeldUploader(Uploader):
+    """A real uploader whose uploads wait for the test's go: a slow transfer, on demand."""
+
+    def __init__(self) -> None:
+        super().__init__(Storage(4))
+        self.go = threading.Event()
+        self.started = threading.Event()
+
+    def upload(self, claim: Claim, job: Job) -> UploadResult:
+        self.started.set()
+        self.go.wait(timeout=60)
+        return super().upload(claim, job)
+
+
+def make_job(root: Path, bucket: str, server: S3Server, max_attempts: int = 3) -> Job:
+    text = (f"source:\n  paths: [{root}]\ndestination:\n  bucket: {bucket}\n"
+            f"  endpoint_url: {server.endpoint_url}\n"
+            f"retry:\n  max_attempts: {max_attempts}\n"
+            "  backoff: {initial: 0.05s, max: 0.1s, jitter: false}\n")
+    return parse_job_text(text, name="lab", defaults=S3Settings(region="us-east-1"))
+
+
+def queue_file(dsn: str, root: Path, name: str, data: bytes, bucket: str) -> None:
+    path = root / name
+    path.write_bytes(data)
+    sig = Signature.of(path.stat())
+    ledger = Ledger(dsn).connect()
+    ledger.enqueue("lab", scope="host-a", host="host-a", bucket=bucket, versions=[
+        NewVersion(str(root), name, *sig, key=f"lab/{name}", session_id=None)])
+    ledger.close()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def start_pool(migrated_dsn: str) -> Iterator[Callable[..., UploadPool]]:
+    pools: list[UploadPool] = []
+
+    def start(job: Job, uploader: Uploader, lease_seconds: float = 60.0) -> UploadPool:
+        pool = UploadPool(Ledger(migrated_dsn), uploader, lambda: {job.name: job}, workers=2,
+                          host="host-a", lease_seconds=lease_seconds)
+        pool.start()
+        pools.append(pool)
+        return pool
+
+    yield start
+    for pool in pools:
+        pool.stop(grace=5)
+
+
+def test_lease_is_renewed_while_a_long_upload_runs(
+    migrated_dsn: str, root: Path, s3_server: S3Server, bucket: str, sql: Sql,
+    start_pool: Callable[..., UploadPool],
+) -> None:
+    uploader = HeldUploader()
+    start_pool(make_job(root, bucket, s3_server), uploader, lease_seconds=1.0)
+    queue_file(migrated_dsn, root, "slow.bin", b"x" * 1000, bucket)
+    assert uploader.started.wait(10)
+    # For three lease lengths the lease must never lapse, so no reaper could take it back.
+    end = time.monotonic() + 3.0
+    while time.monotonic() < end:
+        assert sql("SELECT lease_expires_at > now() FROM file_versions") == [(True,)]
+        time.sleep(0.05)  # the sampling interval of the invariant, not a wait for an event
+    reaper = Ledger(migrated_dsn).connect()
+    assert reaper.reclaim_leases([]) == 0
+    reaper.close()
+    uploader.go.set()
+    wait_for(lambda: sql("SELECT state, attempts FROM file_versions") == [("uploaded", 1)],
+             timeout=10, message="uploaded on the first attempt")
+
+
+def test_failures_back_off_then_fail_with_the_reason(
+    migrated_dsn: str, root: Path, s3_server: S3Server, sql: Sql,
+    start_pool: Callable[..., UploadPool],
+) -> None:
+    missing = "no-such-bucket-for-this-test"
+    uploader = Uploader(Storage(4))
+    start_pool(make_job(root, missing, s3_server, max_attempts=3), uploader)
+    queue_file(migrated_dsn, root, "doomed.txt", b"nowhere to go", missing)
+    wait_for(lambda: sql("SELECT state FROM file_versions") == [("failed",)], timeout=20,
+             message="failed after max attempts")
+    [(attempts, error)] = sql("SELECT attempts, last_error FROM file_versions")
+    assert attempts == 3 and error.startswith("S3 NoSuchBucket")
+    outcomes = sql("SELECT attempt, outcome FROM upload_attempts ORDER BY attempt")
+    assert outcomes == [(1, "failed"), (2, "failed"), (3, "failed")]
