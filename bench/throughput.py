@@ -39,12 +39,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import psycopg2
 import psycopg2.extensions
 
 from uploaderd.devstack import REGION, S3_SERVERS, PostgresCluster, S3Server
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -108,7 +111,7 @@ class Results:
 
 
 def median_of(samples: Sequence[Sample], attribute: str) -> float:
-    return statistics.median(getattr(sample, attribute) for sample in samples)
+    return float(statistics.median(float(getattr(sample, attribute)) for sample in samples))
 
 
 def _size_text(size: int) -> str:
@@ -268,7 +271,8 @@ def delete_prefix(s3: S3Server, prefix: str) -> None:
     client = s3.client()
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=BUCKET, Prefix=prefix):
-        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        keys: list[ObjectIdentifierTypeDef] = [{"Key": item["Key"]}
+                                               for item in page.get("Contents", [])]
         if keys:
             client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys, "Quiet": True})
 
@@ -411,6 +415,7 @@ class DaemonSettings:
     settle: float
     log_level: str
     py_spy: Path | None
+    py_spy_gil: bool = False
 
 
 def write_config(work: Path, dsn: str, s3: S3Server, watched: Path,
@@ -489,7 +494,8 @@ class UploaderdUnderTest:
         self._start_py_spy()
 
     def _start_py_spy(self) -> None:
-        """Sample the daemon for the whole run (GIL holders and waiters alike)."""
+        """Sample the daemon for the whole run: every busy thread, or with ``--py-spy-gil``
+        only the GIL holder (where CPU goes, rather than where threads wait)."""
         if self.settings.py_spy is None or self._proc is None:
             return
         exe = find_tool("py-spy")
@@ -499,7 +505,8 @@ class UploaderdUnderTest:
         fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(out.suffix, "raw")
         self._spy = subprocess.Popen(
             [exe, "record", "--pid", str(self._proc.pid), "--rate", "200", "--format", fmt,
-             "--output", str(out), "--nonblocking"],
+             "--output", str(out), "--nonblocking",
+             *(["--gil"] if self.settings.py_spy_gil else [])],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
             start_new_session=True,
         )
@@ -651,15 +658,21 @@ def _record(results: Results, server: str, tool: str, workload: Workload, rep: i
 # --- the report ------------------------------------------------------------------------------
 
 
-def report(plan: Plan, results: Results, command: str) -> str:
-    """The table: medians, throughput, uploaderd's time over each tool's and the CPU split."""
+def report(plan: Plan, results: Results, command: str, load: tuple[float, float]) -> str:
+    """The table: medians, throughput, uploaderd's time over each tool's and the CPU split.
+
+    The load averages are there because a busy machine (other builds, tests) skews every
+    figure; a run on a loaded machine is worth repeating.
+    """
     header = (f"{'tool':<16} {'workload':<18} {'seconds':>7} {'min-max':>11} {'files/s':>8} "
               f"{'MiB/s':>7} {'ud/tool':>7} {'ud-settle/tool':>14} "
               f"{'cpu tool':>8} {'cpu s3':>7} {'cpu db':>7}")
     lines = [f"medians of {plan.repeat} runs; ud/tool = uploaderd time / tool time "
              f"(>1: uploaderd slower); ud-settle = uploaderd time minus the "
              f"{plan.daemon.settle:g}s settle; cpu = CPU seconds of the tool, the S3 server "
-             "and PostgreSQL during the measurement"]
+             "and PostgreSQL during the measurement",
+             f"{os.cpu_count()} CPUs; 1-minute load average {load[0]:.2f} before, "
+             f"{load[1]:.2f} after"]
     for server in plan.servers:
         lines += ["", f"S3 server: {server}", header, "-" * len(header)]
         for workload in plan.workloads:
@@ -734,6 +747,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         default="warning", help="uploaderd's log level (default warning)")
     parser.add_argument("--py-spy", type=Path, metavar="FILE",
                         help="profile the daemon with py-spy (.svg, .json speedscope, else raw)")
+    parser.add_argument("--py-spy-gil", action="store_true",
+                        help="with --py-spy: sample only the thread holding the GIL")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every sample")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (logs, database cluster)")
@@ -748,7 +763,8 @@ def plan_of(args: argparse.Namespace) -> Plan:
                                   Workload("medium", args.medium, args.medium_size)) if w.count)
     py_spy = args.py_spy.resolve() if args.py_spy else None
     return Plan(tuple(args.s3), workloads, tuple(args.peers), args.repeat, args.timeout,
-                DaemonSettings(args.workers, args.settle, args.log_level, py_spy))
+                DaemonSettings(args.workers, args.settle, args.log_level, py_spy,
+                                args.py_spy_gil))
 
 
 def reproduce_command(args: argparse.Namespace) -> str:
@@ -784,6 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = plan_of(args)
     results = Results()
     signal.signal(signal.SIGTERM, _interrupt)
+    load_before = os.getloadavg()[0]
     print(f"uploaderd throughput: {', '.join(w.describe() for w in plan.workloads)}; "
           f"{plan.repeat} repetitions; {os.cpu_count()} CPUs", flush=True)
     try:
@@ -801,7 +818,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
-    print("\n" + report(plan, results, reproduce_command(args)))
+    load = (load_before, os.getloadavg()[0])
+    print("\n" + report(plan, results, reproduce_command(args), load))
     if args.json:
         args.json.write_text(json.dumps(results_json(plan, results), indent=2) + "\n")
     return 0

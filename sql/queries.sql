@@ -132,13 +132,24 @@ WHERE a.file_version_id = r.id AND a.attempt = r.attempt;
 -- name: reclaim_leases
 -- Claims whose lease ran out (a crashed or partitioned worker), and claims of workers known
 -- to be dead (same host, process gone): back to pending, the attempt recorded as expired.
+-- A version whose attempts died this way three times (a file that crashes the daemon, say)
+-- is failed instead of retried for ever.
 WITH expired AS (
-    UPDATE file_versions
-    SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL,
-        next_attempt_at = now(), updated_at = now()
-    WHERE state = 'uploading'
-      AND (lease_expires_at < now() OR claimed_by = ANY(%(dead_workers)s::text[]))
-    RETURNING id, attempts
+    UPDATE file_versions fv
+    SET state = CASE WHEN died.times >= 2 THEN 'failed' ELSE 'pending' END,
+        last_error = CASE WHEN died.times >= 2
+                          THEN 'the worker died or lost its lease during 3 attempts'
+                          ELSE fv.last_error END,
+        claimed_by = NULL, lease_expires_at = NULL, next_attempt_at = now(), updated_at = now()
+    FROM (
+        SELECT v.id, (SELECT count(*) FROM upload_attempts a
+                      WHERE a.file_version_id = v.id AND a.outcome = 'expired') AS times
+        FROM file_versions v
+        WHERE v.state = 'uploading'
+          AND (v.lease_expires_at < now() OR v.claimed_by = ANY(%(dead_workers)s::text[]))
+    ) died
+    WHERE fv.id = died.id
+    RETURNING fv.id, fv.attempts
 ), recorded AS (
     UPDATE upload_attempts a
     SET finished_at = now(), outcome = 'expired', error = 'lease expired'
@@ -192,6 +203,9 @@ CREATE TABLE IF NOT EXISTS uploaderd_migrations (
     name       text        NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- name: migrations_table_exists
+SELECT to_regclass('uploaderd_migrations') IS NOT NULL;
 
 -- name: applied_migrations
 SELECT version FROM uploaderd_migrations;

@@ -142,9 +142,10 @@ def make_daemon(
     """Build ``uploaderd run`` subprocesses on this test's database and the moto server."""
     made: list[DaemonProcess] = []
 
-    def make(**settings: object) -> DaemonProcess:
+    def make(*, dsn: str = migrated_dsn, endpoint_url: str = s3_server.endpoint_url,
+             **settings: object) -> DaemonProcess:
         workdir = tmp_path_factory.mktemp("daemon")
-        daemon = DaemonProcess(workdir, migrated_dsn, s3_server.endpoint_url, **settings)
+        daemon = DaemonProcess(workdir, dsn, endpoint_url, **settings)
         made.append(daemon)
         return daemon
 

@@ -468,6 +468,7 @@ def _demo_config(directory: Path, pg: PostgresCluster, s3: S3Server) -> Path:
     inbox.mkdir(exist_ok=True)
     jobs.mkdir(exist_ok=True)
     config = directory / "uploaderd.yaml"
+    metrics_port = free_port()  # never collide with a uploaderd already on 9464
     config.write_text(
         f"""\
 database:
@@ -475,7 +476,7 @@ database:
 jobs_dir: {json.dumps(str(jobs))}
 workers: 4
 metrics:
-  listen: 127.0.0.1:9464
+  listen: 127.0.0.1:{metrics_port}
 s3:
   endpoint_url: {s3.endpoint_url}
   region: {REGION}

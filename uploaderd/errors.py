@@ -51,6 +51,12 @@ class UsageError(UploaderdError):
     exit_status = EXIT_USAGE
 
 
+class SchemaMissing(UploaderdError):
+    """The database has no (or an older) uploaderd schema."""
+
+    exit_status = EXIT_USAGE
+
+
 class DatabaseUnavailable(UploaderdError):
     """PostgreSQL cannot be reached; the message never includes the password."""
 

@@ -23,7 +23,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-from uploaderd.errors import DatabaseUnavailable
+from uploaderd.errors import DatabaseUnavailable, SchemaMissing
 from uploaderd.settle import Signature
 
 NOTIFY_CHANNEL = "uploaderd_work"
@@ -146,6 +146,11 @@ class Ledger:
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             self.close()
             raise DatabaseUnavailable(f"lost PostgreSQL: {_first_line(exc)}") from exc
+        except psycopg2.errors.UndefinedTable as exc:
+            raise SchemaMissing(
+                f"the database has no uploaderd schema ({_first_line(exc)}): run `uploaderd "
+                "migrate`"
+            ) from exc
 
     def _all(self, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         with self.transaction() as cursor:
@@ -168,10 +173,9 @@ class Ledger:
             self._all("unlock_migrations")
 
     def applied_migrations(self) -> set[int]:
-        try:
-            return {row[0] for row in self._all("applied_migrations")}
-        except psycopg2.errors.UndefinedTable:
+        if not self._all("migrations_table_exists")[0][0]:
             return set()
+        return {row[0] for row in self._all("applied_migrations")}
 
     def apply_migration(self, version: int, name: str, sql: str) -> None:
         """One migration file and its record, in one transaction."""

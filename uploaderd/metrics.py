@@ -18,6 +18,7 @@ from prometheus_client import (
 )
 
 from uploaderd import __version__
+from uploaderd.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -60,5 +61,8 @@ def serve(listen: str) -> None:
     if not listen:
         return
     host, _, port = listen.rpartition(":")
-    start_http_server(int(port), addr=host.strip("[]"))
+    try:
+        start_http_server(int(port), addr=host.strip("[]"))
+    except OSError as exc:
+        raise UsageError(f"metrics.listen: cannot listen on {listen}: {exc.strerror}") from exc
     log.info("metrics on http://%s/metrics", listen)

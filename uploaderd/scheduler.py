@@ -53,6 +53,9 @@ class Scheduler:
             if task.id.startswith("rescan:") and task.id[len("rescan:"):] not in jobs:
                 task.remove()
         for name, job in jobs.items():
+            existing = self.scheduler.get_job(f"rescan:{name}")
+            if existing is not None and existing.trigger.interval_length == job.source.rescan:
+                continue  # replacing it would postpone the next rescan on every reload
             self.scheduler.add_job(self.rescan, "interval", args=[name], id=f"rescan:{name}",
                                    seconds=job.source.rescan, replace_existing=True)
 

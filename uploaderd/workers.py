@@ -48,6 +48,9 @@ def dead_workers(host: str, holders: list[str], me: str) -> list[str]:
         parts = holder.split(":")
         if holder == me or len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
             continue
+        if int(parts[1]) == os.getpid():
+            dead.append(holder)  # our pid, not our token: a predecessor (a restarted container)
+            continue
         try:
             os.kill(int(parts[1]), 0)
         except ProcessLookupError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import zipfile
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from uploaderd import __version__
-from uploaderd.devstack import S3Server, free_port
+from uploaderd.devstack import PostgresCluster, S3Server, free_port
 
 
 def uploaderd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -167,6 +168,35 @@ def test_wheel_ships_the_sql(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"uploaderd/sql/queries.sql", "uploaderd/sql/migrations/0001_ledger.sql",
             "uploaderd/cli.py"} <= names
+
+
+def test_status_on_an_unmigrated_database_says_what_to_do(
+    tmp_path: Path, pg_cluster: PostgresCluster
+) -> None:
+    name = f"bare_{os.getpid()}"
+    config = write_config(tmp_path, pg_cluster.create_database(name))
+    try:
+        result = uploaderd("status", "-c", str(config))
+    finally:
+        pg_cluster.drop_database(name)
+    assert result.returncode == 2
+    assert "the database has no uploaderd schema" in result.stderr
+    assert "run `uploaderd migrate`" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_with_the_metrics_port_taken_is_a_clear_error(
+    tmp_path: Path, migrated_dsn: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, migrated_dsn)
+        config.write_text(config.read_text() + f"metrics: {{listen: '127.0.0.1:{port}'}}\n")
+        result = uploaderd("run", "-c", str(config))
+    assert result.returncode == 2
+    assert f"metrics.listen: cannot listen on 127.0.0.1:{port}: Address already in use" in (
+        result.stderr)
 
 
 @pytest.mark.parametrize("command", ["run", "status"])

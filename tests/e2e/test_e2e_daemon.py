@@ -286,3 +286,71 @@ def test_sigterm_stops_cleanly_and_hands_back_claims(
     assert sql("SELECT count(*) FROM upload_attempts WHERE finished_at IS NULL") == [(0,)]
     daemon.start()  # what was handed back is uploaded by the next run
     wait_uploaded(sql, {f"f{i}.bin" for i in range(30)})
+
+
+def test_ready_waits_for_postgres(
+    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, sql: Sql,
+    pg_cluster: PostgresCluster,
+) -> None:
+    daemon = make_daemon()
+    daemon.write_job("lab", job(root, bucket))
+    (root / "early.txt").write_text("there before the database")
+    pg_cluster.stop()
+    try:
+        daemon.start(wait_ready=False)
+        assert daemon.notes is not None
+        daemon.notes.wait_prefix("STATUS=waiting for PostgreSQL", timeout=30)
+        assert "READY=1" not in daemon.notes.lines() and daemon.alive()
+    finally:
+        pg_cluster.start()
+    daemon.wait_ready()
+    wait_uploaded(sql, {"early.txt"})
+
+
+def test_run_refuses_an_unmigrated_database(
+    make_daemon: Callable[..., DaemonProcess], pg_cluster: PostgresCluster, root: Path,
+    bucket: str,
+) -> None:
+    name = f"unmigrated_{os.getpid()}"
+    daemon = make_daemon(dsn=pg_cluster.create_database(name))
+    daemon.write_job("lab", job(root, bucket))
+    daemon.start(wait_ready=False)
+    assert daemon.proc is not None and daemon.proc.wait(timeout=30) == 2
+    assert "the database schema is not up to date" in daemon.log()
+    assert "run `uploaderd migrate`" in daemon.log()
+    assert daemon.notes is not None and "READY=1" not in daemon.notes.lines()
+    pg_cluster.drop_database(name)
+
+
+def test_polling_observer_for_network_style_roots(
+    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, sql: Sql,
+) -> None:
+    daemon = make_daemon()
+    daemon.write_job("lab", job(root, bucket, source={"polling": True}))
+    daemon.start()
+    (root / "polled").mkdir()
+    (root / "polled" / "file.txt").write_text("seen by polling")
+    wait_uploaded(sql, {"polled/file.txt"})
+    assert "using the polling observer" not in daemon.log(), "forced, not detected"
+
+
+def test_core_flow_on_rclone_serve_s3(
+    make_daemon: Callable[..., DaemonProcess], root: Path, rclone_server: S3Server, sql: Sql,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The second S3 implementation end to end: small, empty and multipart files, a restart."""
+    rclone_server.start()
+    bucket = f"e2e-rclone-{os.getpid()}-{abs(hash(request.node.name)) % 10**6}"
+    rclone_server.create_bucket(bucket)
+    daemon = make_daemon(endpoint_url=rclone_server.endpoint_url)
+    daemon.write_job("lab", job(root, bucket))
+    daemon.start()
+    files = {"a.txt": b"alpha", "empty": b"", "dir/big.bin": os.urandom(17 * MiB)}
+    for relpath, data in files.items():
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (root / relpath).write_bytes(data)
+    shas = wait_uploaded(sql, set(files))
+    for relpath, data in files.items():
+        body, metadata = object_body(rclone_server, bucket, f"in/{relpath}")
+        lowered = {k.lower(): v for k, v in metadata.items()}
+        assert body == data and lowered["sha256"] == sha(data) == shas[relpath]

@@ -153,6 +153,19 @@ def test_sessions_are_shared_per_group(ledger: Ledger) -> None:
 
 
 def test_dead_workers_are_those_whose_process_is_gone_on_this_host() -> None:
-    holders = ["host-a:999999999:gone", f"host-a:{os.getpid()}:alive", "host-b:999999999:far",
-               "host-a:1:me"]
-    assert dead_workers("host-a", holders, me="host-a:1:me") == ["host-a:999999999:gone"]
+    holders = ["host-a:999999999:gone", f"host-a:{os.getppid()}:alive", "host-b:999999999:far",
+               f"host-a:{os.getpid()}:me", f"host-a:{os.getpid()}:before"]
+    dead = dead_workers("host-a", holders, me=f"host-a:{os.getpid()}:me")
+    # Our own pid with another token is a predecessor whose pid we inherited (a container).
+    assert dead == ["host-a:999999999:gone", f"host-a:{os.getpid()}:before"]
+
+
+def test_a_version_whose_worker_dies_three_times_fails(ledger: Ledger, sql: Sql) -> None:
+    enqueue(ledger, version("poison"))
+    for attempt in range(1, 4):
+        [held] = claim(ledger, worker=f"host-a:{attempt}:w")
+        assert held.attempt == attempt
+        assert ledger.reclaim_leases([f"host-a:{attempt}:w"]) == 1
+    assert sql("SELECT state, last_error FROM file_versions") == [
+        ("failed", "the worker died or lost its lease during 3 attempts")]
+    assert claim(ledger) == []
