@@ -68,7 +68,8 @@ WITH claimed AS (
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     )
-    RETURNING id, job, root, relpath, size, mtime_ns, inode, bucket, key, attempts, session_id
+    RETURNING id, job, root, relpath, size, mtime_ns, inode, bucket, key, attempts, session_id,
+              attempts - retry_base AS tries
 ), attempts AS (
     -- A released attempt gave its number back (release_claims); its row is reused.
     INSERT INTO upload_attempts (file_version_id, attempt, host, worker)
@@ -219,3 +220,249 @@ SELECT pg_advisory_lock(hashtext('uploaderd'), hashtext('migrate'));
 
 -- name: unlock_migrations
 SELECT pg_advisory_unlock(hashtext('uploaderd'), hashtext('migrate'));
+
+-- name: open_run_session
+-- One run of `uploaderd upload` is one session.
+INSERT INTO sessions (job, host, origin) VALUES (%(job)s, %(host)s, 'upload') RETURNING id;
+
+-- name: complete_sessions
+-- Close a job's open daemon sessions that went idle or saw their marker file, once every
+-- version in them is uploaded, and (with a session trigger) write the registration to the
+-- outbox in the same transaction.
+WITH done AS (
+    UPDATE sessions s
+    SET state = 'complete', completed_at = now(),
+        closed_reason = CASE WHEN marker.found THEN 'marker' ELSE 'idle' END
+    FROM (
+        SELECT o.id, %(marker)s::text IS NOT NULL AND EXISTS (
+            SELECT 1 FROM file_versions m
+            WHERE m.session_id = o.id
+              AND (m.relpath = %(marker)s OR right(m.relpath, length(%(marker)s) + 1)
+                                              = '/' || %(marker)s)
+        ) AS found
+        FROM sessions o
+        WHERE o.job = %(job)s AND o.state = 'open' AND o.origin = 'daemon'
+    ) marker
+    WHERE s.id = marker.id
+      AND (marker.found OR (%(idle_seconds)s::float8 IS NOT NULL
+                            AND s.last_activity_at < now() - make_interval(
+                                secs => %(idle_seconds)s::float8)))
+      AND EXISTS (SELECT 1 FROM file_versions f WHERE f.session_id = s.id)
+      AND NOT EXISTS (SELECT 1 FROM file_versions f
+                      WHERE f.session_id = s.id AND f.state IN ('pending', 'uploading', 'failed'))
+    RETURNING s.id
+), outbox AS (
+    INSERT INTO triggers (job, session_id)
+    SELECT %(job)s, id FROM done WHERE %(register)s
+    RETURNING id, session_id
+), carried AS (
+    UPDATE file_versions f SET trigger_id = o.id
+    FROM outbox o
+    WHERE f.session_id = o.session_id AND f.state = 'uploaded' AND f.trigger_id IS NULL
+)
+SELECT id FROM done;
+
+-- name: complete_run_session
+-- The end of an `uploaderd upload` run: complete only when nothing is left to do.
+WITH done AS (
+    UPDATE sessions s
+    SET state = 'complete', completed_at = now(), closed_reason = 'run'
+    WHERE s.id = %(session_id)s AND s.state = 'open'
+      AND NOT EXISTS (SELECT 1 FROM file_versions f
+                      WHERE f.session_id = s.id AND f.state IN ('pending', 'uploading', 'failed'))
+    RETURNING s.id, s.job
+), outbox AS (
+    INSERT INTO triggers (job, session_id)
+    SELECT job, id FROM done WHERE %(register)s
+    RETURNING id, session_id
+), carried AS (
+    UPDATE file_versions f SET trigger_id = o.id
+    FROM outbox o
+    WHERE f.session_id = o.session_id AND f.state = 'uploaded' AND f.trigger_id IS NULL
+)
+SELECT count(*) FROM done;
+
+-- name: batch_uploaded_files
+-- on: file_uploaded: the next batch of uploaded, unregistered files becomes one registration.
+WITH batch AS (
+    SELECT id FROM file_versions
+    WHERE job = %(job)s AND state = 'uploaded' AND trigger_id IS NULL
+    ORDER BY id
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+), outbox AS (
+    INSERT INTO triggers (job)
+    SELECT %(job)s WHERE EXISTS (SELECT 1 FROM batch)
+    RETURNING id
+)
+UPDATE file_versions f SET trigger_id = outbox.id
+FROM outbox
+WHERE f.id IN (SELECT id FROM batch)
+RETURNING f.id;
+
+-- name: due_triggers
+SELECT id, session_id, idempotency_key::text, attempts
+FROM triggers
+WHERE job = %(job)s AND state = 'pending' AND next_attempt_at <= now()
+  AND (%(session_id)s::bigint IS NULL OR session_id = %(session_id)s)
+ORDER BY next_attempt_at, id
+LIMIT %(limit)s;
+
+-- name: start_trigger_call
+-- Counted and recorded before the request goes out: a crash after the POST leaves the
+-- trigger pending, and the next call carries the same Idempotency-Key.
+WITH counted AS (
+    UPDATE triggers SET attempts = attempts + 1, updated_at = now()
+    WHERE id = %(id)s AND state = 'pending'
+    RETURNING id, attempts, attempts - retry_base AS tries
+), call AS (
+    INSERT INTO trigger_calls (trigger_id, attempt, host)
+    SELECT id, attempts, %(host)s FROM counted
+)
+SELECT attempts, tries FROM counted;
+
+-- name: trigger_manifest
+SELECT relpath, bucket, key, size, sha256, uploaded_at
+FROM file_versions
+WHERE trigger_id = %(id)s
+ORDER BY relpath;
+
+-- name: finish_trigger_call
+WITH call AS (
+    UPDATE trigger_calls
+    SET finished_at = now(), status = %(status)s, error = %(error)s,
+        response_excerpt = %(excerpt)s
+    WHERE trigger_id = %(id)s AND attempt = %(attempt)s
+), registered AS (
+    UPDATE file_versions SET registered_at = now()
+    WHERE trigger_id = %(id)s AND %(state)s = 'sent'
+)
+UPDATE triggers
+SET state = %(state)s, last_status = %(status)s, last_error = %(error)s,
+    sent_at = CASE WHEN %(state)s = 'sent' THEN now() ELSE sent_at END,
+    next_attempt_at = CASE WHEN %(delay)s::float8 IS NULL THEN next_attempt_at
+                           ELSE now() + make_interval(secs => %(delay)s::float8) END,
+    updated_at = now()
+WHERE id = %(id)s AND attempts = %(attempt)s;
+
+-- name: try_named_lock
+-- Session-level: held across one sweep or dispatch run (never a transaction), then released.
+SELECT pg_try_advisory_lock(hashtext('uploaderd'), hashtext(%(name)s));
+
+-- name: named_unlock
+SELECT pg_advisory_unlock(hashtext('uploaderd'), hashtext(%(name)s));
+
+-- name: notify_due_retries
+-- The retry sweep: wake every daemon for each job whose failed files are due again.
+SELECT pg_notify('uploaderd_work', job)
+FROM (SELECT DISTINCT job FROM file_versions
+      WHERE state = 'pending' AND attempts > 0 AND next_attempt_at <= now()) due;
+
+-- name: undisposed_files
+-- Uploaded (or, with after_upload_when: registered, registered) versions whose file still
+-- awaits after_upload, on the roots this host holds.
+SELECT id, root, relpath, size, mtime_ns, inode
+FROM file_versions
+WHERE job = %(job)s AND scope = ANY(%(scopes)s::text[]) AND state = 'uploaded'
+  AND disposed_at IS NULL AND (NOT %(registered_only)s OR registered_at IS NOT NULL)
+ORDER BY id
+LIMIT %(limit)s;
+
+-- name: mark_disposed
+UPDATE file_versions f SET disposed_at = now(), disposition = d.disposition
+FROM unnest(%(ids)s::bigint[], %(dispositions)s::text[]) AS d(id, disposition)
+WHERE f.id = d.id;
+
+-- name: set_destination_health
+INSERT INTO destination_health AS h (job, host, kind, consecutive_failures, paused_until,
+                                     last_error, updated_at)
+VALUES (%(job)s, %(host)s, %(kind)s, %(failures)s,
+        CASE WHEN %(pause_seconds)s::float8 IS NULL THEN NULL
+             ELSE now() + make_interval(secs => %(pause_seconds)s::float8) END,
+        %(error)s, now())
+ON CONFLICT (job, host, kind) DO UPDATE
+SET consecutive_failures = excluded.consecutive_failures, paused_until = excluded.paused_until,
+    last_error = excluded.last_error, updated_at = now();
+
+-- name: paused_destinations
+SELECT job, host, kind, consecutive_failures, paused_until, last_error
+FROM destination_health
+WHERE paused_until > now() AND (%(job)s::text IS NULL OR job = %(job)s)
+ORDER BY job, kind, host;
+
+-- name: open_session_summaries
+SELECT s.id, s.job, s.origin, s.group_key, s.opened_at, s.last_activity_at,
+       count(f.id) AS files,
+       count(f.id) FILTER (WHERE f.state = 'uploaded') AS uploaded,
+       count(f.id) FILTER (WHERE f.state = 'failed') AS failed
+FROM sessions s LEFT JOIN file_versions f ON f.session_id = s.id
+WHERE s.state = 'open' AND (%(job)s::text IS NULL OR s.job = %(job)s)
+GROUP BY s.id
+ORDER BY s.id;
+
+-- name: session
+SELECT id, job, host, origin, group_key, state, closed_reason, opened_at, completed_at
+FROM sessions WHERE id = %(id)s;
+
+-- name: session_progress
+SELECT state, count(*) AS files, coalesce(sum(size), 0)::bigint AS bytes
+FROM file_versions WHERE session_id = %(session_id)s
+GROUP BY state;
+
+-- name: requeue_failed
+-- `uploaderd retry`: failed versions (of a session, a job or all) get a fresh set of
+-- attempts now; failed registrations are re-queued too.
+WITH files AS (
+    UPDATE file_versions
+    SET state = 'pending', retry_base = attempts, next_attempt_at = now(), updated_at = now()
+    WHERE state = 'failed'
+      AND (%(all)s OR session_id = %(session_id)s OR job = %(job)s)
+    RETURNING id, job
+), regs AS (
+    UPDATE triggers
+    SET state = 'pending', retry_base = attempts, next_attempt_at = now(), updated_at = now()
+    WHERE state = 'failed'
+      AND (%(all)s OR session_id = %(session_id)s OR job = %(job)s)
+    RETURNING id
+), woken AS (
+    SELECT pg_notify('uploaderd_work', job) FROM (SELECT DISTINCT job FROM files) j
+)
+SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM regs), (SELECT count(*) FROM woken);
+
+-- name: session_triggers
+SELECT id, state, attempts, last_status, last_error, sent_at
+FROM triggers WHERE session_id = %(session_id)s ORDER BY id;
+
+-- name: create_session_trigger
+-- `uploaderd trigger --force`: a new registration of everything uploaded in the session.
+WITH outbox AS (
+    INSERT INTO triggers (job, session_id) VALUES (%(job)s, %(session_id)s) RETURNING id
+)
+UPDATE file_versions f SET trigger_id = outbox.id
+FROM outbox
+WHERE f.session_id = %(session_id)s AND f.state = 'uploaded'
+RETURNING outbox.id;
+
+-- name: reset_trigger
+UPDATE triggers
+SET state = 'pending', retry_base = attempts, next_attempt_at = now(), updated_at = now()
+WHERE id = %(id)s AND state <> 'sent';
+
+-- name: path_versions
+-- `uploaderd explain`: every version of one path, newest first.
+SELECT id, state, size, mtime_ns, inode, attempts, last_error, key, bucket, sha256,
+       discovered_at, uploaded_at, next_attempt_at, session_id, registered_at, disposition
+FROM file_versions
+WHERE job = %(job)s AND root = %(root)s AND relpath = %(relpath)s
+ORDER BY id DESC;
+
+-- name: version_attempts
+SELECT attempt, host, started_at, finished_at, outcome, error
+FROM upload_attempts WHERE file_version_id = %(id)s ORDER BY attempt;
+
+-- name: uploaded_objects
+-- `uploaderd verify`: what the ledger says each key holds (its newest uploaded version).
+SELECT DISTINCT ON (key) key, bucket, size, sha256
+FROM file_versions
+WHERE job = %(job)s AND state = 'uploaded'
+ORDER BY key, id DESC;

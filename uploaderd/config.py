@@ -266,6 +266,7 @@ def _job(document: YamlDocument, stem: str, defaults: S3Settings) -> Job | None:
     root.finish()
     if source is None or destination is None:
         return None
+    _check_after_upload(root, after_upload, source, trigger)
     return Job(name, document.file, source, destination, enabled, after_upload, retry, session,
                trigger)
 
@@ -383,6 +384,19 @@ def _after_upload(root: Fields) -> AfterUpload:
         return AfterUpload("keep", None, when)  # type: ignore[arg-type]
     root.problem("after_upload", f"expected keep, delete or {{move_to: /dir}}, got {raw!r}")
     return AfterUpload()
+
+
+def _check_after_upload(
+    root: Fields, after_upload: AfterUpload, source: Source, trigger: TriggerSpec | None
+) -> None:
+    """Rules across sections: what after_upload needs from the rest of the job."""
+    if after_upload.when == "registered" and trigger is None:
+        root.problem("after_upload_when", "registered needs a trigger block to register with")
+    target = after_upload.move_to
+    if target is not None and any(target == p or p in target.parents for p in source.paths):
+        # Moved files would be found again in the root and queued as new versions.
+        root.document.problem(("after_upload", "move_to"),
+                              f"{target} is inside a watched root; move files out of it")
 
 
 def _retry(fields: Fields) -> RetryPolicy:

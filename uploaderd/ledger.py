@@ -65,8 +65,9 @@ class Claim:
     inode: int
     bucket: str
     key: str
-    attempt: int
+    attempt: int  # the attempt number in the history (upload_attempts)
     session_id: int | None
+    tries: int  # attempts since the last manual retry: what the retry policy counts
 
 
 @dataclass(frozen=True)
@@ -304,11 +305,141 @@ class Ledger:
         return self._dicts("list_files", {"job": job, "state": state, "session_id": session_id,
                                           "limit": limit})
 
+    def paused_destinations(self, job: str | None = None) -> list[dict[str, Any]]:
+        return self._dicts("paused_destinations", {"job": job})
+
+    def open_session_summaries(self, job: str | None = None) -> list[dict[str, Any]]:
+        return self._dicts("open_session_summaries", {"job": job})
+
+    def session(self, session_id: int) -> dict[str, Any] | None:
+        rows = self._dicts("session", {"id": session_id})
+        return rows[0] if rows else None
+
+    def session_progress(self, session_id: int) -> dict[str, tuple[int, int]]:
+        """state → (files, bytes) for one session."""
+        rows = self._all("session_progress", {"session_id": session_id})
+        return {state: (files, size) for state, files, size in rows}
+
+    def session_triggers(self, session_id: int) -> list[dict[str, Any]]:
+        return self._dicts("session_triggers", {"session_id": session_id})
+
+    def path_versions(self, job: str, root: str, relpath: str) -> list[dict[str, Any]]:
+        return self._dicts("path_versions", {"job": job, "root": root, "relpath": relpath})
+
+    def version_attempts(self, version_id: int) -> list[dict[str, Any]]:
+        return self._dicts("version_attempts", {"id": version_id})
+
+    def uploaded_objects(self, job: str) -> list[dict[str, Any]]:
+        return self._dicts("uploaded_objects", {"job": job})
+
+    # --- sessions and the trigger outbox ----------------------------------------------------
+
+    def open_run_session(self, job: str, host: str) -> int:
+        return int(self._all("open_run_session", {"job": job, "host": host})[0][0])
+
+    def complete_sessions(
+        self, job: str, *, idle_seconds: float | None, marker: str | None, register: bool
+    ) -> list[int]:
+        rows = self._all("complete_sessions", {"job": job, "idle_seconds": idle_seconds,
+                                               "marker": marker, "register": register})
+        return [row[0] for row in rows]
+
+    def complete_run_session(self, session_id: int, *, register: bool) -> bool:
+        rows = self._all("complete_run_session", {"session_id": session_id,
+                                                  "register": register})
+        return bool(rows and rows[0][0])
+
+    def batch_uploaded_files(self, job: str, batch_size: int) -> int:
+        """Put the next batch of unregistered uploads in the outbox; the number batched."""
+        return len(self._all("batch_uploaded_files", {"job": job, "batch_size": batch_size}))
+
+    def due_triggers(
+        self, job: str, limit: int, session_id: int | None = None
+    ) -> list[DueTrigger]:
+        params = {"job": job, "limit": limit, "session_id": session_id}
+        return [DueTrigger(*row) for row in self._all("due_triggers", params)]
+
+    def start_trigger_call(self, trigger_id: int, host: str) -> tuple[int, int] | None:
+        """(attempt, tries) of a new call, or None if the trigger is no longer pending."""
+        rows = self._all("start_trigger_call", {"id": trigger_id, "host": host})
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def trigger_manifest(self, trigger_id: int) -> list[dict[str, Any]]:
+        return self._dicts("trigger_manifest", {"id": trigger_id})
+
+    def finish_trigger_call(
+        self, trigger_id: int, attempt: int, *, state: str, status: int | None,
+        error: str | None, excerpt: str | None, retry_in: float | None,
+    ) -> None:
+        self._all("finish_trigger_call", {
+            "id": trigger_id, "attempt": attempt, "state": state, "status": status,
+            "error": error, "excerpt": excerpt, "delay": retry_in,
+        })
+
+    def create_session_trigger(self, job: str, session_id: int) -> int | None:
+        rows = self._all("create_session_trigger", {"job": job, "session_id": session_id})
+        return int(rows[0][0]) if rows else None
+
+    def reset_trigger(self, trigger_id: int) -> None:
+        self._all("reset_trigger", {"id": trigger_id})
+
+    # --- sweeps ----------------------------------------------------------------------------
+
+    @contextmanager
+    def named_lock(self, name: str) -> Iterator[bool]:
+        """A cluster-wide lock for one sweep: yields False when another host holds it."""
+        held = bool(self._all("try_named_lock", {"name": name})[0][0])
+        try:
+            yield held
+        finally:
+            if held and self._conn is not None and not self._conn.closed:
+                self._all("named_unlock", {"name": name})
+
+    def notify_due_retries(self) -> int:
+        """Wake the workers of every job with retries due; the number of such jobs."""
+        return len(self._all("notify_due_retries"))
+
+    def requeue_failed(
+        self, *, session_id: int | None = None, job: str | None = None, everything: bool = False
+    ) -> tuple[int, int]:
+        """(files, registrations) put back in the queue with a fresh set of attempts."""
+        rows = self._all("requeue_failed", {"session_id": session_id, "job": job,
+                                            "all": everything})
+        return int(rows[0][0]), int(rows[0][1])
+
+    def undisposed_files(
+        self, job: str, scopes: Sequence[str], *, registered_only: bool, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        return self._dicts("undisposed_files", {"job": job, "scopes": list(scopes),
+                                                "registered_only": registered_only,
+                                                "limit": limit})
+
+    def mark_disposed(self, dispositions: dict[int, str]) -> None:
+        self._all("mark_disposed", {"ids": list(dispositions),
+                                    "dispositions": list(dispositions.values())})
+
+    def set_destination_health(
+        self, job: str, host: str, kind: str, *, failures: int, pause_seconds: float | None,
+        error: str | None,
+    ) -> None:
+        self._all("set_destination_health", {
+            "job": job, "host": host, "kind": kind, "failures": failures,
+            "pause_seconds": pause_seconds, "error": error,
+        })
+
     def _dicts(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         with self.transaction() as cursor:
             cursor.execute(queries()[name], params)
             columns = [c.name for c in cursor.description]
             return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+@dataclass(frozen=True)
+class DueTrigger:
+    id: int
+    session_id: int | None
+    idempotency_key: str
+    attempts: int
 
 
 @dataclass(frozen=True)

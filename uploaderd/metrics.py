@@ -45,6 +45,16 @@ last_success = Gauge(
 )
 s3_requests = Counter("uploaderd_s3_requests_total", "S3 requests by operation and status",
                       ["op", "code"])
+retry_sweeps = Counter("uploaderd_retry_sweeps_total", "Retry sweeps run on this host")
+trigger_requests = Counter(
+    "uploaderd_trigger_requests_total", "Registration calls by outcome (sent, pending, failed)",
+    ["job", "outcome"],
+)
+destination_paused = Gauge(
+    "uploaderd_destination_paused",
+    "1 while a job's bucket (op=upload) or trigger endpoint (op=trigger) is paused",
+    ["job", "op"],
+)
 db_up = Gauge("uploaderd_db_up", "1 while PostgreSQL answers")
 config_reload_success = Gauge(
     "uploaderd_config_reload_success", "1 if the last load of config and jobs had no error"

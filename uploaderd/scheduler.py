@@ -1,63 +1,121 @@
 """Periodic work inside ``uploaderd run``, on an APScheduler 3 background scheduler.
 
-The in-memory job store is rebuilt from the job files on start and reload. Every task runs on
-one executor thread with its own ledger connection; ``coalesce`` and ``max_instances=1`` keep a
-slow run from piling up behind itself.
+The in-memory job store is rebuilt from the job files on start and reload. Sweeps that must
+run once per cluster (retries, session completion, trigger dispatch) take a PostgreSQL
+advisory lock, so several daemons on one database never double them; per-host work (lease
+reaping of this host's dead workers, after_upload on local files, rescans) needs none.
+Trigger calls wait on remote endpoints, so they run on their own executor thread and
+connection; everything else shares one. ``coalesce`` and ``max_instances=1`` keep a slow
+run from piling up behind itself.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from uploaderd import metrics
 from uploaderd.config import Job
+from uploaderd.disposal import Disposer
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.ledger import Ledger, State
+from uploaderd.triggers import TriggerDispatcher
 from uploaderd.workers import dead_workers
 
 log = logging.getLogger(__name__)
 
 LEASE_REAP_SECONDS = 30.0
 GAUGE_SECONDS = 15.0
+RETRY_SWEEP_SECONDS = 10.0
+SESSION_SWEEP_SECONDS = 5.0
+DISPOSAL_SECONDS = 10.0
+_PER_JOB = ("rescan:", "sessions:", "triggers:", "dispose:")
 
 
 class Scheduler:
     def __init__(
-        self, ledger: Ledger, *, host: str, me: str, rescan: Callable[[str], None]
+        self, ledger: Ledger, trigger_ledger: Ledger, *, host: str, me: str,
+        rescan: Callable[[str], None],
     ) -> None:
         self.ledger = ledger
         self.host = host
         self.me = me
         self.rescan = rescan
+        self.dispatcher = TriggerDispatcher(trigger_ledger, host=host)
+        self.disposer = Disposer(ledger, host=host)
+        self.jobs: Mapping[str, Job] = {}
         self.scheduler = BackgroundScheduler(
             timezone="UTC",
-            executors={"default": ThreadPoolExecutor(1)},
+            executors={"default": ThreadPoolExecutor(1), "triggers": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
         )
-        self.scheduler.add_job(self.reclaim_leases, "interval", seconds=LEASE_REAP_SECONDS,
-                               id="reclaim-leases")
-        self.scheduler.add_job(self.update_gauges, "interval", seconds=GAUGE_SECONDS,
-                               id="queue-gauges")
+        self._every(LEASE_REAP_SECONDS, "reclaim-leases", self.reclaim_leases)
+        self._every(GAUGE_SECONDS, "queue-gauges", self.update_gauges)
+        self._every(RETRY_SWEEP_SECONDS, "retry-sweep", self.retry_sweep)
+
+    def _every(self, seconds: float, task_id: str, func: Callable[..., None], *args: Any,
+               executor: str = "default") -> None:
+        self.scheduler.add_job(self._guarded(func), IntervalTrigger(seconds=seconds), args=args,
+                               id=task_id, executor=executor, replace_existing=True)
+
+    @staticmethod
+    def _guarded(func: Callable[..., None]) -> Callable[..., None]:
+        """A task that logs a lost database instead of dying; the next run retries."""
+        def run(*args: Any) -> None:
+            try:
+                func(*args)
+            except DatabaseUnavailable as exc:
+                log.warning("%s: %s", func.__name__, exc)
+        run.__name__ = func.__name__
+        return run
 
     def start(self) -> None:
         self.scheduler.start()
-        self.scheduler.add_job(self.reclaim_leases, id="reclaim-leases-at-start")
+        self.scheduler.add_job(self._guarded(self.reclaim_leases), id="reclaim-leases-at-start")
 
     def apply(self, jobs: Mapping[str, Job]) -> None:
-        """One rescan task per job, at the job's ``rescan`` interval."""
+        """Per-job tasks (rescan, sessions, triggers, after_upload) for exactly ``jobs``."""
+        self.jobs = jobs
         for task in self.scheduler.get_jobs():
-            if task.id.startswith("rescan:") and task.id[len("rescan:"):] not in jobs:
+            prefix = next((p for p in _PER_JOB if task.id.startswith(p)), None)
+            if prefix is not None and task.id[len(prefix):] not in jobs:
                 task.remove()
         for name, job in jobs.items():
-            existing = self.scheduler.get_job(f"rescan:{name}")
-            if existing is not None and existing.trigger.interval_length == job.source.rescan:
-                continue  # replacing it would postpone the next rescan on every reload
-            self.scheduler.add_job(self.rescan, "interval", args=[name], id=f"rescan:{name}",
-                                   seconds=job.source.rescan, replace_existing=True)
+            self._keep_or_replace(f"rescan:{name}", IntervalTrigger(seconds=job.source.rescan),
+                                  self.rescan, name)
+            self._keep_or_replace(f"sessions:{name}", IntervalTrigger(
+                seconds=SESSION_SWEEP_SECONDS), self._guarded(self.complete_sessions), name)
+            self._optional(f"dispose:{name}", job.after_upload.action != "keep",
+                           IntervalTrigger(seconds=DISPOSAL_SECONDS),
+                           self._guarded(self.dispose), name)
+            trigger = job.trigger
+            schedule = (CronTrigger.from_crontab(trigger.cron, timezone="UTC")
+                        if trigger is not None and trigger.cron
+                        else IntervalTrigger(seconds=trigger.interval or 60.0)
+                        if trigger is not None else None)
+            self._optional(f"triggers:{name}", trigger is not None, schedule,
+                           self._guarded(self.dispatch_triggers), name, executor="triggers")
+
+    def _keep_or_replace(self, task_id: str, trigger: Any, func: Callable[..., None],
+                         *args: Any, executor: str = "default") -> None:
+        existing = self.scheduler.get_job(task_id)
+        if existing is not None and str(existing.trigger) == str(trigger):
+            return  # replacing it would postpone the next run on every reload
+        self.scheduler.add_job(func, trigger, args=args, id=task_id, executor=executor,
+                               replace_existing=True)
+
+    def _optional(self, task_id: str, wanted: bool, trigger: Any, func: Callable[..., None],
+                  *args: Any, executor: str = "default") -> None:
+        if wanted:
+            self._keep_or_replace(task_id, trigger, func, *args, executor=executor)
+        elif self.scheduler.get_job(task_id) is not None:
+            self.scheduler.remove_job(task_id)
 
     def alive(self) -> bool:
         return bool(self.scheduler.running)
@@ -66,25 +124,50 @@ class Scheduler:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.ledger.close()
+        self.dispatcher.ledger.close()
+
+    # --- the tasks -------------------------------------------------------------------------
 
     def reclaim_leases(self) -> None:
         """Put back claims whose lease ran out, and at once those of dead processes here."""
-        try:
-            dead = dead_workers(self.host, self.ledger.workers_on_host(self.host), self.me)
-            count = self.ledger.reclaim_leases(dead)
-        except DatabaseUnavailable as exc:
-            log.warning("lease reaper: %s", exc)
-            return
+        dead = dead_workers(self.host, self.ledger.workers_on_host(self.host), self.me)
+        count = self.ledger.reclaim_leases(dead)
         if count:
             log.warning("reclaimed %d uploads whose worker died or lost its lease", count)
 
-    def update_gauges(self) -> None:
-        try:
-            counts = self.ledger.job_counts()
-        except DatabaseUnavailable as exc:
-            log.warning("queue gauges: %s", exc)
+    def retry_sweep(self) -> None:
+        with self.ledger.named_lock("retry-sweep") as held:
+            if held:
+                self.ledger.notify_due_retries()
+                metrics.retry_sweeps.inc()
+
+    def complete_sessions(self, name: str) -> None:
+        job = self.jobs.get(name)
+        if job is None:
             return
-        for row in counts:
+        register = job.trigger is not None and job.trigger.on == "session_complete"
+        with self.ledger.named_lock(f"sessions:{name}") as held:
+            if not held:
+                return
+            closed = self.ledger.complete_sessions(
+                name, idle_seconds=job.session.idle, marker=job.session.marker,
+                register=register)
+        for session_id in closed:
+            log.info("job %s: session %d complete%s", name, session_id,
+                     "; registration queued" if register else "")
+
+    def dispatch_triggers(self, name: str) -> None:
+        job = self.jobs.get(name)
+        if job is not None:
+            self.dispatcher.dispatch(job)
+
+    def dispose(self, name: str) -> None:
+        job = self.jobs.get(name)
+        if job is not None:
+            self.disposer.sweep(job)
+
+    def update_gauges(self) -> None:
+        for row in self.ledger.job_counts():
             metrics.queue_files.labels(row.job, row.state).set(row.files)
             if row.state == State.PENDING:
                 metrics.queue_oldest_pending_age.labels(row.job).set(row.oldest_age_seconds or 0)

@@ -72,8 +72,9 @@ class Daemon:
             on_db=self._db_reporter("workers"),
         )
         self.scheduler = Scheduler(
-            Ledger(config.dsn, application_name="uploaderd scheduler"), host=self.host,
-            me=self.pool.worker, rescan=self._rescan,
+            Ledger(config.dsn, application_name="uploaderd scheduler"),
+            Ledger(config.dsn, application_name="uploaderd triggers"),
+            host=self.host, me=self.pool.worker, rescan=self._rescan,
         )
 
     # --- the sequence ----------------------------------------------------------------------

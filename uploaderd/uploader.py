@@ -49,6 +49,7 @@ class UploadResult:
     error: str | None = None
     retryable: bool = True
     bytes: int = 0
+    destination: bool = False  # S3 failed (not the file): counts toward pausing the job
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,10 @@ class Uploader:
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = error.get("Code", "?")
-            return UploadResult("failed", error=f"S3 {code}: {error.get('Message', '')}"[:300])
+            return UploadResult("failed", error=f"S3 {code}: {error.get('Message', '')}"[:300],
+                                destination=True)
         except BotoCoreError as exc:
-            return UploadResult("failed", error=f"S3: {exc}"[:300])
+            return UploadResult("failed", error=f"S3: {exc}"[:300], destination=True)
 
     def _put_small(
         self, file: io.RawIOBase, expected: Signature, claim: Claim, destination: Destination

@@ -24,6 +24,7 @@ from datetime import datetime
 from uploaderd import metrics
 from uploaderd.config import Job
 from uploaderd.errors import DatabaseUnavailable
+from uploaderd.health import Breaker
 from uploaderd.ledger import Claim, Ledger, Outcome, State
 from uploaderd.retry import next_attempt_in
 from uploaderd.uploader import Uploader, UploadResult
@@ -71,8 +72,10 @@ class UploadPool:
         host: str | None = None,
         lease_seconds: float = LEASE_SECONDS,
         on_db: Callable[[bool], None] = lambda up: None,
+        breaker: Callable[[], Breaker] = Breaker,
     ) -> None:
         self.ledger = ledger
+        self._new_breaker = breaker
         self.uploader = uploader
         self.jobs = jobs
         self.workers = workers
@@ -97,6 +100,11 @@ class UploadPool:
         self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
         self._busy = 0
         self._busy_lock = threading.Lock()
+        # Destination health per job: fed by the workers, written to the ledger by the
+        # dispatcher (the only thread with a connection).
+        self._breakers: dict[str, Breaker] = {}
+        self._health_changes: dict[str, float | None] = {}  # job → pause, or None: resumed
+        self._health_lock = threading.Lock()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -131,7 +139,7 @@ class UploadPool:
             if item is None:
                 return
             claim, job = item
-            if not self._claiming.is_set():
+            if not self._claiming.is_set() or self._paused(job.name):
                 self._finish(Outcome(claim, State.PENDING, "released"))
                 continue
             with self._busy_lock:
@@ -150,11 +158,46 @@ class UploadPool:
             log.exception("job %s: unexpected error uploading %s", job.name, claim.relpath)
             result = UploadResult("failed", error=f"internal error: {type(exc).__name__}")
         metrics.uploads.labels(job.name, result.outcome).inc()
+        self._record_health(job.name, result)
         if result.outcome == "uploaded":
             metrics.upload_duration.labels(job.name).observe(time.monotonic() - started)
             metrics.upload_bytes.labels(job.name).inc(result.bytes)
             metrics.last_success.labels(job.name).set_to_current_time()
         return outcome_of(claim, job, result)
+
+    def _record_health(self, job: str, result: UploadResult) -> None:
+        with self._health_lock:
+            breaker = self._breakers.setdefault(job, self._new_breaker())
+            if result.outcome == "uploaded":
+                if breaker.record_success():
+                    self._health_changes[job] = None
+                    log.info("job %s: the bucket answers again; uploads resume", job)
+            elif result.destination:
+                pause = breaker.record_failure(result.error or "")
+                if pause is not None:
+                    self._health_changes[job] = pause
+                    log.error("job %s: pausing uploads for %.0fs after %d S3 failures in a "
+                              "row (last: %s)", job, pause, breaker.failures, result.error)
+
+    def _paused(self, job: str) -> bool:
+        with self._health_lock:
+            breaker = self._breakers.get(job)
+            return breaker is not None and breaker.paused()
+
+    def _probing(self, job: str) -> bool:
+        with self._health_lock:
+            breaker = self._breakers.get(job)
+            return breaker is not None and breaker.probing()
+
+    def _write_health(self) -> None:
+        with self._health_lock:
+            changes, self._health_changes = self._health_changes, {}
+            states = {job: self._breakers[job] for job in changes}
+        for job, pause in changes.items():
+            metrics.destination_paused.labels(job, "upload").set(1 if pause else 0)
+            self.ledger.set_destination_health(
+                job, self.host, "upload", failures=states[job].failures, pause_seconds=pause,
+                error=states[job].last_error)
 
     def _finish(self, outcome: Outcome) -> None:
         self._done.put(outcome)
@@ -178,6 +221,7 @@ class UploadPool:
                     listening = True
                 self._collect()
                 self._write_outcomes()
+                self._write_health()
                 if stopping:
                     self._release_held()
                     return
@@ -240,20 +284,30 @@ class UploadPool:
         jobs = self._claimable_jobs()
         if not jobs:
             return False
-        claims = self.ledger.claim(
-            worker=self.worker, host=self.host, jobs=list(jobs), scopes=[self.host, ""],
-            limit=room, lease_seconds=self.lease_seconds,
-        )
+        # A job whose pause just ended sends one probe, not a batch that could all fail.
+        probing = {name for name in jobs if self._probing(name)}
+        claims = self._claim(sorted(set(jobs) - probing), room)
+        for name in sorted(probing):
+            if not any(held.job == name for held in self._held.values()):
+                claims += self._claim([name], 1)
         for claim in claims:
             self._held[claim.id] = claim
             self._todo.put((claim, jobs[claim.job]))
         return len(claims) == room
+
+    def _claim(self, jobs: list[str], limit: int) -> list[Claim]:
+        if not jobs:
+            return []
+        return self.ledger.claim(worker=self.worker, host=self.host, jobs=jobs,
+                                 scopes=[self.host, ""], limit=limit,
+                                 lease_seconds=self.lease_seconds)
 
     def _claimable_jobs(self) -> dict[str, Job]:
         now = datetime.now()  # windows are in local time, as operators write them
         return {
             name: job for name, job in self.jobs().items()
             if job.enabled and in_any_window(job.destination.windows, now)
+            and not self._paused(name)
         }
 
     def _release_held(self) -> None:
@@ -289,7 +343,7 @@ def outcome_of(claim: Claim, job: Job, result: UploadResult) -> Outcome:
     if result.outcome == "changed":
         # The file moved on; its new content is a new version that discovery queues.
         return Outcome(claim, State.SUPERSEDED, "changed", error=result.error)
-    delay = next_attempt_in(claim.attempt, job.retry) if result.retryable else None
+    delay = next_attempt_in(claim.tries, job.retry) if result.retryable else None
     if delay is None:
         return Outcome(claim, State.FAILED, "failed", result.sha256, error=result.error)
     return Outcome(claim, State.PENDING, "failed", result.sha256, error=result.error,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from uploaderd import __version__
+from uploaderd import __version__, schema
 from uploaderd.devstack import PostgresCluster, S3Server, free_port
 
 
@@ -108,7 +108,9 @@ def test_migrate_then_check_connect_reaches_database_and_bucket(
     before = uploaderd("check", "--connect", "-c", str(config))
     assert before.returncode == 2 and "run `uploaderd migrate`" in before.stdout
     first = uploaderd("migrate", "-c", str(config))
-    assert (first.returncode, first.stdout) == (0, "applied 0001_ledger.sql\n")
+    expected = "".join(f"applied {m.name}\n" for m in schema.available())
+    assert (first.returncode, first.stdout) == (0, expected)
+    assert expected.startswith("applied 0001_ledger.sql\napplied 0002_")
     assert uploaderd("migrate", "-c", str(config)).stdout == "schema is up to date\n"
     after = uploaderd("check", "--connect", "-c", str(config))
     assert after.returncode == 0, after.stdout

@@ -33,12 +33,12 @@ def claim_for(path: Path, root: Path, attempt: int = 1) -> Claim:
     sig = Signature.of(path.stat())
     relpath = str(path.relative_to(root))
     return Claim(1, "lab", str(root), relpath, sig.size, sig.mtime_ns, sig.inode, "",
-                 f"up/{relpath}", attempt, None)
+                 f"up/{relpath}", attempt, None, attempt)
 
 
 def with_bucket(claim: Claim, bucket: str) -> Claim:
     return Claim(claim.id, claim.job, claim.root, claim.relpath, claim.size, claim.mtime_ns,
-                 claim.inode, bucket, claim.key, claim.attempt, claim.session_id)
+                 claim.inode, bucket, claim.key, claim.attempt, claim.session_id, claim.tries)
 
 
 @pytest.fixture

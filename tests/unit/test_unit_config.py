@@ -765,3 +765,19 @@ def test_load_jobs_missing_directory(tmp_path: Path) -> None:
     [problem] = jobs.problems
     assert problem.file == missing
     assert problem.message.startswith("cannot list the jobs directory: ")
+
+
+def test_after_upload_registered_needs_a_trigger() -> None:
+    [problem] = problems_of(
+        "source: {paths: [/data/in]}\ndestination: {bucket: lab-raw}\n"
+        "after_upload: delete\nafter_upload_when: registered\n")
+    assert (problem.line, problem.key) == (4, "after_upload_when")
+    assert problem.message == "registered needs a trigger block to register with"
+
+
+def test_move_to_inside_a_root_is_refused() -> None:
+    [problem] = problems_of(
+        "source: {paths: [/data/in]}\ndestination: {bucket: lab-raw}\n"
+        "after_upload: {move_to: /data/in/done}\n")
+    assert (problem.line, problem.key) == (3, "after_upload.move_to")
+    assert problem.message == "/data/in/done is inside a watched root; move files out of it"

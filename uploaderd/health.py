@@ -1,0 +1,51 @@
+"""Destination health: pause a bucket or an endpoint that keeps failing, instead of letting
+it burn every file's attempts. A small circuit breaker with an injectable clock.
+
+After ``threshold`` failures in a row the destination is paused for a backoff that doubles
+each time it trips again (up to ``max_pause``). When the pause ends one probe goes through:
+its success closes the breaker, its failure pauses again for longer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class Breaker:
+    threshold: int = 5
+    first_pause: float = 30.0
+    max_pause: float = 600.0
+    clock: Callable[[], float] = time.monotonic
+    failures: int = 0
+    trips: int = 0
+    paused_until: float = 0.0
+    last_error: str | None = None
+
+    def paused(self) -> bool:
+        return self.clock() < self.paused_until
+
+    def probing(self) -> bool:
+        """Tripped before and the pause is over: let one attempt through to test the water."""
+        return self.trips > 0 and not self.paused()
+
+    def record_success(self) -> bool:
+        """True when this success closed a tripped breaker (a resume worth logging)."""
+        resumed = self.trips > 0
+        self.failures = self.trips = 0
+        self.paused_until = 0.0
+        self.last_error = None
+        return resumed
+
+    def record_failure(self, error: str) -> float | None:
+        """Count a failure; the pause in seconds when this one trips (or re-trips) the breaker."""
+        self.failures += 1
+        self.last_error = error
+        if self.failures < self.threshold and not self.probing():
+            return None
+        pause = min(self.max_pause, self.first_pause * 2.0**self.trips)
+        self.trips += 1
+        self.paused_until = self.clock() + pause
+        return pause

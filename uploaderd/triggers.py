@@ -1,0 +1,226 @@
+"""Registering uploads with an external system: the trigger outbox and its dispatcher.
+
+Registrations are rows in PostgreSQL written beside what they register (a completed session,
+or a batch of uploaded files). The dispatcher takes a job's due rows under a cluster-wide
+lock, records the attempt, POSTs a JSON manifest with the row's ``Idempotency-Key``, and
+records the answer. A crash between the POST and that record leaves the row pending, so
+the next call repeats the same key and the receiver can tell it is a repeat.
+
+Header values may name secrets as ``${env:NAME}`` or ``${file:/path}``; they are resolved
+at the moment of the call and never logged or stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import urllib3
+
+from uploaderd import __version__, metrics
+from uploaderd.config import Job, TriggerSpec
+from uploaderd.errors import UploaderdError
+from uploaderd.health import Breaker
+from uploaderd.ledger import DueTrigger, Ledger
+from uploaderd.retry import next_attempt_in
+
+log = logging.getLogger(__name__)
+
+_SECRET = re.compile(r"\$\{(env|file):([^}]+)\}")
+_EXCERPT = 300
+
+
+class TriggerSetupError(UploaderdError):
+    """A header names a secret that is not there (unset variable, unreadable file)."""
+
+
+@dataclass(frozen=True)
+class CallResult:
+    state: str  # sent | pending (retry later) | failed
+    status: int | None
+    error: str | None
+    excerpt: str | None
+    retryable: bool
+
+
+@dataclass
+class DispatchReport:
+    sent: int = 0
+    failed: int = 0
+    retrying: int = 0
+    paused: bool = False
+    skipped: bool = False  # another host holds the job's dispatch lock
+    errors: list[str] = field(default_factory=list)
+
+
+def resolve_headers(headers: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
+    """Header values with ``${env:NAME}`` and ``${file:/path}`` replaced by the secret."""
+
+    def secret(match: re.Match[str]) -> str:
+        kind, name = match.group(1), match.group(2)
+        if kind == "env":
+            if name not in env:
+                raise TriggerSetupError(f"the environment variable {name} is not set")
+            return env[name]
+        try:
+            return Path(name).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise TriggerSetupError(f"cannot read the secret file {name}: {exc.strerror}") from exc
+
+    return {header: _SECRET.sub(secret, value) for header, value in headers.items()}
+
+
+def manifest(job: Job, due: DueTrigger, files: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "job": job.name,
+        "session": due.session_id,
+        "registration": due.id,
+        "idempotency_key": due.idempotency_key,
+        "files": [
+            {
+                "relpath": f["relpath"], "bucket": f["bucket"], "key": f["key"],
+                "size": f["size"], "sha256": f["sha256"],
+                "uploaded_at": _iso(f["uploaded_at"]),
+            }
+            for f in files
+        ],
+    }
+
+
+def safe_url(url: str) -> str:
+    """The URL without query or user info, for logs."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+class TriggerDispatcher:
+    def __init__(
+        self, ledger: Ledger, *, host: str | None = None, env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.host = host or socket.gethostname()
+        self.env = os.environ if env is None else env
+        self.http = urllib3.PoolManager(retries=False)
+        self.breakers: dict[str, Breaker] = {}
+
+    def batch_uploads(self, job: Job) -> int:
+        """on: file_uploaded — move uploaded files into registrations, a batch at a time."""
+        assert job.trigger is not None
+        total = 0
+        while batched := self.ledger.batch_uploaded_files(job.name, job.trigger.batch_size):
+            total += batched
+        return total
+
+    def dispatch(self, job: Job, *, session_id: int | None = None) -> DispatchReport:
+        """Call the endpoint for every due registration of ``job`` (or of one session)."""
+        report = DispatchReport()
+        spec = job.trigger
+        if spec is None:
+            return report
+        breaker = self.breakers.setdefault(job.name, Breaker())
+        if breaker.paused():
+            report.paused = True
+            return report
+        with self.ledger.named_lock(f"trigger:{job.name}") as held:
+            if not held:
+                report.skipped = True
+                return report
+            if spec.on == "file_uploaded":
+                self.batch_uploads(job)
+            for due in self.ledger.due_triggers(job.name, limit=50, session_id=session_id):
+                if not self._call(job, spec, due, breaker, report):
+                    break
+        return report
+
+    def _call(
+        self, job: Job, spec: TriggerSpec, due: DueTrigger, breaker: Breaker,
+        report: DispatchReport,
+    ) -> bool:
+        """One registration; False when the endpoint is now paused."""
+        started = self.ledger.start_trigger_call(due.id, self.host)
+        if started is None:
+            return True
+        attempt, tries = started
+        files = self.ledger.trigger_manifest(due.id)
+        result = self._post(spec, due, manifest(job, due, files))
+        retry_in = next_attempt_in(tries, job.retry) if result.retryable else None
+        state = result.state if result.state == "sent" or retry_in is not None else "failed"
+        self.ledger.finish_trigger_call(due.id, attempt, state=state, status=result.status,
+                                        error=result.error, excerpt=result.excerpt,
+                                        retry_in=retry_in if state == "pending" else None)
+        metrics.trigger_requests.labels(job.name, state).inc()
+        if state == "sent":
+            report.sent += 1
+            if breaker.record_success():
+                self._set_health(job, breaker, None)
+                log.info("job %s: the trigger endpoint answers again; resumed", job.name)
+            return True
+        report.errors.append(result.error or "")
+        if state == "failed":
+            report.failed += 1
+            log.error("job %s: registration %d failed for good: %s", job.name, due.id,
+                      result.error)
+        else:
+            report.retrying += 1
+            log.warning("job %s: registration %d: %s; retrying in %.0fs", job.name, due.id,
+                        result.error, retry_in)
+        pause = breaker.record_failure(result.error or "") if result.retryable else None
+        if pause is not None:
+            self._set_health(job, breaker, pause)
+            log.error("job %s: pausing calls to %s for %.0fs after %d failures", job.name,
+                      safe_url(spec.url), pause, breaker.failures)
+            report.paused = True
+            return False
+        return True
+
+    def _post(self, spec: TriggerSpec, due: DueTrigger, body: dict[str, Any]) -> CallResult:
+        try:
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": f"uploaderd/{__version__}",
+                **resolve_headers(spec.headers, self.env),
+                "Idempotency-Key": due.idempotency_key,
+            }
+        except TriggerSetupError as exc:
+            return CallResult("pending", None, str(exc), None, retryable=True)
+        try:
+            response = self.http.request(
+                spec.method, spec.url, body=json.dumps(body).encode(), headers=headers,
+                timeout=urllib3.Timeout(total=spec.timeout), preload_content=False,
+            )
+            excerpt = _excerpt(response.read(_EXCERPT * 4))
+            response.release_conn()
+        except urllib3.exceptions.HTTPError as exc:
+            return CallResult("pending", None, f"no response: {type(exc).__name__}", None,
+                              retryable=True)
+        status = response.status
+        if 200 <= status < 300:
+            return CallResult("sent", status, None, excerpt, retryable=False)
+        # 408, 429 and 5xx are the endpoint's trouble and pass; other 4xx are about the
+        # request and would fail the same way again.
+        retryable = status in (408, 429) or status >= 500
+        return CallResult("pending", status, f"HTTP {status}", excerpt, retryable)
+
+    def _set_health(self, job: Job, breaker: Breaker, pause: float | None) -> None:
+        metrics.destination_paused.labels(job.name, "trigger").set(1 if pause else 0)
+        self.ledger.set_destination_health(job.name, self.host, "trigger",
+                                           failures=breaker.failures, pause_seconds=pause,
+                                           error=breaker.last_error)
+
+
+def _excerpt(data: bytes) -> str:
+    text = data.decode("utf-8", "replace")
+    return "".join(ch if ch.isprintable() else " " for ch in text)[:_EXCERPT]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
