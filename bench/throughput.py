@@ -799,7 +799,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = plan_of(args)
     results = Results()
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler of its own.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     load_before = os.getloadavg()[0]
     print(f"uploaderd throughput: {', '.join(w.describe() for w in plan.workloads)}; "
           f"{plan.repeat} repetitions; {os.cpu_count()} CPUs", flush=True)
