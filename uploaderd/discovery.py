@@ -208,7 +208,7 @@ class Discovery:
     def _recheck_tracked(self) -> None:
         for state in self._jobs.values():
             rules = state.rules
-            for root, relpath in state.tracker.pending():
+            for root, relpath in state.tracker.due():
                 candidate = check_path(root, f"{root}/{relpath}", rules)
                 if candidate is None:
                     state.tracker.forget((root, relpath))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
@@ -31,6 +31,7 @@ class _Watching:
     signature: Signature
     since: float  # monotonic time the signature was first seen
     source: str
+    due: float  # monotonic time at which it can first be complete: no point looking before
 
 
 class SettleTracker(Generic[K]):
@@ -59,16 +60,24 @@ class SettleTracker(Generic[K]):
     def __contains__(self, key: object) -> bool:
         return key in self._watching
 
-    def pending(self) -> Iterator[K]:
-        """A snapshot of the tracked keys, safe to iterate while observing."""
-        return iter(list(self._watching))
+    def due(self) -> list[K]:
+        """The tracked keys worth looking at now: those that could be complete by now.
+
+        Re-checking only these keeps a burst of thousands of files from being stat'ed on
+        every tick while they settle; changes in between arrive as events anyway.
+        """
+        now = self._monotonic()
+        return [key for key, seen in self._watching.items() if seen.due <= now]
 
     def observe(self, key: K, signature: Signature, source: str) -> str | None:
         """Record an observation; returns the first source that saw it once it is complete."""
         seen = self._watching.get(key)
         if seen is None or seen.signature != signature:
             first_source = seen.source if seen else source
-            self._watching[key] = _Watching(signature, self._monotonic(), first_source)
+            now = self._monotonic()
+            age = self._wall() - signature.mtime_ns / 1e9
+            due = now + max(0.0, min(self.settle, self.settle - age))
+            self._watching[key] = _Watching(signature, now, first_source, due)
             return None
         held = self._monotonic() - seen.since
         age = self._wall() - signature.mtime_ns / 1e9

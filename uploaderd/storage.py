@@ -46,7 +46,16 @@ class Storage:
         events = client.meta.events
         events.register("after-call.s3", _count_response)
         events.register("after-call-error.s3", _count_error)
+        events.register("before-send.s3.PutObject", _no_expect_continue)
         return client
+
+
+def _no_expect_continue(request: Any, **_: Any) -> None:
+    """Send small PUT bodies at once: waiting for "100 Continue" costs a round trip per file.
+
+    (``Expect`` is not a signed header, so dropping it after signing is safe.)
+    """
+    request.headers.pop("Expect", None)
 
 
 def _count_response(http_response: Any, model: Any, **_: Any) -> None:

@@ -167,3 +167,19 @@ def test_unreachable_endpoint_is_a_retryable_failure(root: Path, bucket: str) ->
     result = Uploader(Storage(4)).upload(with_bucket(claim_for(root / "a.txt", root), bucket), job)
     assert (result.outcome, result.retryable) == ("failed", True)
     assert result.error and result.error.startswith("S3: Could not connect")
+
+
+def test_small_puts_do_not_wait_for_100_continue(
+    root: Path, s3_server: S3Server, bucket: str
+) -> None:
+    (root / "a.txt").write_bytes(b"x" * 4096)
+    storage = Storage(4)
+    job = make_job(root, bucket, s3_server)
+    sent: list[set[str]] = []
+    # Registered after the client's own hooks, so it sees the request as it leaves.
+    storage.client(job.destination.s3).meta.events.register(
+        "before-send.s3.PutObject", lambda request, **_: sent.append(
+            {name.lower() for name in request.headers}))
+    claim = with_bucket(claim_for(root / "a.txt", root), bucket)
+    assert Uploader(storage).upload(claim, job).outcome == "uploaded"
+    assert "x-amz-meta-sha256" in sent[-1] and "expect" not in sent[-1]

@@ -128,10 +128,10 @@ def test_forget_drops_the_file(clocks: tuple[Clock, Clock]) -> None:
     sig = fresh(clocks)
     t.observe("a", sig, "watch")
     t.observe("b", sig, "watch")
-    assert sorted(t.pending()) == ["a", "b"]
+    assert len(t) == 2 and "a" in t
     t.forget("a")
     t.forget("never-seen")  # no error
-    assert list(t.pending()) == ["b"]
+    assert len(t) == 1 and "a" not in t and "b" in t
     advance(clocks, 60)
     # Seen again after forget: starts over, and from the new source.
     assert t.observe("a", sig, "scan") is None
@@ -401,3 +401,20 @@ def test_parse_size_refuses(value: object) -> None:
 )
 def test_format_bytes(count: float, text: str) -> None:
     assert format_bytes(count) == text
+
+
+def test_settle_due_lists_only_what_could_be_complete() -> None:
+    mono, wall = [100.0], [1_000.0]
+    tracker: SettleTracker[str] = SettleTracker(10.0, monotonic=lambda: mono[0],
+                                                wall=lambda: wall[0])
+    fresh = Signature(1, int(1_000.0 * 1e9), 1)  # written just now
+    aged = Signature(1, int(996.0 * 1e9), 2)  # written 4 s ago: 6 s of settle left
+    old = Signature(1, int(900.0 * 1e9), 3)  # long complete: due at the next look
+    for key, sig in (("fresh", fresh), ("aged", aged), ("old", old)):
+        tracker.observe(key, sig, "scan")
+    assert tracker.due() == ["old"]
+    mono[0], wall[0] = 106.0, 1_006.0
+    assert sorted(tracker.due()) == ["aged", "old"]
+    assert tracker.observe("aged", aged, "scan") == "scan"
+    mono[0], wall[0] = 110.0, 1_010.0
+    assert sorted(tracker.due()) == ["fresh", "old"]
