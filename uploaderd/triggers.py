@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -105,8 +105,10 @@ def safe_url(url: str) -> str:
 class TriggerDispatcher:
     def __init__(
         self, ledger: Ledger, *, host: str | None = None, env: Mapping[str, str] | None = None,
+        breaker: Callable[[], Breaker] = Breaker,
     ) -> None:
         self.ledger = ledger
+        self._new_breaker = breaker
         self.host = host or socket.gethostname()
         self.env = os.environ if env is None else env
         self.http = urllib3.PoolManager(retries=False)
@@ -126,7 +128,7 @@ class TriggerDispatcher:
         spec = job.trigger
         if spec is None:
             return report
-        breaker = self.breakers.setdefault(job.name, Breaker())
+        breaker = self.breakers.setdefault(job.name, self._new_breaker())
         if breaker.paused():
             report.paused = True
             return report

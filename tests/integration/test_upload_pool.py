@@ -13,6 +13,7 @@ from helpers import wait_for
 
 from uploaderd.config import Job, S3Settings, parse_job_text
 from uploaderd.devstack import S3Server
+from uploaderd.health import Breaker
 from uploaderd.ledger import Claim, Ledger, NewVersion
 from uploaderd.settle import Signature
 from uploaderd.storage import Storage
@@ -110,3 +111,31 @@ def test_failures_back_off_then_fail_with_the_reason(
     assert attempts == 3 and error.startswith("S3 NoSuchBucket")
     outcomes = sql("SELECT attempt, outcome FROM upload_attempts ORDER BY attempt")
     assert outcomes == [(1, "failed"), (2, "failed"), (3, "failed")]
+
+
+def test_a_sick_bucket_pauses_the_job_instead_of_burning_attempts(
+    migrated_dsn: str, root: Path, s3_server: S3Server, sql: Sql,
+    start_pool: Callable[..., UploadPool], request: pytest.FixtureRequest,
+) -> None:
+    bucket = f"appears-later-{abs(hash(request.node.name)) % 10**8}"
+    job = make_job(root, bucket, s3_server, max_attempts=3)
+    pool = UploadPool(Ledger(migrated_dsn), Uploader(Storage(4)), lambda: {job.name: job},
+                      workers=2, host="host-a",
+                      breaker=lambda: Breaker(threshold=2, first_pause=1.0, max_pause=1.0))
+    pool.start()
+    try:
+        for i in range(6):
+            queue_file(migrated_dsn, root, f"f{i}.txt", b"x", bucket)
+        wait_for(lambda: sql("SELECT paused_until > now() FROM destination_health "
+                             "WHERE kind = 'upload'") == [(True,)], timeout=20,
+                 message="the job paused")
+        tried = sql("SELECT count(*) FROM file_versions WHERE attempts > 0")[0][0]
+        assert tried < 6, "files behind the pause keep their attempts"
+        s3_server.create_bucket(bucket)
+        wait_for(lambda: sql("SELECT count(*) FROM file_versions WHERE state = 'uploaded'")
+                 == [(6,)], timeout=30, message="resumed and uploaded")
+        assert sql("SELECT count(*) FROM file_versions WHERE state = 'failed'") == [(0,)]
+        wait_for(lambda: sql("SELECT paused_until FROM destination_health") == [(None,)],
+                 timeout=5, message="the pause cleared")
+    finally:
+        pool.stop(grace=5)
