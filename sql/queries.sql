@@ -69,7 +69,7 @@ WITH claimed AS (
         FOR UPDATE SKIP LOCKED
     )
     RETURNING id, job, root, relpath, size, mtime_ns, inode, bucket, key, attempts, session_id,
-              attempts - retry_base AS tries
+              attempts - retry_base AS tries, multipart_upload_id, multipart_part_size
 ), attempts AS (
     -- A released attempt gave its number back (release_claims); its row is reused.
     INSERT INTO upload_attempts (file_version_id, attempt, host, worker)
@@ -79,6 +79,13 @@ WITH claimed AS (
         finished_at = NULL, outcome = NULL, error = NULL, bytes = NULL
 )
 SELECT * FROM claimed ORDER BY id;
+
+-- name: record_multipart
+-- The multipart upload an attempt created, fenced like its outcome.
+UPDATE file_versions
+SET multipart_upload_id = %(upload_id)s, multipart_part_size = %(part_size)s
+WHERE id = %(id)s AND claimed_by = %(worker)s AND attempts = %(attempt)s
+  AND state = 'uploading';
 
 -- name: renew_leases
 UPDATE file_versions
@@ -103,6 +110,9 @@ WITH outcome AS (
         next_attempt_at = CASE WHEN o.delay IS NULL THEN fv.next_attempt_at
                                ELSE now() + make_interval(secs => o.delay) END,
         uploaded_at = CASE WHEN o.state = 'uploaded' THEN now() ELSE fv.uploaded_at END,
+        -- A finished or abandoned multipart upload is nothing to resume any more.
+        multipart_upload_id = CASE WHEN o.state = 'pending' THEN fv.multipart_upload_id END,
+        multipart_part_size = CASE WHEN o.state = 'pending' THEN fv.multipart_part_size END,
         claimed_by = NULL, lease_expires_at = NULL, updated_at = now()
     FROM outcome o
     WHERE fv.id = o.id AND fv.attempts = o.attempt AND fv.claimed_by = %(worker)s
@@ -466,3 +476,21 @@ SELECT DISTINCT ON (key) key, bucket, size, sha256
 FROM file_versions
 WHERE job = %(job)s AND state = 'uploaded'
 ORDER BY key, id DESC;
+
+-- name: selection_progress
+-- One-shot commands (`upload`, `retry --auto-retry`): files and bytes by state of what they
+-- wait on (a session, a job or everything, among the jobs they can upload), and for pending
+-- files the seconds until the earliest next attempt.
+SELECT state, count(*) AS files, coalesce(sum(size), 0)::bigint AS bytes,
+       greatest(0, extract(epoch FROM min(next_attempt_at) - now()))::float8 AS next_in
+FROM file_versions
+WHERE (%(all)s OR session_id = %(session_id)s OR job = %(job)s)
+  AND job = ANY(%(jobs)s::text[])
+GROUP BY state;
+
+-- name: uploaded_keys_under
+-- `uploaderd verify`: every key any job's ledger says it uploaded under a prefix of a bucket,
+-- so an object another job put there is not reported as extra.
+SELECT DISTINCT key FROM file_versions
+WHERE bucket = %(bucket)s AND state = 'uploaded'
+  AND left(key, length(%(prefix)s)) = %(prefix)s;

@@ -68,6 +68,17 @@ class Claim:
     attempt: int  # the attempt number in the history (upload_attempts)
     session_id: int | None
     tries: int  # attempts since the last manual retry: what the retry policy counts
+    multipart_upload_id: str | None = None  # an earlier attempt's upload, to resume
+    multipart_part_size: int | None = None
+
+
+@dataclass(frozen=True)
+class MultipartStarted:
+    """An attempt created a multipart upload: worth recording before its parts go up."""
+
+    claim: Claim
+    upload_id: str
+    part_size: int
 
 
 @dataclass(frozen=True)
@@ -280,6 +291,12 @@ class Ledger:
         })
         return {row[0] for row in rows}
 
+    def record_multipart(self, worker: str, started: MultipartStarted) -> None:
+        self._all("record_multipart", {
+            "id": started.claim.id, "worker": worker, "attempt": started.claim.attempt,
+            "upload_id": started.upload_id, "part_size": started.part_size,
+        })
+
     def release(self, worker: str, ids: Sequence[int]) -> None:
         self._all("release_claims", {"worker": worker, "ids": list(ids)})
 
@@ -427,6 +444,21 @@ class Ledger:
             "pause_seconds": pause_seconds, "error": error,
         })
 
+    # --- one-shot commands -------------------------------------------------------------------
+
+    def selection_progress(
+        self, *, jobs: Sequence[str], session_id: int | None = None, job: str | None = None,
+        everything: bool = False,
+    ) -> dict[str, StateTally]:
+        """state → files, bytes (and for pending: seconds to the next attempt) of a selection."""
+        rows = self._all("selection_progress", {"session_id": session_id, "job": job,
+                                                "all": everything, "jobs": list(jobs)})
+        return {state: StateTally(files, size, next_in) for state, files, size, next_in in rows}
+
+    def uploaded_keys_under(self, bucket: str, prefix: str) -> set[str]:
+        rows = self._all("uploaded_keys_under", {"bucket": bucket, "prefix": prefix})
+        return {row[0] for row in rows}
+
     def _dicts(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         with self.transaction() as cursor:
             cursor.execute(queries()[name], params)
@@ -450,6 +482,13 @@ class JobStateCount:
     bytes: int
     oldest_age_seconds: float | None
     last_uploaded_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StateTally:
+    files: int
+    bytes: int
+    next_in: float | None  # seconds until the earliest next attempt (pending only)
 
 
 def _first_line(exc: BaseException) -> str:

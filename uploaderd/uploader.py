@@ -3,10 +3,8 @@
 Small files are read once into memory, hashed and sent with one PutObject that carries the
 SHA-256 both as ``x-amz-meta-sha256`` and (where the endpoint supports it) as the S3
 checksum the server verifies. Large files need the hash in the metadata before the first
-part is sent, so they are hashed once, then streamed through s3transfer's multipart upload
-while being hashed again; if the second hash or the file's stat differs at the last byte,
-the read raises and s3transfer aborts the multipart upload, so a file that changed during
-its upload is never completed as an object and never marked uploaded.
+part is sent, so they are hashed once, then sent by ``multipart`` while being hashed again;
+a file that changed in between is never completed as an object and never marked uploaded.
 """
 
 from __future__ import annotations
@@ -17,14 +15,21 @@ import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from uploaderd.config import Destination, Job
 from uploaderd.ledger import Claim
+from uploaderd.multipart import (
+    FileChanged,
+    MultipartUpload,
+    Resume,
+    check_unchanged,
+    part_size_for,
+    read_exactly,
+)
 from uploaderd.settle import Signature
 from uploaderd.storage import Storage
 
@@ -34,11 +39,9 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 MULTIPART_THRESHOLD = 16 * MiB
 _READ_SIZE = 1 * MiB
-_MAX_PARTS = 10_000
 
-
-class FileChanged(Exception):
-    """The file no longer matches the version that was queued."""
+# Called with (upload id, part size) when a multipart upload is created, to record it.
+MultipartStarted = Callable[[str, int], None]
 
 
 @dataclass(frozen=True)
@@ -54,18 +57,11 @@ class UploadResult:
 
 @dataclass(frozen=True)
 class TransferSettings:
-    """Tuning for large files, in one place (s3transfer's TransferConfig)."""
+    """Tuning for large files, in one place."""
 
     multipart_threshold: int = MULTIPART_THRESHOLD
     part_size: int = 16 * MiB
     concurrency_per_file: int = 4
-
-    def config_for(self, size: int) -> TransferConfig:
-        part = max(self.part_size, -(-size // _MAX_PARTS))  # S3 allows at most 10,000 parts
-        return TransferConfig(
-            multipart_threshold=self.multipart_threshold, multipart_chunksize=part,
-            max_concurrency=self.concurrency_per_file, use_threads=True,
-        )
 
 
 class Uploader:
@@ -73,16 +69,18 @@ class Uploader:
         self.storage = storage
         self.transfer = transfer or TransferSettings()
 
-    def upload(self, claim: Claim, job: Job) -> UploadResult:
+    def upload(
+        self, claim: Claim, job: Job, on_multipart: MultipartStarted = lambda *_: None
+    ) -> UploadResult:
         path = os.path.join(claim.root, claim.relpath)
         expected = Signature(claim.size, claim.mtime_ns, claim.inode)
         flags = os.O_RDONLY | (0 if job.source.follow_symlinks else os.O_NOFOLLOW)
         try:
             with os.fdopen(os.open(path, flags), "rb", buffering=0) as file:
-                _check_unchanged(file, expected)
+                check_unchanged(file, expected)
                 if claim.size <= self.transfer.multipart_threshold:
                     return self._put_small(file, expected, claim, job.destination)
-                return self._put_large(file, expected, claim, job.destination)
+                return self._put_large(file, expected, claim, job.destination, on_multipart)
         except FileNotFoundError:
             return UploadResult("vanished", error="the file is gone", retryable=False)
         except FileChanged as exc:
@@ -100,8 +98,8 @@ class Uploader:
     def _put_small(
         self, file: io.RawIOBase, expected: Signature, claim: Claim, destination: Destination
     ) -> UploadResult:
-        data = _read_all(file, claim.size)
-        _check_unchanged(file, expected)  # the bytes we hold are exactly the queued version
+        data = read_exactly(file, claim.size)
+        check_unchanged(file, expected)  # the bytes we hold are exactly the queued version
         digest = hashlib.sha256(data)
         sha = digest.hexdigest()
         client = self.storage.client(destination.s3)
@@ -130,7 +128,8 @@ class Uploader:
         return UploadResult("uploaded", sha, response.get("ETag"), bytes=len(data))
 
     def _put_large(
-        self, file: io.RawIOBase, expected: Signature, claim: Claim, destination: Destination
+        self, file: io.RawIOBase, expected: Signature, claim: Claim, destination: Destination,
+        on_multipart: MultipartStarted,
     ) -> UploadResult:
         sha = _hash_file(file, expected)
         client = self.storage.client(destination.s3)
@@ -138,15 +137,15 @@ class Uploader:
             existing = _existing(client, claim, destination, sha)
             if existing is not None:
                 return existing
-        args = _put_arguments(destination, sha)
-        if destination.s3.checksum == "when_supported":
-            args["ChecksumAlgorithm"] = "SHA256"  # every part carries a checksum S3 verifies
-        file.seek(0)
-        reader = _VerifyingReader(file, expected, sha)
-        client.upload_fileobj(cast(IO[bytes], reader), claim.bucket, claim.key, ExtraArgs=args,
-                              Config=self.transfer.config_for(claim.size))
-        head = client.head_object(Bucket=claim.bucket, Key=claim.key)
-        return UploadResult("uploaded", sha, head.get("ETag"), bytes=claim.size)
+        upload = MultipartUpload(
+            client, claim.bucket, claim.key, checksums=destination.s3.checksum == "when_supported",
+            concurrency=self.transfer.concurrency_per_file, on_started=on_multipart,
+        )
+        resume = (Resume(claim.multipart_upload_id, claim.multipart_part_size)
+                  if claim.multipart_upload_id and claim.multipart_part_size else None)
+        etag = upload.run(file, expected, sha, _put_arguments(destination, sha),
+                          part_size_for(claim.size, self.transfer.part_size), resume)
+        return UploadResult("uploaded", sha, etag, bytes=claim.size)
 
 
 def _existing(
@@ -184,71 +183,9 @@ def _put_arguments(destination: Destination, sha: str) -> dict[str, Any]:
     return args
 
 
-def _check_unchanged(file: io.RawIOBase, expected: Signature) -> None:
-    now = Signature.of(os.fstat(file.fileno()))
-    if now != expected:
-        raise FileChanged(f"the file changed since it was queued (now {now.size} bytes)")
-
-
-def _read_all(file: io.RawIOBase, size: int) -> bytes:
-    chunks, remaining = [], size
-    while remaining > 0:
-        chunk = file.read(min(remaining, 8 * MiB))
-        if not chunk:
-            raise FileChanged("the file is shorter than when it was queued")
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
 def _hash_file(file: io.RawIOBase, expected: Signature) -> str:
     digest = hashlib.sha256()
     while chunk := file.read(_READ_SIZE):
         digest.update(chunk)
-    _check_unchanged(file, expected)
+    check_unchanged(file, expected)
     return digest.hexdigest()
-
-
-class _VerifyingReader(io.RawIOBase):
-    """A file as s3transfer reads it, part after part, hashed on the way.
-
-    At end of file it checks the hash and the stat against the first pass; raising there
-    makes s3transfer abort the multipart upload instead of completing it.
-    """
-
-    def __init__(self, file: io.RawIOBase, expected: Signature, sha: str) -> None:
-        self._file = file
-        self._expected = expected
-        self._sha = sha
-        self._digest = hashlib.sha256()
-        self._position = 0
-        self._sequential = True
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._file.tell()
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._file.seek(offset, whence)
-
-    def read(self, size: int = -1) -> bytes:
-        start = self._file.tell()
-        data = self._file.read(size) or b""
-        if start != self._position:
-            self._sequential = False  # a re-read: the streaming hash no longer proves anything
-        else:
-            self._digest.update(data)
-            self._position += len(data)
-        if start + len(data) >= self._expected.size:
-            self._verify()
-        return data
-
-    def _verify(self) -> None:
-        _check_unchanged(self._file, self._expected)
-        if not self._sequential or self._digest.hexdigest() != self._sha:
-            raise FileChanged("the file changed during its upload")

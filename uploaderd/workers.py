@@ -25,7 +25,7 @@ from uploaderd import metrics
 from uploaderd.config import Job
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.health import Breaker
-from uploaderd.ledger import Claim, Ledger, Outcome, State
+from uploaderd.ledger import Claim, Ledger, MultipartStarted, Outcome, State
 from uploaderd.retry import next_attempt_in
 from uploaderd.uploader import Uploader, UploadResult
 from uploaderd.windows import in_any_window
@@ -84,9 +84,10 @@ class UploadPool:
         self.lease_seconds = lease_seconds
         self.on_db = on_db
         self._todo: queue.SimpleQueue[tuple[Claim, Job] | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Outcome | MultipartStarted] = queue.SimpleQueue()
         self._held: dict[int, Claim] = {}  # claimed and not yet written back (dispatcher only)
         self._unwritten: list[Outcome] = []
+        self._multiparts: list[MultipartStarted] = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
@@ -151,17 +152,23 @@ class UploadPool:
                     self._busy -= 1
 
     def _attempt(self, claim: Claim, job: Job) -> Outcome:
-        started = time.monotonic()
+        began = time.monotonic()
+
+        def multipart_started(upload_id: str, part_size: int) -> None:
+            self._done.put(MultipartStarted(claim, upload_id, part_size))
+            self._wake()
+
         try:
-            result = self.uploader.upload(claim, job)
+            result = self.uploader.upload(claim, job, multipart_started)
         except Exception as exc:  # a bug must cost one attempt, not the worker thread
             log.exception("job %s: unexpected error uploading %s", job.name, claim.relpath)
             result = UploadResult("failed", error=f"internal error: {type(exc).__name__}")
         metrics.uploads.labels(job.name, result.outcome).inc()
         self._record_health(job.name, result)
         if result.outcome == "uploaded":
-            metrics.upload_duration.labels(job.name).observe(time.monotonic() - started)
+            metrics.upload_duration.labels(job.name).observe(time.monotonic() - began)
             metrics.upload_bytes.labels(job.name).inc(result.bytes)
+            metrics.upload_size.labels(job.name).observe(claim.size)
             metrics.last_success.labels(job.name).set_to_current_time()
         return outcome_of(claim, job, result)
 
@@ -252,11 +259,19 @@ class UploadPool:
     def _collect(self) -> None:
         while True:
             try:
-                self._unwritten.append(self._done.get_nowait())
+                item = self._done.get_nowait()
             except queue.Empty:
                 return
+            if isinstance(item, MultipartStarted):
+                self._multiparts.append(item)
+            else:
+                self._unwritten.append(item)
 
     def _write_outcomes(self) -> None:
+        # First what a later attempt could resume; an outcome clears it again.
+        while self._multiparts:
+            self.ledger.record_multipart(self.worker, self._multiparts[0])
+            self._multiparts.pop(0)
         if not self._unwritten:
             return
         releases = [o.claim.id for o in self._unwritten if o.outcome == "released"]

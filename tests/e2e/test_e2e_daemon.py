@@ -354,3 +354,25 @@ def test_core_flow_on_rclone_serve_s3(
         body, metadata = object_body(rclone_server, bucket, f"in/{relpath}")
         lowered = {k.lower(): v for k, v in metadata.items()}
         assert body == data and lowered["sha256"] == sha(data) == shas[relpath]
+
+
+def test_kill9_during_a_multipart_upload_resumes_it(
+    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
+    sql: Sql,
+) -> None:
+    daemon = make_daemon()
+    daemon.write_job("lab", job(root, bucket))
+    daemon.start()
+    data = os.urandom(80 * MiB)  # five 16 MiB parts
+    (root / "movie.raw").write_bytes(data)
+    wait_for(lambda: sql("SELECT multipart_upload_id FROM file_versions")[0][0], timeout=60,
+             message="the multipart upload recorded", ignore=(IndexError,))
+    daemon.kill9()
+    assert sql("SELECT state FROM file_versions") == [("uploading",)], "killed mid-upload"
+    daemon.start()
+    wait_uploaded(sql, {"movie.raw"}, timeout=120)
+    body, metadata = object_body(s3_server, bucket, "in/movie.raw")
+    assert body == data and metadata["sha256"] == sha(data)
+    assert sql("SELECT multipart_upload_id FROM file_versions") == [(None,)]
+    outcomes = sql("SELECT outcome FROM upload_attempts ORDER BY attempt")
+    assert outcomes == [("expired",), ("uploaded",)], "the dead attempt reclaimed at start"

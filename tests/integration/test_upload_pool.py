@@ -31,10 +31,10 @@ class HeldUploader(Uploader):
         self.go = threading.Event()
         self.started = threading.Event()
 
-    def upload(self, claim: Claim, job: Job) -> UploadResult:
+    def upload(self, claim: Claim, job: Job, *args: Any) -> UploadResult:
         self.started.set()
         self.go.wait(timeout=60)
-        return super().upload(claim, job)
+        return super().upload(claim, job, *args)
 
 
 def make_job(root: Path, bucket: str, server: S3Server, max_attempts: int = 3) -> Job:

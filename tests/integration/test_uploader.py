@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 
 from uploaderd import uploader as uploader_module
 from uploaderd.config import S3Settings, parse_job_text
@@ -183,3 +185,55 @@ def test_small_puts_do_not_wait_for_100_continue(
     claim = with_bucket(claim_for(root / "a.txt", root), bucket)
     assert Uploader(storage).upload(claim, job).outcome == "uploaded"
     assert "x-amz-meta-sha256" in sent[-1] and "expect" not in sent[-1]
+
+
+def test_an_interrupted_multipart_upload_resumes_from_its_parts(
+    root: Path, s3_backend: S3Server, backend_bucket: str
+) -> None:
+    data = os.urandom(26 * MiB)  # six 5 MiB parts
+    (root / "big.bin").write_bytes(data)
+    job = make_job(root, backend_bucket, s3_backend)
+    claim = with_bucket(claim_for(root / "big.bin", root), backend_bucket)
+
+    def cut_off(request: Any, **_: Any) -> None:
+        if re.search(r"partNumber=([4-9])\b", request.url):
+            raise EndpointConnectionError(endpoint_url=request.url)
+
+    broken = Storage(4)
+    broken.client(job.destination.s3).meta.events.register("before-send.s3.UploadPart", cut_off)
+    started: list[tuple[str, int]] = []
+    first = Uploader(broken, SMALL_MULTIPART).upload(
+        claim, job, lambda upload_id, part_size: started.append((upload_id, part_size)))
+    assert (first.outcome, first.retryable) == ("failed", True)
+    [(upload_id, part_size)] = started
+
+    healthy = Storage(4)
+    sent: list[str] = []
+    healthy.client(job.destination.s3).meta.events.register(
+        "before-send.s3.UploadPart", lambda request, **_: sent.append(request.url))
+    resumed = Claim(**{**claim.__dict__, "attempt": 2, "multipart_upload_id": upload_id,
+                       "multipart_part_size": part_size})
+    second = Uploader(healthy, SMALL_MULTIPART).upload(resumed, job)
+    assert second.outcome == "uploaded"
+    assert sorted(int(re.search(r"partNumber=(\d+)", url).group(1)) for url in sent) == [4, 5, 6]
+    got = s3_backend.client().get_object(Bucket=backend_bucket, Key="up/big.bin")
+    assert got["Body"].read() == data
+    assert {k.lower(): v for k, v in got["Metadata"].items()}["sha256"] == (
+        hashlib.sha256(data).hexdigest())
+
+
+def test_a_vanished_multipart_upload_starts_over(
+    root: Path, s3_server: S3Server, bucket: str
+) -> None:
+    data = os.urandom(13 * MiB)
+    (root / "big.bin").write_bytes(data)
+    job = make_job(root, bucket, s3_server)
+    claim = with_bucket(claim_for(root / "big.bin", root), bucket)
+    gone = Claim(**{**claim.__dict__, "multipart_upload_id": "no-such-upload",
+                    "multipart_part_size": 5 * MiB})
+    started: list[str] = []
+    result = Uploader(Storage(4), SMALL_MULTIPART).upload(
+        gone, job, lambda upload_id, _: started.append(upload_id))
+    assert result.outcome == "uploaded" and len(started) == 1
+    body = s3_server.client().get_object(Bucket=bucket, Key="up/big.bin")["Body"].read()
+    assert body == data
