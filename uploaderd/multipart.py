@@ -57,8 +57,9 @@ class MultipartUpload:
 
     def __init__(
         self, client: S3Client, bucket: str, key: str, *, checksums: bool, concurrency: int,
-        on_started: Callable[[str, int], None],
+        on_started: Callable[[str, int], None], throttle: Callable[[int], None],
     ) -> None:
+        self.throttle = throttle
         self.client = client
         self.bucket = bucket
         self.key = key
@@ -132,6 +133,7 @@ class MultipartUpload:
                     done[number] = kept
                     self.parts_kept += 1
                     continue
+                self.throttle(len(data))
                 if len(in_flight) >= self.concurrency:  # bound the parts held in memory
                     finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                     done.update((p["PartNumber"], p) for p in (f.result() for f in finished))

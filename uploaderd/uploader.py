@@ -13,6 +13,7 @@ import base64
 import hashlib
 import io
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from urllib.parse import urlencode
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from uploaderd.bandwidth import Limiter
 from uploaderd.config import Destination, Job
 from uploaderd.ledger import Claim
 from uploaderd.multipart import (
@@ -65,9 +67,26 @@ class TransferSettings:
 
 
 class Uploader:
-    def __init__(self, storage: Storage, transfer: TransferSettings | None = None) -> None:
+    def __init__(
+        self, storage: Storage, transfer: TransferSettings | None = None, *,
+        limiter: Callable[[float], Limiter] = Limiter,
+    ) -> None:
         self.storage = storage
         self.transfer = transfer or TransferSettings()
+        self._new_limiter = limiter
+        self._limiters: dict[tuple[str, float], Limiter] = {}
+        self._limiters_lock = threading.Lock()
+
+    def _throttle(self, job: Job) -> Callable[[int], None]:
+        """The job's shared bandwidth limiter (a no-op without a cap)."""
+        rate = job.destination.bandwidth
+        if rate is None:
+            return lambda _: None
+        with self._limiters_lock:
+            limiter = self._limiters.get((job.name, rate))
+            if limiter is None:
+                limiter = self._limiters[(job.name, rate)] = self._new_limiter(rate)
+        return limiter.consume
 
     def upload(
         self, claim: Claim, job: Job, on_multipart: MultipartStarted = lambda *_: None
@@ -78,9 +97,11 @@ class Uploader:
         try:
             with os.fdopen(os.open(path, flags), "rb", buffering=0) as file:
                 check_unchanged(file, expected)
+                throttle = self._throttle(job)
                 if claim.size <= self.transfer.multipart_threshold:
-                    return self._put_small(file, expected, claim, job.destination)
-                return self._put_large(file, expected, claim, job.destination, on_multipart)
+                    return self._put_small(file, expected, claim, job.destination, throttle)
+                return self._put_large(file, expected, claim, job.destination, on_multipart,
+                                       throttle)
         except FileNotFoundError:
             return UploadResult("vanished", error="the file is gone", retryable=False)
         except FileChanged as exc:
@@ -96,10 +117,12 @@ class Uploader:
             return UploadResult("failed", error=f"S3: {exc}"[:300], destination=True)
 
     def _put_small(
-        self, file: io.RawIOBase, expected: Signature, claim: Claim, destination: Destination
+        self, file: io.RawIOBase, expected: Signature, claim: Claim, destination: Destination,
+        throttle: Callable[[int], None],
     ) -> UploadResult:
         data = read_exactly(file, claim.size)
         check_unchanged(file, expected)  # the bytes we hold are exactly the queued version
+        throttle(len(data))
         digest = hashlib.sha256(data)
         sha = digest.hexdigest()
         client = self.storage.client(destination.s3)
@@ -129,7 +152,7 @@ class Uploader:
 
     def _put_large(
         self, file: io.RawIOBase, expected: Signature, claim: Claim, destination: Destination,
-        on_multipart: MultipartStarted,
+        on_multipart: MultipartStarted, throttle: Callable[[int], None],
     ) -> UploadResult:
         sha = _hash_file(file, expected)
         client = self.storage.client(destination.s3)
@@ -140,6 +163,7 @@ class Uploader:
         upload = MultipartUpload(
             client, claim.bucket, claim.key, checksums=destination.s3.checksum == "when_supported",
             concurrency=self.transfer.concurrency_per_file, on_started=on_multipart,
+            throttle=throttle,
         )
         resume = (Resume(claim.multipart_upload_id, claim.multipart_part_size)
                   if claim.multipart_upload_id and claim.multipart_part_size else None)

@@ -13,6 +13,7 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 
 from uploaderd import uploader as uploader_module
+from uploaderd.bandwidth import Limiter
 from uploaderd.config import S3Settings, parse_job_text
 from uploaderd.devstack import S3Server
 from uploaderd.ledger import Claim
@@ -237,3 +238,29 @@ def test_a_vanished_multipart_upload_starts_over(
     assert result.outcome == "uploaded" and len(started) == 1
     body = s3_server.client().get_object(Bucket=bucket, Key="up/big.bin")["Body"].read()
     assert body == data
+
+
+def test_bandwidth_cap_throttles_small_and_multipart_uploads(
+    root: Path, s3_server: S3Server, bucket: str
+) -> None:
+    """The shared limiter sees every byte sent; a fake clock keeps the test from waiting."""
+    slept: list[float] = []
+    now = [0.0]
+
+    def fake_limiter(rate: float) -> Limiter:
+        def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            now[0] += seconds
+
+        return Limiter(rate, clock=lambda: now[0], sleep=sleep)
+
+    sizes = {"small.bin": 3 * MiB, "large.bin": 13 * MiB}
+    for name, size in sizes.items():
+        (root / name).write_bytes(os.urandom(size))
+    job = make_job(root, bucket, s3_server, bandwidth="1MiB/s")
+    uploader = Uploader(Storage(4), SMALL_MULTIPART, limiter=fake_limiter)
+    for name in sizes:
+        claim = with_bucket(claim_for(root / name, root), bucket)
+        assert uploader.upload(claim, job).outcome == "uploaded"
+    # 16 MiB at 1 MiB/s with one second's allowance up front: 15 s of waiting.
+    assert sum(slept) == pytest.approx(15.0)
