@@ -133,7 +133,29 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-class PostgresCluster:
+class _Service(abc.ABC):
+    """Something started for the demo, tests or benchmarks: a context manager that cleans up."""
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def cleanup(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+class PostgresCluster(_Service):
     """A private PostgreSQL cluster on 127.0.0.1, created on first start.
 
     PostgreSQL refuses to run as root, so when we are root every server
@@ -268,17 +290,6 @@ class PostgresCluster:
         self.stop()
         shutil.rmtree(self.base_dir if self._owns_dir else self.data_dir, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
 
 def _check_db_name(name: str) -> str:
@@ -299,7 +310,7 @@ def _find_tool(name: str) -> str:
     return found
 
 
-class S3Server(abc.ABC):
+class S3Server(_Service):
     """An S3-compatible server on 127.0.0.1, started empty, as a subprocess.
 
     Both implementations accept the same fixed key pair so that one set of
@@ -394,17 +405,6 @@ class S3Server(abc.ABC):
         if self._owns_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
 
 class MotoServer(S3Server):

@@ -32,6 +32,14 @@ def job(root: Path, bucket: str, **overrides: Any) -> dict[str, Any]:
     return spec
 
 
+def start_lab(make: Callable[..., DaemonProcess], root: Path, bucket: str,
+              **overrides: Any) -> DaemonProcess:
+    """A started daemon with one job, "lab", watching ``root`` into ``bucket``."""
+    daemon = make()
+    daemon.write_job("lab", job(root, bucket, **overrides))
+    return daemon.start()
+
+
 def uploaded(sql: Sql) -> dict[str, str]:
     """relpath → sha256 of every uploaded version."""
     rows = sql("SELECT relpath, sha256 FROM file_versions WHERE state = 'uploaded'")
@@ -64,9 +72,7 @@ def test_dropped_files_reach_s3_with_their_sha256(
     make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
     sql: Sql,
 ) -> None:
-    daemon = make_daemon()
-    daemon.write_job("lab", job(root, bucket))
-    daemon.start()
+    daemon = start_lab(make_daemon, root, bucket)
     files = {
         "top.txt": b"hello\n",
         "nested/deeper/data.csv": b"a,b\n1,2\n",
@@ -96,9 +102,7 @@ def test_slow_writer_is_uploaded_only_when_complete(
     make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
     sql: Sql,
 ) -> None:
-    daemon = make_daemon()
-    daemon.write_job("lab", job(root, bucket, source={"settle": "2s"}))
-    daemon.start()
+    start_lab(make_daemon, root, bucket, source={"settle": "2s"})
     chunks = [os.urandom(64 * 1024) for _ in range(8)]
     with (root / "acquisition.raw").open("wb") as out:
         for chunk in chunks:  # pauses shorter than settle: the file is still being written
@@ -117,9 +121,7 @@ def test_temp_name_renamed_into_place(
     make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
     sql: Sql,
 ) -> None:
-    daemon = make_daemon()
-    daemon.write_job("lab", job(root, bucket))
-    daemon.start()
+    start_lab(make_daemon, root, bucket)
     (root / "run1.dat.part").write_bytes(b"partial then complete")
     os.rename(root / "run1.dat.part", root / "run1.dat")
     wait_uploaded(sql, {"run1.dat"})
@@ -135,9 +137,7 @@ def test_moved_in_directory_and_symlinks_out_of_the_root(
     (outside / "dir").mkdir(parents=True)
     (outside / "secret.txt").write_text("not for upload")
     (outside / "dir" / "also-secret.txt").write_text("not for upload")
-    daemon = make_daemon()
-    daemon.write_job("lab", job(root, bucket, source={"follow_symlinks": True}))
-    daemon.start()
+    daemon = start_lab(make_daemon, root, bucket, source={"follow_symlinks": True})
     (root / "link-to-file").symlink_to(outside / "secret.txt")
     (root / "link-to-dir").symlink_to(outside / "dir")
     staged = tmp_path / "staged-run"
@@ -158,9 +158,7 @@ def test_changed_file_becomes_a_new_version(
     make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
     sql: Sql,
 ) -> None:
-    daemon = make_daemon()
-    daemon.write_job("lab", job(root, bucket))
-    daemon.start()
+    start_lab(make_daemon, root, bucket)
     target = root / "config.json"
     target.write_bytes(b'{"v": 1}')
     wait_uploaded(sql, {"config.json"})
@@ -176,9 +174,7 @@ def test_kill9_in_a_burst_then_restart_loses_nothing(
     make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
     sql: Sql,
 ) -> None:
-    daemon = make_daemon()
-    daemon.write_job("lab", job(root, bucket, source={"settle": "0.2s"}))
-    daemon.start()
+    daemon = start_lab(make_daemon, root, bucket, source={"settle": "0.2s"})
     contents = {f"burst/{i:04d}.dat": os.urandom(512 + i) for i in range(400)}
     writer = threading.Thread(target=_write_all, args=(root, contents))
     writer.start()
@@ -205,9 +201,7 @@ def _write_all(root: Path, contents: dict[str, bytes]) -> None:
 def test_files_created_while_down_are_found_at_start(
     make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, sql: Sql,
 ) -> None:
-    daemon = make_daemon()
-    daemon.write_job("lab", job(root, bucket))
-    daemon.start()
+    daemon = start_lab(make_daemon, root, bucket)
     assert daemon.stop() == 0
     for i in range(5):
         (root / f"offline-{i}.txt").write_text(f"written while uploaderd was down {i}")
@@ -219,9 +213,7 @@ def test_postgres_outage_under_the_running_daemon(
     make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
     sql: Sql, pg_cluster: PostgresCluster,
 ) -> None:
-    daemon = make_daemon()
-    daemon.write_job("lab", job(root, bucket))
-    daemon.start()
+    daemon = start_lab(make_daemon, root, bucket)
     (root / "before.txt").write_text("before the outage")
     wait_uploaded(sql, {"before.txt"})
     pg_cluster.stop()
@@ -325,9 +317,7 @@ def test_run_refuses_an_unmigrated_database(
 def test_polling_observer_for_network_style_roots(
     make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, sql: Sql,
 ) -> None:
-    daemon = make_daemon()
-    daemon.write_job("lab", job(root, bucket, source={"polling": True}))
-    daemon.start()
+    daemon = start_lab(make_daemon, root, bucket, source={"polling": True})
     (root / "polled").mkdir()
     (root / "polled" / "file.txt").write_text("seen by polling")
     wait_uploaded(sql, {"polled/file.txt"})
@@ -360,9 +350,7 @@ def test_kill9_during_a_multipart_upload_resumes_it(
     make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
     sql: Sql,
 ) -> None:
-    daemon = make_daemon()
-    daemon.write_job("lab", job(root, bucket))
-    daemon.start()
+    daemon = start_lab(make_daemon, root, bucket)
     data = os.urandom(80 * MiB)  # five 16 MiB parts
     (root / "movie.raw").write_bytes(data)
     wait_for(lambda: sql("SELECT multipart_upload_id FROM file_versions")[0][0], timeout=60,
