@@ -7,6 +7,8 @@ keys or error text, which would explode cardinality and could leak data.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterable
 
 from prometheus_client import (
     Counter,
@@ -19,6 +21,7 @@ from prometheus_client import (
 
 from uploaderd import __version__
 from uploaderd.errors import UsageError
+from uploaderd.ledger import JobStateCount, State
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,12 @@ log = logging.getLogger(__name__)
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+_KiB, _MiB, _GiB = 1024, 1024**2, 1024**3
+# Instruments write anything from a sidecar JSON to a multi-GiB stack; S3 allows 5 TiB.
+_SIZE_BUCKETS = (
+    _KiB, 64 * _KiB, _MiB, 8 * _MiB, 64 * _MiB, 256 * _MiB,
+    _GiB, 4 * _GiB, 16 * _GiB, 64 * _GiB, 256 * _GiB, 1024 * _GiB,
+)
 
 files_discovered = Counter(
     "uploaderd_files_discovered_total", "Complete file versions queued", ["job", "source"]
@@ -35,6 +44,9 @@ upload_bytes = Counter("uploaderd_upload_bytes_total", "Bytes uploaded", ["job"]
 upload_duration = Histogram(
     "uploaderd_upload_duration_seconds", "Time to upload one file", ["job"],
     buckets=_DURATION_BUCKETS,
+)
+upload_size = Histogram(
+    "uploaderd_upload_size_bytes", "Size of each file uploaded", ["job"], buckets=_SIZE_BUCKETS,
 )
 queue_files = Gauge("uploaderd_queue_files", "File versions by state", ["job", "state"])
 queue_oldest_pending_age = Gauge(
@@ -64,6 +76,52 @@ watch_errors = Counter("uploaderd_watch_errors_total", "Roots that could not be 
                        ["job"])
 build_info = Info("uploaderd_build", "Version of uploaderd")
 build_info.info({"version": __version__})
+
+_queue_lock = threading.Lock()
+_queue_jobs: set[str] = set()
+
+
+def declare_jobs(jobs: Iterable[str]) -> None:
+    """Create each job's counter series at 0, so the first failure or upload is an increase.
+
+    A series that appears already at 1 is invisible to ``increase()`` and ``rate()``, and an
+    absent series makes "no success while work is pending" unanswerable. Existing series
+    (and a paused destination) keep their values.
+    """
+    for job in jobs:
+        for outcome in ("uploaded", "failed"):
+            uploads.labels(job, outcome)
+        for source in ("watch", "scan"):
+            files_discovered.labels(job, source)
+        upload_bytes.labels(job)
+        watch_errors.labels(job)
+        destination_paused.labels(job, "upload")
+
+
+def set_queue(rows: Iterable[JobStateCount]) -> None:
+    """Publish one snapshot of the ledger's counts by job and state (the ``job_counts`` query).
+
+    Every state of a job in the snapshot is set, 0 when it has no rows, so a state that
+    drained reads 0 instead of keeping its last value; a job gone from the ledger loses its
+    series. The oldest pending age is 0 when nothing is pending.
+    """
+    files: dict[str, dict[str, int]] = {}
+    oldest: dict[str, float] = {}
+    for row in rows:
+        files.setdefault(row.job, {})[row.state] = row.files
+        if row.state == State.PENDING:
+            oldest[row.job] = row.oldest_age_seconds or 0.0
+    with _queue_lock:
+        for job in _queue_jobs - files.keys():
+            for state in State:
+                queue_files.remove(job, state.value)
+            queue_oldest_pending_age.remove(job)
+        for job, counts in files.items():
+            for state in State:
+                queue_files.labels(job, state.value).set(counts.get(state.value, 0))
+            queue_oldest_pending_age.labels(job).set(oldest.get(job, 0.0))
+        _queue_jobs.clear()
+        _queue_jobs.update(files)
 
 
 def serve(listen: str) -> None:

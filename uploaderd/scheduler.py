@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from uploaderd import metrics
 from uploaderd.config import Job
 from uploaderd.disposal import Disposer
 from uploaderd.errors import DatabaseUnavailable
-from uploaderd.ledger import Ledger, State
+from uploaderd.ledger import Ledger
 from uploaderd.triggers import TriggerDispatcher
 from uploaderd.workers import dead_workers
 
@@ -77,7 +78,11 @@ class Scheduler:
 
     def start(self) -> None:
         self.scheduler.start()
-        self.scheduler.add_job(self._guarded(self.reclaim_leases), id="reclaim-leases-at-start")
+        # A dead predecessor's claims and the queue gauges are wanted now, not in 30 or 15 s.
+        # (Moving the next run of the interval tasks; a one-shot task could race shutdown.)
+        now = datetime.now(UTC)
+        self.scheduler.modify_job("reclaim-leases", next_run_time=now)
+        self.scheduler.modify_job("queue-gauges", next_run_time=now)
 
     def apply(self, jobs: Mapping[str, Job]) -> None:
         """Per-job tasks (rescan, sessions, triggers, after_upload) for exactly ``jobs``."""
@@ -167,7 +172,4 @@ class Scheduler:
             self.disposer.sweep(job)
 
     def update_gauges(self) -> None:
-        for row in self.ledger.job_counts():
-            metrics.queue_files.labels(row.job, row.state).set(row.files)
-            if row.state == State.PENDING:
-                metrics.queue_oldest_pending_age.labels(row.job).set(row.oldest_age_seconds or 0)
+        metrics.set_queue(self.ledger.job_counts())

@@ -254,6 +254,7 @@ class Daemon:
         metrics.watch_errors.labels(job).inc()
 
     def _report_watches(self) -> None:
+        metrics.declare_jobs(self.jobs)
         for name in self.jobs:
             metrics.watches.labels(name).set(self.watcher.count(name))
 

@@ -44,8 +44,7 @@ class Storage:
         )
         client: S3Client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
         events = client.meta.events
-        events.register("after-call.s3", _count_response)
-        events.register("after-call-error.s3", _count_error)
+        events.register("response-received.s3", _count_response)
         events.register("before-send.s3.PutObject", _no_expect_continue)
         return client
 
@@ -58,10 +57,7 @@ def _no_expect_continue(request: Any, **_: Any) -> None:
     request.headers.pop("Expect", None)
 
 
-def _count_response(http_response: Any, model: Any, **_: Any) -> None:
-    metrics.s3_requests.labels(model.name, str(http_response.status_code)).inc()
-
-
-def _count_error(event_name: str, **_: Any) -> None:
-    # No response (connection refused, timeout): the operation is the event name's last part.
-    metrics.s3_requests.labels(event_name.rsplit(".", 1)[-1], "error").inc()
+def _count_response(event_name: str, response_dict: Any, **_: Any) -> None:
+    """Every HTTP attempt, retries included: a SlowDown a retry absorbed still shows."""
+    code = str(response_dict["status_code"]) if response_dict else "error"
+    metrics.s3_requests.labels(event_name.rsplit(".", 1)[-1], code).inc()

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
+from prometheus_client import REGISTRY
 
 from uploaderd import uploader as uploader_module
 from uploaderd.bandwidth import Limiter
@@ -167,8 +168,12 @@ def test_unreachable_endpoint_is_a_retryable_failure(root: Path, bucket: str) ->
         endpoint_url = "http://127.0.0.1:9"  # discard port: nothing listens
 
     job = make_job(root, bucket, Nowhere())  # type: ignore[arg-type]
+    labels = {"op": "PutObject", "code": "error"}
+    before = REGISTRY.get_sample_value("uploaderd_s3_requests_total", labels) or 0
     result = Uploader(Storage(4)).upload(with_bucket(claim_for(root / "a.txt", root), bucket), job)
     assert (result.outcome, result.retryable) == ("failed", True)
+    after = REGISTRY.get_sample_value("uploaderd_s3_requests_total", labels)
+    assert after == before + 4, "the try and each of botocore's three retries are counted"
     assert result.error and result.error.startswith("S3: Could not connect")
 
 
