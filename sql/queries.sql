@@ -236,13 +236,15 @@ SELECT pg_advisory_unlock(hashtext('uploaderd'), hashtext('migrate'));
 INSERT INTO sessions (job, host, origin) VALUES (%(job)s, %(host)s, 'upload') RETURNING id;
 
 -- name: complete_sessions
--- Close a job's open daemon sessions that went idle or saw their marker file, once every
--- version in them is uploaded, and (with a session trigger) write the registration to the
--- outbox in the same transaction.
+-- Close a job's open daemon sessions that went idle or saw their marker file, and `upload`
+-- runs left open with failures that were retried since, once every version in them is
+-- uploaded; with a session trigger, write the registration to the outbox in the same
+-- transaction.
 WITH done AS (
     UPDATE sessions s
     SET state = 'complete', completed_at = now(),
-        closed_reason = CASE WHEN marker.found THEN 'marker' ELSE 'idle' END
+        closed_reason = CASE WHEN s.origin = 'upload' THEN 'run'
+                             WHEN marker.found THEN 'marker' ELSE 'idle' END
     FROM (
         SELECT o.id, %(marker)s::text IS NOT NULL AND EXISTS (
             SELECT 1 FROM file_versions m
@@ -251,10 +253,10 @@ WITH done AS (
                                               = '/' || %(marker)s)
         ) AS found
         FROM sessions o
-        WHERE o.job = %(job)s AND o.state = 'open' AND o.origin = 'daemon'
+        WHERE o.job = %(job)s AND o.state = 'open'
     ) marker
     WHERE s.id = marker.id
-      AND (marker.found OR (%(idle_seconds)s::float8 IS NOT NULL
+      AND (s.origin = 'upload' OR marker.found OR (%(idle_seconds)s::float8 IS NOT NULL
                             AND s.last_activity_at < now() - make_interval(
                                 secs => %(idle_seconds)s::float8)))
       AND EXISTS (SELECT 1 FROM file_versions f WHERE f.session_id = s.id)
@@ -273,7 +275,8 @@ WITH done AS (
 SELECT id FROM done;
 
 -- name: complete_run_session
--- The end of an `uploaderd upload` run: complete only when nothing is left to do.
+-- The end of an `uploaderd upload` run: complete only when nothing is left to do. True also
+-- when a daemon's session sweep completed it first.
 WITH done AS (
     UPDATE sessions s
     SET state = 'complete', completed_at = now(), closed_reason = 'run'
@@ -290,7 +293,8 @@ WITH done AS (
     FROM outbox o
     WHERE f.session_id = o.session_id AND f.state = 'uploaded' AND f.trigger_id IS NULL
 )
-SELECT count(*) FROM done;
+SELECT EXISTS (SELECT 1 FROM done)
+    OR EXISTS (SELECT 1 FROM sessions WHERE id = %(session_id)s AND state = 'complete');
 
 -- name: batch_uploaded_files
 -- on: file_uploaded: the next batch of uploaded, unregistered files becomes one registration.
@@ -446,7 +450,11 @@ FROM triggers WHERE session_id = %(session_id)s ORDER BY id;
 -- name: create_session_trigger
 -- `uploaderd trigger --force`: a new registration of everything uploaded in the session.
 WITH outbox AS (
-    INSERT INTO triggers (job, session_id) VALUES (%(job)s, %(session_id)s) RETURNING id
+    INSERT INTO triggers (job, session_id)
+    SELECT %(job)s, %(session_id)s
+    WHERE EXISTS (SELECT 1 FROM file_versions
+                  WHERE session_id = %(session_id)s AND state = 'uploaded')
+    RETURNING id
 )
 UPDATE file_versions f SET trigger_id = outbox.id
 FROM outbox

@@ -2,7 +2,7 @@
 
 Config and job files are validated in full; each job's directories are counted against the
 inotify limits and its roots tested for network filesystems; with ``--connect`` the database,
-its schema and every bucket (a real write and delete) are reached too.
+its schema, every bucket (a real write and delete) and every trigger URL are reached too.
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import urllib3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from uploaderd import schema
+from uploaderd import __version__, schema
 from uploaderd.config import DaemonConfig, Job
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.ledger import Ledger, describe_dsn
 from uploaderd.scanner import network_filesystem
 from uploaderd.storage import Storage
+from uploaderd.triggers import safe_url
 
 _INOTIFY_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
 
@@ -74,8 +76,11 @@ def connect_findings(config: DaemonConfig, jobs: dict[str, Job]) -> Iterator[Fin
     finally:
         ledger.close()
     storage = Storage(pool_connections=2)
+    http = urllib3.PoolManager(retries=False)
     for job in jobs.values():
         yield bucket_finding(storage, job)
+        if job.trigger is not None:
+            yield trigger_finding(http, job)
 
 
 def bucket_finding(storage: Storage, job: Job) -> Finding:
@@ -95,6 +100,22 @@ def bucket_finding(storage: Storage, job: Job) -> Finding:
     except BotoCoreError as exc:
         return Finding("unreachable", subject, f"cannot reach S3: {exc}")
     return Finding("ok", subject, f"can write to s3://{destination.bucket}")
+
+
+def trigger_finding(http: urllib3.PoolManager, job: Job) -> Finding:
+    """A bare HEAD to the trigger URL: any HTTP answer proves it is reachable. The job's
+    headers are not sent: they carry secrets, and a probe needs none."""
+    assert job.trigger is not None
+    url = safe_url(job.trigger.url)
+    try:
+        response = http.request("HEAD", job.trigger.url, redirect=False,
+                                headers={"User-Agent": f"uploaderd/{__version__} check"},
+                                timeout=urllib3.Timeout(total=min(job.trigger.timeout, 10.0)))
+    except urllib3.exceptions.HTTPError as exc:
+        return Finding("unreachable", f"job {job.name}",
+                       f"cannot reach the trigger URL {url}: {type(exc).__name__}")
+    return Finding("ok", f"job {job.name}",
+                   f"the trigger URL {url} answers (HTTP {response.status} to HEAD)")
 
 
 def count_directories(root: Path) -> int:

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 
 from uploaderd import metrics
 from uploaderd.config import Job
-from uploaderd.errors import DatabaseUnavailable, KeyTemplateError
-from uploaderd.keys import key_variables
-from uploaderd.ledger import Ledger, NewVersion
+from uploaderd.errors import DatabaseUnavailable
+from uploaderd.ledger import Ledger
 from uploaderd.scanner import Candidate, ScanRules, check_path, scan
 from uploaderd.sessions import group_key
 from uploaderd.settle import SettleTracker, Signature
+from uploaderd.versions import new_version, scope_of
 from uploaderd.watcher import PathEvent
 
 log = logging.getLogger(__name__)
@@ -247,17 +247,8 @@ class Discovery:
         groups = {c.relpath: group_key(job.session.group_by, c.relpath, c.signature.mtime_ns)
                   for c in candidates}
         sessions = self.ledger.open_sessions(job.name, self.host, sorted(set(groups.values())))
-        versions = []
-        for candidate in candidates:
-            session_id = sessions[groups[candidate.relpath]]
-            values = key_variables(job.name, candidate.relpath, session=str(session_id),
-                                   hostname=self.host, mtime_ns=candidate.signature.mtime_ns)
-            try:
-                key, error = job.destination.key.render(values), None
-            except KeyTemplateError as exc:
-                key, error = "", f"unsafe key: {exc}"
-            versions.append(NewVersion(candidate.root, candidate.relpath, *candidate.signature,
-                                       key=key, session_id=session_id, error=error))
+        versions = [new_version(job, candidate, session_id=sessions[groups[candidate.relpath]],
+                                host=self.host) for candidate in candidates]
         inserted, superseded = self.ledger.enqueue(
             job.name, scope=self._scope(job), host=self.host,
             bucket=job.destination.bucket, versions=versions,
@@ -265,7 +256,7 @@ class Discovery:
         log.debug("job %s: queued %d new versions (%d superseded)", job.name, inserted, superseded)
 
     def _scope(self, job: Job) -> str:
-        return "" if job.source.shared else self.host
+        return scope_of(job, self.host)
 
     def _db_down(self, exc: DatabaseUnavailable) -> None:
         if self._db_ok:

@@ -87,7 +87,8 @@ def test_env_overrides_config_path_and_dsn(tmp_path: Path, migrated_dsn: str) ->
     env = {"UPLOADERD_CONFIG": str(config), "UPLOADERD_DATABASE_DSN": migrated_dsn}
     result = uploaderd("status", "--json", env=env)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"jobs": {}, "recent_errors": []}
+    assert json.loads(result.stdout) == {"jobs": {}, "paused_destinations": [],
+                                         "open_sessions": [], "recent_errors": []}
 
 
 def test_unreachable_database_exits_3_without_the_password(tmp_path: Path) -> None:
@@ -145,8 +146,8 @@ def test_status_and_files_show_the_ledger(
     config = write_config(tmp_path, migrated_dsn)
     status = uploaderd("status", "-c", str(config))
     assert status.returncode == 1, "failed files make status exit 1"
-    assert status.stdout.splitlines()[1].split() == ["lab", "1", "0", "0", "1", "0",
-                                                     status.stdout.splitlines()[1].split()[-1]]
+    row = status.stdout.splitlines()[1].split()  # job, 5 states, oldest, bytes, last success
+    assert row[:6] == ["lab", "1", "0", "0", "1", "0"] and row[7:] == ["12B", "-"]
     assert "lab: b.txt (failed, 0 attempts): unsafe key: test" in status.stdout
     status_json = uploaderd("status", "--json", "-c", str(config))
     assert status_json.stdout, status_json.stderr

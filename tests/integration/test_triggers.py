@@ -192,3 +192,29 @@ def test_only_one_dispatcher_per_job_in_the_cluster(
             assert TriggerDispatcher(ledger).dispatch(job).skipped
     finally:
         other.close()
+
+
+def test_upload_sessions_left_open_are_closed_by_the_sweep_once_done(
+    ledger: Ledger, sql: Sql
+) -> None:
+    session = ledger.open_run_session("lab", "host-a")
+    ledger.enqueue("lab", scope="host-a", host="host-a", bucket="lab-raw", versions=[
+        NewVersion("/data/in", "a", 1, 1, 1, "lab/a", session)])
+    assert ledger.complete_sessions("lab", idle_seconds=None, marker=None, register=True) == []
+    [claim] = ledger.claim(worker="w", host="host-a", jobs=["lab"], scopes=["host-a"],
+                           limit=1, lease_seconds=60)
+    ledger.complete("w", [Outcome(claim, State.UPLOADED, "uploaded", SHA)])
+    assert ledger.complete_sessions("lab", idle_seconds=None, marker=None,
+                                    register=True) == [session]
+    assert sql("SELECT closed_reason FROM sessions") == [("run",)]
+    assert sql("SELECT count(*) FROM triggers") == [(1,)]
+    assert ledger.complete_run_session(session, register=True), "already complete counts"
+    assert sql("SELECT count(*) FROM triggers") == [(1,)], "and registers nothing twice"
+
+
+def test_a_forced_registration_of_a_session_without_uploads_writes_nothing(
+    ledger: Ledger, sql: Sql
+) -> None:
+    session = ledger.open_run_session("lab", "host-a")
+    assert ledger.create_session_trigger("lab", session) is None
+    assert sql("SELECT count(*) FROM triggers") == [(0,)]

@@ -1,0 +1,37 @@
+"""From a complete candidate file to the version the ledger queues: its key and its scope.
+
+Shared by the daemon's discovery and the one-shot ``uploaderd upload``, so a file gets the
+same object key whichever of them queues it.
+"""
+
+from __future__ import annotations
+
+from uploaderd.config import Job
+from uploaderd.errors import KeyTemplateError
+from uploaderd.keys import key_variables
+from uploaderd.ledger import NewVersion
+from uploaderd.scanner import Candidate
+
+
+def render_key(
+    job: Job, candidate: Candidate, *, session: str, host: str
+) -> tuple[str, str | None]:
+    """(key, None), or ("", why) when the template renders an unsafe key for this file."""
+    values = key_variables(job.name, candidate.relpath, session=session, hostname=host,
+                           mtime_ns=candidate.signature.mtime_ns)
+    try:
+        return job.destination.key.render(values), None
+    except KeyTemplateError as exc:
+        return "", f"unsafe key: {exc}"
+
+
+def new_version(job: Job, candidate: Candidate, *, session_id: int, host: str) -> NewVersion:
+    """The row to queue; a version with an unsafe key is recorded failed, with the reason."""
+    key, error = render_key(job, candidate, session=str(session_id), host=host)
+    return NewVersion(candidate.root, candidate.relpath, *candidate.signature, key=key,
+                      session_id=session_id, error=error)
+
+
+def scope_of(job: Job, host: str) -> str:
+    """Whose roots hold the file: this host, or '' for a shared mount any host may upload."""
+    return "" if job.source.shared else host
