@@ -135,7 +135,7 @@ def cmd_migrate(args: argparse.Namespace, config: DaemonConfig) -> int:
 
 
 def cmd_check(args: argparse.Namespace, config: DaemonConfig) -> int:
-    jobs = load_jobs(config.jobs_dir, config.s3)
+    jobs = load_jobs(config.jobs_dir, config.s3, config.job_policy)
     findings = [checks.Finding("error", str(p.file or "config"), str(p)) for p in jobs.problems]
     for job in jobs.jobs.values():
         findings.extend(checks.inspect_job(job))
@@ -263,14 +263,14 @@ def _ledger(config: DaemonConfig, command: str) -> Iterator[Ledger]:
 
 
 def _jobs(config: DaemonConfig) -> dict[str, Job]:
-    return dict(load_jobs(config.jobs_dir, config.s3).jobs)
+    return dict(load_jobs(config.jobs_dir, config.s3, config.job_policy).jobs)
 
 
 def _job(config: DaemonConfig, jobs: Mapping[str, Job], name: str) -> Job:
     """The named job, or a usage error that says what is there (and what is broken)."""
     if name in jobs:
         return jobs[name]
-    job_set = load_jobs(config.jobs_dir, config.s3)
+    job_set = load_jobs(config.jobs_dir, config.s3, config.job_policy)
     broken = [str(p) for p in job_set.problems if p.file is not None and p.file.stem == name]
     if broken:
         raise UsageError(f"job {name!r} has errors:\n" + "\n".join(broken))

@@ -6,8 +6,11 @@ Errors name the file, the line and the key, and all of a file's problems are rep
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import pwd
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,11 @@ DEFAULT_DSN = "postgresql://uploaderd@localhost/uploaderd"
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _SECRET_REFERENCE = re.compile(r"\$\{(env|file):[^}]+\}")
 _SECRET_HEADER = re.compile(r"auth|token|secret|key|cookie|password", re.IGNORECASE)
+INSECURE_JOB_FILES_ENV = "UPLOADERD_ALLOW_INSECURE_JOB_FILES"
+# Credential files that libpq and boto3 read on their own; the unit points both into
+# $CREDENTIALS_DIRECTORY (LoadCredential=). Named here so that a missing one is an error
+# that says so, not a silent fall-back to no password or no credentials.
+CREDENTIAL_FILE_ENV = {"PGPASSFILE": "pgpass", "AWS_SHARED_CREDENTIALS_FILE": "aws-credentials"}
 
 Checksum = Literal["when_supported", "when_required"]
 Overwrite = Literal["never", "if_changed", "always"]
@@ -43,6 +51,27 @@ class S3Settings:
 
 
 @dataclass(frozen=True)
+class JobPolicy:
+    """What job files may be and do: job files are a privilege boundary.
+
+    Whoever can write a job file can make the daemon read (and with ``after_upload``, delete
+    or move) anything its user can reach and send it to any bucket its credentials reach. So
+    job files, and their directory, must be writable only by root or the daemon's own user,
+    and the daemon config may narrow the roots and buckets a job can name.
+    """
+
+    trusted_uids: frozenset[int] = frozenset({0})
+    allow_insecure_files: bool = False  # development only: env UPLOADERD_ALLOW_INSECURE_JOB_FILES
+    allowed_roots: tuple[Path, ...] | None = None  # None: any directory
+    allowed_buckets: tuple[str, ...] | None = None  # None: any bucket; else fnmatch globs
+
+    @classmethod
+    def for_this_process(cls, **settings: Any) -> JobPolicy:
+        """Trust root and the user running the daemon (the service user)."""
+        return cls(trusted_uids=frozenset({0, os.geteuid()}), **settings)
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     file: Path | None
     dsn: str
@@ -53,6 +82,7 @@ class DaemonConfig:
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
     shutdown_grace: float = 60.0
+    job_policy: JobPolicy = field(default_factory=JobPolicy.for_this_process)
 
 
 @dataclass(frozen=True)
@@ -151,8 +181,9 @@ def load_daemon_config(file: Path | None, *, env: Mapping[str, str]) -> DaemonCo
     """Read ``uploaderd.yaml``; a missing default file means built-in defaults."""
     document = YamlDocument(None, "") if file is None else YamlDocument.read(file)
     config = _daemon_config(document, env)
-    if document.problems:
-        raise ConfigError(document.problems)
+    problems = [*document.problems, *_credential_file_problems(env)]
+    if problems:
+        raise ConfigError(problems)
     return config
 
 
@@ -175,12 +206,55 @@ def _daemon_config(document: YamlDocument, env: Mapping[str, str]) -> DaemonConf
     log_format = log.choice("format", ("text", "json"), "text")
     log.finish()
     grace = root.converted("shutdown_grace", parse_duration, 60.0)
+    policy = JobPolicy.for_this_process(
+        allow_insecure_files=env.get(INSECURE_JOB_FILES_ENV, "") not in ("", "0"),
+        allowed_roots=_allowed_roots(root),
+        allowed_buckets=_allowed_buckets(root),
+    )
     root.finish()
     return DaemonConfig(
         file=document.file, dsn=dsn, jobs_dir=jobs_dir, workers=workers, metrics_listen=listen,
         s3=s3, log_level=level, log_format=log_format,  # type: ignore[arg-type]
-        shutdown_grace=grace,
+        shutdown_grace=grace, job_policy=policy,
     )
+
+
+def _allowed_roots(root: Fields) -> tuple[Path, ...] | None:
+    if root.value("allowed_roots") is None:
+        return None
+    allowed: list[Path] = []
+    for index, raw in enumerate(root.string_list("allowed_roots", ())):
+        path = Path(raw)
+        if not path.is_absolute() or ".." in path.parts:
+            root.document.problem(("allowed_roots", str(index)),
+                                  f"{raw!r} is not an absolute path without '..'")
+        else:
+            allowed.append(Path(os.path.normpath(path)))
+    return tuple(allowed)
+
+
+def _allowed_buckets(root: Fields) -> tuple[str, ...] | None:
+    if root.value("allowed_buckets") is None:
+        return None
+    return root.string_list("allowed_buckets", ())
+
+
+def _credential_file_problems(env: Mapping[str, str]) -> list[ConfigProblem]:
+    """A credential file the environment names but that cannot be read."""
+    problems = []
+    for name, credential in CREDENTIAL_FILE_ENV.items():
+        value = env.get(name)
+        if not value:
+            continue
+        if os.path.isdir(value) or not os.access(value, os.R_OK):
+            reason = "does not exist" if not os.path.lexists(value) else "is not a readable file"
+            problems.append(ConfigProblem(
+                Path(value), None, name,
+                f"the file {name} names {reason}; under systemd check the unit's "
+                f"LoadCredential={credential}:/etc/uploaderd/credentials/{credential} and that "
+                f"file, otherwise fix or unset {name}",
+            ))
+    return problems
 
 
 def _s3_settings(fields: Fields, defaults: S3Settings, *, finish: bool = True) -> S3Settings:
@@ -201,8 +275,13 @@ def _s3_settings(fields: Fields, defaults: S3Settings, *, finish: bool = True) -
 # --- job files -----------------------------------------------------------------------------
 
 
-def load_jobs(jobs_dir: Path, defaults: S3Settings) -> JobSet:
-    """Read every ``*.yaml`` in ``jobs_dir``; a broken file never hides the valid ones."""
+def load_jobs(jobs_dir: Path, defaults: S3Settings, policy: JobPolicy | None = None) -> JobSet:
+    """Read every ``*.yaml`` in ``jobs_dir``; a broken file never hides the valid ones.
+
+    ``policy`` defaults to the strict one (root and this process's user, no allow-lists);
+    the daemon passes ``DaemonConfig.job_policy``.
+    """
+    policy = JobPolicy.for_this_process() if policy is None else policy
     jobs: dict[str, Job] = {}
     problems: list[ConfigProblem] = []
     broken: set[Path] = set()
@@ -211,9 +290,14 @@ def load_jobs(jobs_dir: Path, defaults: S3Settings) -> JobSet:
     except OSError as exc:
         problem = ConfigProblem(jobs_dir, None, None, f"cannot list the jobs directory: {exc}")
         return JobSet({}, (problem,), frozenset())
+    unsafe_dir = _unsafe_file_problems(jobs_dir, policy, "the jobs directory")
+    if unsafe_dir:
+        # Anyone who can write the directory can replace any job file in it: refuse them all
+        # (on reload the versions read while it was safe keep running).
+        return JobSet({}, tuple(unsafe_dir), frozenset(files))
     for file in files:
         try:
-            job = load_job(file, defaults)
+            job = load_job(file, defaults, policy)
         except ConfigError as exc:
             problems.extend(exc.problems)
             broken.add(file)
@@ -228,24 +312,60 @@ def load_jobs(jobs_dir: Path, defaults: S3Settings) -> JobSet:
     return JobSet(jobs, tuple(problems), frozenset(broken))
 
 
-def load_job(file: Path, defaults: S3Settings) -> Job:
+def load_job(file: Path, defaults: S3Settings, policy: JobPolicy | None = None) -> Job:
+    policy = JobPolicy.for_this_process() if policy is None else policy
+    unsafe = _unsafe_file_problems(file, policy, "the job file")
+    if unsafe:
+        raise ConfigError(unsafe)  # not even parsed: its content is not to be trusted
     document = YamlDocument.read(file)
-    job = _job(document, file.stem, defaults)
+    job = _job(document, file.stem, defaults, policy)
     if document.problems or job is None:
         raise ConfigError(document.problems)
     return job
 
 
-def parse_job_text(text: str, *, name: str, defaults: S3Settings) -> Job:
+def parse_job_text(
+    text: str, *, name: str, defaults: S3Settings, policy: JobPolicy | None = None
+) -> Job:
     """A job from YAML text (tests and ``check`` of a single document)."""
     document = YamlDocument(None, text)
-    job = _job(document, name, defaults)
+    job = _job(document, name, defaults, policy or JobPolicy())
     if document.problems or job is None:
         raise ConfigError(document.problems)
     return job
 
 
-def _job(document: YamlDocument, stem: str, defaults: S3Settings) -> Job | None:
+def _unsafe_file_problems(path: Path, policy: JobPolicy, what: str) -> list[ConfigProblem]:
+    """Why ``path`` (a job file or the jobs directory) may have been written by someone else."""
+    if policy.allow_insecure_files:
+        return []
+    try:
+        info = path.stat()  # a symlinked job file: its target is what gets read
+    except OSError as exc:
+        return [ConfigProblem(path, None, None, f"cannot check {what}: {exc.strerror}")]
+    problems = []
+    hint = f"or set {INSECURE_JOB_FILES_ENV}=1 for development"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problems.append(ConfigProblem(path, None, None, (
+            f"{what} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}) and "
+            f"is refused: whoever can write it controls what the daemon reads and uploads; "
+            f"fix: chmod go-w {path} ({hint})")))
+    if info.st_uid not in policy.trusted_uids:
+        trusted = " or ".join(_user_name(uid) for uid in sorted(policy.trusted_uids))
+        problems.append(ConfigProblem(path, None, None, (
+            f"{what} is owned by {_user_name(info.st_uid)} and is refused: it must be owned by "
+            f"{trusted} (the user running the daemon); fix: chown root {path} ({hint})")))
+    return problems
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _job(document: YamlDocument, stem: str, defaults: S3Settings, policy: JobPolicy) -> Job | None:
     if document.data is None and document.problems:
         return None  # unreadable or invalid YAML: its one problem says it all
     if document.data is not None and not isinstance(document.data, dict):
@@ -256,9 +376,9 @@ def _job(document: YamlDocument, stem: str, defaults: S3Settings) -> Job | None:
     if not JOB_NAME.match(name):
         root.problem("name", f"{name!r} is not a valid job name: use [a-z0-9][a-z0-9_-]*")
     enabled = root.boolean("enabled", True)
-    source = _source(root.section("source"))
-    destination = _destination(root.section("destination"), defaults)
-    after_upload = _after_upload(root)
+    source = _source(root.section("source"), policy)
+    destination = _destination(root.section("destination"), defaults, policy)
+    after_upload = _after_upload(root, policy)
     retry = _retry(root.section("retry"))
     session = _session(root.section("session"))
     trigger = _trigger(root.section("trigger")) if root.has("trigger") else None
@@ -271,7 +391,7 @@ def _job(document: YamlDocument, stem: str, defaults: S3Settings) -> Job | None:
                trigger)
 
 
-def _source(fields: Fields) -> Source | None:
+def _source(fields: Fields, policy: JobPolicy) -> Source | None:
     raw_paths = fields.string_list("paths", ())
     if not raw_paths and fields.data.get("paths") in (None, []):  # else: already a type problem
         fields.problem("paths", "is required: a list of absolute directories to watch")
@@ -285,7 +405,11 @@ def _source(fields: Fields) -> Source | None:
             fields.document.problem((*fields.path_of("paths"), str(index)),
                                     f"{raw!r} must not contain '..'")
         else:
-            paths.append(Path(os.path.normpath(path)))
+            path = Path(os.path.normpath(path))
+            outside = _outside_allowed_roots(path, policy)
+            if outside:
+                fields.document.problem((*fields.path_of("paths"), str(index)), outside)
+            paths.append(path)
     include = _patterns(fields, "include", ())
     exclude = _patterns(fields, "exclude", DEFAULT_EXCLUDE)
     polling_raw = fields.value("polling", "auto")
@@ -316,12 +440,19 @@ def _patterns(fields: Fields, key: str, default: tuple[str, ...]) -> tuple[str, 
     return patterns
 
 
-def _destination(fields: Fields, defaults: S3Settings) -> Destination | None:
+def _destination(fields: Fields, defaults: S3Settings, policy: JobPolicy) -> Destination | None:
     if not fields.data:
         fields.document.problem(fields.path, "is required: at least a bucket")
     bucket = fields.string("bucket", required=True)
     if bucket and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
         fields.problem("bucket", f"{bucket!r} is not a valid S3 bucket name")
+    allowed = policy.allowed_buckets
+    if bucket and allowed is not None and not any(
+        fnmatch.fnmatchcase(bucket, pattern) for pattern in allowed
+    ):
+        fields.problem("bucket", (
+            f"{bucket!r} is not allowed: the daemon config's allowed_buckets "
+            f"({', '.join(allowed) or 'empty'}) does not match it"))
     key = fields.converted("key", _key_template, None)
     if key is None and not fields.has("key"):
         key = KeyTemplate.parse("${job}/${relpath}")
@@ -372,7 +503,7 @@ def _windows(fields: Fields) -> tuple[Window, ...]:
     return tuple(windows)
 
 
-def _after_upload(root: Fields) -> AfterUpload:
+def _after_upload(root: Fields, policy: JobPolicy) -> AfterUpload:
     raw = root.value("after_upload", "keep")
     when = root.choice("after_upload_when", ("uploaded", "registered"), "uploaded")
     if raw in ("keep", "delete"):
@@ -380,6 +511,9 @@ def _after_upload(root: Fields) -> AfterUpload:
     if isinstance(raw, dict) and set(raw) == {"move_to"}:
         target = root.section("after_upload").converted("move_to", _absolute_path, None)
         if target is not None:
+            outside = _outside_allowed_roots(Path(os.path.normpath(target)), policy)
+            if outside:
+                root.document.problem(("after_upload", "move_to"), outside)
             return AfterUpload("move", target, when)  # type: ignore[arg-type]
         return AfterUpload("keep", None, when)  # type: ignore[arg-type]
     root.problem("after_upload", f"expected keep, delete or {{move_to: /dir}}, got {raw!r}")
@@ -397,6 +531,26 @@ def _check_after_upload(
         # Moved files would be found again in the root and queued as new versions.
         root.document.problem(("after_upload", "move_to"),
                               f"{target} is inside a watched root; move files out of it")
+
+
+def _outside_allowed_roots(path: Path, policy: JobPolicy) -> str | None:
+    """Why ``path`` is outside the daemon config's ``allowed_roots``; None when inside."""
+    allowed = policy.allowed_roots
+    if allowed is None:
+        return None
+    listed = ", ".join(str(a) for a in allowed) or "empty"
+    if not any(_within(path, a) for a in allowed):
+        return f"{path} is not allowed: it is outside the daemon config's allowed_roots ({listed})"
+    # The path as written is inside; a symlink on the way must not lead out again.
+    real = Path(os.path.realpath(path))
+    if not any(_within(real, Path(os.path.realpath(a))) for a in allowed):
+        return (f"{path} is not allowed: it resolves to {real}, outside the daemon config's "
+                f"allowed_roots ({listed})")
+    return None
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
 def _retry(fields: Fields) -> RetryPolicy:

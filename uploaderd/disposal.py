@@ -69,7 +69,12 @@ class Disposer:
 
 
 def _move(source: Path, target: Path) -> None:
-    """Rename, or copy then rename then unlink across filesystems; never half a file."""
+    """Rename, or across filesystems copy, rename into place and unlink the source.
+
+    Never half a file at the target, and never two copies: if the source cannot be removed
+    (a read-only mount), the copy is taken back and the error reported, so the next sweep
+    tries the whole move again instead of finding "the target exists".
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         raise FileExistsError(errno.EEXIST, "the target exists", str(target))
@@ -79,6 +84,12 @@ def _move(source: Path, target: Path) -> None:
         if exc.errno != errno.EXDEV:
             raise
         staging = target.with_name(f".{target.name}.uploaderd-part")
-        shutil.copy2(source, staging)
-        os.rename(staging, target)
-        source.unlink()
+        try:
+            shutil.copy2(source, staging)
+            os.rename(staging, target)
+            source.unlink()
+        except OSError:
+            staging.unlink(missing_ok=True)
+            if target.exists() and source.exists():
+                target.unlink()
+            raise

@@ -195,7 +195,7 @@ class Daemon:
 
     def _read_jobs(self, previous: Mapping[str, Job]) -> dict[str, Job]:
         """The valid jobs; a broken file keeps its previous version running."""
-        loaded = load_jobs(self.config.jobs_dir, self.config.s3)
+        loaded = load_jobs(self.config.jobs_dir, self.config.s3, self.config.job_policy)
         for problem in loaded.problems:
             log.error("job file error: %s", problem)
         jobs = {name: job for name, job in loaded.jobs.items() if job.enabled}

@@ -209,3 +209,20 @@ def test_commands_refuse_a_broken_daemon_config(tmp_path: Path, command: str) ->
     result = uploaderd(command, "-c", str(config))
     assert result.returncode == 2
     assert f"{config}:2: metrics.listen: expected host:port" in result.stderr
+
+
+def test_check_applies_the_job_policy_from_config_and_env(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "postgresql://127.0.0.1:1/x")
+    config.write_text(config.read_text() + "allowed_buckets: ['lab-*']\n")
+    (tmp_path / "data").mkdir()
+    job = tmp_path / "jobs.d" / "lab.yaml"
+    job.write_text(f"source: {{paths: [{tmp_path / 'data'}]}}\ndestination: {{bucket: other}}\n")
+    refused = uploaderd("check", "-c", str(config))
+    assert refused.returncode == 2 and "destination.bucket" in refused.stdout
+    job.write_text(job.read_text().replace("other", "lab-raw"))
+    job.chmod(0o666)
+    insecure = uploaderd("check", "-c", str(config))
+    assert insecure.returncode == 2 and "chmod go-w" in insecure.stdout
+    allowed = uploaderd("check", "-c", str(config),
+                       env={"UPLOADERD_ALLOW_INSECURE_JOB_FILES": "1"})
+    assert allowed.returncode == 0, allowed.stdout
