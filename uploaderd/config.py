@@ -6,11 +6,8 @@ Errors name the file, the line and the key, and all of a file's problems are rep
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import pwd
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +16,13 @@ from urllib.parse import urlsplit
 
 from uploaderd.errors import ConfigError, ConfigProblem, KeyTemplateError
 from uploaderd.filters import DEFAULT_EXCLUDE, PathFilter, check_pattern
+from uploaderd.jobpolicy import (
+    INSECURE_JOB_FILES_ENV,
+    JobPolicy,
+    bucket_refusal,
+    outside_allowed_roots,
+    unsafe_file_problems,
+)
 from uploaderd.keys import KeyTemplate
 from uploaderd.units import parse_duration, parse_size
 from uploaderd.windows import Window
@@ -30,7 +34,6 @@ DEFAULT_DSN = "postgresql://uploaderd@localhost/uploaderd"
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _SECRET_REFERENCE = re.compile(r"\$\{(env|file):[^}]+\}")
 _SECRET_HEADER = re.compile(r"auth|token|secret|key|cookie|password", re.IGNORECASE)
-INSECURE_JOB_FILES_ENV = "UPLOADERD_ALLOW_INSECURE_JOB_FILES"
 # Credential files that libpq and boto3 read on their own; the unit points both into
 # $CREDENTIALS_DIRECTORY (LoadCredential=). Named here so that a missing one is an error
 # that says so, not a silent fall-back to no password or no credentials.
@@ -48,27 +51,6 @@ class S3Settings:
     region: str | None = None
     profile: str | None = None
     checksum: Checksum = "when_supported"
-
-
-@dataclass(frozen=True)
-class JobPolicy:
-    """What job files may be and do: job files are a privilege boundary.
-
-    Whoever can write a job file can make the daemon read (and with ``after_upload``, delete
-    or move) anything its user can reach and send it to any bucket its credentials reach. So
-    job files, and their directory, must be writable only by root or the daemon's own user,
-    and the daemon config may narrow the roots and buckets a job can name.
-    """
-
-    trusted_uids: frozenset[int] = frozenset({0})
-    allow_insecure_files: bool = False  # development only: env UPLOADERD_ALLOW_INSECURE_JOB_FILES
-    allowed_roots: tuple[Path, ...] | None = None  # None: any directory
-    allowed_buckets: tuple[str, ...] | None = None  # None: any bucket; else fnmatch globs
-
-    @classmethod
-    def for_this_process(cls, **settings: Any) -> JobPolicy:
-        """Trust root and the user running the daemon (the service user)."""
-        return cls(trusted_uids=frozenset({0, os.geteuid()}), **settings)
 
 
 @dataclass(frozen=True)
@@ -290,7 +272,7 @@ def load_jobs(jobs_dir: Path, defaults: S3Settings, policy: JobPolicy | None = N
     except OSError as exc:
         problem = ConfigProblem(jobs_dir, None, None, f"cannot list the jobs directory: {exc}")
         return JobSet({}, (problem,), frozenset())
-    unsafe_dir = _unsafe_file_problems(jobs_dir, policy, "the jobs directory")
+    unsafe_dir = unsafe_file_problems(jobs_dir, policy, "the jobs directory")
     if unsafe_dir:
         # Anyone who can write the directory can replace any job file in it: refuse them all
         # (on reload the versions read while it was safe keep running).
@@ -314,7 +296,7 @@ def load_jobs(jobs_dir: Path, defaults: S3Settings, policy: JobPolicy | None = N
 
 def load_job(file: Path, defaults: S3Settings, policy: JobPolicy | None = None) -> Job:
     policy = JobPolicy.for_this_process() if policy is None else policy
-    unsafe = _unsafe_file_problems(file, policy, "the job file")
+    unsafe = unsafe_file_problems(file, policy, "the job file")
     if unsafe:
         raise ConfigError(unsafe)  # not even parsed: its content is not to be trusted
     document = YamlDocument.read(file)
@@ -333,36 +315,6 @@ def parse_job_text(
     if document.problems or job is None:
         raise ConfigError(document.problems)
     return job
-
-
-def _unsafe_file_problems(path: Path, policy: JobPolicy, what: str) -> list[ConfigProblem]:
-    """Why ``path`` (a job file or the jobs directory) may have been written by someone else."""
-    if policy.allow_insecure_files:
-        return []
-    try:
-        info = path.stat()  # a symlinked job file: its target is what gets read
-    except OSError as exc:
-        return [ConfigProblem(path, None, None, f"cannot check {what}: {exc.strerror}")]
-    problems = []
-    hint = f"or set {INSECURE_JOB_FILES_ENV}=1 for development"
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        problems.append(ConfigProblem(path, None, None, (
-            f"{what} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}) and "
-            f"is refused: whoever can write it controls what the daemon reads and uploads; "
-            f"fix: chmod go-w {path} ({hint})")))
-    if info.st_uid not in policy.trusted_uids:
-        trusted = " or ".join(_user_name(uid) for uid in sorted(policy.trusted_uids))
-        problems.append(ConfigProblem(path, None, None, (
-            f"{what} is owned by {_user_name(info.st_uid)} and is refused: it must be owned by "
-            f"{trusted} (the user running the daemon); fix: chown root {path} ({hint})")))
-    return problems
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
 
 
 def _job(document: YamlDocument, stem: str, defaults: S3Settings, policy: JobPolicy) -> Job | None:
@@ -406,7 +358,7 @@ def _source(fields: Fields, policy: JobPolicy) -> Source | None:
                                     f"{raw!r} must not contain '..'")
         else:
             path = Path(os.path.normpath(path))
-            outside = _outside_allowed_roots(path, policy)
+            outside = outside_allowed_roots(path, policy)
             if outside:
                 fields.document.problem((*fields.path_of("paths"), str(index)), outside)
             paths.append(path)
@@ -446,13 +398,9 @@ def _destination(fields: Fields, defaults: S3Settings, policy: JobPolicy) -> Des
     bucket = fields.string("bucket", required=True)
     if bucket and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
         fields.problem("bucket", f"{bucket!r} is not a valid S3 bucket name")
-    allowed = policy.allowed_buckets
-    if bucket and allowed is not None and not any(
-        fnmatch.fnmatchcase(bucket, pattern) for pattern in allowed
-    ):
-        fields.problem("bucket", (
-            f"{bucket!r} is not allowed: the daemon config's allowed_buckets "
-            f"({', '.join(allowed) or 'empty'}) does not match it"))
+    refused = bucket_refusal(bucket, policy) if bucket else None
+    if refused:
+        fields.problem("bucket", refused)
     key = fields.converted("key", _key_template, None)
     if key is None and not fields.has("key"):
         key = KeyTemplate.parse("${job}/${relpath}")
@@ -511,7 +459,7 @@ def _after_upload(root: Fields, policy: JobPolicy) -> AfterUpload:
     if isinstance(raw, dict) and set(raw) == {"move_to"}:
         target = root.section("after_upload").converted("move_to", _absolute_path, None)
         if target is not None:
-            outside = _outside_allowed_roots(Path(os.path.normpath(target)), policy)
+            outside = outside_allowed_roots(Path(os.path.normpath(target)), policy)
             if outside:
                 root.document.problem(("after_upload", "move_to"), outside)
             return AfterUpload("move", target, when)  # type: ignore[arg-type]
@@ -531,26 +479,6 @@ def _check_after_upload(
         # Moved files would be found again in the root and queued as new versions.
         root.document.problem(("after_upload", "move_to"),
                               f"{target} is inside a watched root; move files out of it")
-
-
-def _outside_allowed_roots(path: Path, policy: JobPolicy) -> str | None:
-    """Why ``path`` is outside the daemon config's ``allowed_roots``; None when inside."""
-    allowed = policy.allowed_roots
-    if allowed is None:
-        return None
-    listed = ", ".join(str(a) for a in allowed) or "empty"
-    if not any(_within(path, a) for a in allowed):
-        return f"{path} is not allowed: it is outside the daemon config's allowed_roots ({listed})"
-    # The path as written is inside; a symlink on the way must not lead out again.
-    real = Path(os.path.realpath(path))
-    if not any(_within(real, Path(os.path.realpath(a))) for a in allowed):
-        return (f"{path} is not allowed: it resolves to {real}, outside the daemon config's "
-                f"allowed_roots ({listed})")
-    return None
-
-
-def _within(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
 
 
 def _retry(fields: Fields) -> RetryPolicy:

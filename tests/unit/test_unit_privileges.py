@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from uploaderd.config import (
-    INSECURE_JOB_FILES_ENV,
-    JobPolicy,
-    S3Settings,
-    load_daemon_config,
-    load_jobs,
-)
+from uploaderd.config import S3Settings, load_daemon_config, load_jobs
 from uploaderd.errors import ConfigError, ConfigProblem
+from uploaderd.jobpolicy import INSECURE_JOB_FILES_ENV, JobPolicy
 
 
 def job_text(root: str = "/data/in", bucket: str = "lab-raw", move_to: str | None = None) -> str:
