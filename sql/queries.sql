@@ -256,6 +256,9 @@ WITH done AS (
         WHERE o.job = %(job)s AND o.state = 'open'
     ) marker
     WHERE s.id = marker.id
+      -- Discovery opens (touches) a session, then queues its files in a second statement:
+      -- a session touched a moment ago may be about to receive files.
+      AND s.last_activity_at < now() - interval '2 seconds'
       AND (s.origin = 'upload' OR marker.found OR (%(idle_seconds)s::float8 IS NOT NULL
                             AND s.last_activity_at < now() - make_interval(
                                 secs => %(idle_seconds)s::float8)))

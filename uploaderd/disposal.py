@@ -30,10 +30,18 @@ class Disposer:
         self._reported: set[int] = set()  # versions whose error was logged once already
 
     def sweep(self, job: Job) -> int:
-        """Dispose of every waiting file of ``job``; the number disposed of."""
+        """Dispose of every waiting file of ``job``; the number disposed of.
+
+        On a shared mount every host sees the same files: one host at a time disposes.
+        """
         if job.after_upload.action == "keep":
             return 0
-        scopes = [""] if job.source.shared else [self.host]
+        if not job.source.shared:
+            return self._sweep(job, [self.host])
+        with self.ledger.named_lock(f"dispose:{job.name}") as held:
+            return self._sweep(job, [""]) if held else 0
+
+    def _sweep(self, job: Job, scopes: list[str]) -> int:
         done = 0
         while rows := self.ledger.undisposed_files(
             job.name, scopes, registered_only=job.after_upload.when == "registered"

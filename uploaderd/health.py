@@ -43,6 +43,8 @@ class Breaker:
         """Count a failure; the pause in seconds when this one trips (or re-trips) the breaker."""
         self.failures += 1
         self.last_error = error
+        if self.paused():
+            return None  # sent before the pause began: already counted in its length
         if self.failures < self.threshold and not self.probing():
             return None
         pause = min(self.max_pause, self.first_pause * 2.0**self.trips)

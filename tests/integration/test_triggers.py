@@ -43,6 +43,11 @@ def upload_session(ledger: Ledger, relpaths: list[str]) -> int:
     return session
 
 
+def age_sessions(sql: Sql) -> None:
+    """As if the sessions had been quiet a while: the sweep leaves just-touched ones alone."""
+    sql("UPDATE sessions SET last_activity_at = now() - interval '1 minute'")
+
+
 @pytest.fixture
 def ledger(migrated_dsn: str) -> Ledger:
     led = Ledger(migrated_dsn).connect()
@@ -56,6 +61,7 @@ def test_completed_session_is_registered_once_with_its_manifest(
     httpserver.expect_oneshot_request("/register", method="POST").respond_with_json({"ok": 1})
     job = make_job(httpserver.url_for("/register"))
     session = upload_session(ledger, ["run-1/a.tif", "run-1/b.tif"])
+    age_sessions(sql)
     assert ledger.complete_sessions("lab", idle_seconds=None, marker="b.tif",
                                     register=True) == [session]
     report = TriggerDispatcher(ledger, host="host-a").dispatch(job)
@@ -81,6 +87,7 @@ def test_a_failed_call_is_retried_with_the_same_idempotency_key(
     httpserver.expect_ordered_request("/r").respond_with_data("", status=201)
     job = make_job(httpserver.url_for("/r"))
     upload_session(ledger, ["run-1/a.tif"])
+    age_sessions(sql)
     ledger.complete_sessions("lab", idle_seconds=0.0, marker=None, register=True)
     dispatcher = TriggerDispatcher(ledger)
     assert dispatcher.dispatch(job).retrying == 1
@@ -97,6 +104,7 @@ def test_a_client_error_fails_at_once_and_max_attempts_bound_retries(
 ) -> None:
     httpserver.expect_request("/bad").respond_with_data("no such project", status=422)
     upload_session(ledger, ["run-1/a.tif"])
+    age_sessions(sql)
     ledger.complete_sessions("lab", idle_seconds=0.0, marker=None, register=True)
     report = TriggerDispatcher(ledger).dispatch(make_job(httpserver.url_for("/bad")))
     assert (report.failed, report.retrying) == (1, 0)
@@ -126,6 +134,7 @@ def test_secret_headers_come_from_env_and_files_and_are_never_stored(
                f"X-Api-Key: '${{file:{token_file}}}'}}")
     job = make_job(httpserver.url_for("/s"), headers=headers)
     upload_session(ledger, ["run-1/a"])
+    age_sessions(sql)
     ledger.complete_sessions("lab", idle_seconds=0.0, marker=None, register=True)
     assert TriggerDispatcher(ledger, env={"CATALOG_TOKEN": "env-secret"}).dispatch(job).sent == 1
     [(request, _)] = httpserver.log
@@ -141,6 +150,7 @@ def test_a_missing_secret_is_a_clear_error_without_a_call(
 ) -> None:
     job = make_job(httpserver.url_for("/s"), headers="{Authorization: '${env:NOPE}'}")
     upload_session(ledger, ["run-1/a"])
+    age_sessions(sql)
     ledger.complete_sessions("lab", idle_seconds=0.0, marker=None, register=True)
     TriggerDispatcher(ledger, env={}).dispatch(job)
     assert httpserver.log == []
@@ -166,6 +176,7 @@ def test_a_sick_endpoint_is_paused_then_resumes(
     claims = ledger.claim(worker="w", host="host-a", jobs=["lab"], scopes=["host-a"], limit=9,
                           lease_seconds=60)
     ledger.complete("w", [Outcome(c, State.UPLOADED, "uploaded", SHA) for c in claims])
+    age_sessions(sql)
     ledger.complete_sessions("lab", idle_seconds=0.0, marker=None, register=True)
     dispatcher = TriggerDispatcher(ledger, breaker=lambda: Breaker(threshold=2,
                                                                    first_pause=0.5))
@@ -200,10 +211,12 @@ def test_upload_sessions_left_open_are_closed_by_the_sweep_once_done(
     session = ledger.open_run_session("lab", "host-a")
     ledger.enqueue("lab", scope="host-a", host="host-a", bucket="lab-raw", versions=[
         NewVersion("/data/in", "a", 1, 1, 1, "lab/a", session)])
+    age_sessions(sql)
     assert ledger.complete_sessions("lab", idle_seconds=None, marker=None, register=True) == []
     [claim] = ledger.claim(worker="w", host="host-a", jobs=["lab"], scopes=["host-a"],
                            limit=1, lease_seconds=60)
     ledger.complete("w", [Outcome(claim, State.UPLOADED, "uploaded", SHA)])
+    age_sessions(sql)
     assert ledger.complete_sessions("lab", idle_seconds=None, marker=None,
                                     register=True) == [session]
     assert sql("SELECT closed_reason FROM sessions") == [("run",)]
@@ -218,3 +231,16 @@ def test_a_forced_registration_of_a_session_without_uploads_writes_nothing(
     session = ledger.open_run_session("lab", "host-a")
     assert ledger.create_session_trigger("lab", session) is None
     assert sql("SELECT count(*) FROM triggers") == [(0,)]
+
+
+def test_a_session_touched_a_moment_ago_is_not_closed_under_new_files(
+    ledger: Ledger, sql: Sql
+) -> None:
+    session = upload_session(ledger, ["run-1/a.tif", "run-1/DONE"])
+    # Discovery touches the session, then queues the next files: not yet closable.
+    assert ledger.open_sessions("lab", "host-a", ["run-1"]) == {"run-1": session}
+    assert ledger.complete_sessions("lab", idle_seconds=None, marker="DONE",
+                                    register=False) == []
+    age_sessions(sql)
+    assert ledger.complete_sessions("lab", idle_seconds=None, marker="DONE",
+                                    register=False) == [session]
