@@ -542,10 +542,11 @@ def _demo(directory: Path, s3_kind: str) -> int:
             [sys.executable, "-m", "uploaderd", "migrate", "-c", str(config)], env=env, check=True
         )
         uploaderd = Path(sys.executable).parent / "uploaderd"
-        listing = (
-            f"{sys.executable} -c \"import boto3; print([o['Key'] for o in boto3.client('s3')"
-            ".list_objects_v2(Bucket='demo').get('Contents', [])])\""
-        )
+        quoted = shlex.quote(str(config))
+        # The S3 keys of the local server, for commands that reach S3 themselves (config
+        # files never hold credentials).
+        aws = " ".join(f"{k}={v}" for k, v in _service_env(pg, s3).items()
+                       if k.startswith("AWS_") and k != "AWS_ENDPOINT_URL")
         print(
             f"""
 uploaderd demo: PostgreSQL at {pg.dsn("uploaderd")}, {s3_kind} S3 at {s3.endpoint_url}
@@ -553,10 +554,11 @@ uploaderd demo: PostgreSQL at {pg.dsn("uploaderd")}, {s3_kind} S3 at {s3.endpoin
   drop files into  {directory / "inbox"}
   they land in     s3://demo/demo/<path relative to the inbox>
 
-  look with        {uploaderd} files -c {shlex.quote(str(config))}
-                   {uploaderd} status -c {shlex.quote(str(config))}
-                   {" ".join(f"{k}={v}" for k, v in _service_env(pg, s3).items() if "AWS" in k)} \\
-                     {listing}
+  look with        {uploaderd} status -c {quoted}
+                   {uploaderd} files -c {quoted}
+                   {uploaderd} explain {directory / "inbox"}/FILE -c {quoted}
+  and with S3      export {aws}
+                   {uploaderd} verify demo -c {quoted}
 
   Ctrl-C stops the daemon, then PostgreSQL and S3. Each start begins with an
   empty database and bucket, so files already in the inbox are uploaded again.

@@ -19,7 +19,12 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 
 import sdnotify
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    FileClosedNoWriteEvent,
+    FileOpenedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
@@ -41,11 +46,16 @@ _RELOAD_DEBOUNCE = 0.5
 
 
 class _JobsDirChanged(FileSystemEventHandler):
+    """A change in jobs.d asks for a reload; merely reading a job file must not, or every
+    reload (which reads them all) and every `uploaderd status` would cause another."""
+
     def __init__(self, events: queue.SimpleQueue[str]) -> None:
         self.events = events
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
+        if not event.is_directory and not isinstance(
+            event, FileOpenedEvent | FileClosedNoWriteEvent
+        ):
             self.events.put("jobs-changed")
 
 
