@@ -26,6 +26,7 @@ from uploaderd.devstack import (
     RcloneS3Server,
     S3Server,
 )
+from uploaderd.ledger import Ledger
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -152,6 +153,14 @@ def make_daemon(
     yield make
     for daemon in made:
         daemon.cleanup()
+
+
+@pytest.fixture
+def ledger(migrated_dsn: str) -> Iterator[Ledger]:
+    """A connected ledger on this test's database."""
+    led = Ledger(migrated_dsn).connect()
+    yield led
+    led.close()
 
 
 @pytest.fixture

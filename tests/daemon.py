@@ -122,13 +122,15 @@ class DaemonProcess:
         self.notes = Notifications(self.notify_path)
         env = {**os.environ, "NOTIFY_SOCKET": self.notify_path, **self.extra_env}
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "uploaderd", "run", "-c", str(self.config_path)],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
+            self.proc = subprocess.Popen(self.command(), env=env, stdout=log,
+                                         stderr=subprocess.STDOUT)
         if wait_ready:
             self.wait_ready()
         return self
+
+    def command(self) -> list[str]:
+        """The daemon's argv; a subclass may wrap it (in a mount namespace, say)."""
+        return [sys.executable, "-m", "uploaderd", "run", "-c", str(self.config_path)]
 
     def wait_ready(self, nth: int = 1, timeout: float = 30.0) -> None:
         assert self.notes is not None

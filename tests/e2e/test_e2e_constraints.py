@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import psycopg2
 import pytest
-from daemon import DaemonProcess, Notifications
+from daemon import DaemonProcess
 from helpers import wait_for
 
 from uploaderd.devstack import ACCESS_KEY, SECRET_KEY, PostgresCluster, S3Server
@@ -52,20 +51,9 @@ class ConstrainedDaemon(DaemonProcess):
 
     read_only: tuple[Path, ...] = ()
 
-    def start(self, *, wait_ready: bool = True) -> DaemonProcess:
-        if self.notes is not None:
-            self.notes.close()
-            os.unlink(self.notify_path)
-        self.notes = Notifications(self.notify_path)
-        env = {**os.environ, "NOTIFY_SOCKET": self.notify_path, **self.extra_env}
-        daemon = [sys.executable, "-m", "uploaderd", "run", "-c", str(self.config_path)]
-        command = ["unshare", "-m", "--", "sh", "-c", _READ_ONLY, "sh",
-                   *map(str, self.read_only), "--", *daemon]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        if wait_ready:
-            self.wait_ready()
-        return self
+    def command(self) -> list[str]:
+        return ["unshare", "-m", "--", "sh", "-c", _READ_ONLY, "sh",
+                *map(str, self.read_only), "--", *super().command()]
 
 
 @pytest.fixture

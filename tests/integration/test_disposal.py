@@ -6,8 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from uploaderd.config import Job, S3Settings, parse_job_text
 from uploaderd.disposal import Disposer
 from uploaderd.ledger import Ledger, NewVersion, Outcome, State
@@ -33,13 +31,6 @@ def uploaded_file(ledger: Ledger, root: Path, name: str, *, scope: str) -> Path:
                            lease_seconds=60)
     ledger.complete("w", [Outcome(claim, State.UPLOADED, "uploaded", "ab" * 32)])
     return path
-
-
-@pytest.fixture
-def ledger(migrated_dsn: str) -> Ledger:
-    led = Ledger(migrated_dsn).connect()
-    yield led
-    led.close()
 
 
 def test_on_a_shared_mount_one_host_at_a_time_disposes(

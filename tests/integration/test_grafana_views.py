@@ -61,13 +61,6 @@ def version(relpath: str, size: int, session_id: int | None) -> NewVersion:
 
 
 @pytest.fixture
-def ledger(migrated_dsn: str) -> Iterator[Ledger]:
-    led = Ledger(migrated_dsn).connect()
-    yield led
-    led.close()
-
-
-@pytest.fixture
 def view(migrated_dsn: str) -> Iterator[Query]:
     """SELECT * from a view, rows as dicts in the view's column order."""
     conn = psycopg2.connect(migrated_dsn)
@@ -105,6 +98,8 @@ def populated(ledger: Ledger) -> Ledger:
         Outcome(claims["run2/d"], State.PENDING, "failed", error="S3 SlowDown: slow",
                 retry_in=3600),
     ])
+    with ledger.transaction() as cursor:  # quiet for a while: the sweep may close them
+        cursor.execute("UPDATE sessions SET last_activity_at = now() - interval '1 minute'")
     assert ledger.complete_sessions("lab", idle_seconds=0, marker=None,
                                     register=True) == [sessions["run1"]]
     [due] = ledger.due_triggers("lab", 10)

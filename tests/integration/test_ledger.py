@@ -7,20 +7,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from uploaderd import schema
 from uploaderd.ledger import Ledger, NewVersion, Outcome, State
 from uploaderd.workers import dead_workers
 
 Sql = Callable[..., list[tuple[Any, ...]]]
-
-
-@pytest.fixture
-def ledger(migrated_dsn: str) -> Ledger:
-    led = Ledger(migrated_dsn).connect()
-    yield led
-    led.close()
 
 
 def version(relpath: str, size: int = 10, inode: int = 1, error: str | None = None) -> NewVersion:

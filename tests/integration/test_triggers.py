@@ -48,13 +48,6 @@ def age_sessions(sql: Sql) -> None:
     sql("UPDATE sessions SET last_activity_at = now() - interval '1 minute'")
 
 
-@pytest.fixture
-def ledger(migrated_dsn: str) -> Ledger:
-    led = Ledger(migrated_dsn).connect()
-    yield led
-    led.close()
-
-
 def test_completed_session_is_registered_once_with_its_manifest(
     ledger: Ledger, httpserver: HTTPServer, sql: Sql
 ) -> None:
