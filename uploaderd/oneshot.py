@@ -26,11 +26,9 @@ from uploaderd.health import Breaker
 from uploaderd.ledger import Ledger, State, StateTally
 from uploaderd.progress import Display, RunProgress
 from uploaderd.register import Registrar
-from uploaderd.storage import Storage
 from uploaderd.units import format_bytes
-from uploaderd.uploader import TransferSettings, Uploader
 from uploaderd.versions import new_version, render_key, scope_of
-from uploaderd.workers import UploadPool
+from uploaderd.workers import UploadPool, build_pool
 
 Out = Callable[[str], None]
 ACTIVE = (State.PENDING, State.UPLOADING)
@@ -167,15 +165,9 @@ class Engine:
         )
 
     def _pool(self, selection: Selection, breakers: BreakerLog) -> UploadPool:
-        transfer = TransferSettings()
-        workers = self.config.workers
-        storage = Storage(pool_connections=workers * (1 + transfer.concurrency_per_file))
         jobs = {name: self.jobs[name] for name in selection.jobs}
-        return UploadPool(
-            Ledger(self.config.dsn, application_name="uploaderd one-shot workers"),
-            Uploader(storage, transfer), lambda: jobs, workers=workers, host=self.host,
-            breaker=breakers,
-        )
+        return build_pool(self.config, lambda: jobs, host=self.host,
+                          name="uploaderd one-shot workers", breaker=breakers)
 
     def _follow(
         self, selection: Selection, baseline: Mapping[str, StateTally], display: Display,

@@ -34,10 +34,8 @@ from uploaderd.discovery import Discovery
 from uploaderd.errors import EXIT_OK, EXIT_USAGE, DatabaseUnavailable
 from uploaderd.ledger import Ledger
 from uploaderd.scheduler import Scheduler
-from uploaderd.storage import Storage
-from uploaderd.uploader import TransferSettings, Uploader
 from uploaderd.watcher import Watcher
-from uploaderd.workers import UploadPool
+from uploaderd.workers import build_pool
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +72,8 @@ class Daemon:
         self.discovery = Discovery(Ledger(config.dsn, application_name="uploaderd discovery"),
                                    host=self.host, on_db=self._db_reporter("discovery"))
         self.watcher = Watcher(self.discovery.submit, self._watch_error)
-        transfer = TransferSettings()
-        storage = Storage(pool_connections=config.workers * (1 + transfer.concurrency_per_file))
-        self.pool = UploadPool(
-            Ledger(config.dsn, application_name="uploaderd workers"), Uploader(storage, transfer),
-            lambda: self.jobs, workers=config.workers, host=self.host,
-            on_db=self._db_reporter("workers"),
-        )
+        self.pool = build_pool(config, lambda: self.jobs, host=self.host,
+                               name="uploaderd workers", on_db=self._db_reporter("workers"))
         self.scheduler = Scheduler(
             Ledger(config.dsn, application_name="uploaderd scheduler"),
             Ledger(config.dsn, application_name="uploaderd triggers"),

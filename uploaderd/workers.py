@@ -22,12 +22,13 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from uploaderd import metrics
-from uploaderd.config import Job
+from uploaderd.config import DaemonConfig, Job
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.health import Breaker
 from uploaderd.ledger import Claim, Ledger, MultipartStarted, Outcome, State
 from uploaderd.retry import next_attempt_in
-from uploaderd.uploader import Uploader, UploadResult
+from uploaderd.storage import Storage
+from uploaderd.uploader import TransferSettings, Uploader, UploadResult
 from uploaderd.windows import in_any_window
 
 log = logging.getLogger(__name__)
@@ -348,6 +349,17 @@ class UploadPool:
                 pass
         except BlockingIOError:
             pass
+
+
+def build_pool(
+    config: DaemonConfig, jobs: Callable[[], Mapping[str, Job]], *, host: str, name: str,
+    on_db: Callable[[bool], None] = lambda up: None, breaker: Callable[[], Breaker] = Breaker,
+) -> UploadPool:
+    """A pool as ``config`` sizes it: S3 connections for every worker and its part threads."""
+    transfer = TransferSettings()
+    storage = Storage(pool_connections=config.workers * (1 + transfer.concurrency_per_file))
+    return UploadPool(Ledger(config.dsn, application_name=name), Uploader(storage, transfer),
+                      jobs, workers=config.workers, host=host, on_db=on_db, breaker=breaker)
 
 
 def outcome_of(claim: Claim, job: Job, result: UploadResult) -> Outcome:
