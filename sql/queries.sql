@@ -87,6 +87,19 @@ SET multipart_upload_id = %(upload_id)s, multipart_part_size = %(part_size)s
 WHERE id = %(id)s AND claimed_by = %(worker)s AND attempts = %(attempt)s
   AND state = 'uploading';
 
+-- name: abandoned_uploads
+-- Multipart uploads nothing will resume: their version failed or was superseded (by a
+-- worker, or by discovery queuing a newer version).
+SELECT id, job, bucket, key, multipart_upload_id
+FROM file_versions
+WHERE state IN ('failed', 'superseded') AND multipart_upload_id IS NOT NULL
+ORDER BY id
+LIMIT %(limit)s;
+
+-- name: forget_upload
+UPDATE file_versions SET multipart_upload_id = NULL, multipart_part_size = NULL
+WHERE id = %(id)s AND multipart_upload_id = %(upload_id)s;
+
 -- name: renew_leases
 UPDATE file_versions
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
@@ -110,9 +123,12 @@ WITH outcome AS (
         next_attempt_at = CASE WHEN o.delay IS NULL THEN fv.next_attempt_at
                                ELSE now() + make_interval(secs => o.delay) END,
         uploaded_at = CASE WHEN o.state = 'uploaded' THEN now() ELSE fv.uploaded_at END,
-        -- A finished or abandoned multipart upload is nothing to resume any more.
-        multipart_upload_id = CASE WHEN o.state = 'pending' THEN fv.multipart_upload_id END,
-        multipart_part_size = CASE WHEN o.state = 'pending' THEN fv.multipart_part_size END,
+        -- A completed multipart upload is nothing to resume; one of a failed or superseded
+        -- version stays recorded until the abandoned-uploads sweep aborts it.
+        multipart_upload_id = CASE WHEN o.state = 'uploaded' THEN NULL
+                                   ELSE fv.multipart_upload_id END,
+        multipart_part_size = CASE WHEN o.state = 'uploaded' THEN NULL
+                                   ELSE fv.multipart_part_size END,
         claimed_by = NULL, lease_expires_at = NULL, updated_at = now()
     FROM outcome o
     WHERE fv.id = o.id AND fv.attempts = o.attempt AND fv.claimed_by = %(worker)s

@@ -297,6 +297,12 @@ class Ledger:
             "upload_id": started.upload_id, "part_size": started.part_size,
         })
 
+    def abandoned_uploads(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self._dicts("abandoned_uploads", {"limit": limit})
+
+    def forget_upload(self, version_id: int, upload_id: str) -> None:
+        self._all("forget_upload", {"id": version_id, "upload_id": upload_id})
+
     def release(self, worker: str, ids: Sequence[int]) -> None:
         self._all("release_claims", {"worker": worker, "ids": list(ids)})
 

@@ -34,6 +34,10 @@ class FileChanged(Exception):
     """The file no longer matches the version that was queued."""
 
 
+class KeyTaken(Exception):
+    """Completing "only if absent" found an object at the key (written meanwhile)."""
+
+
 def check_unchanged(file: io.RawIOBase, expected: Signature) -> None:
     now = Signature.of(os.fstat(file.fileno()))
     if now != expected:
@@ -71,9 +75,13 @@ class MultipartUpload:
 
     def run(
         self, file: io.RawIOBase, expected: Signature, sha: str, args: dict[str, Any],
-        part_size: int, resume: Resume | None,
+        part_size: int, resume: Resume | None, *, if_absent: bool = False,
     ) -> str:
-        """Upload the file (already hashed to ``sha``); returns the object's ETag."""
+        """Upload the file (already hashed to ``sha``); returns the object's ETag.
+
+        ``if_absent`` completes with ``If-None-Match: *`` (``overwrite: never``): a store that
+        supports it refuses to replace an object written since we looked (``KeyTaken``).
+        """
         held = self._held_parts(resume) if resume else None
         if resume is not None and held is not None:
             upload_id, part_size = resume.upload_id, resume.part_size
@@ -83,13 +91,20 @@ class MultipartUpload:
         try:
             parts = self._send_parts(file, expected, sha, upload_id, part_size, held)
         except FileChanged:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key,
-                                               UploadId=upload_id)
+            abort(self.client, self.bucket, self.key, upload_id)
             raise
-        response = self.client.complete_multipart_upload(
-            Bucket=self.bucket, Key=self.key, UploadId=upload_id,
-            MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
-        )
+        condition: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
+        try:
+            response = self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=upload_id,
+                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                **condition,
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
+                raise
+            abort(self.client, self.bucket, self.key, upload_id)
+            raise KeyTaken(self.key) from exc
         return str(response.get("ETag", ""))
 
     def _create(self, args: dict[str, Any]) -> str:
@@ -155,6 +170,15 @@ class MultipartUpload:
         if self.checksums:
             part["ChecksumSHA256"] = extra["ChecksumSHA256"]
         return part
+
+
+def abort(client: S3Client, bucket: str, key: str, upload_id: str) -> None:
+    """Abort a multipart upload; one that is already gone counts as aborted."""
+    try:
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
+            raise
 
 
 def _matching(held: dict[str, Any] | None, data: bytes) -> dict[str, Any] | None:

@@ -20,12 +20,15 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from botocore.exceptions import BotoCoreError, ClientError
 
 from uploaderd import metrics
 from uploaderd.config import Job
 from uploaderd.disposal import Disposer
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.ledger import Ledger
+from uploaderd.multipart import abort
+from uploaderd.storage import Storage
 from uploaderd.triggers import TriggerDispatcher
 from uploaderd.workers import dead_workers
 
@@ -36,6 +39,7 @@ GAUGE_SECONDS = 15.0
 RETRY_SWEEP_SECONDS = 10.0
 SESSION_SWEEP_SECONDS = 5.0
 DISPOSAL_SECONDS = 10.0
+ABANDONED_SECONDS = 10.0
 _PER_JOB = ("rescan:", "sessions:", "triggers:", "dispose:")
 
 
@@ -50,6 +54,7 @@ class Scheduler:
         self.rescan = rescan
         self.dispatcher = TriggerDispatcher(trigger_ledger, host=host)
         self.disposer = Disposer(ledger, host=host)
+        self.storage = Storage(pool_connections=2)
         self.jobs: Mapping[str, Job] = {}
         self.scheduler = BackgroundScheduler(
             timezone="UTC",
@@ -59,6 +64,7 @@ class Scheduler:
         self._every(LEASE_REAP_SECONDS, "reclaim-leases", self.reclaim_leases)
         self._every(GAUGE_SECONDS, "queue-gauges", self.update_gauges)
         self._every(RETRY_SWEEP_SECONDS, "retry-sweep", self.retry_sweep)
+        self._every(ABANDONED_SECONDS, "abort-abandoned-uploads", self.abort_abandoned_uploads)
 
     def _every(self, seconds: float, task_id: str, func: Callable[..., None], *args: Any,
                executor: str = "default") -> None:
@@ -145,6 +151,24 @@ class Scheduler:
             if held:
                 self.ledger.notify_due_retries()
                 metrics.retry_sweeps.inc()
+
+    def abort_abandoned_uploads(self) -> None:
+        """Free the parts of multipart uploads whose version failed or moved on."""
+        with self.ledger.named_lock("abandoned-uploads") as held:
+            if not held:
+                return
+            for row in self.ledger.abandoned_uploads():
+                job = self.jobs.get(row["job"])
+                if job is None:
+                    continue  # its job is gone from this host: its S3 settings with it
+                client = self.storage.client(job.destination.s3)
+                try:
+                    abort(client, row["bucket"], row["key"], row["multipart_upload_id"])
+                except (ClientError, BotoCoreError) as exc:
+                    log.warning("job %s: cannot abort the multipart upload of %s: %s",
+                                row["job"], row["key"], exc)
+                    continue
+                self.ledger.forget_upload(row["id"], row["multipart_upload_id"])
 
     def complete_sessions(self, name: str) -> None:
         job = self.jobs.get(name)

@@ -26,6 +26,7 @@ from uploaderd.config import Destination, Job
 from uploaderd.ledger import Claim
 from uploaderd.multipart import (
     FileChanged,
+    KeyTaken,
     MultipartUpload,
     Resume,
     check_unchanged,
@@ -167,8 +168,15 @@ class Uploader:
         )
         resume = (Resume(claim.multipart_upload_id, claim.multipart_part_size)
                   if claim.multipart_upload_id and claim.multipart_part_size else None)
-        etag = upload.run(file, expected, sha, _put_arguments(destination, sha),
-                          part_size_for(claim.size, self.transfer.part_size), resume)
+        try:
+            etag = upload.run(file, expected, sha, _put_arguments(destination, sha),
+                              part_size_for(claim.size, self.transfer.part_size), resume,
+                              if_absent=destination.overwrite == "never")
+        except KeyTaken:
+            # Someone wrote the key since we looked: ours if it holds our content, else refused.
+            return _existing(client, claim, destination, sha) or UploadResult(
+                "failed", sha, error="the key holds a different object and overwrite is never",
+                retryable=False)
         return UploadResult("uploaded", sha, etag, bytes=claim.size)
 
 

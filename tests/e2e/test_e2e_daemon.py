@@ -364,3 +364,25 @@ def test_kill9_during_a_multipart_upload_resumes_it(
     assert sql("SELECT multipart_upload_id FROM file_versions") == [(None,)]
     outcomes = sql("SELECT outcome FROM upload_attempts ORDER BY attempt")
     assert outcomes == [("expired",), ("uploaded",)], "the dead attempt reclaimed at start"
+
+
+def test_an_abandoned_multipart_upload_is_aborted_when_its_version_moves_on(
+    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
+    sql: Sql,
+) -> None:
+    daemon = start_lab(make_daemon, root, bucket)
+    target = root / "movie.raw"
+    target.write_bytes(os.urandom(80 * MiB))
+    wait_for(lambda: sql("SELECT multipart_upload_id FROM file_versions")[0][0], timeout=60,
+             message="the multipart upload recorded", ignore=(IndexError,))
+    daemon.kill9()
+    assert sql("SELECT state FROM file_versions") == [("uploading",)], "killed mid-upload"
+    data = os.urandom(20 * MiB)
+    target.write_bytes(data)  # while the daemon is down: the first version is gone
+    daemon.start()
+    wait_for(lambda: sql("SELECT state FROM file_versions ORDER BY id") == [
+        ("superseded",), ("uploaded",)], timeout=120, message="the new version uploaded")
+    assert object_body(s3_server, bucket, "in/movie.raw")[0] == data
+    client = s3_server.client()
+    wait_for(lambda: client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == [],
+             timeout=30, message="no multipart upload left behind")

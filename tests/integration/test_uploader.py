@@ -269,3 +269,28 @@ def test_bandwidth_cap_throttles_small_and_multipart_uploads(
         assert uploader.upload(claim, job).outcome == "uploaded"
     # 16 MiB at 1 MiB/s with one second's allowance up front: 15 s of waiting.
     assert sum(slept) == pytest.approx(15.0)
+
+
+def test_overwrite_never_completes_a_large_upload_only_if_the_key_is_still_free(
+    root: Path, s3_server: S3Server, bucket: str
+) -> None:
+    """Another writer takes the key between our look and our completion (moto honours
+    If-None-Match on completion; rclone ignores it, hence moto only)."""
+    data = os.urandom(13 * MiB)
+    (root / "big.bin").write_bytes(data)
+    job = make_job(root, bucket, s3_server, overwrite="never")
+    storage = Storage(4)
+    other = s3_server.client()
+
+    def race(**_: Any) -> None:
+        other.put_object(Bucket=bucket, Key="up/big.bin", Body=b"the other writer's")
+
+    storage.client(job.destination.s3).meta.events.register(
+        "before-call.s3.CompleteMultipartUpload", race)
+    claim = with_bucket(claim_for(root / "big.bin", root), bucket)
+    result = Uploader(storage, SMALL_MULTIPART).upload(claim, job)
+    assert (result.outcome, result.retryable) == ("failed", False)
+    assert "overwrite is never" in (result.error or "")
+    body = other.get_object(Bucket=bucket, Key="up/big.bin")["Body"].read()
+    assert body == b"the other writer's"
+    assert other.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
