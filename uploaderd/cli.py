@@ -299,8 +299,8 @@ def _print_status(report: dict[str, dict[str, Any]], errors: list[dict[str, Any]
           + f"{'BYTES':>12}  LAST SUCCESS")
     for name, job in sorted(report.items()):
         oldest = job["oldest_pending_seconds"]
-        size = format_bytes(sum(job["bytes"].values())).replace(" ", "")
-        last = (job["last_success"] or "-")[:19].replace("T", "_")
+        size = format_bytes(sum(job["bytes"].values()))
+        last = (job["last_success"] or "-")[:19].replace("T", " ")
         print(f"{name:<20}" + "".join(f"{job['states'].get(s, 0):>12}" for s in states)
               + f"{(f'{oldest:.0f}s' if oldest is not None else '-'):>16}{size:>12}  {last}")
     if errors:
