@@ -217,10 +217,6 @@ WHERE (%(job)s::text IS NULL OR job = %(job)s)
 ORDER BY id
 LIMIT %(limit)s;
 
--- name: try_cluster_lock
--- Work that must run once per cluster (sweeps) holds this for one transaction.
-SELECT pg_try_advisory_xact_lock(hashtext('uploaderd'), hashtext(%(name)s));
-
 -- name: ping
 SELECT 1;
 
