@@ -33,6 +33,14 @@ def write_config(tmp_path: Path, dsn: str, endpoint_url: str = "http://127.0.0.1
     return config
 
 
+def write_lab_job(tmp_path: Path, bucket: str) -> Path:
+    """jobs.d/lab.yaml watching ``tmp_path/data`` into ``bucket``."""
+    (tmp_path / "data").mkdir()
+    job = tmp_path / "jobs.d" / "lab.yaml"
+    job.write_text(f"source: {{paths: [{tmp_path / 'data'}]}}\ndestination: {{bucket: {bucket}}}\n")
+    return job
+
+
 def test_version() -> None:
     result = uploaderd("--version")
     assert (result.returncode, result.stdout.strip()) == (0, f"uploaderd {__version__}")
@@ -103,9 +111,7 @@ def test_migrate_then_check_connect_reaches_database_and_bucket(
     tmp_path: Path, database_dsn: str, s3_server: S3Server, bucket: str
 ) -> None:
     config = write_config(tmp_path, database_dsn, s3_server.endpoint_url)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "jobs.d" / "lab.yaml").write_text(
-        f"source: {{paths: [{tmp_path / 'data'}]}}\ndestination: {{bucket: {bucket}}}\n")
+    write_lab_job(tmp_path, bucket)
     before = uploaderd("check", "--connect", "-c", str(config))
     assert before.returncode == 2 and "run `uploaderd migrate`" in before.stdout
     first = uploaderd("migrate", "-c", str(config))
@@ -124,9 +130,7 @@ def test_check_connect_reports_a_missing_bucket_as_unreachable(
     tmp_path: Path, migrated_dsn: str, s3_server: S3Server
 ) -> None:
     config = write_config(tmp_path, migrated_dsn, s3_server.endpoint_url)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "jobs.d" / "lab.yaml").write_text(
-        f"source: {{paths: [{tmp_path / 'data'}]}}\ndestination: {{bucket: not-there}}\n")
+    write_lab_job(tmp_path, "not-there")
     result = uploaderd("check", "--connect", "-c", str(config))
     assert result.returncode == 3
     assert "cannot write to s3://not-there: NoSuchBucket" in result.stdout
@@ -214,9 +218,7 @@ def test_commands_refuse_a_broken_daemon_config(tmp_path: Path, command: str) ->
 def test_check_applies_the_job_policy_from_config_and_env(tmp_path: Path) -> None:
     config = write_config(tmp_path, "postgresql://127.0.0.1:1/x")
     config.write_text(config.read_text() + "allowed_buckets: ['lab-*']\n")
-    (tmp_path / "data").mkdir()
-    job = tmp_path / "jobs.d" / "lab.yaml"
-    job.write_text(f"source: {{paths: [{tmp_path / 'data'}]}}\ndestination: {{bucket: other}}\n")
+    job = write_lab_job(tmp_path, "other")
     refused = uploaderd("check", "-c", str(config))
     assert refused.returncode == 2 and "destination.bucket" in refused.stdout
     job.write_text(job.read_text().replace("other", "lab-raw"))
