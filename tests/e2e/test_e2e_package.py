@@ -1,8 +1,11 @@
-"""The Debian package round trip: build it, ``dpkg -i`` it here, use it, remove it, purge it.
+"""The Debian package round trip: build it, lint it, ``dpkg -i`` it here, use it, remove it,
+purge it.
 
 There is no systemd as PID 1 here, so the checks are what dpkg and the shipped files do:
 the files, the service user, ``uploaderd --version`` and ``check``, the conffiles, the unit
-enabled (not started), and removal keeping (``-r``) or deleting (``-P``) config and user.
+enabled (not started), removal keeping (``-r``) or deleting (``-P``) config and data, and
+the user kept by both. lintian (``./dev test`` installs it) must report no error, warning
+or info tag that is neither fixed nor overridden in packaging/debian/lintian-overrides.
 Deselect with ``-m "not package"``.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import shutil
 import stat
 import subprocess
@@ -20,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from uploaderd import __version__
+from uploaderd.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -48,7 +53,8 @@ def _skip_reason() -> str | None:
 
 
 _reason = _skip_reason()
-pytestmark = [pytest.mark.package, pytest.mark.skipif(_reason is not None, reason=_reason or "")]
+pytestmark = pytest.mark.package
+on_this_machine = pytest.mark.skipif(_reason is not None, reason=_reason or "")
 
 
 def run(
@@ -92,6 +98,42 @@ def installed(deb: Path) -> Iterator[Path]:
         _purge()
 
 
+@on_this_machine
+def test_lintian_reports_nothing_neither_fixed_nor_overridden(deb: Path) -> None:
+    # Errors, warnings and info tags fail (an override that no longer matches is an info or
+    # warning tag, so stale overrides fail too). Pedantic and experimental tags are shown
+    # on failure but do not fail: lintian itself calls them possibly wrong or a matter of
+    # taste.
+    assert shutil.which("lintian"), "lintian is not installed (./dev test installs it)"
+    proc = run("lintian", "--fail-on", "error,warning,info", "--display-info", "-L", "+pedantic",
+               "--display-experimental", "--tag-display-limit", "0", str(deb), check=False)
+    failing = [line for line in proc.stdout.splitlines() if line[:2] in ("E:", "W:", "I:")]
+    assert (proc.returncode, failing) == (0, []), proc.stdout + proc.stderr
+
+
+def test_the_man_page_names_every_command_and_option() -> None:
+    page = (REPO / "packaging" / "man" / "uploaderd.8").read_text().replace("\\-", "-")
+    documented = set(re.findall(r"^\.TP\n\.BI? ?R? ?\"?([a-z]+)\b", page, re.MULTILINE))
+    parser = build_parser({})
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(commands) <= documented
+    for name, sub in commands.items():
+        for action in sub._actions:
+            for option in action.option_strings:
+                assert option in page, f"uploaderd {name} {option} is not in uploaderd.8"
+
+
+def _locked_versions() -> dict[str, str]:
+    lock = (REPO / "packaging" / "requirements.lock").read_text()
+    return {_normalized(name): version
+            for name, version in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", lock, re.MULTILINE)}
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@on_this_machine
 def test_install_puts_a_working_daemon_in_place(installed: Path) -> None:
     # The application, in its own virtualenv, that works at its final path.
     link = Path("/usr/bin/uploaderd")
@@ -100,6 +142,29 @@ def test_install_puts_a_working_daemon_in_place(installed: Path) -> None:
     where = run("/opt/uploaderd/bin/python", "-c", "import uploaderd; print(uploaderd.__file__)")
     assert where.stdout.startswith("/opt/uploaderd/lib/python3.11/site-packages/uploaderd/")
     assert run("grep", "-rlI", "uploaderd-deb.", "/opt/uploaderd", check=False).stdout == ""
+
+    # Exactly the locked dependencies (and no installer), psycopg2 on Debian's libpq.
+    listing = run("/opt/uploaderd/bin/python", "-c",
+                  "import importlib.metadata as m\n"
+                  "for d in m.distributions(): print(d.metadata['Name'], d.version)").stdout
+    installed_versions = dict(line.split() for line in listing.strip().splitlines())
+    assert {_normalized(name): v for name, v in installed_versions.items()} == {
+        **_locked_versions(), "uploaderd": __version__}
+    psycopg = run("/opt/uploaderd/bin/python", "-c",
+                  "import psycopg2._psycopg as m; print(m.__file__)").stdout.strip()
+    libpq = re.search(r"libpq\.so\.5 => (\S+)", run("ldd", psycopg).stdout)
+    assert libpq and not libpq.group(1).startswith("/opt/"), libpq
+    depends = run("dpkg-query", "-W", "-f=${Depends}", "uploaderd").stdout
+    assert "libpq5" in depends
+
+    # What lintian asks of any package: changelog, copyright, a manual page.
+    doc = Path("/usr/share/doc/uploaderd")
+    assert doc.joinpath("changelog.gz").is_file()
+    assert doc.joinpath("copyright").read_text().startswith(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/")
+    man = run("man", "-P", "cat", "8", "uploaderd", check=False) if shutil.which("man") else None
+    assert Path("/usr/share/man/man8/uploaderd.8.gz").is_file()
+    assert man is None or "uploaderd migrate" in man.stdout
 
     # The unit, the config and the system integration files.
     unit = Path("/lib/systemd/system/uploaderd.service")
@@ -113,7 +178,6 @@ def test_install_puts_a_working_daemon_in_place(installed: Path) -> None:
     conffiles = run("dpkg-query", "-W", "-f=${Conffiles}", "uploaderd").stdout
     assert {line.split()[0] for line in conffiles.strip().splitlines()} == {
         "/etc/uploaderd/uploaderd.yaml", "/etc/uploaderd/jobs.d/example.yaml.sample"}
-    depends = run("dpkg-query", "-W", "-f=${Depends}", "uploaderd").stdout
     assert "python3 (>= 3.11)" in depends
 
     # The service user and its directories.
@@ -134,6 +198,7 @@ def test_install_puts_a_working_daemon_in_place(installed: Path) -> None:
         assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
 
 
+@on_this_machine
 def test_check_on_the_shipped_config(installed: Path) -> None:
     # No jobs and no database yet: `check` (without --connect) passes, as root and as the
     # service user (what ExecReload= runs).
@@ -153,7 +218,10 @@ def test_check_on_the_shipped_config(installed: Path) -> None:
     assert "1 valid jobs, 0 problems" in accepted.stdout
 
 
-def test_remove_keeps_config_data_and_user_and_purge_deletes_them(installed: Path) -> None:
+@on_this_machine
+def test_remove_keeps_config_and_data_purge_deletes_them_both_keep_the_user(
+    installed: Path,
+) -> None:
     config = Path("/etc/uploaderd/uploaderd.yaml")
     config.write_text(config.read_text() + "# edited by the operator\n")
     job = Path("/etc/uploaderd/jobs.d/mine.yaml")
@@ -175,7 +243,9 @@ def test_remove_keeps_config_data_and_user_and_purge_deletes_them(installed: Pat
     for gone in ("/etc/uploaderd", "/var/lib/uploaderd", "/opt/uploaderd"):
         assert not Path(gone).exists(), gone
     assert not WANTS.is_symlink()
-    with pytest.raises(KeyError):
-        pwd.getpwnam("uploaderd")
-    with pytest.raises(KeyError):
-        grp.getgrnam("uploaderd")
+    # The user and group stay (their ids must not be handed to someone else), and a new
+    # install takes them over as they are.
+    user = pwd.getpwnam("uploaderd")
+    assert grp.getgrgid(user.pw_gid).gr_name == "uploaderd"
+    run("dpkg", "-i", str(installed))
+    assert pwd.getpwnam("uploaderd").pw_uid == user.pw_uid

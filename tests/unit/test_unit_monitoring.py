@@ -262,8 +262,8 @@ def bind_mounts(service: dict[str, Any]) -> dict[str, str]:
 
 def test_compose_has_the_whole_picture(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"postgres", "minio", "minio-init", "uploaderd", "prometheus", "grafana"} <= set(
-        services)
+    assert {"postgres", "seaweedfs", "seaweedfs-init", "uploaderd-migrate", "uploaderd",
+            "prometheus", "alertmanager", "grafana"} <= set(services)
     for name, service in services.items():
         for volume in service.get("volumes", []):
             host = volume.split(":")[0]
