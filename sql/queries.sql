@@ -13,7 +13,8 @@ RETURNING id, group_key;
 
 -- name: enqueue_versions
 -- New complete versions in one statement. Older versions of the same paths that never made
--- it (pending or failed) are superseded: their content is gone from disk.
+-- it (pending or failed) are superseded: their content is gone from disk. A session whose
+-- marker file arrives is marked, so closing it needs no search of its files.
 WITH incoming AS (
     SELECT * FROM unnest(
         %(roots)s::text[], %(relpaths)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
@@ -27,31 +28,50 @@ WITH incoming AS (
            session_id, CASE WHEN error IS NULL THEN 'pending' ELSE 'failed' END, error
     FROM incoming
     ON CONFLICT ON CONSTRAINT file_versions_one_row_per_version DO NOTHING
-    RETURNING id, root, relpath
+    RETURNING id, root, relpath, session_id
 ), superseded AS (
+    -- One probe of the unique index per new row (LATERAL), never a join of the job's rows.
     UPDATE file_versions old
     SET state = 'superseded', last_error = 'replaced by a newer version', updated_at = now()
-    FROM inserted
-    WHERE old.job = %(job)s AND old.scope = %(scope)s AND old.root = inserted.root
-      AND old.relpath = inserted.relpath
-      AND old.id < inserted.id AND old.state IN ('pending', 'failed')
+    WHERE old.id IN (
+        SELECT earlier.id
+        FROM inserted i
+        CROSS JOIN LATERAL (
+            SELECT o.id FROM file_versions o
+            WHERE o.job = %(job)s AND o.scope = %(scope)s AND o.root = i.root
+              AND o.relpath = i.relpath AND o.id < i.id AND o.state IN ('pending', 'failed')
+        ) earlier
+    )
     RETURNING old.id
+), marked AS (
+    UPDATE sessions SET marker_seen = true
+    WHERE %(marker)s::text IS NOT NULL
+      AND id IN (SELECT session_id FROM inserted
+                 WHERE relpath = %(marker)s OR right(relpath, length(%(marker)s) + 1)
+                                               = '/' || %(marker)s)
 )
 SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM superseded);
-
 -- name: notify_work
 SELECT pg_notify('uploaderd_work', %(job)s);
 
 -- name: listen_work
 LISTEN uploaderd_work;
 
--- name: known_versions
--- The newest version of every path of a job: discovery skips what the ledger already has.
-SELECT DISTINCT ON (root, relpath) root, relpath, size, mtime_ns, inode
-FROM file_versions
-WHERE job = %(job)s AND scope = %(scope)s
-ORDER BY root, relpath, id DESC;
-
+-- name: known_paths
+-- Discovery's question for a batch of candidates: which (root, relpath) already have exactly
+-- this signature in the ledger, as a version or as the signature kept when its versions were
+-- pruned. One probe of a unique index per candidate; nothing is held in memory.
+SELECT c.root, c.relpath
+FROM unnest(%(roots)s::text[], %(relpaths)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
+            %(inodes)s::bigint[]) AS c(root, relpath, size, mtime_ns, inode)
+WHERE EXISTS (SELECT 1 FROM file_versions f
+              WHERE f.job = %(job)s AND f.scope = %(scope)s AND f.root = c.root
+                AND f.relpath = c.relpath AND f.size = c.size AND f.mtime_ns = c.mtime_ns
+                AND f.inode = c.inode)
+   OR EXISTS (SELECT 1 FROM path_signatures p
+              WHERE p.job = %(job)s AND p.scope = %(scope)s AND p.root = c.root
+                AND p.relpath = c.relpath AND p.size = c.size AND p.mtime_ns = c.mtime_ns
+                AND p.inode = c.inode);
 -- name: claim_batch
 -- A short claim: lock free rows without waiting on other claimers, mark them with our
 -- worker id, the attempt number and a lease, and open their attempt rows. Committed at once.
@@ -89,13 +109,13 @@ WHERE id = %(id)s AND claimed_by = %(worker)s AND attempts = %(attempt)s
 
 -- name: abandoned_uploads
 -- Multipart uploads nothing will resume: their version failed or was superseded (by a
--- worker, or by discovery queuing a newer version).
+-- worker, or by discovery queuing a newer version). Read through the small index of versions
+-- with a multipart upload recorded.
 SELECT id, job, bucket, key, multipart_upload_id
 FROM file_versions
-WHERE state IN ('failed', 'superseded') AND multipart_upload_id IS NOT NULL
+WHERE multipart_upload_id IS NOT NULL AND state IN ('failed', 'superseded')
 ORDER BY id
 LIMIT %(limit)s;
-
 -- name: forget_upload
 UPDATE file_versions SET multipart_upload_id = NULL, multipart_part_size = NULL
 WHERE id = %(id)s AND multipart_upload_id = %(upload_id)s;
@@ -129,6 +149,12 @@ WITH outcome AS (
                                    ELSE fv.multipart_upload_id END,
         multipart_part_size = CASE WHEN o.state = 'uploaded' THEN NULL
                                    ELSE fv.multipart_part_size END,
+        -- A job that keeps its files has nothing to dispose of: the version leaves the
+        -- undisposed index at once instead of staying there for ever.
+        disposed_at = CASE WHEN o.state = 'uploaded' AND fv.job = ANY(%(keeping)s::text[])
+                           THEN now() ELSE fv.disposed_at END,
+        disposition = CASE WHEN o.state = 'uploaded' AND fv.job = ANY(%(keeping)s::text[])
+                           THEN 'kept' ELSE fv.disposition END,
         claimed_by = NULL, lease_expires_at = NULL, updated_at = now()
     FROM outcome o
     WHERE fv.id = o.id AND fv.attempts = o.attempt AND fv.claimed_by = %(worker)s
@@ -190,23 +216,48 @@ SELECT DISTINCT claimed_by FROM file_versions
 WHERE state = 'uploading' AND claimed_by LIKE %(prefix)s;
 
 -- name: job_counts
--- Per job and state: files, bytes and the age of the oldest pending file.
-SELECT job, state, count(*) AS files, coalesce(sum(size), 0)::bigint AS bytes,
-       extract(epoch FROM now() - min(discovered_at))::float8 AS oldest_age_seconds,
-       max(uploaded_at) AS last_uploaded_at
-FROM file_versions
-WHERE (%(job)s::text IS NULL OR job = %(job)s)
-GROUP BY job, state
-ORDER BY job, state;
+-- Per job and state: files and bytes from the incremental counts, and for the live states
+-- the age of the oldest version (one probe of the live index each).
+SELECT c.job, c.state, c.files, c.bytes,
+       extract(epoch FROM now() - (
+           SELECT min(f.discovered_at) FROM file_versions f
+           WHERE f.job = c.job AND f.state = c.state
+             AND f.state IN ('pending', 'uploading', 'failed')))::float8 AS oldest_age_seconds,
+       c.last_uploaded_at
+FROM ledger_job_counts c
+WHERE c.files <> 0 AND (%(job)s::text IS NULL OR c.job = %(job)s)
+ORDER BY c.job, c.state;
 
+-- name: compact_counts
+-- Fold the deltas the triggers appended into the counts tables, in key order (so two hosts
+-- folding at once cannot deadlock). Rows a concurrent writer has not committed stay for the
+-- next run.
+WITH moved AS (
+    DELETE FROM ledger_deltas RETURNING *
+), jobs AS (
+    INSERT INTO job_state_counts AS c (job, state, files, bytes, last_uploaded_at)
+    SELECT job, state, sum(files), sum(bytes), max(last_uploaded_at)
+    FROM moved GROUP BY job, state ORDER BY job, state
+    ON CONFLICT (job, state) DO UPDATE
+    SET files = c.files + excluded.files, bytes = c.bytes + excluded.bytes,
+        last_uploaded_at = greatest(c.last_uploaded_at, excluded.last_uploaded_at)
+), sessions AS (
+    INSERT INTO session_state_counts AS c (session_id, state, files, bytes)
+    SELECT session_id, state, sum(files), sum(bytes)
+    FROM moved WHERE session_id IS NOT NULL
+    GROUP BY session_id, state ORDER BY session_id, state
+    ON CONFLICT (session_id, state) DO UPDATE
+    SET files = c.files + excluded.files, bytes = c.bytes + excluded.bytes
+)
+SELECT count(*) FROM moved;
 -- name: recent_errors
+-- Live rows only (pending or failed), through the live index.
 SELECT job, relpath, state, attempts, last_error, updated_at
 FROM file_versions
 WHERE last_error IS NOT NULL AND state IN ('pending', 'failed')
   AND (%(job)s::text IS NULL OR job = %(job)s)
 ORDER BY updated_at DESC
 LIMIT %(limit)s;
-
 -- name: list_files
 SELECT id, job, host, relpath, size, state, attempts, bucket, key, sha256, last_error,
        session_id, discovered_at, uploaded_at, next_attempt_at
@@ -251,28 +302,30 @@ INSERT INTO sessions (job, host, origin) VALUES (%(job)s, %(host)s, 'upload') RE
 -- Close a job's open daemon sessions that went idle or saw their marker file, and `upload`
 -- runs left open with failures that were retried since, once every version in them is
 -- uploaded; with a session trigger, write the registration to the outbox in the same
--- transaction.
-WITH done AS (
-    UPDATE sessions s
-    SET state = 'complete', completed_at = now(),
-        closed_reason = CASE WHEN s.origin = 'upload' THEN 'run'
-                             WHEN marker.found THEN 'marker' ELSE 'idle' END
-    FROM (
-        SELECT o.id, %(marker)s::text IS NOT NULL AND EXISTS (
-            SELECT 1 FROM file_versions m
-            WHERE m.session_id = o.id
-              AND (m.relpath = %(marker)s OR right(m.relpath, length(%(marker)s) + 1)
-                                              = '/' || %(marker)s)
-        ) AS found
-        FROM sessions o
-        WHERE o.job = %(job)s AND o.state = 'open'
-    ) marker
-    WHERE s.id = marker.id
+-- transaction. Reads the open sessions and, for each, one probe of the live-by-session
+-- index: never their files. (Sessions opened before migration 0005 have no marker_seen and
+-- are searched for their marker as before.)
+WITH candidates AS (
+    SELECT o.id, o.origin, o.last_activity_at,
+           coalesce(o.marker_seen, %(marker)s::text IS NOT NULL AND EXISTS (
+               SELECT 1 FROM file_versions m
+               WHERE m.session_id = o.id
+                 AND (m.relpath = %(marker)s OR right(m.relpath, length(%(marker)s) + 1)
+                                                 = '/' || %(marker)s))) AS found
+    FROM sessions o
+    WHERE o.job = %(job)s AND o.state = 'open'
       -- Discovery opens (touches) a session, then queues its files in a second statement:
       -- a session touched a moment ago may be about to receive files.
-      AND s.last_activity_at < now() - interval '2 seconds'
-      AND (s.origin = 'upload' OR marker.found OR (%(idle_seconds)s::float8 IS NOT NULL
-                            AND s.last_activity_at < now() - make_interval(
+      AND o.last_activity_at < now() - interval '2 seconds'
+), done AS (
+    UPDATE sessions s
+    SET state = 'complete', completed_at = now(),
+        closed_reason = CASE WHEN c.origin = 'upload' THEN 'run'
+                             WHEN c.found THEN 'marker' ELSE 'idle' END
+    FROM candidates c
+    WHERE s.id = c.id
+      AND (c.origin = 'upload' OR c.found OR (%(idle_seconds)s::float8 IS NOT NULL
+                            AND c.last_activity_at < now() - make_interval(
                                 secs => %(idle_seconds)s::float8)))
       AND EXISTS (SELECT 1 FROM file_versions f WHERE f.session_id = s.id)
       AND NOT EXISTS (SELECT 1 FROM file_versions f
@@ -288,7 +341,6 @@ WITH done AS (
     WHERE f.session_id = o.session_id AND f.state = 'uploaded' AND f.trigger_id IS NULL
 )
 SELECT id FROM done;
-
 -- name: complete_run_session
 -- The end of an `uploaderd upload` run: complete only when nothing is left to do. True also
 -- when a daemon's session sweep completed it first.
@@ -389,7 +441,8 @@ FROM (SELECT DISTINCT job FROM file_versions
 
 -- name: undisposed_files
 -- Uploaded (or, with after_upload_when: registered, registered) versions whose file still
--- awaits after_upload, on the roots this host holds.
+-- awaits after_upload, on the roots this host holds. Versions of jobs that keep their files
+-- are marked kept when they upload, so the undisposed index holds only work to do.
 SELECT id, root, relpath, size, mtime_ns, inode
 FROM file_versions
 WHERE job = %(job)s AND scope = ANY(%(scopes)s::text[]) AND state = 'uploaded'
@@ -420,24 +473,24 @@ WHERE paused_until > now() AND (%(job)s::text IS NULL OR job = %(job)s)
 ORDER BY job, kind, host;
 
 -- name: open_session_summaries
+-- From the incremental per-session counts: never the sessions' files.
 SELECT s.id, s.job, s.origin, s.group_key, s.opened_at, s.last_activity_at,
-       count(f.id) AS files,
-       count(f.id) FILTER (WHERE f.state = 'uploaded') AS uploaded,
-       count(f.id) FILTER (WHERE f.state = 'failed') AS failed
-FROM sessions s LEFT JOIN file_versions f ON f.session_id = s.id
+       coalesce(sum(c.files), 0)::bigint AS files,
+       coalesce(sum(c.files) FILTER (WHERE c.state = 'uploaded'), 0)::bigint AS uploaded,
+       coalesce(sum(c.files) FILTER (WHERE c.state = 'failed'), 0)::bigint AS failed
+FROM sessions s
+LEFT JOIN LATERAL (SELECT state, files FROM ledger_session_counts
+                   WHERE session_id = s.id) c ON true
 WHERE s.state = 'open' AND (%(job)s::text IS NULL OR s.job = %(job)s)
 GROUP BY s.id
 ORDER BY s.id;
-
 -- name: session
 SELECT id, job, host, origin, group_key, state, closed_reason, opened_at, completed_at
 FROM sessions WHERE id = %(id)s;
 
 -- name: session_progress
-SELECT state, count(*) AS files, coalesce(sum(size), 0)::bigint AS bytes
-FROM file_versions WHERE session_id = %(session_id)s
-GROUP BY state;
-
+SELECT state, files, bytes
+FROM ledger_session_counts WHERE session_id = %(session_id)s AND files <> 0;
 -- name: requeue_failed
 -- `uploaderd retry`: failed versions (of a session, a job or all) get a fresh set of
 -- attempts now; failed registrations are re-queued too.
@@ -482,13 +535,18 @@ SET state = 'pending', retry_base = attempts, next_attempt_at = now(), updated_a
 WHERE id = %(id)s AND state <> 'sent';
 
 -- name: path_versions
--- `uploaderd explain`: every version of one path, newest first.
+-- `uploaderd explain`: every version of one path, newest first (the unique index's prefix).
 SELECT id, state, size, mtime_ns, inode, attempts, last_error, key, bucket, sha256,
        discovered_at, uploaded_at, next_attempt_at, session_id, registered_at, disposition
 FROM file_versions
-WHERE job = %(job)s AND root = %(root)s AND relpath = %(relpath)s
+WHERE job = %(job)s AND scope = %(scope)s AND root = %(root)s AND relpath = %(relpath)s
 ORDER BY id DESC;
 
+-- name: path_signature
+-- `uploaderd explain`: the signature kept for a path whose versions were pruned.
+SELECT size, mtime_ns, inode, version_id
+FROM path_signatures
+WHERE job = %(job)s AND scope = %(scope)s AND root = %(root)s AND relpath = %(relpath)s;
 -- name: version_attempts
 SELECT attempt, host, started_at, finished_at, outcome, error
 FROM upload_attempts WHERE file_version_id = %(id)s ORDER BY attempt;
@@ -502,18 +560,142 @@ ORDER BY key, id DESC;
 
 -- name: selection_progress
 -- One-shot commands (`upload`, `retry --auto-retry`): files and bytes by state of what they
--- wait on (a session, a job or everything, among the jobs they can upload), and for pending
--- files the seconds until the earliest next attempt.
-SELECT state, count(*) AS files, coalesce(sum(size), 0)::bigint AS bytes,
-       greatest(0, extract(epoch FROM min(next_attempt_at) - now()))::float8 AS next_in
-FROM file_versions
-WHERE (%(all)s OR session_id = %(session_id)s OR job = %(job)s)
-  AND job = ANY(%(jobs)s::text[])
-GROUP BY state;
-
+-- wait on (a session, a job or everything, among the jobs they can upload), from the
+-- incremental counts, and for pending files the seconds until the earliest next attempt
+-- (the claimable index).
+WITH counts AS (
+    SELECT state, files, bytes FROM ledger_session_counts
+    WHERE %(session_id)s::bigint IS NOT NULL AND session_id = %(session_id)s
+    UNION ALL
+    SELECT state, files, bytes FROM ledger_job_counts
+    WHERE %(session_id)s::bigint IS NULL AND (%(all)s OR job = %(job)s)
+      AND job = ANY(%(jobs)s::text[])
+), next_pending AS (
+    SELECT min(next_attempt_at) AS at FROM file_versions
+    WHERE state = 'pending' AND job = ANY(%(jobs)s::text[])
+      AND (%(all)s OR session_id = %(session_id)s OR job = %(job)s)
+)
+SELECT state, sum(files)::bigint AS files, sum(bytes)::bigint AS bytes,
+       CASE WHEN state = 'pending' THEN greatest(0, extract(epoch FROM
+           (SELECT at FROM next_pending) - now()))::float8 END AS next_in
+FROM counts
+GROUP BY state
+HAVING sum(files) <> 0;
 -- name: uploaded_keys_under
 -- `uploaderd verify`: every key any job's ledger says it uploaded under a prefix of a bucket,
 -- so an object another job put there is not reported as extra.
 SELECT DISTINCT key FROM file_versions
 WHERE bucket = %(bucket)s AND state = 'uploaded'
   AND left(key, length(%(prefix)s)) = %(prefix)s;
+
+-- name: prune_versions
+-- Retention, one batch of the id order at a time (the primary key; nothing held across
+-- batches). A version leaves the ledger only when nothing is left to do for it: uploaded
+-- (its file disposed of or kept, its registration sent or none due: a job with a trigger
+-- keeps every version not yet in a sent registration, open sessions' included) or
+-- superseded, no multipart upload to abort, and older than the cutoff. Failed, pending and
+-- uploading versions never leave. Before an uploaded version that is the newest of its
+-- path leaves, its signature is kept in path_signatures, so the unchanged file is never
+-- queued again. Rows another transaction holds are skipped (SKIP LOCKED), never waited on.
+WITH batch AS (
+    SELECT id, discovered_at FROM file_versions
+    WHERE id > %(after)s
+    ORDER BY id
+    LIMIT %(limit)s
+), eligible AS (
+    -- The batch's id range again, as a range (a join to the batch could be planned as a
+    -- hash join over the whole table); registrations by primary key.
+    SELECT v.id, v.job, v.scope, v.root, v.relpath, v.size, v.mtime_ns, v.inode, v.state
+    FROM file_versions v
+    WHERE v.id > %(after)s AND v.id <= (SELECT max(id) FROM batch)
+      AND v.job = ANY(%(jobs)s::text[])
+      AND v.multipart_upload_id IS NULL
+      AND ((v.state = 'superseded' AND v.updated_at < %(cutoff)s)
+           OR (v.state = 'uploaded' AND v.uploaded_at < %(cutoff)s
+               AND (v.disposed_at IS NOT NULL OR v.job = ANY(%(keeping)s::text[]))
+               AND ((SELECT t.state FROM triggers t WHERE t.id = v.trigger_id) = 'sent'
+                    OR (v.trigger_id IS NULL AND NOT v.job = ANY(%(registering)s::text[])))))
+    FOR UPDATE OF v SKIP LOCKED
+), signatures AS (
+    INSERT INTO path_signatures AS p (job, scope, root, relpath, size, mtime_ns, inode,
+                                      version_id)
+    SELECT e.job, e.scope, e.root, e.relpath, e.size, e.mtime_ns, e.inode, e.id
+    FROM eligible e
+    WHERE NOT %(dry_run)s AND e.state = 'uploaded'
+      AND NOT EXISTS (SELECT 1 FROM file_versions n
+                      WHERE n.job = e.job AND n.scope = e.scope AND n.root = e.root
+                        AND n.relpath = e.relpath AND n.id > e.id)
+    ON CONFLICT (job, scope, root, relpath) DO UPDATE
+    SET size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode,
+        version_id = excluded.version_id
+    WHERE p.version_id < excluded.version_id
+), gone AS (
+    DELETE FROM file_versions v USING eligible e
+    WHERE v.id = e.id AND NOT %(dry_run)s
+    RETURNING v.id
+)
+SELECT (SELECT max(id) FROM batch) AS last_id,
+       (SELECT max(discovered_at) FROM batch) AS newest,
+       (SELECT count(*) FROM eligible) AS eligible,
+       (SELECT count(*) FROM gone) AS deleted;
+
+-- name: prune_attempts
+-- Retention of attempt rows, shorter than that of versions: the attempts of finished
+-- (uploaded or superseded) versions older than the cutoff, one batch of the id order at a
+-- time from where the last run stopped (prune_progress), so each run reads only new rows.
+WITH batch AS (
+    SELECT id, job, state, updated_at, discovered_at FROM file_versions
+    WHERE id > %(after)s
+    ORDER BY id
+    LIMIT %(limit)s
+), old AS (
+    SELECT a.id FROM upload_attempts a JOIN batch b ON a.file_version_id = b.id
+    WHERE b.state IN ('uploaded', 'superseded') AND b.updated_at < %(cutoff)s
+      AND b.job = ANY(%(jobs)s::text[])
+), gone AS (
+    DELETE FROM upload_attempts a USING old
+    WHERE a.id = old.id AND NOT %(dry_run)s
+    RETURNING a.id
+)
+SELECT (SELECT max(id) FROM batch) AS last_id,
+       (SELECT max(discovered_at) FROM batch) AS newest,
+       (SELECT count(*) FROM old) AS eligible,
+       (SELECT count(*) FROM gone) AS deleted;
+
+-- name: prune_progress
+SELECT coalesce((SELECT last_id FROM prune_progress WHERE what = %(what)s), 0);
+
+-- name: set_prune_progress
+INSERT INTO prune_progress (what, last_id) VALUES (%(what)s, %(last_id)s)
+ON CONFLICT (what) DO UPDATE SET last_id = excluded.last_id;
+
+-- name: prune_triggers
+-- Sent registrations older than the cutoff whose files have all left, with their calls.
+WITH gone AS (
+    DELETE FROM triggers WHERE id IN (
+        SELECT t.id FROM triggers t
+        WHERE t.state = 'sent' AND t.sent_at < %(cutoff)s AND t.job = ANY(%(jobs)s::text[])
+          AND NOT EXISTS (SELECT 1 FROM file_versions f WHERE f.trigger_id = t.id)
+        ORDER BY t.sent_at
+        LIMIT %(limit)s
+    )
+    RETURNING id
+)
+SELECT count(*) FROM gone;
+
+-- name: prune_sessions
+-- Complete sessions older than the cutoff with no version and no registration left.
+WITH old AS (
+    SELECT s.id FROM sessions s
+    WHERE s.state = 'complete' AND s.completed_at < %(cutoff)s AND s.job = ANY(%(jobs)s::text[])
+      AND NOT EXISTS (SELECT 1 FROM file_versions f WHERE f.session_id = s.id)
+      AND NOT EXISTS (SELECT 1 FROM triggers t WHERE t.session_id = s.id)
+    ORDER BY s.completed_at
+    LIMIT %(limit)s
+), counts AS (
+    DELETE FROM session_state_counts c USING old
+    WHERE c.session_id = old.id
+), gone AS (
+    DELETE FROM sessions s USING old WHERE s.id = old.id RETURNING s.id
+)
+SELECT count(*) FROM gone;

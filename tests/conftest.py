@@ -81,12 +81,27 @@ def database_dsn(pg_cluster: PostgresCluster) -> Iterator[str]:
 
 
 @pytest.fixture
-def migrated_dsn(database_dsn: str) -> str:
-    """A fresh database with uploaderd's schema applied."""
+def migrated_dsn(database_dsn: str) -> Iterator[str]:
+    """A fresh database with uploaderd's schema applied.
+
+    Afterwards the incremental counts must equal a recount of the rows, whatever the test
+    did (every state transition of every test checks them).
+    """
     from uploaderd.schema import migrate
 
     migrate(database_dsn)
-    return database_dsn
+    yield database_dsn
+    assert count_mismatches(database_dsn) == [], "ledger counts differ from the rows"
+
+
+def count_mismatches(dsn: str) -> list[tuple[object, ...]]:
+    try:
+        conn = psycopg2.connect(dsn, connect_timeout=3)
+    except psycopg2.OperationalError:
+        return []  # the test stopped PostgreSQL or dropped its database: nothing to compare
+    with contextlib.closing(conn), conn.cursor() as cursor:
+        cursor.execute("SELECT * FROM ledger_count_mismatches()")
+        return cursor.fetchall()
 
 
 @pytest.fixture(scope="session")

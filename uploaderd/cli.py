@@ -17,8 +17,10 @@ from uploaderd.config import (
     DEFAULT_CONFIG_PATH,
     DaemonConfig,
     Job,
+    Retention,
     load_daemon_config,
     load_jobs,
+    parse_retention,
 )
 from uploaderd.errors import (
     EXIT_FAILURES,
@@ -32,6 +34,7 @@ from uploaderd.ledger import Ledger, State
 from uploaderd.oneshot import OneShot, Selection
 from uploaderd.progress import make_display
 from uploaderd.register import Registrar
+from uploaderd.retention import Pruner
 from uploaderd.storage import Storage
 from uploaderd.triggers import TriggerDispatcher
 from uploaderd.units import format_bytes
@@ -118,6 +121,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     why = add("explain", cmd_explain, "for one file: its job, filters, versions, attempts and "
                                       "why it was or was not uploaded")
     why.add_argument("path", metavar="PATH")
+    prune = add("prune", cmd_prune, "remove finished history older than ledger.retention "
+                                    "(live work and unsent registrations always stay)")
+    prune.add_argument("--older-than", type=_retention_arg, metavar="DURATION",
+                       help="versions older than this (e.g. 30d) instead of "
+                            "ledger.retention.versions")
+    prune.add_argument("--job", help="only this job (default: every job in jobs.d)")
+    prune.add_argument("--dry-run", action="store_true",
+                       help="count what would be removed; change nothing")
     return parser
 
 
@@ -248,6 +259,32 @@ def cmd_explain(args: argparse.Namespace, config: DaemonConfig) -> int:
         for line in explain.explain(args.path, jobs, ledger):
             print(line)
     return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace, config: DaemonConfig) -> int:
+    jobs = _jobs(config)
+    if args.job is not None:
+        jobs = {args.job: _job(config, jobs, args.job)}
+    retention = config.retention
+    if args.older_than is not None:
+        attempts = retention.attempts
+        retention = Retention(args.older_than, args.older_than if attempts is None
+                              else min(attempts, args.older_than))
+    with _ledger(config, "prune") as ledger:
+        report = Pruner(ledger, rest=lambda seconds: False).run(
+            retention, jobs, dry_run=args.dry_run)
+    print(report.describe(dry_run=args.dry_run))
+    return EXIT_OK
+
+
+def _retention_arg(value: str) -> float:
+    try:
+        seconds = parse_retention(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if seconds is None:
+        raise argparse.ArgumentTypeError("expected a duration such as 30d")
+    return seconds
 
 
 # --- shared by the commands ------------------------------------------------------------------

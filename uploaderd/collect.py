@@ -1,29 +1,33 @@
 """What ``uploaderd upload`` may queue right now: the complete files under a job's roots.
 
 The daemon learns that a file is complete over time (events, then ``settle``); a one-shot run
-has to decide within one sitting. It scans once, skips what the ledger already holds, then
-re-stats the rest until each has kept its signature for ``settle`` (a file whose mtime is
-already ``settle`` old is complete at its second look). A file still changing when the
-bounded wait is over is reported, not waited on for ever: the next run or the daemon takes it.
+has to decide within one sitting. It scans once, skips what the ledger already holds (asked
+a batch of paths at a time), then re-stats the rest until each has kept its signature for
+``settle`` (a file whose mtime is already ``settle`` old is complete at its second look). A
+file still changing when the bounded wait is over is reported, not waited on for ever: the
+next run or the daemon takes it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from uploaderd.config import Job
 from uploaderd.scanner import Candidate, ScanRules, check_path, scan
-from uploaderd.settle import SettleTracker, Signature
+from uploaderd.settle import SettleTracker
 
 PathKey = tuple[str, str]  # (root, relpath)
+# Which of these candidates does the ledger hold with exactly this signature?
+KnownPaths = Callable[[Sequence[Candidate]], set[PathKey]]
+LOOKUP_BATCH = 2000
 
 
 @dataclass
 class Collected:
     complete: list[Candidate] = field(default_factory=list)
-    known: int = 0  # found with the signature of the newest version the ledger has
+    known: int = 0  # found with a signature the ledger already holds
     unsettled: list[Candidate] = field(default_factory=list)  # still being written
 
 
@@ -48,7 +52,7 @@ def settle_budget(settle: float) -> float:
 
 
 def collect(
-    job: Job, known: Mapping[PathKey, Signature], *, clock: Clock | None = None,
+    job: Job, known: KnownPaths, *, clock: Clock | None = None,
     on_wait: Callable[[int, float], None] = lambda waiting, remaining: None,
 ) -> Collected:
     """Scan the job's roots now and settle what is new; ``on_wait(files, seconds left)``."""
@@ -58,14 +62,13 @@ def collect(
         job.source.settle, monotonic=clock.monotonic, wall=clock.wall)
     waiting: dict[PathKey, Candidate] = {}
     rules = rules_of(job)
+    seen: list[Candidate] = []
     for root in job.source.paths:
         for candidate in scan(str(root), rules):
-            key = (candidate.root, candidate.relpath)
-            if known.get(key) == candidate.signature:
-                result.known += 1
-            else:
-                tracker.observe(key, candidate.signature, "scan")
-                waiting[key] = candidate
+            seen.append(candidate)
+            if len(seen) >= LOOKUP_BATCH:
+                _skip_known(seen, known, tracker, waiting, result)
+    _skip_known(seen, known, tracker, waiting, result)
     deadline = clock.monotonic() + settle_budget(job.source.settle)
     interval = min(0.5, max(0.05, job.source.settle / 4))
     while waiting:
@@ -78,6 +81,22 @@ def collect(
     result.unsettled = sorted(waiting.values(), key=lambda c: (c.root, c.relpath))
     result.complete.sort(key=lambda c: (c.root, c.relpath))
     return result
+
+
+def _skip_known(
+    seen: list[Candidate], known: KnownPaths, tracker: SettleTracker[PathKey],
+    waiting: dict[PathKey, Candidate], result: Collected,
+) -> None:
+    """Count the candidates the ledger holds; start settling the others. Empties ``seen``."""
+    held = known(seen)
+    for candidate in seen:
+        key = (candidate.root, candidate.relpath)
+        if key in held:
+            result.known += 1
+        else:
+            tracker.observe(key, candidate.signature, "scan")
+            waiting[key] = candidate
+    seen.clear()
 
 
 def _look_again(

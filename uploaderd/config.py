@@ -53,6 +53,21 @@ class S3Settings:
     checksum: Checksum = "when_supported"
 
 
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long finished history stays in the ledger (``ledger.retention``); None: for ever.
+
+    Live work (pending, uploading, failed, unregistered, undisposed, open sessions) never
+    leaves, whatever these say.
+    """
+
+    versions: float | None = 90 * DAY  # uploaded/superseded versions, sessions, registrations
+    attempts: float | None = 30 * DAY  # attempt rows of finished versions, registration calls
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
     file: Path | None
@@ -65,6 +80,7 @@ class DaemonConfig:
     log_format: Literal["text", "json"] = "text"
     shutdown_grace: float = 60.0
     job_policy: JobPolicy = field(default_factory=JobPolicy.for_this_process)
+    retention: Retention = field(default_factory=Retention)
 
 
 @dataclass(frozen=True)
@@ -188,6 +204,7 @@ def _daemon_config(document: YamlDocument, env: Mapping[str, str]) -> DaemonConf
     log_format = log.choice("format", ("text", "json"), "text")
     log.finish()
     grace = root.converted("shutdown_grace", parse_duration, 60.0)
+    retention = _retention(root.section("ledger"))
     policy = JobPolicy.for_this_process(
         allow_insecure_files=env.get(INSECURE_JOB_FILES_ENV, "") not in ("", "0"),
         allowed_roots=_allowed_roots(root),
@@ -197,8 +214,30 @@ def _daemon_config(document: YamlDocument, env: Mapping[str, str]) -> DaemonConf
     return DaemonConfig(
         file=document.file, dsn=dsn, jobs_dir=jobs_dir, workers=workers, metrics_listen=listen,
         s3=s3, log_level=level, log_format=log_format,  # type: ignore[arg-type]
-        shutdown_grace=grace, job_policy=policy,
+        shutdown_grace=grace, job_policy=policy, retention=retention,
     )
+
+
+def _retention(ledger: Fields) -> Retention:
+    fields = ledger.section("retention")
+    default = Retention()
+    versions = fields.converted("versions", parse_retention, default.versions)
+    attempts = fields.converted("attempts", parse_retention, default.attempts)
+    fields.finish()
+    ledger.finish()
+    if versions is not None and (attempts is None or attempts > versions):
+        attempts = versions  # attempts leave with their versions at the latest
+    return Retention(versions, attempts)
+
+
+def parse_retention(value: object) -> float | None:
+    """A retention period: a duration of at least an hour, or ``forever``."""
+    if value is None or value == "forever":
+        return None
+    seconds = parse_duration(value)
+    if seconds < 3600:
+        raise ValueError(f"expected at least 1h, or forever, got {value!r}")
+    return seconds
 
 
 def _allowed_roots(root: Fields) -> tuple[Path, ...] | None:

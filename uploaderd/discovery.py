@@ -1,7 +1,9 @@
 """From "look at this path" to queued file versions: the settle check, then the ledger.
 
-One thread owns all discovery state: the paths waiting to settle, the versions the ledger
-already knows, the scans in progress and the batches not yet written. Watchdog threads and
+One thread owns all discovery state: the paths waiting to settle, the scans in progress and
+the batches not yet written. Whether a path's signature is already in the ledger is asked of
+the ledger, a batch of candidates per round trip (a bounded cache remembers the paths just
+written), so memory follows the files in flight, never the ledger's history. Watchdog threads and
 the scheduler only put requests on its queue. Scans advance a slice at a time between
 events, so a long rescan never stalls event handling. Complete versions are written in
 batches (one round trip for many files); while PostgreSQL is away they wait in memory and
@@ -16,7 +18,7 @@ import socket
 import threading
 import time
 from collections import Counter as Tally
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 SCAN_SLICE = 2000
+LOOKUP_BATCH = 2000  # candidates per "already known?" round trip
+RECENT_PATHS = 10_000  # signatures just written, remembered without asking the ledger
 _MAX_BACKOFF = 30.0
 
 PathKey = tuple[str, str]  # (root, relpath)
@@ -48,9 +52,17 @@ class ScanRequest:
 class _JobState:
     job: Job
     tracker: SettleTracker[PathKey]
-    known: dict[PathKey, Signature] = field(default_factory=dict)
-    known_loaded: bool = False
+    # Seen, not yet checked against the ledger: (candidate, source).
+    unchecked: list[tuple[Candidate, str]] = field(default_factory=list)
+    recent: OrderedDict[PathKey, Signature] = field(default_factory=OrderedDict)
     batch: list[tuple[Candidate, str]] = field(default_factory=list)
+
+    def remember(self, candidate: Candidate) -> None:
+        key = (candidate.root, candidate.relpath)
+        self.recent[key] = candidate.signature
+        self.recent.move_to_end(key)
+        if len(self.recent) > RECENT_PATHS:
+            self.recent.popitem(last=False)
 
     @property
     def rules(self) -> ScanRules:
@@ -109,13 +121,15 @@ class Discovery:
     def _run(self) -> None:
         next_tick = 0.0
         while not self._stop.is_set():
-            busy = bool(self._scans) or any(len(s.tracker) or s.batch for s in self._jobs.values())
+            busy = bool(self._scans) or any(
+                len(s.tracker) or s.batch or s.unchecked for s in self._jobs.values())
             if busy:
                 self._idle.clear()
             else:
                 self._idle.set()
             self._drain(timeout=0.0 if self._scans else self._tick_interval() if busy else 0.5)
             self._advance_scan()
+            self._check_unchecked()
             now = time.monotonic()
             if now >= next_tick:
                 self._recheck_tracked()
@@ -169,19 +183,9 @@ class Discovery:
         state = self._jobs.get(name)
         if state is None:
             return
-        self._load_known(state)
         rules = state.rules
         for path in state.job.source.paths:
             self._scans.append((name, scan(str(path), rules)))
-
-    def _load_known(self, state: _JobState) -> None:
-        if state.known_loaded:
-            return
-        try:
-            state.known = self.ledger.known_versions(state.job.name, self._scope(state.job))
-            state.known_loaded = True
-        except DatabaseUnavailable as exc:
-            self._db_down(exc)
 
     def _advance_scan(self) -> None:
         if not self._scans:
@@ -198,12 +202,46 @@ class Discovery:
 
     def _observe(self, state: _JobState, candidate: Candidate, source: str) -> None:
         key = (candidate.root, candidate.relpath)
-        if state.known.get(key) == candidate.signature:
+        if state.recent.get(key) == candidate.signature:
             state.tracker.forget(key)
-            return
-        first_source = state.tracker.observe(key, candidate.signature, source)
+        elif key in state.tracker:
+            # Unknown at first sight and settling since: no need to ask the ledger again.
+            self._track(state, candidate, source)
+        else:
+            state.unchecked.append((candidate, source))
+            if len(state.unchecked) >= LOOKUP_BATCH:
+                self._check_known(state)
+
+    def _track(self, state: _JobState, candidate: Candidate, source: str) -> None:
+        first_source = state.tracker.observe(
+            (candidate.root, candidate.relpath), candidate.signature, source)
         if first_source is not None:
             state.batch.append((candidate, first_source))
+
+    def _check_unchecked(self) -> None:
+        for state in list(self._jobs.values()):
+            if state.unchecked and not self._check_known(state):
+                return
+
+    def _check_known(self, state: _JobState) -> bool:
+        """Ask the ledger which unchecked candidates it already holds; track the others."""
+        if time.monotonic() < self._retry_at:
+            return False
+        pending, state.unchecked = state.unchecked, []
+        try:
+            known = self.ledger.known_paths(state.job.name, self._scope(state.job),
+                                            [candidate for candidate, _ in pending])
+        except DatabaseUnavailable as exc:
+            state.unchecked = pending + state.unchecked
+            self._db_down(exc)
+            return False
+        for candidate, source in pending:
+            if (candidate.root, candidate.relpath) in known:
+                state.tracker.forget((candidate.root, candidate.relpath))
+            else:
+                self._track(state, candidate, source)
+        self._db_up()
+        return True
 
     def _recheck_tracked(self) -> None:
         for state in self._jobs.values():
@@ -228,13 +266,12 @@ class Discovery:
     def _flush_job(self, state: _JobState) -> bool:
         job = state.job
         try:
-            self._load_known(state)
             while state.batch:
                 chunk = state.batch[:BATCH_SIZE]
                 self._write(job, [candidate for candidate, _ in chunk])
                 del state.batch[: len(chunk)]
                 for candidate, _ in chunk:
-                    state.known[(candidate.root, candidate.relpath)] = candidate.signature
+                    state.remember(candidate)
                 for source, count in Tally(source for _, source in chunk).items():
                     metrics.files_discovered.labels(job.name, source).inc(count)
         except DatabaseUnavailable as exc:
@@ -251,7 +288,7 @@ class Discovery:
                                 host=self.host) for candidate in candidates]
         inserted, superseded = self.ledger.enqueue(
             job.name, scope=self._scope(job), host=self.host,
-            bucket=job.destination.bucket, versions=versions,
+            bucket=job.destination.bucket, versions=versions, marker=job.session.marker,
         )
         log.debug("job %s: queued %d new versions (%d superseded)", job.name, inserted, superseded)
 

@@ -8,6 +8,7 @@ has settled, and what the ledger knows: every version, its attempts, and a one-l
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from uploaderd.ledger import Ledger, State
 from uploaderd.scanner import check_path, relative_path
 from uploaderd.settle import Signature
 from uploaderd.units import format_bytes
+from uploaderd.versions import scope_of
 
 
 @dataclass(frozen=True)
@@ -43,32 +45,54 @@ def places(path: str, jobs: Mapping[str, Job]) -> list[Place]:
     return found
 
 
-def explain(path: str, jobs: Mapping[str, Job], ledger: Ledger) -> Iterator[str]:
+def explain(
+    path: str, jobs: Mapping[str, Job], ledger: Ledger, *, host: str | None = None
+) -> Iterator[str]:
     absolute = os.path.abspath(path)
     yield f"path: {absolute}"
     found = places(absolute, jobs)
     if not found:
         yield "why: not under any job"
     for place in found:
-        yield from explain_place(absolute, place, ledger)
+        yield from explain_place(absolute, place, ledger, host=host or socket.gethostname())
 
 
-def explain_place(path: str, place: Place, ledger: Ledger) -> Iterator[str]:
+def explain_place(path: str, place: Place, ledger: Ledger, *, host: str) -> Iterator[str]:
     job = place.job
     yield f"job: {job.name} (root {place.root}, relpath {place.relpath})"
     refusal = _filter_verdict(job, place.relpath)
     yield f"filter: {refusal or 'included'}"
     refusal = refusal or _file_verdict(path, place)
     current = _stat(path, follow=job.source.follow_symlinks)
-    versions = ledger.path_versions(job.name, place.root, place.relpath)
+    scope = scope_of(job, host)
+    versions = ledger.path_versions(job.name, scope, place.root, place.relpath)
     settle_left = _settle_left(job, current)
     if current is not None:
         yield _describe_stat(job, current, settle_left)
     for version in versions:
         yield from _describe_version(version, ledger.version_attempts(version["id"]))
     if not versions:
+        pruned = ledger.path_signature(job.name, scope, place.root, place.relpath)
+        if pruned is not None:
+            yield from _describe_pruned(pruned, current, refusal)
+            return
         yield "versions: none in the ledger"
     yield f"why: {_why(refusal, current, versions, settle_left)}"
+
+
+def _describe_pruned(
+    pruned: Mapping[str, Any], current: os.stat_result | None, refusal: str | None
+) -> Iterator[str]:
+    """A path whose versions left the ledger under retention: only its signature is kept."""
+    yield (f"versions: pruned by retention; the signature of version {pruned['version_id']} "
+           f"({pruned['size']} bytes, uploaded) is kept")
+    if refusal is not None:
+        yield f"why: {refusal}"
+    elif current is not None and not _same(current, pruned):
+        yield ("why: changed since the pruned version; complete but not queued yet: the "
+               "daemon queues it at its next look, or run `uploaderd upload` for the job")
+    else:
+        yield "why: uploaded (its history was pruned); unchanged, so it is not uploaded again"
 
 
 def _filter_verdict(job: Job, relpath: str) -> str | None:

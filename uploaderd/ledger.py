@@ -24,7 +24,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from uploaderd.errors import DatabaseUnavailable, SchemaMissing
-from uploaderd.settle import Signature
+from uploaderd.scanner import Candidate
 
 NOTIFY_CHANNEL = "uploaderd_work"
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
@@ -197,11 +197,21 @@ class Ledger:
 
     # --- discovery -------------------------------------------------------------------------
 
-    def known_versions(self, job: str, scope: str) -> dict[tuple[str, str], Signature]:
-        """The newest version of every (root, relpath) of a job, to skip what is known."""
-        rows = self._all("known_versions", {"job": job, "scope": scope})
-        return {(root, relpath): Signature(size, mtime, inode)
-                for root, relpath, size, mtime, inode in rows}
+    def known_paths(
+        self, job: str, scope: str, candidates: Sequence[Candidate]
+    ) -> set[tuple[str, str]]:
+        """The (root, relpath) of ``candidates`` whose exact signature the ledger holds."""
+        if not candidates:
+            return set()
+        rows = self._all("known_paths", {
+            "job": job, "scope": scope,
+            "roots": [c.root for c in candidates],
+            "relpaths": [c.relpath for c in candidates],
+            "sizes": [c.signature.size for c in candidates],
+            "mtimes": [c.signature.mtime_ns for c in candidates],
+            "inodes": [c.signature.inode for c in candidates],
+        })
+        return {(root, relpath) for root, relpath in rows}
 
     def open_sessions(self, job: str, host: str, group_keys: Sequence[str]) -> dict[str, int]:
         params = {"job": job, "host": host, "group_keys": list(group_keys)}
@@ -209,11 +219,15 @@ class Ledger:
         return {group_key: session_id for session_id, group_key in rows}
 
     def enqueue(
-        self, job: str, *, scope: str, host: str, bucket: str, versions: Sequence[NewVersion]
+        self, job: str, *, scope: str, host: str, bucket: str, versions: Sequence[NewVersion],
+        marker: str | None = None,
     ) -> tuple[int, int]:
-        """Insert new versions in one statement and wake the workers; (inserted, superseded)."""
+        """Insert new versions in one statement and wake the workers; (inserted, superseded).
+
+        A version named ``marker`` marks its session as having seen its marker file.
+        """
         params = {
-            "job": job, "scope": scope, "host": host, "bucket": bucket,
+            "job": job, "scope": scope, "host": host, "bucket": bucket, "marker": marker,
             "roots": [v.root for v in versions],
             "relpaths": [v.relpath for v in versions],
             "sizes": [v.size for v in versions],
@@ -275,10 +289,15 @@ class Ledger:
         self._all("renew_leases", {"worker": worker, "ids": list(ids),
                                    "lease_seconds": lease_seconds})
 
-    def complete(self, worker: str, outcomes: Sequence[Outcome]) -> set[int]:
-        """Write outcomes back; returns the ids that were still ours (the rest were fenced)."""
+    def complete(
+        self, worker: str, outcomes: Sequence[Outcome], *, keeping: Sequence[str] = ()
+    ) -> set[int]:
+        """Write outcomes back; returns the ids that were still ours (the rest were fenced).
+
+        Uploaded versions of the jobs in ``keeping`` (after_upload: keep) are marked kept.
+        """
         rows = self._all("complete_batch", {
-            "worker": worker,
+            "worker": worker, "keeping": list(keeping),
             "ids": [o.claim.id for o in outcomes],
             "attempts": [o.claim.attempt for o in outcomes],
             "states": [str(o.state) for o in outcomes],
@@ -318,6 +337,10 @@ class Ledger:
     def job_counts(self, job: str | None = None) -> list[JobStateCount]:
         return [JobStateCount(*row) for row in self._all("job_counts", {"job": job})]
 
+    def compact_counts(self) -> int:
+        """Fold the counters' deltas into their tables; the number of delta rows folded."""
+        return int(self._all("compact_counts")[0][0])
+
     def recent_errors(self, job: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
         return self._dicts("recent_errors", {"job": job, "limit": limit})
 
@@ -346,8 +369,18 @@ class Ledger:
     def session_triggers(self, session_id: int) -> list[dict[str, Any]]:
         return self._dicts("session_triggers", {"session_id": session_id})
 
-    def path_versions(self, job: str, root: str, relpath: str) -> list[dict[str, Any]]:
-        return self._dicts("path_versions", {"job": job, "root": root, "relpath": relpath})
+    def path_versions(
+        self, job: str, scope: str, root: str, relpath: str
+    ) -> list[dict[str, Any]]:
+        return self._dicts("path_versions", {"job": job, "scope": scope, "root": root,
+                                             "relpath": relpath})
+
+    def path_signature(
+        self, job: str, scope: str, root: str, relpath: str
+    ) -> dict[str, Any] | None:
+        rows = self._dicts("path_signature", {"job": job, "scope": scope, "root": root,
+                                              "relpath": relpath})
+        return rows[0] if rows else None
 
     def version_attempts(self, version_id: int) -> list[dict[str, Any]]:
         return self._dicts("version_attempts", {"id": version_id})
@@ -450,6 +483,41 @@ class Ledger:
             "pause_seconds": pause_seconds, "error": error,
         })
 
+    # --- retention ---------------------------------------------------------------------------
+
+    def prune_versions(
+        self, *, after: int, cutoff: datetime, jobs: Sequence[str], keeping: Sequence[str],
+        registering: Sequence[str], limit: int, dry_run: bool,
+    ) -> PruneBatch:
+        row = self._all("prune_versions", {
+            "after": after, "cutoff": cutoff, "jobs": list(jobs), "keeping": list(keeping),
+            "registering": list(registering), "limit": limit, "dry_run": dry_run,
+        })[0]
+        return PruneBatch(*row)
+
+    def prune_attempts(
+        self, *, after: int, cutoff: datetime, jobs: Sequence[str], limit: int, dry_run: bool
+    ) -> PruneBatch:
+        row = self._all("prune_attempts", {
+            "after": after, "cutoff": cutoff, "jobs": list(jobs), "limit": limit,
+            "dry_run": dry_run,
+        })[0]
+        return PruneBatch(*row)
+
+    def prune_progress(self, what: str) -> int:
+        return int(self._all("prune_progress", {"what": what})[0][0])
+
+    def set_prune_progress(self, what: str, last_id: int) -> None:
+        self._all("set_prune_progress", {"what": what, "last_id": last_id})
+
+    def prune_triggers(self, *, cutoff: datetime, jobs: Sequence[str], limit: int) -> int:
+        return int(self._all("prune_triggers", {"cutoff": cutoff, "jobs": list(jobs),
+                                                "limit": limit})[0][0])
+
+    def prune_sessions(self, *, cutoff: datetime, jobs: Sequence[str], limit: int) -> int:
+        return int(self._all("prune_sessions", {"cutoff": cutoff, "jobs": list(jobs),
+                                                "limit": limit})[0][0])
+
     # --- one-shot commands -------------------------------------------------------------------
 
     def selection_progress(
@@ -488,6 +556,16 @@ class JobStateCount:
     bytes: int
     oldest_age_seconds: float | None
     last_uploaded_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PruneBatch:
+    """One batch of a retention walk over the id order."""
+
+    last_id: int | None  # the highest id read; None once the walk is past the last row
+    newest: datetime | None  # the latest discovery time among the rows read
+    eligible: int
+    deleted: int
 
 
 @dataclass(frozen=True)

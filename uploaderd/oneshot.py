@@ -218,7 +218,8 @@ class OneShot:
         versions = [new_version(job, c, session_id=session_id, host=self.host)
                     for c in found.complete]
         self.ledger.enqueue(job.name, scope=scope_of(job, self.host), host=self.host,
-                            bucket=job.destination.bucket, versions=versions)
+                            bucket=job.destination.bucket, versions=versions,
+                            marker=job.session.marker)
         self.out(f"session {session_id}: queued {len(versions)} files "
                  f"({format_bytes(sum(v.size for v in versions))})")
         result = self._run(Selection((job.name,), session_id=session_id))
@@ -226,10 +227,11 @@ class OneShot:
         return result.exit_status, session_id
 
     def _collect(self, job: Job) -> Collected:
-        known = self.ledger.known_versions(job.name, scope_of(job, self.host))
+        scope = scope_of(job, self.host)
         display = self.display()
         try:
-            return collect(job, known, on_wait=display.settling)
+            return collect(job, lambda seen: self.ledger.known_paths(job.name, scope, seen),
+                           on_wait=display.settling)
         finally:
             display.close()
 

@@ -4,9 +4,9 @@ The in-memory job store is rebuilt from the job files on start and reload. Sweep
 run once per cluster (retries, session completion, trigger dispatch) take a PostgreSQL
 advisory lock, so several daemons on one database never double them; per-host work (lease
 reaping of this host's dead workers, after_upload on local files, rescans) needs none.
-Trigger calls wait on remote endpoints, so they run on their own executor thread and
-connection; everything else shares one. ``coalesce`` and ``max_instances=1`` keep a slow
-run from piling up behind itself.
+Trigger calls wait on remote endpoints and a prune can take minutes, so each runs on its
+own executor thread and connection; everything else shares one. ``coalesce`` and
+``max_instances=1`` keep a slow run from piling up behind itself.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from apscheduler.triggers.interval import IntervalTrigger
 from botocore.exceptions import BotoCoreError, ClientError
 
 from uploaderd import metrics
-from uploaderd.config import Job
+from uploaderd.config import Job, Retention
 from uploaderd.disposal import Disposer
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.ledger import Ledger
 from uploaderd.multipart import abort
+from uploaderd.retention import Pruner, PruneStopped
 from uploaderd.storage import Storage
 from uploaderd.triggers import TriggerDispatcher
 from uploaderd.workers import dead_workers
@@ -40,15 +41,18 @@ RETRY_SWEEP_SECONDS = 10.0
 SESSION_SWEEP_SECONDS = 5.0
 DISPOSAL_SECONDS = 10.0
 ABANDONED_SECONDS = 10.0
+PRUNE_SECONDS = 3600.0
 _PER_JOB = ("rescan:", "sessions:", "triggers:", "dispose:")
 
 
 class Scheduler:
     def __init__(
-        self, ledger: Ledger, trigger_ledger: Ledger, *, host: str, me: str,
-        rescan: Callable[[str], None],
+        self, ledger: Ledger, trigger_ledger: Ledger, prune_ledger: Ledger, *, host: str,
+        me: str, rescan: Callable[[str], None], retention: Retention,
     ) -> None:
         self.ledger = ledger
+        self.pruner = Pruner(prune_ledger)
+        self.retention = retention
         self.host = host
         self.me = me
         self.rescan = rescan
@@ -58,13 +62,15 @@ class Scheduler:
         self.jobs: Mapping[str, Job] = {}
         self.scheduler = BackgroundScheduler(
             timezone="UTC",
-            executors={"default": ThreadPoolExecutor(1), "triggers": ThreadPoolExecutor(1)},
+            executors={"default": ThreadPoolExecutor(1), "triggers": ThreadPoolExecutor(1),
+                       "retention": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
         )
         self._every(LEASE_REAP_SECONDS, "reclaim-leases", self.reclaim_leases)
         self._every(GAUGE_SECONDS, "queue-gauges", self.update_gauges)
         self._every(RETRY_SWEEP_SECONDS, "retry-sweep", self.retry_sweep)
         self._every(ABANDONED_SECONDS, "abort-abandoned-uploads", self.abort_abandoned_uploads)
+        self._every(PRUNE_SECONDS, "prune", self.prune, executor="retention")
 
     def _every(self, seconds: float, task_id: str, func: Callable[..., None], *args: Any,
                executor: str = "default") -> None:
@@ -132,10 +138,12 @@ class Scheduler:
         return bool(self.scheduler.running)
 
     def stop(self) -> None:
+        self.pruner.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.ledger.close()
         self.dispatcher.ledger.close()
+        self.pruner.ledger.close()
 
     # --- the tasks -------------------------------------------------------------------------
 
@@ -196,4 +204,18 @@ class Scheduler:
             self.disposer.sweep(job)
 
     def update_gauges(self) -> None:
+        with self.ledger.named_lock("compact-counts") as held:
+            if held:
+                self.ledger.compact_counts()
         metrics.set_queue(self.ledger.job_counts())
+
+    def prune(self) -> None:
+        """Retention: finished history older than ``ledger.retention`` leaves the ledger."""
+        with self.pruner.ledger.named_lock("prune") as held:
+            if not held:
+                return
+            try:
+                report = self.pruner.run(self.retention, self.jobs)
+            except PruneStopped:
+                return
+        log.info("retention: %s", report.describe(dry_run=False))

@@ -77,7 +77,9 @@ class Daemon:
         self.scheduler = Scheduler(
             Ledger(config.dsn, application_name="uploaderd scheduler"),
             Ledger(config.dsn, application_name="uploaderd triggers"),
+            Ledger(config.dsn, application_name="uploaderd prune"),
             host=self.host, me=self.pool.worker, rescan=self._rescan,
+            retention=config.retention,
         )
 
     # --- the sequence ----------------------------------------------------------------------

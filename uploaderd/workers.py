@@ -280,9 +280,11 @@ class UploadPool:
         if releases:
             self.ledger.release(self.worker, releases)
         if finished:
-            kept = self.ledger.complete(self.worker, finished)
+            keeping = [name for name, job in self.jobs().items()
+                       if job.after_upload.action == "keep"]
+            ours = self.ledger.complete(self.worker, finished, keeping=keeping)
             for outcome in finished:
-                if outcome.claim.id not in kept:
+                if outcome.claim.id not in ours:
                     log.warning("job %s: %s: the lease was lost; the result of attempt %d is "
                                 "dropped", outcome.claim.job, outcome.claim.relpath,
                                 outcome.claim.attempt)

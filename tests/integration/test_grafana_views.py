@@ -2,7 +2,9 @@
 
 Dashboards break silently when a view loses a column or counts the wrong rows, so each
 view is run, its columns compared with what docs/observability.md and the dashboard use,
-and a few values checked against what the ledger calls wrote.
+and a few values checked against what the ledger calls wrote. They also slow down
+silently as the history grows, so every dashboard query is EXPLAINed on a generated
+ledger spread over months: none may read the history tables outside its time window.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import re
 import subprocess
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from uploaderd.devstack import PostgresCluster
 from uploaderd.ledger import Ledger, NewVersion, Outcome, State
 
 REPO = Path(__file__).parents[2]
-MIGRATION = REPO / "sql" / "migrations" / "0003_grafana_views.sql"
+MIGRATIONS = REPO / "sql" / "migrations"
 DASHBOARD = REPO / "monitoring" / "grafana" / "dashboards" / "uploaderd.json"
 READER_SQL = REPO / "monitoring" / "postgres" / "grafana_reader.sql"
 HOST = "host-a"
@@ -112,8 +115,9 @@ def populated(ledger: Ledger) -> Ledger:
     return ledger
 
 
-def test_every_view_of_the_migration_is_covered_here() -> None:
-    created = re.findall(r"CREATE VIEW (grafana_\w+)", MIGRATION.read_text())
+def test_every_view_of_the_migrations_is_covered_here() -> None:
+    created = {name for path in MIGRATIONS.glob("*.sql") for name in re.findall(
+        r"CREATE (?:OR REPLACE )?VIEW (grafana_\w+)", path.read_text())}
     assert sorted(created) == sorted(COLUMNS)
 
 
@@ -212,3 +216,172 @@ def test_grafana_reader_reads_the_views_and_nothing_else(
         conn.rollback()
         with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
             cursor.execute("CREATE TEMP TABLE t (x int)")
+
+
+# --- at scale: every dashboard query reads its window or the live rows, through indexes ---
+
+HISTORY_TABLES = {"file_versions", "upload_attempts", "trigger_calls", "sessions", "triggers"}
+# The filter each view is read with on the dashboard: its time column, or none for the views
+# of live work.
+TIME_COLUMN = {
+    "grafana_throughput_hourly": "hour",
+    "grafana_queue_by_state": None,
+    "grafana_upload_latency_hourly": "hour",
+    "grafana_failures": None,
+    "grafana_attempts_hourly": "hour",
+    "grafana_sessions": "opened_at",
+    "grafana_triggers": "created_at",
+    "grafana_trigger_calls_hourly": "hour",
+    "grafana_destination_health": None,
+    "grafana_job_summary": None,
+}
+
+# Four months of a site: 3 jobs, sessions of 20 files closed and registered, one attempt per
+# version; 97 % uploaded, 1 % failed, 1 % retrying, 1 % superseded, and the last half hour's
+# files still queued. Bulk-inserted with the ledger's triggers off (as a restore
+# would), then the counters are rebuilt once.
+GENERATED_LEDGER = """
+SET session_replication_role = replica;
+INSERT INTO sessions (id, job, host, origin, group_key, state, closed_reason, opened_at,
+                      last_activity_at, completed_at)
+SELECT s, 'job-' || mod(s, 3), 'host-a', 'daemon', 'run-' || s,
+       CASE WHEN open THEN 'open' ELSE 'complete' END,
+       CASE WHEN open THEN NULL ELSE 'idle' END,
+       t, t + interval '5 minutes', CASE WHEN open THEN NULL ELSE t + interval '15 minutes' END
+FROM generate_series(1, %(sessions)s) s,
+     LATERAL (SELECT now() - %(days)s * interval '1 day' * (1 - (s - 1)::float8 / %(sessions)s)
+                         AS t,
+                     s > %(sessions)s - 3 AS open) o;
+INSERT INTO triggers (id, job, session_id, state, attempts, last_status, created_at, sent_at,
+                      updated_at)
+SELECT id, job, id, 'sent', 1, 201, completed_at, completed_at + interval '2 seconds',
+       completed_at
+FROM sessions WHERE state = 'complete';
+INSERT INTO trigger_calls (trigger_id, attempt, host, started_at, finished_at, status)
+SELECT id, 1, 'host-a', created_at, sent_at, 201 FROM triggers;
+INSERT INTO file_versions (id, job, scope, host, root, relpath, size, mtime_ns, inode, bucket,
+                           key, state, attempts, last_error, session_id, discovered_at,
+                           first_attempt_at, uploaded_at, updated_at, trigger_id)
+SELECT i, 'job-' || mod(sid, 3), 'host-a', 'host-a', '/data', 'run-' || sid || '/f' || i,
+       1000 + mod(i, 5000), i, i, 'b', 'k/' || i,
+       st, CASE WHEN st = 'pending' AND mod(i, 100) <> 11 THEN 0 ELSE 1 END,
+       CASE WHEN st = 'failed' OR mod(i, 100) = 11 THEN 'S3 SlowDown: slow' END,
+       sid, t, t + interval '1 second',
+       CASE WHEN st = 'uploaded' THEN t + mod(i, 50) * interval '1 second' END,
+       t + mod(i, 50) * interval '1 second',
+       CASE WHEN st = 'uploaded' THEN (SELECT id FROM triggers WHERE session_id = sid) END
+FROM generate_series(1, %(versions)s) i,
+     LATERAL (SELECT (i - 1) / (%(versions)s / %(sessions)s) + 1 AS sid,
+                     now() - %(days)s * interval '1 day' * (1 - i::float8 / %(versions)s) AS t,
+                     CASE WHEN i > %(versions)s * (1 - 1 / (48.0 * %(days)s))  -- 30 minutes
+                               THEN CASE WHEN mod(i, 10) = 0 THEN 'uploading' ELSE 'pending' END
+                          WHEN mod(i, 100) = 7 THEN 'failed'
+                          WHEN mod(i, 100) = 11 THEN 'pending'
+                          WHEN mod(i, 100) = 13 THEN 'superseded'
+                          ELSE 'uploaded' END AS st) o;
+INSERT INTO upload_attempts (file_version_id, attempt, host, worker, started_at, finished_at,
+                             outcome, error, bytes)
+SELECT id, 1, 'host-a', 'host-a:1:w', first_attempt_at,
+       CASE WHEN state <> 'uploading' THEN updated_at END,
+       CASE state WHEN 'uploaded' THEN 'uploaded' WHEN 'uploading' THEN NULL
+                  WHEN 'superseded' THEN 'changed' ELSE 'failed' END,
+       last_error, CASE WHEN state = 'uploaded' THEN size END
+FROM file_versions WHERE attempts > 0;
+SELECT setval(pg_get_serial_sequence(name, 'id'), (SELECT max(id) FROM sessions))
+FROM unnest(ARRAY['sessions', 'triggers']) name;
+SELECT setval(pg_get_serial_sequence('file_versions', 'id'), %(versions)s);
+RESET session_replication_role;
+SELECT ledger_recount();
+ANALYZE;
+"""
+
+
+def grafana_sql(query: str, start: datetime, end: datetime) -> str:
+    """A panel's SQL with its macros expanded as Grafana's PostgreSQL datasource does."""
+    window = f"BETWEEN '{start:%Y-%m-%dT%H:%M:%SZ}' AND '{end:%Y-%m-%dT%H:%M:%SZ}'"
+    return re.sub(r"\$__timeFilter\((\w+)\)", rf"\1 {window}", query).replace(
+        "${job:regex}", ".*")
+
+
+def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def history_reads(cursor: Any, query: str) -> list[str]:
+    """What in the planner's real choice for ``query`` reads a history table whole: a
+    sequential scan, or a scan of a full (not partial) index with no condition on it."""
+    cursor.execute("EXPLAIN (FORMAT JSON) " + query)
+    [explained] = cursor.fetchone()[0]
+    cursor.execute("SELECT indexrelid::regclass::text FROM pg_index"
+                   " WHERE indrelid::regclass::text = ANY(%s) AND indpred IS NULL",
+                   (sorted(HISTORY_TABLES),))
+    whole = {name for (name,) in cursor.fetchall()}  # the full indexes of history tables
+    found = []
+    for node in plan_nodes(explained["Plan"]):
+        table, index = node.get("Relation Name"), node.get("Index Name")
+        if node["Node Type"] == "Seq Scan" and table in HISTORY_TABLES:
+            found.append(f"Seq Scan on {table}")
+        elif index in whole and "Index Cond" not in node:
+            found.append(f"{node['Node Type']} on the whole of {index}")
+    return found
+
+
+@pytest.fixture
+def generated_ledger(migrated_dsn: str) -> str:
+    """40,000 versions over 120 days on this test's database, ANALYZEd."""
+    with contextlib.closing(psycopg2.connect(migrated_dsn)) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(GENERATED_LEDGER, {"versions": 40_000, "sessions": 2_000, "days": 120})
+    return migrated_dsn
+
+
+def test_dashboard_queries_read_only_their_window_or_live_rows(generated_ledger: str) -> None:
+    """The planner's own choice on realistic statistics: no enable_seqscan games."""
+    end = datetime.now(UTC)
+    start = end - timedelta(hours=6)
+    queries = {f"panel {title!r}": grafana_sql(sql, start, end)
+               for title, sql in dashboard_queries()}
+    for name, column in TIME_COLUMN.items():
+        where = "" if column is None else f" WHERE $__timeFilter({column})"
+        queries[name] = grafana_sql(f"SELECT * FROM {name}{where}",  # noqa: S608 - our names
+                                    start, end)
+    with contextlib.closing(psycopg2.connect(generated_ledger)) as conn, conn.cursor() as cursor:
+        reads = {name: found for name, query in queries.items()
+                 if (found := history_reads(cursor, query))}
+    assert not reads, "reads the history outside its window:\n" + "\n".join(
+        f"{name}: {'; '.join(found)}" for name, found in reads.items())
+
+
+def test_views_at_scale_agree_with_the_tables(generated_ledger: str) -> None:
+    """What the views read from counters and indexes equals a count of the table itself."""
+    def rows(cursor: Any, query: str) -> set[tuple[Any, ...]]:
+        cursor.execute(query)
+        return set(cursor.fetchall())
+
+    with contextlib.closing(psycopg2.connect(generated_ledger)) as conn, conn.cursor() as cursor:
+        assert rows(cursor, "SELECT job, state, files, bytes FROM grafana_queue_by_state") == rows(
+            cursor, "SELECT job, state, count(*), sum(size) FROM file_versions GROUP BY 1, 2")
+        assert rows(cursor, "SELECT job, pending, uploading, uploaded, failed, backlog_bytes,"
+                            " last_uploaded_at FROM grafana_job_summary") == rows(cursor, """
+            SELECT job, count(*) FILTER (WHERE state = 'pending'),
+                   count(*) FILTER (WHERE state = 'uploading'),
+                   count(*) FILTER (WHERE state = 'uploaded'),
+                   count(*) FILTER (WHERE state = 'failed'),
+                   coalesce(sum(size) FILTER (WHERE state IN ('pending', 'uploading')), 0),
+                   max(uploaded_at)
+            FROM file_versions GROUP BY job""")
+        assert rows(cursor, "SELECT session_id, files, bytes, uploaded, pending, failed"
+                            " FROM grafana_sessions") == rows(cursor, """
+            SELECT s.id, count(f.id), coalesce(sum(f.size), 0),
+                   count(f.id) FILTER (WHERE f.state = 'uploaded'),
+                   count(f.id) FILTER (WHERE f.state IN ('pending', 'uploading')),
+                   count(f.id) FILTER (WHERE f.state = 'failed')
+            FROM sessions s LEFT JOIN file_versions f ON f.session_id = s.id GROUP BY s.id""")
+        assert rows(cursor, "SELECT hour, job, files, bytes FROM grafana_throughput_hourly"
+                    ) == rows(cursor, """
+            SELECT date_trunc('hour', uploaded_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', job,
+                   count(*), sum(size)
+            FROM file_versions WHERE state = 'uploaded' GROUP BY 1, 2""")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from uploaderd import schema
 from uploaderd.ledger import Ledger, NewVersion, Outcome, State
+from uploaderd.scanner import Candidate
+from uploaderd.settle import Signature
 from uploaderd.workers import dead_workers
 
 Sql = Callable[..., list[tuple[Any, ...]]]
@@ -46,8 +49,11 @@ def test_enqueue_is_one_statement_for_a_batch_and_ignores_known_versions(ledger:
     batch = [version(f"f{i}") for i in range(300)]
     assert enqueue(ledger, *batch) == (300, 0)
     assert enqueue(ledger, *batch) == (0, 0)
-    known = ledger.known_versions("lab", "host-a")
-    assert len(known) == 300 and known[("/data", "f7")] == (10, 1_700_000_000_000_000_000, 1)
+    seen = [Candidate("/data", "f7", Signature(10, 1_700_000_000_000_000_000, 1)),
+            Candidate("/data", "f8", Signature(11, 1_700_000_000_000_000_000, 1)),
+            Candidate("/data", "new", Signature(10, 1_700_000_000_000_000_000, 1))]
+    assert ledger.known_paths("lab", "host-a", seen) == {("/data", "f7")}
+    assert ledger.known_paths("lab", "other-host", seen) == set()
 
 
 def test_a_new_version_supersedes_the_pending_one(ledger: Ledger, sql: Sql) -> None:
@@ -83,10 +89,18 @@ def test_concurrent_claims_never_share_a_row(migrated_dsn: str, ledger: Ledger) 
     assert len(everything) == len(set(everything)) == 200
 
 
+def reclaim_once_expired(ledger: Ledger, deadline: float = 5.0) -> int:
+    """Reclaim until a 1 ms lease is past: the database clock decides, not a sleep."""
+    give_up = time.monotonic() + deadline
+    while (count := ledger.reclaim_leases([])) == 0 and time.monotonic() < give_up:
+        pass
+    return count
+
+
 def test_completion_is_fenced_on_claimer_and_attempt(ledger: Ledger, sql: Sql) -> None:
     enqueue(ledger, version("a"))
     [first] = claim(ledger, worker="host-a:1:old", lease=0.001)
-    assert ledger.reclaim_leases([]) == 1, "the expired lease goes back to pending"
+    assert reclaim_once_expired(ledger) == 1, "the expired lease goes back to pending"
     [second] = claim(ledger, worker="host-a:2:new")
     assert (first.attempt, second.attempt) == (1, 2)
     late = Outcome(first, State.UPLOADED, "uploaded", "0" * 64)

@@ -31,12 +31,12 @@ def make_job(url: str, *, on: str = "session_complete", headers: str = "{}",
         name="lab", defaults=S3Settings())
 
 
-def upload_session(ledger: Ledger, relpaths: list[str]) -> int:
+def upload_session(ledger: Ledger, relpaths: list[str], marker: str | None = None) -> int:
     """Queue, claim and complete versions in one session, as the daemon would."""
     session = ledger.open_sessions("lab", "host-a", ["run-1"])["run-1"]
     ledger.enqueue("lab", scope="host-a", host="host-a", bucket="lab-raw", versions=[
         NewVersion("/data/in", p, 10 + i, 1, i, f"lab/{p}", session)
-        for i, p in enumerate(relpaths)])
+        for i, p in enumerate(relpaths)], marker=marker)
     claims = ledger.claim(worker="host-a:1:w", host="host-a", jobs=["lab"], scopes=["host-a"],
                           limit=100, lease_seconds=60)
     ledger.complete("host-a:1:w", [Outcome(c, State.UPLOADED, "uploaded", SHA) for c in claims])
@@ -53,7 +53,7 @@ def test_completed_session_is_registered_once_with_its_manifest(
 ) -> None:
     httpserver.expect_oneshot_request("/register", method="POST").respond_with_json({"ok": 1})
     job = make_job(httpserver.url_for("/register"))
-    session = upload_session(ledger, ["run-1/a.tif", "run-1/b.tif"])
+    session = upload_session(ledger, ["run-1/a.tif", "run-1/b.tif"], marker="b.tif")
     age_sessions(sql)
     assert ledger.complete_sessions("lab", idle_seconds=None, marker="b.tif",
                                     register=True) == [session]
@@ -229,11 +229,25 @@ def test_a_forced_registration_of_a_session_without_uploads_writes_nothing(
 def test_a_session_touched_a_moment_ago_is_not_closed_under_new_files(
     ledger: Ledger, sql: Sql
 ) -> None:
-    session = upload_session(ledger, ["run-1/a.tif", "run-1/DONE"])
+    session = upload_session(ledger, ["run-1/a.tif", "run-1/DONE"], marker="DONE")
     # Discovery touches the session, then queues the next files: not yet closable.
     assert ledger.open_sessions("lab", "host-a", ["run-1"]) == {"run-1": session}
     assert ledger.complete_sessions("lab", idle_seconds=None, marker="DONE",
                                     register=False) == []
     age_sessions(sql)
+    assert ledger.complete_sessions("lab", idle_seconds=None, marker="DONE",
+                                    register=False) == [session]
+
+
+def test_the_marker_is_recorded_when_queued_and_searched_only_in_older_sessions(
+    ledger: Ledger, sql: Sql
+) -> None:
+    session = upload_session(ledger, ["run-1/a.tif", "run-1/DONE"], marker="DONE")
+    assert sql("SELECT marker_seen FROM sessions") == [(True,)]
+    sql("UPDATE sessions SET marker_seen = false")
+    age_sessions(sql)
+    assert ledger.complete_sessions("lab", idle_seconds=None, marker="DONE",
+                                    register=False) == [], "a recorded 'no marker' is trusted"
+    sql("UPDATE sessions SET marker_seen = NULL")  # opened before migration 0005
     assert ledger.complete_sessions("lab", idle_seconds=None, marker="DONE",
                                     register=False) == [session]

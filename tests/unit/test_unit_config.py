@@ -344,8 +344,8 @@ wrokers: 2
         (5, "shutdown_grace"):
             "expected a duration such as 30s, 15m, 1h, 1d or a number of seconds, got 'soon'",
         (6, "wrokers"): "unknown key; did you mean 'workers'? (known here: allowed_buckets, "
-                        "allowed_roots, database, jobs_dir, log, metrics, s3, shutdown_grace, "
-                        "workers)",
+                        "allowed_roots, database, jobs_dir, ledger, log, metrics, s3, "
+                        "shutdown_grace, workers)",
     }
     # The message a person reads names file, line and key.
     assert f"{file}:1: workers: must be at least 1, got 0" in str(caught.value).splitlines()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from uploaderd.keys import KeyTemplate
 from uploaderd.ledger import StateTally
 from uploaderd.oneshot import run_progress
 from uploaderd.register import describe_call
+from uploaderd.scanner import Candidate
 from uploaderd.settle import Signature
 from uploaderd.verify import listing_prefix
 
@@ -52,10 +54,14 @@ def write(root: Path, relpath: str, data: bytes, mtime: float) -> Path:
     return path
 
 
+def nothing_known(seen: Sequence[Candidate]) -> set[tuple[str, str]]:
+    return set()
+
+
 def test_old_files_are_complete_at_the_second_look_without_waiting(tmp_path: Path) -> None:
     write(tmp_path, "a/old.txt", b"old", NOW - 3600)
     time = FakeTime()
-    found = collect(job_for(tmp_path), {}, clock=time.clock())
+    found = collect(job_for(tmp_path), nothing_known, clock=time.clock())
     assert [c.relpath for c in found.complete] == ["a/old.txt"]
     assert time.slept == 0 and not found.unsettled
 
@@ -64,7 +70,7 @@ def test_fresh_files_wait_for_settle(tmp_path: Path) -> None:
     write(tmp_path, "fresh.txt", b"new", NOW)
     time = FakeTime()
     waits: list[int] = []
-    found = collect(job_for(tmp_path), {}, clock=time.clock(),
+    found = collect(job_for(tmp_path), nothing_known, clock=time.clock(),
                     on_wait=lambda files, left: waits.append(files))
     assert [c.relpath for c in found.complete] == ["fresh.txt"]
     assert 10 <= time.slept < settle_budget(10)
@@ -75,7 +81,7 @@ def test_a_file_still_being_written_is_skipped_after_a_bounded_wait(tmp_path: Pa
     path = write(tmp_path, "growing.bin", b"x", NOW)
     write(tmp_path, "done.txt", b"done", NOW - 3600)
     time = FakeTime(on_sleep=lambda: path.write_bytes(path.read_bytes() + b"x"))
-    found = collect(job_for(tmp_path), {}, clock=time.clock())
+    found = collect(job_for(tmp_path), nothing_known, clock=time.clock())
     assert [c.relpath for c in found.complete] == ["done.txt"]
     assert [c.relpath for c in found.unsettled] == ["growing.bin"]
     assert time.slept == settle_budget(10)
@@ -86,9 +92,16 @@ def test_known_versions_are_skipped_and_vanished_files_dropped(tmp_path: Path) -
     gone = write(tmp_path, "gone.txt", b"g", NOW)
     time = FakeTime(on_sleep=lambda: gone.unlink(missing_ok=True))
     signature = Signature.of(known.stat())
-    found = collect(job_for(tmp_path), {(str(tmp_path), "known.txt"): signature},
-                    clock=time.clock())
+    asked: list[list[str]] = []
+
+    def ledger_holds(seen: Sequence[Candidate]) -> set[tuple[str, str]]:
+        asked.append(sorted(c.relpath for c in seen))
+        return {(c.root, c.relpath) for c in seen
+                if c.relpath == "known.txt" and c.signature == signature}
+
+    found = collect(job_for(tmp_path), ledger_holds, clock=time.clock())
     assert (found.known, found.complete, found.unsettled) == (1, [], [])
+    assert asked == [["gone.txt", "known.txt"]], "one question for the whole batch"
 
 
 def test_progress_counts_what_this_run_finished() -> None:

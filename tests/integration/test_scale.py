@@ -1,0 +1,377 @@
+"""Cost follows live work: plans on a generated history, incremental counts, retention.
+
+The plans are checked on a ledger of ~100,000 generated versions (98 % history) after
+ANALYZE, with the planner's real choice: a query that would read the whole history at a
+site's size reads it here too, as a Seq Scan on a history table.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+from helpers import wait_for
+
+from uploaderd.config import Retention, S3Settings, parse_job_text
+from uploaderd.discovery import Discovery
+from uploaderd.explain import explain
+from uploaderd.ledger import Ledger, NewVersion, Outcome, State, queries
+from uploaderd.retention import Pruner
+from uploaderd.scanner import Candidate
+from uploaderd.settle import Signature
+
+Sql = Callable[..., list[tuple[Any, ...]]]
+HISTORY = {"file_versions", "upload_attempts", "sessions", "triggers", "trigger_calls",
+           "path_signatures"}
+SHA = "a" * 64
+JOBS = ["scope-a", "scope-b", "scope-c"]
+
+# 100,000 versions over 50 days in 3 jobs, 50 per session (and the signatures of 50,000
+# pruned ones): 98 % uploaded (with an attempt
+# row each), 1 % superseded, some failed, pending and uploading; scope-a registers its
+# sessions, scope-b deletes its files after upload, the others keep them.
+GENERATE = """
+INSERT INTO sessions (id, job, host, origin, group_key, state, opened_at, last_activity_at,
+                      completed_at, closed_reason, marker_seen)
+SELECT s, (%(jobs)s::text[])[1 + s %% 3], 'host-a', 'daemon', 'run-' || s,
+       CASE WHEN s > 1995 THEN 'open' ELSE 'complete' END,
+       now() - make_interval(days => 50) + s * interval '36 minutes', now() - interval '1 hour',
+       CASE WHEN s > 1995 THEN NULL
+            ELSE now() - make_interval(days => 50) + s * interval '36 minutes' END,
+       CASE WHEN s > 1995 THEN NULL ELSE 'idle' END, false
+FROM generate_series(1, 2000) s;
+SELECT setval('sessions_id_seq', 2000);
+INSERT INTO triggers (id, job, session_id, state, attempts, created_at, sent_at)
+SELECT s, 'scope-a', s, 'sent', 1, now() - make_interval(days => 50) + s * interval '36 minutes',
+       now() - make_interval(days => 50) + s * interval '36 minutes'
+FROM generate_series(1, 1995) s WHERE s %% 3 = 0;
+SELECT setval('triggers_id_seq', 2000);
+INSERT INTO trigger_calls (trigger_id, attempt, host, started_at, finished_at, status)
+SELECT id, 1, 'host-a', created_at, sent_at, 200 FROM triggers;
+INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inode, bucket, key,
+                           state, attempts, sha256, session_id, discovered_at,
+                           first_attempt_at, uploaded_at, updated_at, trigger_id,
+                           registered_at, disposed_at, disposition, last_error)
+SELECT (%(jobs)s::text[])[1 + (i / 50) %% 3], 'host-a', 'host-a', '/data',
+       'run-' || (i / 50) || '/f' || i, 1000 + i %% 5000, i, i, 'lab-raw', 'k/' || i,
+       st, 1, CASE WHEN st = 'uploaded' THEN %(sha)s END, i / 50, at, at,
+       CASE WHEN st = 'uploaded' THEN at END, at,
+       CASE WHEN st = 'uploaded' AND (i / 50) %% 3 = 0 AND i / 50 <= 1995 THEN i / 50 END,
+       CASE WHEN st = 'uploaded' AND (i / 50) %% 3 = 0 AND i / 50 <= 1995 THEN at END,
+       CASE WHEN st = 'uploaded' THEN at END,
+       CASE WHEN st = 'uploaded' AND (i / 50) %% 3 = 1 THEN 'deleted'
+            WHEN st = 'uploaded' THEN 'kept' END,
+       CASE WHEN st = 'failed' THEN 'AccessDenied' END
+FROM (SELECT i, now() - make_interval(days => 50) + i * interval '43 seconds' AS at,
+             CASE WHEN i > 99850 THEN 'pending' WHEN i > 99840 THEN 'uploading'
+                  WHEN i %% 500 = 7 THEN 'failed' WHEN i %% 100 = 3 THEN 'superseded'
+                  ELSE 'uploaded' END AS st
+      FROM generate_series(50, 100049) i) g;
+UPDATE file_versions SET claimed_by = 'host-a:1:w', lease_expires_at = now() + interval '1 hour'
+WHERE state = 'uploading';
+INSERT INTO upload_attempts (file_version_id, attempt, host, worker, started_at, finished_at,
+                             outcome, bytes)
+SELECT id, 1, 'host-a', 'host-a:1:w', discovered_at, discovered_at,
+       CASE WHEN state = 'uploading' THEN NULL WHEN state = 'failed' THEN 'failed'
+            WHEN state = 'superseded' THEN 'changed' ELSE 'uploaded' END, size
+FROM file_versions WHERE state <> 'pending';
+INSERT INTO path_signatures (job, scope, root, relpath, size, mtime_ns, inode, version_id)
+SELECT (%(jobs)s::text[])[1 + i %% 3], 'host-a', '/data', 'old/f' || i, i, i, i, i
+FROM generate_series(1, 50000) i;
+"""
+
+
+@pytest.fixture
+def history(migrated_dsn: str, sql: Sql) -> str:
+    with psycopg2.connect(migrated_dsn) as conn, conn.cursor() as cursor:
+        cursor.execute(GENERATE, {"jobs": JOBS, "sha": SHA})
+    sql("VACUUM ANALYZE")
+    return migrated_dsn
+
+
+def timer_queries() -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every query the daemon runs on a timer or per batch, with typical parameters."""
+    now = datetime.now(UTC)
+    jobs, scopes = JOBS, ["host-a", ""]
+    paths = {"roots": ["/data"] * 3, "relpaths": ["run-1/f50", "run-9/new", "run-3/f170"],
+             "sizes": [1050, 1, 1170], "mtimes": [50, 1, 170], "inodes": [50, 1, 170]}
+    yield "claim_batch", {"worker": "host-a:1:w", "host": "host-a", "jobs": jobs,
+                          "scopes": scopes, "limit": 16, "lease_seconds": 60}
+    yield "renew_leases", {"worker": "host-a:1:w", "ids": [99800], "lease_seconds": 60}
+    yield "complete_batch", {
+        "worker": "host-a:1:w", "keeping": ["scope-a", "scope-c"], "ids": [99800], "attempts": [1],
+        "states": ["uploaded"], "outcomes": ["uploaded"], "sha256s": [SHA], "etags": ["e"],
+        "errors": [None], "delays": [None], "bytes": [1]}
+    yield "release_claims", {"worker": "host-a:1:w", "ids": [99800]}
+    yield "known_paths", {"job": "scope-a", "scope": "host-a", **paths}
+    yield "open_sessions", {"job": "scope-a", "host": "host-a", "group_keys": ["run-9"]}
+    yield "enqueue_versions", {
+        "job": "scope-a", "scope": "host-a", "host": "host-a", "bucket": "lab-raw",
+        "marker": "DONE", "keys": ["k/a"] * 3, "sessions": [1998] * 3, "errors": [None] * 3,
+        **paths}
+    yield "job_counts", {"job": None}
+    yield "compact_counts", {}
+    yield "recent_errors", {"job": None, "limit": 10}
+    yield "abandoned_uploads", {"limit": 100}
+    yield "notify_due_retries", {}
+    yield "workers_on_host", {"prefix": "host-a:%"}
+    yield "reclaim_leases", {"dead_workers": ["host-a:2:x"]}
+    for job in jobs:
+        yield "complete_sessions", {"job": job, "idle_seconds": 600.0, "marker": "DONE",
+                                    "register": True}
+        yield "batch_uploaded_files", {"job": job, "batch_size": 500}
+        yield "due_triggers", {"job": job, "limit": 50, "session_id": None}
+        yield "undisposed_files", {"job": job, "scopes": scopes, "registered_only": False,
+                                   "limit": 500}
+    yield "open_session_summaries", {"job": None}
+    yield "session_progress", {"session_id": 1998}
+    yield "selection_progress", {"session_id": 1998, "job": None, "all": False, "jobs": jobs}
+    yield "selection_progress", {"session_id": None, "job": "scope-a", "all": False,
+                                 "jobs": jobs}
+    yield "path_versions", {"job": "scope-a", "scope": "host-a", "root": "/data",
+                            "relpath": "run-1/f50"}
+    yield "list_files", {"job": None, "state": "failed", "session_id": None, "limit": 1000}
+    old = now - timedelta(days=49)  # an hourly prune's share: the oldest day of 50
+    yield "prune_versions", {"after": 0, "cutoff": old, "jobs": jobs,
+                             "keeping": ["scope-a", "scope-c"], "registering": ["scope-a"],
+                             "limit": 2000, "dry_run": False}
+    yield "prune_attempts", {"after": 0, "cutoff": old, "jobs": jobs, "limit": 2000,
+                             "dry_run": False}
+    yield "prune_triggers", {"cutoff": old, "jobs": jobs, "limit": 2000}
+    yield "prune_sessions", {"cutoff": old, "jobs": jobs, "limit": 2000}
+
+
+def seq_scans(plan: dict[str, Any]) -> Iterator[str]:
+    if plan.get("Node Type") == "Seq Scan" and plan.get("Relation Name") in HISTORY:
+        yield plan["Relation Name"]
+    for child in plan.get("Plans", []):
+        yield from seq_scans(child)
+
+
+def test_no_timer_query_reads_the_history(history: str) -> None:
+    scans = {}
+    with psycopg2.connect(history) as conn, conn.cursor() as cursor:
+        for name, params in timer_queries():
+            cursor.execute("EXPLAIN (FORMAT JSON) " + queries()[name], params)
+            (plan,) = cursor.fetchone()[0]
+            found = sorted(set(seq_scans(plan["Plan"])))
+            found += [table for init in plan.get("Plans", []) for table in seq_scans(init)]
+            if found:
+                scans[name] = found
+    assert scans == {}, "these read a history table from end to end:\n" + json.dumps(scans)
+
+
+def test_the_check_catches_a_whole_history_aggregate(history: str) -> None:
+    """The test above can fail: the pre-0005 job_counts is a Seq Scan here."""
+    with psycopg2.connect(history) as conn, conn.cursor() as cursor:
+        cursor.execute("EXPLAIN (FORMAT JSON) SELECT job, state, count(*) FROM file_versions "
+                       "GROUP BY job, state")
+        (plan,) = cursor.fetchone()[0]
+    assert list(seq_scans(plan["Plan"])) == ["file_versions"]
+
+
+# --- incremental counts ------------------------------------------------------------------------
+
+
+def recount(sql: Sql) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+    jobs = set(sql("SELECT job, state, count(*), sum(size)::bigint FROM file_versions "
+                   "GROUP BY job, state"))
+    sessions = set(sql("SELECT session_id, state, count(*), sum(size)::bigint FROM file_versions "
+                       "WHERE session_id IS NOT NULL GROUP BY session_id, state"))
+    return jobs, sessions
+
+
+def counted(sql: Sql) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+    jobs = set(sql("SELECT job, state, files, bytes FROM ledger_job_counts WHERE files <> 0"))
+    sessions = set(sql("SELECT session_id, state, files, bytes FROM ledger_session_counts "
+                       "WHERE files <> 0"))
+    return jobs, sessions
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_counts_equal_a_recount_across_every_transition(
+    ledger: Ledger, sql: Sql, seed: int
+) -> None:
+    rng = random.Random(seed)
+    sessions = ledger.open_sessions("lab", "host-a", ["run-1", "run-2"])
+
+    def enqueue() -> None:
+        versions = [NewVersion("/d", f"f{rng.randrange(30)}", rng.randrange(1, 100), 1,
+                               rng.randrange(3), f"k{i}", rng.choice(list(sessions.values())))
+                    for i in range(rng.randrange(1, 8))]
+        ledger.enqueue("lab", scope="host-a", host="host-a", bucket="b", versions=versions)
+
+    def work() -> None:
+        claims = ledger.claim(worker="host-a:1:w", host="host-a", jobs=["lab"],
+                              scopes=["host-a"], limit=rng.randrange(1, 6), lease_seconds=60)
+        outcomes = [Outcome(c, *rng.choice([(State.UPLOADED, "uploaded", SHA),
+                                            (State.FAILED, "failed", None),
+                                            (State.PENDING, "failed", None),
+                                            (State.SUPERSEDED, "changed", None)]))
+                    for c in claims]
+        finished = [o for o in outcomes if rng.random() < 0.8]
+        ledger.complete("host-a:1:w", finished, keeping=["lab"])
+        ledger.release("host-a:1:w", [o.claim.id for o in outcomes if o not in finished])
+
+    def retry() -> None:
+        ledger.requeue_failed(job="lab")
+
+    def prune() -> None:
+        sql("UPDATE file_versions SET uploaded_at = uploaded_at - interval '100 days', "
+            "updated_at = updated_at - interval '100 days' WHERE id %% 3 = 0")
+        sql("UPDATE sessions SET state = 'complete', completed_at = now() WHERE id = %s",
+            sessions["run-1"])
+        Pruner(ledger, rest=lambda seconds: False).run(Retention(), {"lab": job("/d")})
+
+    steps = [enqueue, work, work, retry, ledger.compact_counts, prune]
+    for _ in range(60):
+        rng.choice(steps)()
+        assert counted(sql) == recount(sql)
+    assert sql("SELECT count(*) FROM file_versions")[0][0] > 0
+
+
+def test_recount_rebuilds_the_counts(ledger: Ledger, sql: Sql) -> None:
+    ledger.enqueue("lab", scope="h", host="h", bucket="b",
+                   versions=[NewVersion("/d", "a", 5, 1, 1, "k", None)])
+    ledger.compact_counts()
+    sql("UPDATE job_state_counts SET files = 99")
+    assert counted(sql) != recount(sql)
+    sql("SELECT ledger_recount()")
+    assert counted(sql) == recount(sql) == ({("lab", "pending", 1, 5)}, set())
+
+
+# --- retention ---------------------------------------------------------------------------------
+
+
+def job(root: str | Path, extra: str = "") -> Any:
+    return parse_job_text(f"source: {{paths: [{root}], settle: 0s}}\n"
+                          f"destination: {{bucket: lab-raw}}\n{extra}", name="lab",
+                          defaults=S3Settings())
+
+
+def age(sql: Sql, days: int = 200) -> None:
+    sql("UPDATE file_versions SET discovered_at = discovered_at - make_interval(days => %s), "
+        "uploaded_at = uploaded_at - make_interval(days => %s), "
+        "updated_at = updated_at - make_interval(days => %s)", days, days, days)
+    sql("UPDATE sessions SET completed_at = completed_at - make_interval(days => %s)", days)
+
+
+def upload_everything(ledger: Ledger) -> None:
+    while claims := ledger.claim(worker="host-a:1:w", host="host-a", jobs=["lab"],
+                                 scopes=["host-a"], limit=100, lease_seconds=60):
+        ledger.complete("host-a:1:w", [Outcome(c, State.UPLOADED, "uploaded", SHA)
+                                       for c in claims], keeping=["lab"])
+
+
+def discover(migrated_dsn: str, lab: Any, sql: Sql, expected: int) -> None:
+    """Run discovery over the job's roots until it is idle; ``expected`` versions in all."""
+    discovery = Discovery(Ledger(migrated_dsn), host="host-a")
+    discovery.start()
+    try:
+        discovery.set_jobs({"lab": lab})
+        wait_for(lambda: sql("SELECT count(*) FROM file_versions")[0][0] >= expected,
+                 timeout=30, message=f"{expected} versions")
+        wait_for(discovery.settled, timeout=30, message="discovery idle")
+    finally:
+        discovery.stop()
+
+
+def test_pruning_never_queues_an_unchanged_file_again(
+    migrated_dsn: str, ledger: Ledger, sql: Sql, tmp_path: Path
+) -> None:
+    for name in ("same.dat", "changed.dat"):
+        (tmp_path / name).write_bytes(b"first")
+    lab = job(tmp_path)
+    discover(migrated_dsn, lab, sql, expected=2)
+    upload_everything(ledger)
+    age(sql)
+    report = Pruner(ledger, rest=lambda seconds: False).run(Retention(), {"lab": lab})
+    assert (report.versions, report.attempts) == (2, 2)
+    assert sql("SELECT count(*) FROM file_versions") == [(0,)]
+    assert sql("SELECT relpath FROM path_signatures ORDER BY 1") == [
+        ("changed.dat",), ("same.dat",)]
+    (tmp_path / "changed.dat").write_bytes(b"second, longer")
+    discover(migrated_dsn, lab, sql, expected=1)
+    assert sql("SELECT relpath, state FROM file_versions") == [("changed.dat", "pending")]
+    same = Candidate(str(tmp_path), "same.dat", Signature.of((tmp_path / "same.dat").stat()))
+    assert ledger.known_paths("lab", "host-a", [same]) == {(str(tmp_path), "same.dat")}
+
+
+def test_pruning_keeps_live_work_unsent_registrations_and_open_sessions(
+    ledger: Ledger, sql: Sql
+) -> None:
+    closed, still_open = ledger.open_sessions("lab", "host-a", ["closed", "open"]).values()
+    ledger.enqueue("lab", scope="host-a", host="host-a", bucket="b", versions=[
+        NewVersion("/d", name, 1, 1, i, f"k/{name}", session)
+        for i, (name, session) in enumerate([
+            ("done", closed), ("failed", closed), ("pending", closed), ("in-open", still_open),
+            ("undisposed", closed), ("unregistered", closed)])])
+    claims = {c.relpath: c for c in ledger.claim(
+        worker="w", host="host-a", jobs=["lab"], scopes=["host-a"], limit=10,
+        lease_seconds=60)}
+    ledger.release("w", [claims.pop("pending").id])
+    failed_upload = claims.pop("failed")
+    ledger.complete("w", [Outcome(c, State.UPLOADED, "uploaded", SHA) for c in claims.values()]
+                    + [Outcome(failed_upload, State.FAILED, "failed", error="AccessDenied")])
+    sql("UPDATE file_versions SET disposed_at = now() WHERE relpath <> 'undisposed'")
+    # The closed session's registration was sent; "unregistered" waits in a failed one.
+    sent = ledger.create_session_trigger("lab", closed)
+    sql("UPDATE triggers SET state = 'sent', sent_at = now() WHERE id = %s", sent)
+    sql("INSERT INTO triggers (job, state) VALUES ('lab', 'failed')")
+    sql("UPDATE file_versions SET trigger_id = (SELECT max(id) FROM triggers) "
+        "WHERE relpath = 'unregistered'")
+    sql("UPDATE sessions SET state = 'complete', completed_at = now() WHERE id = %s", closed)
+    age(sql)
+    lab = job("/d", "trigger: {url: 'http://127.0.0.1:1/r'}\nafter_upload: delete\n")
+    Pruner(ledger, rest=lambda seconds: False).run(Retention(), {"lab": lab})
+    left = dict(sql("SELECT relpath, state FROM file_versions"))
+    assert left == {"failed": "failed", "pending": "pending", "in-open": "uploaded",
+                    "undisposed": "uploaded", "unregistered": "uploaded"}
+    assert sql("SELECT id FROM sessions ORDER BY id") == [(closed,), (still_open,)]
+    assert sql("SELECT state FROM triggers ORDER BY id") == [("sent",), ("failed",)], (
+        "the sent one still carries files of the closed session")
+
+
+def test_a_dry_run_changes_nothing_and_a_job_not_configured_is_left_alone(
+    ledger: Ledger, sql: Sql
+) -> None:
+    ledger.enqueue("other", scope="host-a", host="host-a", bucket="b",
+                   versions=[NewVersion("/d", "x", 1, 1, 1, "k/x", None)])
+    ledger.enqueue("lab", scope="host-a", host="host-a", bucket="b",
+                   versions=[NewVersion("/d", "y", 1, 1, 1, "k/y", None)])
+    while claims := ledger.claim(worker="w", host="host-a", jobs=["lab", "other"],
+                                 scopes=["host-a"], limit=10, lease_seconds=60):
+        ledger.complete("w", [Outcome(c, State.UPLOADED, "uploaded", SHA) for c in claims],
+                        keeping=["lab", "other"])
+    age(sql)
+    pruner = Pruner(ledger, rest=lambda seconds: False)
+    dry = pruner.run(Retention(), {"lab": job("/d")}, dry_run=True)
+    assert (dry.versions, dry.attempts) == (1, 1)
+    assert sql("SELECT count(*) FROM file_versions") == [(2,)]
+    assert sql("SELECT count(*) FROM upload_attempts") == [(2,)]
+    pruner.run(Retention(), {"lab": job("/d")})
+    assert sql("SELECT job FROM file_versions") == [("other",)]
+
+
+def test_explain_tells_a_pruned_path_from_a_changed_one(
+    migrated_dsn: str, ledger: Ledger, sql: Sql, tmp_path: Path
+) -> None:
+    (tmp_path / "a.dat").write_bytes(b"first")
+    lab = job(tmp_path)
+    discover(migrated_dsn, lab, sql, expected=1)
+    upload_everything(ledger)
+    age(sql)
+    Pruner(ledger, rest=lambda seconds: False).run(Retention(), {"lab": lab})
+    lines = list(explain(str(tmp_path / "a.dat"), {"lab": lab}, ledger, host="host-a"))
+    assert lines[-1] == ("why: uploaded (its history was pruned); unchanged, so it is not "
+                         "uploaded again")
+    assert any(line.startswith("versions: pruned by retention") for line in lines)
+    (tmp_path / "a.dat").write_bytes(b"second, longer")
+    lines = list(explain(str(tmp_path / "a.dat"), {"lab": lab}, ledger, host="host-a"))
+    assert lines[-1].startswith("why: changed since the pruned version")
