@@ -30,7 +30,10 @@ WITH incoming AS (
     ON CONFLICT ON CONSTRAINT file_versions_one_row_per_version DO NOTHING
     RETURNING id, root, relpath, session_id
 ), superseded AS (
-    -- One probe of the unique index per new row (LATERAL), never a join of the job's rows.
+    -- One probe of file_versions_live_by_path per new row, never a walk of the job's live
+    -- rows: OFFSET 0 keeps the LATERAL subquery from being flattened into a hash join of
+    -- them, and the state test is that index's predicate to the letter (pending or failed),
+    -- which no other partial index can be proved from (see migration 0005).
     UPDATE file_versions old
     SET state = 'superseded', last_error = 'replaced by a newer version', updated_at = now()
     WHERE old.id IN (
@@ -39,7 +42,9 @@ WITH incoming AS (
         CROSS JOIN LATERAL (
             SELECT o.id FROM file_versions o
             WHERE o.job = %(job)s AND o.scope = %(scope)s AND o.root = i.root
-              AND o.relpath = i.relpath AND o.id < i.id AND o.state IN ('pending', 'failed')
+              AND o.relpath = i.relpath AND o.id < i.id
+              AND o.state NOT IN ('uploading', 'uploaded', 'superseded')
+            OFFSET 0
         ) earlier
     )
     RETURNING old.id
@@ -60,18 +65,22 @@ LISTEN uploaderd_work;
 -- name: known_paths
 -- Discovery's question for a batch of candidates: which (root, relpath) already have exactly
 -- this signature in the ledger, as a version or as the signature kept when its versions were
--- pruned. One probe of a unique index per candidate; nothing is held in memory.
+-- pruned. One probe of a unique index per candidate; nothing is held in memory. OFFSET 0
+-- keeps each EXISTS a per-candidate probe: without it PostgreSQL may turn it into a "hashed
+-- SubPlan", a hash table of every version of the job, built for every batch.
 SELECT c.root, c.relpath
 FROM unnest(%(roots)s::text[], %(relpaths)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
             %(inodes)s::bigint[]) AS c(root, relpath, size, mtime_ns, inode)
 WHERE EXISTS (SELECT 1 FROM file_versions f
               WHERE f.job = %(job)s AND f.scope = %(scope)s AND f.root = c.root
                 AND f.relpath = c.relpath AND f.size = c.size AND f.mtime_ns = c.mtime_ns
-                AND f.inode = c.inode)
+                AND f.inode = c.inode
+              OFFSET 0)
    OR EXISTS (SELECT 1 FROM path_signatures p
               WHERE p.job = %(job)s AND p.scope = %(scope)s AND p.root = c.root
                 AND p.relpath = c.relpath AND p.size = c.size AND p.mtime_ns = c.mtime_ns
-                AND p.inode = c.inode);
+                AND p.inode = c.inode
+              OFFSET 0);
 -- name: claim_batch
 -- A short claim: lock free rows without waiting on other claimers, mark them with our
 -- worker id, the attempt number and a lease, and open their attempt rows. Committed at once.
@@ -368,7 +377,7 @@ SELECT EXISTS (SELECT 1 FROM done)
 WITH batch AS (
     SELECT id FROM file_versions
     WHERE job = %(job)s AND state = 'uploaded' AND trigger_id IS NULL
-    ORDER BY id
+    ORDER BY uploaded_at, id
     LIMIT %(batch_size)s
     FOR UPDATE SKIP LOCKED
 ), outbox AS (
@@ -447,7 +456,7 @@ SELECT id, root, relpath, size, mtime_ns, inode
 FROM file_versions
 WHERE job = %(job)s AND scope = ANY(%(scopes)s::text[]) AND state = 'uploaded'
   AND disposed_at IS NULL AND (NOT %(registered_only)s OR registered_at IS NOT NULL)
-ORDER BY id
+ORDER BY uploaded_at, id
 LIMIT %(limit)s;
 
 -- name: mark_disposed

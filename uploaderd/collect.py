@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from uploaderd.config import Job
-from uploaderd.scanner import Candidate, ScanRules, check_path, scan
+from uploaderd.scanner import Candidate, ScanRules, recheck, scan
 from uploaderd.settle import SettleTracker
 
 PathKey = tuple[str, str]  # (root, relpath)
@@ -106,7 +106,7 @@ def _look_again(
     """Re-stat every waiting file: gone ones are dropped, settled ones move to complete."""
     for key in list(waiting):
         root, relpath = key
-        candidate = check_path(root, f"{root}/{relpath}", rules)
+        candidate = recheck(root, relpath, rules)
         if candidate is None:
             del waiting[key]
             tracker.forget(key)

@@ -26,7 +26,7 @@ from uploaderd import metrics
 from uploaderd.config import Job
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.ledger import Ledger
-from uploaderd.scanner import Candidate, ScanRules, check_path, scan
+from uploaderd.scanner import Candidate, ScanRules, check_path, recheck, scan
 from uploaderd.sessions import group_key
 from uploaderd.settle import SettleTracker, Signature
 from uploaderd.versions import new_version, scope_of
@@ -247,7 +247,7 @@ class Discovery:
         for state in self._jobs.values():
             rules = state.rules
             for root, relpath in state.tracker.due():
-                candidate = check_path(root, f"{root}/{relpath}", rules)
+                candidate = recheck(root, relpath, rules)
                 if candidate is None:
                     state.tracker.forget((root, relpath))
                 else:

@@ -38,12 +38,19 @@ def relative_path(root: str, path: str) -> str | None:
     relpath = os.path.relpath(path, root)
     if relpath in (".", "..") or relpath.startswith("../"):
         return None
+    return relpath if _utf8(relpath, path) else None
+
+
+def _utf8(name: str, path: str) -> bool:
+    """False (and a warning) for a name that is not valid UTF-8 (surrogate-escaped bytes)."""
+    if name.isascii():
+        return True
     try:
-        relpath.encode("utf-8")
+        name.encode("utf-8")
     except UnicodeEncodeError:
         log.warning("skipping %r: its name is not valid UTF-8", path.encode("utf-8", "replace"))
-        return None
-    return relpath
+        return False
+    return True
 
 
 def check_path(root: str, path: str, rules: ScanRules) -> Candidate | None:
@@ -66,6 +73,25 @@ def check_path(root: str, path: str, rules: ScanRules) -> Candidate | None:
     return Candidate(root, relpath, Signature.of(info))
 
 
+def recheck(root: str, relpath: str, rules: ScanRules) -> Candidate | None:
+    """A candidate found before, looked at again while it settles.
+
+    Its relative path passed the filters already; what can have changed is the file (gone,
+    now a link or not a file: the full ``check_path`` decides) or a directory above it
+    (replaced by a link leading out of the root: ``_stays_inside`` still checks that).
+    """
+    path = f"{root}/{relpath}"
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or rules.follow_symlinks:
+        return check_path(root, path, rules)
+    if not _stays_inside(root, path, relpath, rules):
+        return None
+    return Candidate(root, relpath, Signature.of(info))
+
+
 def scan(root: str, rules: ScanRules, start: str | None = None) -> Iterator[Candidate]:
     """Every candidate under ``start`` (default: the whole root), depth first."""
     real_root = os.path.realpath(root)
@@ -75,18 +101,24 @@ def scan(root: str, rules: ScanRules, start: str | None = None) -> Iterator[Cand
         seen_dirs.add((info.st_dev, info.st_ino))
     except OSError:
         pass
-    stack = [start or root]
+    first = start or root
+    first_rel = relative_path(root, first) if start else ""
+    if first_rel is None:
+        return
+    # (directory, its path relative to the root, with a trailing '/' unless the root itself):
+    # relative paths are built by appending names, never computed from absolute ones.
+    stack = [(first, first_rel + "/" if first_rel else "")]
     while stack:
-        directory = stack.pop()
+        directory, prefix = stack.pop()
         try:
             entries = list(os.scandir(directory))
         except OSError as exc:
             log.warning("cannot list %s: %s", directory, exc.strerror)
             continue
         for entry in entries:
-            relpath = relative_path(root, entry.path)
-            if relpath is None:
+            if not _utf8(entry.name, entry.path):
                 continue
+            relpath = prefix + entry.name
             try:
                 is_link = entry.is_symlink()
                 if is_link and not rules.follow_symlinks:
@@ -95,7 +127,7 @@ def scan(root: str, rules: ScanRules, start: str | None = None) -> Iterator[Cand
                     if rules.recursive and not rules.filter.prunes_dir(relpath) and _new_dir(
                         entry, real_root, is_link, seen_dirs
                     ):
-                        stack.append(entry.path)
+                        stack.append((entry.path, relpath + "/"))
                     continue
                 if not entry.is_file(follow_symlinks=True) or not rules.filter.matches(relpath):
                     continue

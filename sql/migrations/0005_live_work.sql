@@ -150,6 +150,26 @@ CREATE INDEX file_versions_live ON file_versions (job, state, discovered_at)
     WHERE state IN ('pending', 'uploading', 'failed');
 CREATE INDEX file_versions_live_by_session ON file_versions (session_id)
     WHERE state IN ('pending', 'uploading', 'failed');
+-- The older pending or failed versions of a path a batch queues anew (superseded by it): a
+-- probe per new row. Before a table's first ANALYZE (or with statistics from before a big
+-- backlog) the planner prefers walking file_versions_live, smaller and as "selective" by its
+-- estimates, which reads every live row of the job for each new row: quadratic while a
+-- fresh ledger fills. So the predicate is written so that only this index can serve
+-- enqueue_versions (which repeats it to the letter): file_versions_live's cannot be proved
+-- from it. Given the state CHECK, it holds the pending and failed rows.
+CREATE INDEX file_versions_live_by_path ON file_versions (job, scope, root, relpath)
+    WHERE state NOT IN ('uploading', 'uploaded', 'superseded');
+-- Versions waiting for after_upload, and for an `on: file_uploaded` registration, oldest
+-- upload first. Keyed on uploaded_at, not id: ordered by id, a job's batch could be read
+-- through the primary key instead, and after an upgrade the planner does choose that,
+-- misled by the history still in these indexes (the rows of jobs that keep their files or
+-- register none); no other index offers this order.
+DROP INDEX file_versions_undisposed;
+CREATE INDEX file_versions_undisposed ON file_versions (job, uploaded_at, id)
+    WHERE state = 'uploaded' AND disposed_at IS NULL;
+DROP INDEX file_versions_unregistered;
+CREATE INDEX file_versions_unregistered ON file_versions (job, uploaded_at, id)
+    WHERE state = 'uploaded' AND trigger_id IS NULL;
 -- Multipart uploads in progress or waiting to be aborted.
 CREATE INDEX file_versions_multipart ON file_versions (id) WHERE multipart_upload_id IS NOT NULL;
 -- The unique index (job, scope, root, relpath, size, mtime_ns, inode) serves every lookup
