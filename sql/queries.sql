@@ -307,20 +307,26 @@ SELECT pg_advisory_unlock(hashtext('uploaderd'), hashtext('migrate'));
 -- One run of `uploaderd upload` is one session.
 INSERT INTO sessions (job, host, origin) VALUES (%(job)s, %(host)s, 'upload') RETURNING id;
 
+-- name: remember_markers
+-- Sessions opened before migration 0005 do not know whether their marker file was queued:
+-- search each such open session's files once, and remember the answer (discovery marks
+-- the marker from then on), so the session sweep never searches files.
+UPDATE sessions o
+SET marker_seen = EXISTS (
+    SELECT 1 FROM file_versions m
+    WHERE m.session_id = o.id
+      AND (m.relpath = %(marker)s OR right(m.relpath, length(%(marker)s) + 1) = '/' || %(marker)s))
+WHERE o.job = %(job)s AND o.state = 'open' AND o.marker_seen IS NULL;
+
 -- name: complete_sessions
 -- Close a job's open daemon sessions that went idle or saw their marker file, and `upload`
 -- runs left open with failures that were retried since, once every version in them is
 -- uploaded; with a session trigger, write the registration to the outbox in the same
 -- transaction. Reads the open sessions and, for each, one probe of the live-by-session
--- index: never their files. (Sessions opened before migration 0005 have no marker_seen and
--- are searched for their marker as before.)
+-- index: never their files.
 WITH candidates AS (
     SELECT o.id, o.origin, o.last_activity_at,
-           coalesce(o.marker_seen, %(marker)s::text IS NOT NULL AND EXISTS (
-               SELECT 1 FROM file_versions m
-               WHERE m.session_id = o.id
-                 AND (m.relpath = %(marker)s OR right(m.relpath, length(%(marker)s) + 1)
-                                                 = '/' || %(marker)s))) AS found
+           %(marker)s::text IS NOT NULL AND coalesce(o.marker_seen, false) AS found
     FROM sessions o
     WHERE o.job = %(job)s AND o.state = 'open'
       -- Discovery opens (touches) a session, then queues its files in a second statement:

@@ -396,9 +396,13 @@ class Ledger:
     def complete_sessions(
         self, job: str, *, idle_seconds: float | None, marker: str | None, register: bool
     ) -> list[int]:
-        rows = self._all("complete_sessions", {"job": job, "idle_seconds": idle_seconds,
-                                               "marker": marker, "register": register})
-        return [row[0] for row in rows]
+        params = {"job": job, "idle_seconds": idle_seconds, "marker": marker,
+                  "register": register}
+        with self.transaction() as cursor:
+            if marker is not None:
+                cursor.execute(queries()["remember_markers"], params)
+            cursor.execute(queries()["complete_sessions"], params)
+            return [row[0] for row in cursor.fetchall()]
 
     def complete_run_session(self, session_id: int, *, register: bool) -> bool:
         rows = self._all("complete_run_session", {"session_id": session_id,

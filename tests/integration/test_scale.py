@@ -131,6 +131,7 @@ def timer_queries() -> Iterator[tuple[str, dict[str, Any]]]:
     yield "workers_on_host", {"prefix": "host-a:%"}
     yield "reclaim_leases", {"dead_workers": ["host-a:2:x"]}
     for job in jobs:
+        yield "remember_markers", {"job": job, "marker": "DONE"}
         yield "complete_sessions", {"job": job, "idle_seconds": 600.0, "marker": "DONE",
                                     "register": True}
         yield "batch_uploaded_files", {"job": job, "batch_size": 500}

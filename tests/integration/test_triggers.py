@@ -251,3 +251,4 @@ def test_the_marker_is_recorded_when_queued_and_searched_only_in_older_sessions(
     sql("UPDATE sessions SET marker_seen = NULL")  # opened before migration 0005
     assert ledger.complete_sessions("lab", idle_seconds=None, marker="DONE",
                                     register=False) == [session]
+    assert sql("SELECT marker_seen FROM sessions") == [(True,)], "searched once, remembered"
