@@ -318,6 +318,12 @@ SET marker_seen = EXISTS (
       AND (m.relpath = %(marker)s OR right(m.relpath, length(%(marker)s) + 1) = '/' || %(marker)s))
 WHERE o.job = %(job)s AND o.state = 'open' AND o.marker_seen IS NULL;
 
+-- name: drop_empty_run_session
+-- An `uploaderd upload` run whose files another process queued first: nothing to keep.
+DELETE FROM sessions s
+WHERE s.id = %(session_id)s AND s.origin = 'upload' AND s.state = 'open'
+  AND NOT EXISTS (SELECT 1 FROM file_versions f WHERE f.session_id = s.id);
+
 -- name: complete_sessions
 -- Close a job's open daemon sessions that went idle or saw their marker file, and `upload`
 -- runs left open with failures that were retried since, once every version in them is
@@ -529,6 +535,29 @@ SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM regs), (SELECT count(
 -- name: session_triggers
 SELECT id, state, attempts, last_status, last_error, sent_at
 FROM triggers WHERE session_id = %(session_id)s ORDER BY id;
+
+-- name: registration_counts
+-- `uploaderd status`: per job, the registrations not sent yet, through the unsent index.
+SELECT job, state, count(*)::bigint AS registrations,
+       extract(epoch FROM now() - min(created_at))::float8 AS oldest_age_seconds,
+       greatest(0, extract(epoch FROM min(next_attempt_at) - now()))::float8 AS next_in
+FROM triggers
+WHERE state IN ('pending', 'failed') AND (%(job)s::text IS NULL OR job = %(job)s)
+GROUP BY job, state
+ORDER BY job, state;
+
+-- name: unsent_triggers
+-- `uploaderd trigger --job J --pending`: one job's registrations not sent yet.
+SELECT id, session_id, state, attempts, last_status, last_error, created_at,
+       greatest(0, extract(epoch FROM next_attempt_at - now()))::float8 AS next_in
+FROM triggers
+WHERE state IN ('pending', 'failed') AND job = %(job)s
+ORDER BY id
+LIMIT %(limit)s;
+
+-- name: triggers_by_id
+SELECT id, session_id, state, attempts, last_status, last_error, sent_at
+FROM triggers WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
 
 -- name: create_session_trigger
 -- `uploaderd trigger --force`: a new registration of everything uploaded in the session.

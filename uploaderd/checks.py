@@ -102,6 +102,28 @@ def bucket_finding(storage: Storage, job: Job) -> Finding:
     return Finding("ok", subject, f"can write to s3://{destination.bucket}")
 
 
+def bucket_preflight(storage: Storage, job: Job, prefix: str) -> Finding:
+    """Before a one-shot run spends attempts: can these credentials reach the bucket? A
+    one-key listing under the job's prefix tells a missing bucket and bad credentials
+    (``unreachable``) from a policy that only lacks ``s3:ListBucket`` (``warning``: uploads
+    may still be allowed)."""
+    destination = job.destination
+    subject = f"s3://{destination.bucket}"
+    try:
+        storage.client(destination.s3).list_objects_v2(Bucket=destination.bucket,
+                                                       Prefix=prefix, MaxKeys=1)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "?")
+        message = f"{code} {error.get('Message', '')}".rstrip()
+        if code == "AccessDenied":
+            return Finding("warning", subject, f"cannot list ({message}); uploading anyway")
+        return Finding("unreachable", subject, message)
+    except BotoCoreError as exc:
+        return Finding("unreachable", subject, str(exc))
+    return Finding("ok", subject, "reachable with these credentials")
+
+
 def trigger_finding(http: urllib3.PoolManager, job: Job) -> Finding:
     """A bare HEAD to the trigger URL: any HTTP answer proves it is reachable. The job's
     headers are not sent: they carry secrets, and a probe needs none."""

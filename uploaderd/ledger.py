@@ -93,6 +93,7 @@ class Outcome:
     error: str | None = None
     retry_in: float | None = None  # seconds until the next attempt, when state is pending
     bytes: int = 0
+    seconds: float = 0.0  # how long the attempt took (for the log)
 
 
 @cache
@@ -369,6 +370,15 @@ class Ledger:
     def session_triggers(self, session_id: int) -> list[dict[str, Any]]:
         return self._dicts("session_triggers", {"session_id": session_id})
 
+    def registration_counts(self, job: str | None = None) -> list[dict[str, Any]]:
+        return self._dicts("registration_counts", {"job": job})
+
+    def unsent_triggers(self, job: str, limit: int = 1000) -> list[dict[str, Any]]:
+        return self._dicts("unsent_triggers", {"job": job, "limit": limit})
+
+    def triggers_by_id(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        return self._dicts("triggers_by_id", {"ids": list(ids)})
+
     def path_versions(
         self, job: str, scope: str, root: str, relpath: str
     ) -> list[dict[str, Any]]:
@@ -392,6 +402,9 @@ class Ledger:
 
     def open_run_session(self, job: str, host: str) -> int:
         return int(self._all("open_run_session", {"job": job, "host": host})[0][0])
+
+    def drop_empty_run_session(self, session_id: int) -> None:
+        self._all("drop_empty_run_session", {"session_id": session_id})
 
     def complete_sessions(
         self, job: str, *, idle_seconds: float | None, marker: str | None, register: bool

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from uploaderd.settle import Signature
+from uploaderd.transfers import NO_PROGRESS, CountingBody, FileProgress
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -62,8 +63,10 @@ class MultipartUpload:
     def __init__(
         self, client: S3Client, bucket: str, key: str, *, checksums: bool, concurrency: int,
         on_started: Callable[[str, int], None], throttle: Callable[[int], None],
+        progress: FileProgress = NO_PROGRESS,
     ) -> None:
         self.throttle = throttle
+        self.progress = progress
         self.client = client
         self.bucket = bucket
         self.key = key
@@ -147,6 +150,7 @@ class MultipartUpload:
                 if kept is not None:
                     done[number] = kept
                     self.parts_kept += 1
+                    self.progress.kept(len(data))
                     continue
                 self.throttle(len(data))
                 if len(in_flight) >= self.concurrency:  # bound the parts held in memory
@@ -163,8 +167,10 @@ class MultipartUpload:
 
     def _send_part(self, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
         extra: dict[str, Any] = {"ChecksumSHA256": _b64_sha256(data)} if self.checksums else {}
+        body = CountingBody(data, self.progress.sent)
         response = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=upload_id,
-                                           PartNumber=number, Body=data, **extra)
+                                           PartNumber=number, Body=body, **extra)
+        body.finish()
         self.parts_sent += 1
         part = {"PartNumber": number, "ETag": response["ETag"]}
         if self.checksums:

@@ -7,6 +7,9 @@ daemon may take some of the work; the run follows the ledger, so it does not mat
 uploads. Retries follow the job's policy: the run waits for a pending file's next attempt.
 When the bucket keeps failing the pool's breaker trips, and a one-shot run stops there
 instead of probing for hours: what is left stays pending for the daemon or the next run.
+Before it queues anything, ``upload`` checks that the credentials reach the bucket.
+
+Every step is printed through ``out`` and recorded in ``report`` (what ``--json`` prints).
 """
 
 from __future__ import annotations
@@ -19,14 +22,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from uploaderd.checks import bucket_preflight
 from uploaderd.collect import Collected, collect
 from uploaderd.config import DaemonConfig, Job
-from uploaderd.errors import EXIT_FAILURES, EXIT_OK, EXIT_UNREACHABLE
+from uploaderd.errors import EXIT_FAILURES, EXIT_OK, EXIT_UNREACHABLE, StorageUnavailable
 from uploaderd.health import Breaker
 from uploaderd.ledger import Ledger, State, StateTally
-from uploaderd.progress import Display, RunProgress
+from uploaderd.progress import Display, RunProgress, Speed
 from uploaderd.register import Registrar
-from uploaderd.units import format_bytes
+from uploaderd.storage import Storage
+from uploaderd.transfers import Snapshot
+from uploaderd.units import format_bytes, plural
+from uploaderd.verify import listing_prefix
 from uploaderd.versions import new_version, render_key, scope_of
 from uploaderd.workers import UploadPool, build_pool
 
@@ -77,6 +84,13 @@ class RunResult:
             return EXIT_UNREACHABLE
         return EXIT_FAILURES if self.failed or self.left else EXIT_OK
 
+    def as_json(self, seconds: float) -> dict[str, Any]:
+        return {"uploaded": self.uploaded, "failed": self.failed,
+                "superseded": self.superseded, "bytes": self.bytes, "left": self.left,
+                "seconds": round(seconds, 3), "stopped": self.stopped,
+                "failures": [{"relpath": f["relpath"], "attempts": f["attempts"],
+                              "error": f["last_error"]} for f in self.failures]}
+
 
 def _files(tallies: Mapping[str, StateTally], states: Sequence[str]) -> int:
     return sum(tallies[s].files for s in states if s in tallies)
@@ -87,16 +101,23 @@ def _bytes(tallies: Mapping[str, StateTally], states: Sequence[str]) -> int:
 
 
 def run_progress(
-    baseline: Mapping[str, StateTally], now: Mapping[str, StateTally]
+    baseline: Mapping[str, StateTally], now: Mapping[str, StateTally],
+    sending: Snapshot | None = None, speed: float | None = None,
 ) -> RunProgress:
-    """This run's share of the selection: what became terminal since it started, of all."""
+    """This run's share of the selection: what became terminal since it started, of all,
+    plus the bytes sent so far of the files in flight (``sending``, read before ``now``)."""
     done_files = max(0, _files(now, TERMINAL) - _files(baseline, TERMINAL))
     done_bytes = max(0, _bytes(now, TERMINAL) - _bytes(baseline, TERMINAL))
+    total_bytes = done_bytes + _bytes(now, ACTIVE)
     uploading = _files(now, [State.UPLOADING])
     pending = now.get(State.PENDING)
     retry_in = pending.next_in if pending is not None and not uploading else None
-    return RunProgress(done_files, done_files + _files(now, ACTIVE), done_bytes,
-                       done_bytes + _bytes(now, ACTIVE), uploading, retry_in)
+    active = sending.active if sending is not None else ()
+    # A file whose outcome landed between the two reads counts once: capped at the total.
+    in_flight = sum(a.sent for a in active)
+    return RunProgress(done_files, done_files + _files(now, ACTIVE),
+                       min(total_bytes, done_bytes + in_flight), total_bytes, uploading,
+                       retry_in, active, sending.last_error if sending else None, speed)
 
 
 def _delta(
@@ -135,13 +156,14 @@ class Engine:
 
     def __init__(
         self, config: DaemonConfig, jobs: Mapping[str, Job], ledger: Ledger, *, host: str,
-        poll: float = POLL_SECONDS,
+        poll: float = POLL_SECONDS, workers: int | None = None,
     ) -> None:
         self.config = config
         self.jobs = {name: uploadable(job) for name, job in jobs.items()}
         self.ledger = ledger
         self.host = host
         self.poll = poll
+        self.workers = workers
 
     def run(self, selection: Selection, display: Display) -> RunResult:
         baseline = selection.tallies(self.ledger)
@@ -155,7 +177,7 @@ class Engine:
             pool.ledger.close()
         if stopped is not None:
             now = selection.tallies(self.ledger)  # the released claims are pending again
-        display.update(run_progress(baseline, now))
+        display.update(run_progress(baseline, now, pool.transfers.snapshot()))
         return RunResult(
             uploaded=_delta(baseline, now, State.UPLOADED),
             failed=_delta(baseline, now, State.FAILED),
@@ -167,16 +189,19 @@ class Engine:
     def _pool(self, selection: Selection, breakers: BreakerLog) -> UploadPool:
         jobs = {name: self.jobs[name] for name in selection.jobs}
         return build_pool(self.config, lambda: jobs, host=self.host,
-                          name="uploaderd one-shot workers", breaker=breakers)
+                          name="uploaderd one-shot workers", breaker=breakers,
+                          workers=self.workers)
 
     def _follow(
         self, selection: Selection, baseline: Mapping[str, StateTally], display: Display,
         pool: UploadPool, breakers: BreakerLog,
     ) -> tuple[dict[str, StateTally], str | None]:
         """Watch the ledger until the selection is done, or the bucket keeps failing."""
+        speed = Speed()
         while True:
+            sending = pool.transfers.snapshot()
             now = selection.tallies(self.ledger)
-            display.update(run_progress(baseline, now))
+            display.update(run_progress(baseline, now, sending, speed.sample(sending.sent_total)))
             if not _files(now, ACTIVE):
                 return now, None
             tripped = breakers.tripped()
@@ -188,24 +213,36 @@ class Engine:
 
 
 class OneShot:
-    """``upload``, ``retry`` and ``pipeline``: each prints what it does through ``out``."""
+    """``upload``, ``retry`` and ``pipeline``: each prints what it does through ``out`` and
+    records it in ``report``."""
 
     def __init__(
         self, config: DaemonConfig, jobs: Mapping[str, Job], ledger: Ledger, *, out: Out,
-        display: Callable[[], Display], host: str | None = None,
+        display: Callable[[], Display], registrar: Registrar | None = None,
+        host: str | None = None, workers: int | None = None,
     ) -> None:
         self.config = config
         self.jobs = jobs
         self.ledger = ledger
         self.out = out
         self.display = display
+        self.registrar = registrar
         self.host = host or socket.gethostname()
-        self.engine = Engine(config, jobs, ledger, host=self.host)
+        self.engine = Engine(config, jobs, ledger, host=self.host, workers=workers)
+        self.report: dict[str, Any] = {}
 
     # --- upload ----------------------------------------------------------------------------
 
-    def upload(self, job: Job, *, dry_run: bool = False) -> tuple[int, int | None]:
+    def upload(self, job: Job, *, dry_run: bool = False) -> int:
+        """Queue what is new in a session of its own, upload it, send the due registrations."""
+        status, _ = self._upload(job, dry_run=dry_run)
+        if dry_run:
+            return status
+        return max(status, self._send_due(job))
+
+    def _upload(self, job: Job, *, dry_run: bool) -> tuple[int, int | None]:
         """(exit status, session id or None when nothing was queued)."""
+        report = self.report.setdefault("upload", {"job": job.name, "session": None})
         found = self._collect(job)
         self._report_found(job, found)
         if dry_run:
@@ -214,17 +251,38 @@ class OneShot:
         if not found.complete:
             self.out(f"job {job.name}: nothing new to upload")
             return EXIT_OK, None
+        self._preflight(job)
         session_id = self.ledger.open_run_session(job.name, self.host)
         versions = [new_version(job, c, session_id=session_id, host=self.host)
                     for c in found.complete]
-        self.ledger.enqueue(job.name, scope=scope_of(job, self.host), host=self.host,
-                            bucket=job.destination.bucket, versions=versions,
-                            marker=job.session.marker)
-        self.out(f"session {session_id}: queued {len(versions)} files "
-                 f"({format_bytes(sum(v.size for v in versions))})")
-        result = self._run(Selection((job.name,), session_id=session_id))
+        queued, _ = self.ledger.enqueue(job.name, scope=scope_of(job, self.host),
+                                        host=self.host, bucket=job.destination.bucket,
+                                        versions=versions, marker=job.session.marker)
+        report["queued"] = queued
+        if not queued:
+            self.ledger.drop_empty_run_session(session_id)
+            self.out(f"job {job.name}: nothing queued: another uploaderd (the daemon) queued "
+                     f"these {plural(len(versions), 'file')} first and uploads them")
+            return EXIT_OK, None
+        report["session"] = session_id
+        size = sum(v.size for v in versions[:queued]) if queued == len(versions) else None
+        others = len(versions) - queued
+        self.out(f"session {session_id}: queued {plural(queued, 'file')}"
+                 + (f" ({format_bytes(size)})" if size is not None else "")
+                 + (f"; {others} more were queued by another uploaderd first" if others else ""))
+        result = self._run(Selection((job.name,), session_id=session_id), report)
         self._complete_run_sessions([(session_id, job)])
         return result.exit_status, session_id
+
+    def _preflight(self, job: Job) -> None:
+        """Spend no attempts on a bucket these credentials cannot reach."""
+        storage = Storage(pool_connections=1)
+        finding = bucket_preflight(storage, job, listing_prefix(job.destination.key, job.name))
+        if finding.level == "unreachable":
+            raise StorageUnavailable(f"job {job.name}: cannot reach {finding.subject}: "
+                                     f"{finding.message}; nothing was queued")
+        if finding.level == "warning":
+            self.out(f"job {job.name}: {finding.subject}: {finding.message}")
 
     def _collect(self, job: Job) -> Collected:
         scope = scope_of(job, self.host)
@@ -236,18 +294,24 @@ class OneShot:
             display.close()
 
     def _report_found(self, job: Job, found: Collected) -> None:
-        self.out(f"job {job.name}: {len(found.complete)} new complete files, {found.known} "
-                 f"already in the ledger, {len(found.unsettled)} still being written")
+        self.report["upload"]["found"] = {"complete": len(found.complete), "known": found.known,
+                                          "unsettled": len(found.unsettled)}
+        self.out(f"job {job.name}: {plural(len(found.complete), 'new complete file')}, "
+                 f"{found.known} already in the ledger, {len(found.unsettled)} still being "
+                 "written")
         for candidate in found.unsettled:
             self.out(f"skipped (still being written): {candidate.root}/{candidate.relpath}")
 
     def _print_plan(self, job: Job, found: Collected) -> None:
         """``--dry-run``: what would be queued, with keys (``${session}`` not yet known)."""
         total = sum(c.signature.size for c in found.complete)
-        self.out(f"would queue {len(found.complete)} files ({format_bytes(total)}) "
+        self.out(f"would queue {plural(len(found.complete), 'file')} ({format_bytes(total)}) "
                  f"to s3://{job.destination.bucket}:")
+        plan = self.report["upload"]["would_queue"] = []
         for candidate in found.complete:
             key, error = render_key(job, candidate, session="<session>", host=self.host)
+            plan.append({"relpath": candidate.relpath, "size": candidate.signature.size,
+                         "key": key, "error": error})
             self.out(f"  {candidate.relpath}  {format_bytes(candidate.signature.size)}  "
                      f"{key or error}")
 
@@ -257,11 +321,14 @@ class OneShot:
         files, registrations = self.ledger.requeue_failed(
             session_id=selection.session_id, job=selection.job,
             everything=selection.everything)
-        self.out(f"{selection.describe()}: requeued {files} failed files and {registrations} "
-                 "failed registrations")
+        report = self.report.setdefault("retry", {})
+        report.update({"selection": selection.describe(), "requeued_files": files,
+                       "requeued_registrations": registrations})
+        self.out(f"{selection.describe()}: requeued {plural(files, 'failed file')} and "
+                 f"{plural(registrations, 'failed registration')}")
         if not auto:
             return EXIT_OK
-        result = self._run(selection)
+        result = self._run(selection, report)
         self._complete_run_sessions(self._open_run_sessions(selection))
         return result.exit_status
 
@@ -273,22 +340,32 @@ class OneShot:
 
     # --- pipeline --------------------------------------------------------------------------
 
-    def pipeline(self, job: Job, registrar: Registrar) -> int:
-        """upload → retry of that session with fresh attempts → trigger of that session."""
-        status, session_id = self.upload(job)
-        if session_id is None:
-            return status
-        if status != EXIT_OK:
+    def pipeline(self, job: Job) -> int:
+        """upload → retry of that session with fresh attempts → trigger of that session →
+        the job's other due registrations (an earlier run's that the endpoint refused)."""
+        status, session_id = self._upload(job, dry_run=False)
+        if session_id is not None and status != EXIT_OK:
             self.out(f"pipeline: retrying the failures of session {session_id}")
             status = self.retry(Selection((job.name,), session_id=session_id), auto=True)
         if job.trigger is None:
-            self.out(f"pipeline: job {job.name} has no trigger; nothing to register")
+            if session_id is not None:
+                self.out(f"pipeline: job {job.name} has no trigger; nothing to register")
             return status
-        return max(status, registrar.trigger(session_id, force=False))
+        if session_id is not None:
+            assert self.registrar is not None
+            status = max(status, self.registrar.trigger(session_id, force=False))
+        return max(status, self._send_due(job))
 
     # --- shared ----------------------------------------------------------------------------
 
-    def _run(self, selection: Selection) -> RunResult:
+    def _send_due(self, job: Job) -> int:
+        if self.registrar is None or job.trigger is None:
+            return EXIT_OK
+        status = self.registrar.send_due(job)
+        self.report["registrations"] = self.registrar.calls
+        return status
+
+    def _run(self, selection: Selection, report: dict[str, Any]) -> RunResult:
         display = self.display()
         started = time.monotonic()
         try:
@@ -296,23 +373,28 @@ class OneShot:
         finally:
             display.close()
         elapsed = time.monotonic() - started
+        report["run"] = result.as_json(elapsed)
         self.out(f"{selection.describe()}: {result.uploaded} uploaded, {result.failed} failed, "
                  f"{result.superseded} changed while queued "
                  f"({format_bytes(result.bytes)} in {elapsed:.1f}s)")
         for row in result.failures:
-            self.out(f"failed: {row['relpath']} ({row['attempts']} attempts): "
+            self.out(f"failed: {row['relpath']} ({plural(row['attempts'], 'attempt')}): "
                      f"{row['last_error']}")
         if result.stopped is not None:
-            self.out(f"stopped: {result.stopped}; {result.left} files stay pending for the "
-                     "daemon or the next run")
+            self.out(f"stopped: {result.stopped}; {plural(result.left, 'file')} stay pending "
+                     "for the daemon or the next run")
         return result
 
     def _complete_run_sessions(self, sessions: Sequence[tuple[int, Job]]) -> None:
         for session_id, job in sessions:
             register = job.trigger is not None and job.trigger.on == "session_complete"
             if self.ledger.complete_run_session(session_id, register=register):
+                self.report.setdefault("sessions", []).append(
+                    {"session": session_id, "state": "complete"})
                 self.out(f"session {session_id}: complete"
                          + ("; registration queued" if register else ""))
             else:
+                self.report.setdefault("sessions", []).append(
+                    {"session": session_id, "state": "open"})
                 self.out(f"session {session_id}: stays open until its failures are retried "
                          f"(`uploaderd retry --session-id {session_id} --auto-retry`)")

@@ -33,7 +33,9 @@ from uploaderd.config import DaemonConfig, Job, load_jobs
 from uploaderd.discovery import Discovery
 from uploaderd.errors import EXIT_OK, EXIT_USAGE, DatabaseUnavailable
 from uploaderd.ledger import Ledger
+from uploaderd.logs import ActivityLog, fields
 from uploaderd.scheduler import Scheduler
+from uploaderd.units import plural
 from uploaderd.watcher import Watcher
 from uploaderd.workers import build_pool
 
@@ -73,7 +75,8 @@ class Daemon:
                                    host=self.host, on_db=self._db_reporter("discovery"))
         self.watcher = Watcher(self.discovery.submit, self._watch_error)
         self.pool = build_pool(config, lambda: self.jobs, host=self.host,
-                               name="uploaderd workers", on_db=self._db_reporter("workers"))
+                               name="uploaderd workers", on_db=self._db_reporter("workers"),
+                               activity=ActivityLog())
         self.scheduler = Scheduler(
             Ledger(config.dsn, application_name="uploaderd scheduler"),
             Ledger(config.dsn, application_name="uploaderd triggers"),
@@ -209,6 +212,8 @@ class Daemon:
                 log.warning("job %s: keeping the previous version of %s", name, job.file)
                 jobs[name] = job
         metrics.config_reload_success.set(0 if loaded.problems else 1)
+        for name, change in job_changes(previous, loaded.jobs, jobs):
+            log.info("job %s: %s", name, change, extra=fields(name))
         return jobs
 
     def _watch_jobs_dir(self) -> None:
@@ -241,8 +246,8 @@ class Daemon:
         roots = sum(self.watcher.count(name) for name in self.jobs)
         with self._db_lock:
             db = "ok" if all(self._db_state.values()) else "unreachable, retrying"
-        return (f"{len(self.jobs)} jobs, {roots} roots watched, {self.pool.busy()} uploading, "
-                f"database {db}")
+        return (f"{plural(len(self.jobs), 'job')}, {plural(roots, 'root')} watched, "
+                f"{self.pool.busy()} uploading, database {db}")
 
     def _db_reporter(self, component: str) -> Callable[[bool], None]:
         def report(up: bool) -> None:
@@ -278,6 +283,33 @@ class Daemon:
 
     def _notify(self, *lines: str) -> None:
         self.notifier.notify("\n".join(lines))
+
+
+def job_changes(
+    previous: Mapping[str, Job], configured: Mapping[str, Job], running: Mapping[str, Job]
+) -> list[tuple[str, str]]:
+    """(job, what happened to it) for a load of ``jobs.d``: added, changed, disabled,
+    enabled again, removed. A job kept at its previous version says nothing."""
+    changes = []
+    for name in sorted(set(previous) | set(configured)):
+        before, after = previous.get(name), configured.get(name)
+        if after is None:
+            if name not in running:
+                changes.append((name, "removed; its queued files wait until it returns"))
+        elif not after.enabled:
+            if before is not None or not previous:
+                changes.append((name, "disabled (enabled: false): the daemon leaves it alone; "
+                                      "`uploaderd upload` and `pipeline` still run it"))
+        elif before is None:
+            changes.append((name, f"added: {_describe(after)}"))
+        elif before != after:
+            changes.append((name, f"changed: {_describe(after)}"))
+    return changes
+
+
+def _describe(job: Job) -> str:
+    roots = ", ".join(str(path) for path in job.source.paths)
+    return f"{roots} to s3://{job.destination.bucket}"
 
 
 def run(config: DaemonConfig) -> int:

@@ -10,6 +10,7 @@ from botocore.config import Config
 
 from uploaderd import metrics
 from uploaderd.config import S3Settings
+from uploaderd.transfers import not_transferring, transferring
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -46,6 +47,11 @@ class Storage:
         events = client.meta.events
         events.register("response-received.s3", _count_response)
         events.register("before-send.s3.PutObject", _no_expect_continue)
+        for operation in ("PutObject", "UploadPart"):
+            # Progress counts a body's bytes only once it is signed: reading it to sign or to
+            # checksum is not sending it.
+            events.register_first(f"request-created.s3.{operation}", not_transferring)
+            events.register_last(f"request-created.s3.{operation}", transferring)
         return client
 
 

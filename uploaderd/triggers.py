@@ -12,6 +12,7 @@ at the moment of the call and never logged or stored.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -31,10 +32,12 @@ from uploaderd.config import Job, TriggerSpec
 from uploaderd.errors import UploaderdError
 from uploaderd.health import Breaker
 from uploaderd.ledger import DueTrigger, Ledger
+from uploaderd.logs import fields
 from uploaderd.retry import next_attempt_in
 
 log = logging.getLogger(__name__)
 
+CONFIGURATION_ERROR = "configuration error"
 _SECRET = re.compile(r"\$\{(env|file):([^}]+)\}")
 _EXCERPT = 300
 
@@ -50,6 +53,7 @@ class CallResult:
     error: str | None
     excerpt: str | None
     retryable: bool
+    configuration: bool = False  # never sent: the job's config (a secret) is not usable here
 
 
 @dataclass
@@ -59,24 +63,30 @@ class DispatchReport:
     retrying: int = 0
     paused: bool = False
     skipped: bool = False  # another host holds the job's dispatch lock
+    configuration: int = 0  # calls not made: a secret the headers name is missing
     errors: list[str] = field(default_factory=list)
+    called: list[int] = field(default_factory=list)  # the registrations it tried, in order
 
 
 def resolve_headers(headers: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
     """Header values with ``${env:NAME}`` and ``${file:/path}`` replaced by the secret."""
 
-    def secret(match: re.Match[str]) -> str:
+    def secret(header: str, match: re.Match[str]) -> str:
         kind, name = match.group(1), match.group(2)
         if kind == "env":
             if name not in env:
-                raise TriggerSetupError(f"the environment variable {name} is not set")
+                raise TriggerSetupError(
+                    f"header {header} names ${{env:{name}}}, and the environment variable "
+                    f"{name} is not set for this process")
             return env[name]
         try:
             return Path(name).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise TriggerSetupError(f"cannot read the secret file {name}: {exc.strerror}") from exc
+            raise TriggerSetupError(f"header {header} names ${{file:{name}}}, which cannot be "
+                                    f"read: {exc.strerror}") from exc
 
-    return {header: _SECRET.sub(secret, value) for header, value in headers.items()}
+    return {header: _SECRET.sub(functools.partial(secret, header), value)
+            for header, value in headers.items()}
 
 
 def manifest(job: Job, due: DueTrigger, files: list[dict[str, Any]]) -> dict[str, Any]:
@@ -152,6 +162,7 @@ class TriggerDispatcher:
         if started is None:
             return True
         attempt, tries = started
+        report.called.append(due.id)
         files = self.ledger.trigger_manifest(due.id)
         result = self._post(spec, due, manifest(job, due, files))
         retry_in = next_attempt_in(tries, job.retry) if result.retryable else None
@@ -162,19 +173,27 @@ class TriggerDispatcher:
         metrics.trigger_requests.labels(job.name, state).inc()
         if state == "sent":
             report.sent += 1
+            log.info("job %s: registration %d sent (HTTP %s)", job.name, due.id,
+                     result.status, extra=fields(job.name, due.session_id))
             if breaker.record_success():
                 self._set_health(job, breaker, None)
                 log.info("job %s: the trigger endpoint answers again; resumed", job.name)
             return True
         report.errors.append(result.error or "")
+        extra = fields(job.name, due.session_id)
+        if result.configuration:
+            report.configuration += 1
+            log.error("job %s: registration %d not sent: %s", job.name, due.id, result.error,
+                      extra=extra)
+            return True  # the endpoint is not to blame: no pause
         if state == "failed":
             report.failed += 1
             log.error("job %s: registration %d failed for good: %s", job.name, due.id,
-                      result.error)
+                      result.error, extra=extra)
         else:
             report.retrying += 1
             log.warning("job %s: registration %d: %s; retrying in %.0fs", job.name, due.id,
-                        result.error, retry_in)
+                        result.error, retry_in, extra=extra)
         pause = breaker.record_failure(result.error or "") if result.retryable else None
         if pause is not None:
             self._set_health(job, breaker, pause)
@@ -193,7 +212,8 @@ class TriggerDispatcher:
                 "Idempotency-Key": due.idempotency_key,
             }
         except TriggerSetupError as exc:
-            return CallResult("pending", None, str(exc), None, retryable=True)
+            return CallResult("pending", None, f"{CONFIGURATION_ERROR}: {exc}", None,
+                              retryable=True, configuration=True)
         try:
             response = self.http.request(
                 spec.method, spec.url, body=json.dumps(body).encode(), headers=headers,

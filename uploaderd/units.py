@@ -1,4 +1,4 @@
-"""Parsing of the human units used in config files: durations and byte sizes."""
+"""The human units: durations and byte sizes in config files, sizes and counts in output."""
 
 from __future__ import annotations
 
@@ -51,3 +51,13 @@ def format_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 file``, ``2 files`` (``nouns`` for an irregular plural)."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def format_rate(bytes_per_second: float | None) -> str:
+    """``12.3 MiB/s``, in the units ``format_bytes`` uses; ``-`` when not known yet."""
+    return "-" if bytes_per_second is None else f"{format_bytes(bytes_per_second)}/s"

@@ -35,6 +35,7 @@ from uploaderd.multipart import (
 )
 from uploaderd.settle import Signature
 from uploaderd.storage import Storage
+from uploaderd.transfers import NO_PROGRESS, CountingBody, FileProgress
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -90,7 +91,8 @@ class Uploader:
         return limiter.consume
 
     def upload(
-        self, claim: Claim, job: Job, on_multipart: MultipartStarted = lambda *_: None
+        self, claim: Claim, job: Job, on_multipart: MultipartStarted = lambda *_: None,
+        progress: FileProgress = NO_PROGRESS,
     ) -> UploadResult:
         path = os.path.join(claim.root, claim.relpath)
         expected = Signature(claim.size, claim.mtime_ns, claim.inode)
@@ -100,9 +102,10 @@ class Uploader:
                 check_unchanged(file, expected)
                 throttle = self._throttle(job)
                 if claim.size <= self.transfer.multipart_threshold:
-                    return self._put_small(file, expected, claim, job.destination, throttle)
+                    return self._put_small(file, expected, claim, job.destination, throttle,
+                                           progress)
                 return self._put_large(file, expected, claim, job.destination, on_multipart,
-                                       throttle)
+                                       throttle, progress)
         except FileNotFoundError:
             return UploadResult("vanished", error="the file is gone", retryable=False)
         except FileChanged as exc:
@@ -119,7 +122,7 @@ class Uploader:
 
     def _put_small(
         self, file: io.RawIOBase, expected: Signature, claim: Claim, destination: Destination,
-        throttle: Callable[[int], None],
+        throttle: Callable[[int], None], progress: FileProgress,
     ) -> UploadResult:
         data = read_exactly(file, claim.size)
         check_unchanged(file, expected)  # the bytes we hold are exactly the queued version
@@ -130,7 +133,13 @@ class Uploader:
         args = _put_arguments(destination, sha)
         if destination.s3.checksum == "when_supported":
             args["ChecksumSHA256"] = base64.b64encode(digest.digest()).decode()
-        put: Callable[..., Any] = client.put_object
+
+        def put(**kwargs: Any) -> Any:
+            body = CountingBody(data, progress.sent)
+            response = client.put_object(Body=body, **kwargs)
+            body.finish()
+            return response
+
         if destination.overwrite == "never":
             # Some stores (rclone) ignore If-None-Match, so "never" looks before it writes.
             existing = _existing(client, claim, destination, sha)
@@ -139,8 +148,7 @@ class Uploader:
         if destination.overwrite != "always":
             # One request in the common case: create only if absent; decide on a conflict.
             try:
-                response = put(Bucket=claim.bucket, Key=claim.key, Body=data, IfNoneMatch="*",
-                               **args)
+                response = put(Bucket=claim.bucket, Key=claim.key, IfNoneMatch="*", **args)
                 return UploadResult("uploaded", sha, response.get("ETag"), bytes=len(data))
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
@@ -148,12 +156,12 @@ class Uploader:
             existing = _existing(client, claim, destination, sha)
             if existing is not None:
                 return existing
-        response = put(Bucket=claim.bucket, Key=claim.key, Body=data, **args)
+        response = put(Bucket=claim.bucket, Key=claim.key, **args)
         return UploadResult("uploaded", sha, response.get("ETag"), bytes=len(data))
 
     def _put_large(
         self, file: io.RawIOBase, expected: Signature, claim: Claim, destination: Destination,
-        on_multipart: MultipartStarted, throttle: Callable[[int], None],
+        on_multipart: MultipartStarted, throttle: Callable[[int], None], progress: FileProgress,
     ) -> UploadResult:
         sha = _hash_file(file, expected)
         client = self.storage.client(destination.s3)
@@ -164,7 +172,7 @@ class Uploader:
         upload = MultipartUpload(
             client, claim.bucket, claim.key, checksums=destination.s3.checksum == "when_supported",
             concurrency=self.transfer.concurrency_per_file, on_started=on_multipart,
-            throttle=throttle,
+            throttle=throttle, progress=progress,
         )
         resume = (Resume(claim.multipart_upload_id, claim.multipart_part_size)
                   if claim.multipart_upload_id and claim.multipart_part_size else None)

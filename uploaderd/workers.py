@@ -26,8 +26,10 @@ from uploaderd.config import DaemonConfig, Job
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.health import Breaker
 from uploaderd.ledger import Claim, Ledger, MultipartStarted, Outcome, State
+from uploaderd.logs import ActivityLog, Attempt
 from uploaderd.retry import next_attempt_in
 from uploaderd.storage import Storage
+from uploaderd.transfers import Transfers
 from uploaderd.uploader import TransferSettings, Uploader, UploadResult
 from uploaderd.windows import in_any_window
 
@@ -74,9 +76,12 @@ class UploadPool:
         lease_seconds: float = LEASE_SECONDS,
         on_db: Callable[[bool], None] = lambda up: None,
         breaker: Callable[[], Breaker] = Breaker,
+        activity: ActivityLog | None = None,
     ) -> None:
         self.ledger = ledger
         self._new_breaker = breaker
+        self.activity = activity  # the daemon's per-file log lines; one-shot runs show a bar
+        self.transfers = Transfers()
         self.uploader = uploader
         self.jobs = jobs
         self.workers = workers
@@ -106,6 +111,7 @@ class UploadPool:
         # dispatcher (the only thread with a connection).
         self._breakers: dict[str, Breaker] = {}
         self._health_changes: dict[str, float | None] = {}  # job → pause, or None: resumed
+        self._answered: set[str] = set()  # jobs whose bucket answered this pool once
         self._health_lock = threading.Lock()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -159,19 +165,23 @@ class UploadPool:
             self._done.put(MultipartStarted(claim, upload_id, part_size))
             self._wake()
 
+        progress = self.transfers.begin(claim.id, claim.relpath, claim.size)
         try:
-            result = self.uploader.upload(claim, job, multipart_started)
+            result = self.uploader.upload(claim, job, multipart_started, progress)
         except Exception as exc:  # a bug must cost one attempt, not the worker thread
             log.exception("job %s: unexpected error uploading %s", job.name, claim.relpath)
             result = UploadResult("failed", error=f"internal error: {type(exc).__name__}")
+        seconds = time.monotonic() - began
         metrics.uploads.labels(job.name, result.outcome).inc()
         self._record_health(job.name, result)
         if result.outcome == "uploaded":
-            metrics.upload_duration.labels(job.name).observe(time.monotonic() - began)
+            metrics.upload_duration.labels(job.name).observe(seconds)
             metrics.upload_bytes.labels(job.name).inc(result.bytes)
             metrics.upload_size.labels(job.name).observe(claim.size)
             metrics.last_success.labels(job.name).set_to_current_time()
-        return outcome_of(claim, job, result)
+        elif result.error:
+            self.transfers.failed(claim.relpath, result.error)
+        return outcome_of(claim, job, result, seconds)
 
     def _record_health(self, job: str, result: UploadResult) -> None:
         with self._health_lock:
@@ -180,6 +190,10 @@ class UploadPool:
                 if breaker.record_success():
                     self._health_changes[job] = None
                     log.info("job %s: the bucket answers again; uploads resume", job)
+                elif job not in self._answered:
+                    # A pause an earlier process (or run) recorded for this host is over.
+                    self._health_changes[job] = None
+                self._answered.add(job)
             elif result.destination:
                 pause = breaker.record_failure(result.error or "")
                 if pause is not None:
@@ -230,6 +244,8 @@ class UploadPool:
                 self._collect()
                 self._write_outcomes()
                 self._write_health()
+                if self.activity is not None:
+                    self.activity.flush(force=stopping)
                 if stopping:
                     self._release_held()
                     return
@@ -288,8 +304,11 @@ class UploadPool:
                     log.warning("job %s: %s: the lease was lost; the result of attempt %d is "
                                 "dropped", outcome.claim.job, outcome.claim.relpath,
                                 outcome.claim.attempt)
+                elif self.activity is not None and outcome.outcome in ("uploaded", "failed"):
+                    self.activity.record(_attempt(outcome))
         for outcome in self._unwritten:
             self._held.pop(outcome.claim.id, None)
+        self.transfers.end([o.claim.id for o in self._unwritten])
         self._unwritten.clear()
 
     def _claim_more(self) -> bool:
@@ -356,24 +375,37 @@ class UploadPool:
 def build_pool(
     config: DaemonConfig, jobs: Callable[[], Mapping[str, Job]], *, host: str, name: str,
     on_db: Callable[[bool], None] = lambda up: None, breaker: Callable[[], Breaker] = Breaker,
+    activity: ActivityLog | None = None, workers: int | None = None,
 ) -> UploadPool:
-    """A pool as ``config`` sizes it: S3 connections for every worker and its part threads."""
+    """A pool as ``config`` sizes it (or ``workers``): S3 connections for every worker and
+    its part threads."""
+    workers = workers or config.workers
     transfer = TransferSettings()
-    storage = Storage(pool_connections=config.workers * (1 + transfer.concurrency_per_file))
+    storage = Storage(pool_connections=workers * (1 + transfer.concurrency_per_file))
     return UploadPool(Ledger(config.dsn, application_name=name), Uploader(storage, transfer),
-                      jobs, workers=config.workers, host=host, on_db=on_db, breaker=breaker)
+                      jobs, workers=workers, host=host, on_db=on_db, breaker=breaker,
+                      activity=activity)
 
 
-def outcome_of(claim: Claim, job: Job, result: UploadResult) -> Outcome:
+def outcome_of(claim: Claim, job: Job, result: UploadResult, seconds: float = 0.0) -> Outcome:
     """What the ledger records for one attempt's result, by the job's retry policy."""
     if result.outcome == "uploaded":
         return Outcome(claim, State.UPLOADED, "uploaded", result.sha256, result.etag,
-                       bytes=result.bytes)
+                       bytes=result.bytes, seconds=seconds)
     if result.outcome == "changed":
         # The file moved on; its new content is a new version that discovery queues.
-        return Outcome(claim, State.SUPERSEDED, "changed", error=result.error)
+        return Outcome(claim, State.SUPERSEDED, "changed", error=result.error, seconds=seconds)
     delay = next_attempt_in(claim.tries, job.retry) if result.retryable else None
     if delay is None:
-        return Outcome(claim, State.FAILED, "failed", result.sha256, error=result.error)
+        return Outcome(claim, State.FAILED, "failed", result.sha256, error=result.error,
+                       seconds=seconds)
     return Outcome(claim, State.PENDING, "failed", result.sha256, error=result.error,
-                   retry_in=delay)
+                   retry_in=delay, seconds=seconds)
+
+
+def _attempt(outcome: Outcome) -> Attempt:
+    claim = outcome.claim
+    return Attempt(claim.job, claim.session_id, claim.relpath, claim.bucket, claim.key,
+                   claim.size, outcome.seconds, claim.attempt,
+                   None if outcome.outcome == "uploaded" else outcome.error or "failed",
+                   outcome.retry_in)

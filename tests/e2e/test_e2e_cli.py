@@ -87,7 +87,7 @@ def test_check_reports_every_problem_of_every_job_at_once(tmp_path: Path) -> Non
     assert any(line.startswith(f"{jobs / 'broken.yaml'}:2: invalid YAML") for line in lines)
     assert "ok          job good: 1 directories to watch" in result.stdout.replace(
         " (limit", "\n").splitlines()
-    assert lines[-1] == "1 valid jobs, 4 problems"
+    assert lines[-1] == "1 valid job, 4 problems"
 
 
 def test_env_overrides_config_path_and_dsn(tmp_path: Path, migrated_dsn: str) -> None:

@@ -94,7 +94,7 @@ def test_dropped_files_reach_s3_with_their_sha256(
     relpaths = {row[0] for row in sql("SELECT relpath FROM file_versions")}
     assert relpaths == set(files), "temp names and dotfiles are never queued"
     assert daemon.notes is not None
-    assert daemon.notes.wait_prefix("STATUS=", "1 jobs, 1 roots watched")
+    assert daemon.notes.wait_prefix("STATUS=", "1 job, 1 root watched")
     assert daemon.stop() == 0
 
 

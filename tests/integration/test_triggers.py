@@ -147,7 +147,10 @@ def test_a_missing_secret_is_a_clear_error_without_a_call(
     ledger.complete_sessions("lab", idle_seconds=0.0, marker=None, register=True)
     TriggerDispatcher(ledger, env={}).dispatch(job)
     assert httpserver.log == []
-    assert sql("SELECT error FROM trigger_calls") == [("the environment variable NOPE is not set",)]
+    assert sql("SELECT error FROM trigger_calls") == [(
+        "configuration error: header Authorization names ${env:NOPE}, and the environment "
+        "variable NOPE is not set for this process",)]
+    assert sql("SELECT consecutive_failures FROM destination_health") == [], "no pause"
     with pytest.raises(Exception, match="NOPE is not set"):
         resolve_headers({"A": "${env:NOPE}"}, {})
 

@@ -140,4 +140,9 @@ def test_a_registration_call_is_described_with_its_status() -> None:
                           "last_error": "HTTP 400"}) == "failed (HTTP 400): HTTP 400"
     assert describe_call({"state": "pending", "last_status": None,
                           "last_error": "no response: NewConnectionError"}) == (
-        "not sent (no response): no response: NewConnectionError; queued for retry")
+        "not sent: no response: NewConnectionError; queued for retry")
+    assert describe_call({"state": "pending", "last_status": None,
+                          "last_error": "configuration error: header A names ${env:T}, and "
+                                        "the environment variable T is not set"}) == (
+        "not sent: configuration error: header A names ${env:T}, and the environment "
+        "variable T is not set; queued for retry")
