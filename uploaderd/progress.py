@@ -22,11 +22,10 @@ from rich.console import Console, RenderableType
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.text import Text
 
-from uploaderd.transfers import Active
+from uploaderd.transfers import STATS_SECONDS, Active
 from uploaderd.units import format_bytes, format_rate, plural
 
 SPEED_WINDOW_SECONDS = 10.0
-STATS_SECONDS = 10.0
 _SHOWN_FILES = 4
 
 

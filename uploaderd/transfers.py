@@ -14,6 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+# How often a display that is not a terminal prints a one-line summary (``--stats``).
+STATS_SECONDS = 10.0
+
 
 @dataclass(frozen=True)
 class Active:
