@@ -19,7 +19,8 @@ import contextlib
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 # Called with each chunk the client sends; returns the bytes to forward, or None to reset
 # the connection there (as a broken network would).
@@ -48,6 +49,7 @@ class Relay:
         self._thread = threading.Thread(target=self._loop.run_forever, name="relay", daemon=True)
         self._server: asyncio.Server | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def endpoint_url(self) -> str:
@@ -97,8 +99,8 @@ class Relay:
             for writer in (client_w, server_w):
                 writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP,
                                                            socket.TCP_NODELAY, 1)
-            upstream = asyncio.ensure_future(self._pump(client_r, server_w, self.tamper))
-            downstream = asyncio.ensure_future(self._pump(server_r, client_w, None))
+            upstream = self._task(self._pump(client_r, server_w, self.tamper))
+            downstream = self._task(self._pump(server_r, client_w, None))
             done, _ = await asyncio.wait((upstream, downstream),
                                          return_when=asyncio.FIRST_EXCEPTION)
             if any(isinstance(task.exception(), Reset) for task in done):
@@ -107,6 +109,13 @@ class Relay:
             await asyncio.gather(upstream, downstream, return_exceptions=True)
             for writer in (client_w, server_w):
                 writer.close()
+
+    def _task(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task held until it ends: the loop itself keeps only weak references."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     tamper: Tamper | None) -> None:
@@ -133,14 +142,17 @@ class Relay:
                     data = changed
                 pending.append((loop.time() + self.delay, data))
                 if flushing is None or flushing.done():
-                    flushing = asyncio.ensure_future(flush())
+                    flushing = self._task(flush())
             if flushing is not None:
                 await flushing
             with contextlib.suppress(OSError):
                 writer.write_eof()
         except (ConnectionError, OSError):
+            # One side broke: break the other too, or it would wait for ever on a peer
+            # that keeps its end of the connection open (an idle keep-alive).
             if flushing is not None:
                 flushing.cancel()
+            writer.transport.abort()
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

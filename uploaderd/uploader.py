@@ -23,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from uploaderd.bandwidth import Limiter
 from uploaderd.config import Destination, Job
+from uploaderd.inflight import Budget
 from uploaderd.ledger import Claim
 from uploaderd.multipart import (
     FileChanged,
@@ -67,14 +68,20 @@ class TransferSettings:
     part_size: int = 16 * MiB
     concurrency_per_file: int = 4
 
+    @property
+    def held_per_large_file(self) -> int:
+        """The parts in flight and the one being read."""
+        return self.part_size * (self.concurrency_per_file + 1)
+
 
 class Uploader:
     def __init__(
         self, storage: Storage, transfer: TransferSettings | None = None, *,
-        limiter: Callable[[float], Limiter] = Limiter,
+        limiter: Callable[[float], Limiter] = Limiter, memory: Budget | None = None,
     ) -> None:
         self.storage = storage
         self.transfer = transfer or TransferSettings()
+        self.memory = memory or Budget()
         self._new_limiter = limiter
         self._limiters: dict[tuple[str, float], Limiter] = {}
         self._limiters_lock = threading.Lock()
@@ -101,9 +108,11 @@ class Uploader:
                 check_unchanged(file, expected)
                 throttle = self._throttle(job)
                 if claim.size <= self.transfer.multipart_threshold:
-                    return self._put_small(file, expected, claim, job.destination, throttle)
-                return self._put_large(file, expected, claim, job.destination, on_multipart,
-                                       throttle)
+                    with self.memory.hold(claim.size):
+                        return self._put_small(file, expected, claim, job.destination, throttle)
+                with self.memory.hold(self.transfer.held_per_large_file):
+                    return self._put_large(file, expected, claim, job.destination, on_multipart,
+                                           throttle)
         except FileNotFoundError:
             return UploadResult("vanished", error="the file is gone", retryable=False)
         except FileChanged as exc:
