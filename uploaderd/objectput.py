@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 
 CREDENTIALS_TTL = timedelta(minutes=5)
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# What the uploader passes; SSE and the KMS key arrive in the Target as well (store settings).
+_ARGUMENTS = frozenset({"Metadata", "StorageClass", "Tagging", "ChecksumSHA256",
+                        "ServerSideEncryption", "SSEKMSKeyId"})
 _MAX_BACKOFF = 20.0  # seconds, as botocore's standard retry mode
 PROBE_KEY = "uploaderd-endpoint-probe"
 _PROBE_HEADER = "x-uploaderd-probe-url"
@@ -110,6 +113,9 @@ class ObjectPuts:
         these same bytes, so it equals the uploader's ``ChecksumSHA256``. SSE and the KMS key
         are in ``target`` (store settings in obstore).
         """
+        unknown = args.keys() - _ARGUMENTS
+        if unknown:  # a new PutObject argument must be mapped here, not dropped
+            raise TypeError(f"objectput cannot send {sorted(unknown)}")
         store = self.store(target)
         attributes = dict(args.get("Metadata", {}))
         if args.get("StorageClass"):
@@ -122,6 +128,8 @@ class ObjectPuts:
                 result = obstore.put(store, key, body, attributes=attributes, tags=tags,
                                      mode="create" if if_absent else "overwrite",
                                      use_multipart=False)
+            except ValueError:
+                raise  # a key obstore cannot express: a bug of ``fits``, not worth a retry
             except Exception as exc:  # obstore's own errors, and OSError subclasses (404, 403)
                 status, error = _classify(exc, store)
                 metrics.s3_requests.labels("PutObject", str(status or "error")).inc()
