@@ -45,6 +45,7 @@ import psycopg2
 import psycopg2.extensions
 
 from uploaderd.devstack import REGION, S3_SERVERS, PostgresCluster, S3Server
+from uploaderd.relay import Relay
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
@@ -57,6 +58,7 @@ READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 SHUTDOWN_GRACE = 10.0
 PEERS = ("s5cmd", "rclone", "aws")
+RCLONE_TRANSFERS = 8  # rclone's --transfers when --workers is not given
 
 
 class BenchError(RuntimeError):
@@ -284,7 +286,7 @@ def verify_upload(s3: S3Server, prefix: str, workload: Workload, tool: str) -> N
                          f"expected {workload.count}")
 
 
-def credentials_env(s3: S3Server) -> dict[str, str]:
+def credentials_env(s3: Route | S3Server) -> dict[str, str]:
     """The environment every tool runs with: the server's keys, and no user AWS config."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
     return env | {
@@ -300,31 +302,56 @@ def credentials_env(s3: S3Server) -> dict[str, str]:
 # --- peers -----------------------------------------------------------------------------------
 
 
+class Route:
+    """Where the tools send their requests: the S3 server itself, or a delaying relay to it.
+
+    In WAN mode (``--wan MS``) every tool, uploaderd included, goes through one relay that
+    holds each chunk MS milliseconds in each direction; the correctness checks (listing,
+    deleting) go straight to the server.
+    """
+
+    def __init__(self, s3: S3Server, relay: Relay | None) -> None:
+        self.s3 = s3
+        self.relay = relay
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.relay.endpoint_url if self.relay else self.s3.endpoint_url
+
+    @property
+    def access_key(self) -> str:
+        return self.s3.access_key
+
+    @property
+    def secret_key(self) -> str:
+        return self.s3.secret_key
+
+
 @dataclass(frozen=True)
 class Peer:
     """One reference tool: how to call it to copy a directory to ``s3://BUCKET/prefix/``."""
 
     name: str
     executable: str
-    argv: Callable[[str, S3Server, Path, str, int], list[str]]
-    extra_env: Callable[[S3Server], dict[str, str]] = lambda s3: {}
+    argv: Callable[[str, Route, Path, str, int], list[str]]
+    extra_env: Callable[[Route], dict[str, str]] = lambda s3: {}
 
-    def command(self, s3: S3Server, src: Path, prefix: str, workers: int) -> list[str]:
+    def command(self, s3: Route, src: Path, prefix: str, workers: int) -> list[str]:
         return self.argv(self.executable, s3, src, prefix, workers)
 
 
-def _s5cmd_argv(exe: str, s3: S3Server, src: Path, prefix: str, workers: int) -> list[str]:
+def _s5cmd_argv(exe: str, s3: Route, src: Path, prefix: str, workers: int) -> list[str]:
     # --numworkers left at its default (256): s5cmd as people run it.
     return [exe, "--endpoint-url", s3.endpoint_url, "cp", f"{src}/*", f"s3://{BUCKET}/{prefix}"]
 
 
-def _rclone_argv(exe: str, s3: S3Server, src: Path, prefix: str, workers: int) -> list[str]:
+def _rclone_argv(exe: str, s3: Route, src: Path, prefix: str, workers: int) -> list[str]:
     # --config to a missing file: the remote comes from RCLONE_CONFIG_BENCH_* only.
     return [exe, "--config", os.devnull, "copy", str(src), f"bench:{BUCKET}/{prefix}",
             "--transfers", str(workers), "--s3-no-check-bucket"]
 
 
-def _rclone_env(s3: S3Server) -> dict[str, str]:
+def _rclone_env(s3: Route) -> dict[str, str]:
     return {
         "RCLONE_CONFIG_BENCH_TYPE": "s3",
         "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
@@ -336,7 +363,7 @@ def _rclone_env(s3: S3Server) -> dict[str, str]:
     }
 
 
-def _aws_argv(exe: str, s3: S3Server, src: Path, prefix: str, workers: int) -> list[str]:
+def _aws_argv(exe: str, s3: Route, src: Path, prefix: str, workers: int) -> list[str]:
     # awscli v1 defaults: 10 concurrent requests, multipart from 8 MiB.
     return [exe, "--endpoint-url", s3.endpoint_url, "s3", "cp", str(src),
             f"s3://{BUCKET}/{prefix}", "--recursive", "--only-show-errors"]
@@ -411,24 +438,27 @@ class NotifySocket:
 
 @dataclass(frozen=True)
 class DaemonSettings:
-    workers: int
+    workers: int | None  # None: the daemon's default
     settle: float
     log_level: str
     py_spy: Path | None
     py_spy_gil: bool = False
 
 
-def write_config(work: Path, dsn: str, s3: S3Server, watched: Path,
+def write_config(work: Path, dsn: str, s3: Route, watched: Path,
                  settings: DaemonSettings) -> Path:
-    """The daemon config and one job; metrics off (no port to collide with)."""
+    """The daemon config and one job; metrics off (no port to collide with).
+
+    Without ``--workers`` the config leaves ``workers`` out: the shipped default is measured.
+    """
     jobs = work / "jobs.d"
     jobs.mkdir(parents=True, exist_ok=True)
     config = work / "uploaderd.yaml"
     config.write_text(
         f"database:\n  dsn: {dsn}\n"
         f"jobs_dir: {json.dumps(str(jobs))}\n"
-        f"workers: {settings.workers}\n"
-        "metrics:\n  listen: \"\"\n"
+        + (f"workers: {settings.workers}\n" if settings.workers else "")
+        + "metrics:\n  listen: \"\"\n"
         f"s3:\n  endpoint_url: {s3.endpoint_url}\n  region: {REGION}\n"
         f"log:\n  level: {settings.log_level}\n  format: text\n"
         f"shutdown_grace: {SHUTDOWN_GRACE:.0f}s\n"
@@ -445,10 +475,11 @@ def write_config(work: Path, dsn: str, s3: S3Server, watched: Path,
 class UploaderdUnderTest:
     """One daemon for one S3 server: started once, fed each workload, stopped at the end."""
 
-    def __init__(self, work: Path, pg: PostgresCluster, s3: S3Server, server: str,
-                 settings: DaemonSettings) -> None:
+    def __init__(self, work: Path, pg: PostgresCluster, s3: S3Server, route: Route,
+                 server: str, settings: DaemonSettings) -> None:
         self.work = work
         self.s3 = s3
+        self.route = route
         self.settings = settings
         self.watched = work / "watched"
         self.staging = work / "staging"  # same filesystem, so a move is a rename
@@ -471,7 +502,7 @@ class UploaderdUnderTest:
         """
         for label in labels:
             (self.watched / label).mkdir(parents=True, exist_ok=True)
-        config = write_config(self.work, self.dsn, self.s3, self.watched, self.settings)
+        config = write_config(self.work, self.dsn, self.route, self.watched, self.settings)
         migrate = [sys.executable, "-m", "uploaderd", "migrate", "-c", str(config)]
         done = subprocess.run(migrate, env=self.env, capture_output=True, text=True,
                               check=False, timeout=60)
@@ -596,6 +627,7 @@ class Plan:
     repeat: int
     timeout: float
     daemon: DaemonSettings
+    wan: float = 0.0  # seconds of delay each way through a relay; 0: straight to the server
 
 
 def labels_for(plan: Plan) -> list[str]:
@@ -611,7 +643,13 @@ def run_server(server: str, plan: Plan, work: Path, pg: PostgresCluster,
         stack.callback(s3.cleanup)
         s3.start()
         s3.create_bucket(BUCKET)
-        daemon = UploaderdUnderTest(work / "uploaderd", pg, s3, server, plan.daemon)
+        relay = None
+        if plan.wan:
+            relay = Relay(s3.port, delay=plan.wan)
+            relay.start()
+            stack.callback(relay.stop)
+        route = Route(s3, relay)
+        daemon = UploaderdUnderTest(work / "uploaderd", pg, s3, route, server, plan.daemon)
         stack.callback(daemon.stop)
         daemon.start(labels_for(plan))
         peers = available_peers(plan.peers, results)
@@ -627,19 +665,20 @@ def run_server(server: str, plan: Plan, work: Path, pg: PostgresCluster,
                 meter = CpuMeter(children_cpu, lambda: process_cpu(server_pid(s3)),
                                  lambda: postgres_cpu(pg))
                 for peer in peers:
-                    sample = measure_peer(peer, s3, src, workload, label, plan, peer_log, meter)
+                    sample = measure_peer(peer, s3, route, src, workload, label, plan, peer_log,
+                                          meter)
                     _record(results, server, peer.name, workload, rep, sample)
             shutil.rmtree(src)
 
 
-def measure_peer(peer: Peer, s3: S3Server, src: Path, workload: Workload, label: str,
-                 plan: Plan, log: IO[bytes], meter: CpuMeter) -> Sample:
+def measure_peer(peer: Peer, s3: S3Server, route: Route, src: Path, workload: Workload,
+                 label: str, plan: Plan, log: IO[bytes], meter: CpuMeter) -> Sample:
     prefix = f"{peer.name}/{label}/"
-    env = credentials_env(s3) | peer.extra_env(s3)
+    env = credentials_env(s3) | peer.extra_env(route)
     settle_disk()
     with meter.measuring() as cpu:
-        seconds = run_timed(peer.command(s3, src, prefix, plan.daemon.workers), env, log,
-                            plan.timeout)
+        seconds = run_timed(peer.command(route, src, prefix, plan.daemon.workers or
+                                         RCLONE_TRANSFERS), env, log, plan.timeout)
     verify_upload(s3, prefix, workload, peer.name)
     delete_prefix(s3, prefix)
     return Sample(seconds, *cpu)
@@ -672,7 +711,9 @@ def report(plan: Plan, results: Results, command: str, load: tuple[float, float]
              f"{plan.daemon.settle:g}s settle; cpu = CPU seconds of the tool, the S3 server "
              "and PostgreSQL during the measurement",
              f"{os.cpu_count()} CPUs; 1-minute load average {load[0]:.2f} before, "
-             f"{load[1]:.2f} after"]
+             f"{load[1]:.2f} after; uploaderd workers: "
+             f"{plan.daemon.workers or 'default'}; "
+             + (f"WAN relay: {plan.wan * 1000:g} ms each way" if plan.wan else "no WAN relay")]
     for server in plan.servers:
         lines += ["", f"S3 server: {server}", header, "-" * len(header)]
         for workload in plan.workloads:
@@ -735,9 +776,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--small-size", type=int, default=4 * KiB, help="bytes (default 4 KiB)")
     parser.add_argument("--medium", type=int, default=200, help="medium files (default 200)")
     parser.add_argument("--medium-size", type=int, default=MiB, help="bytes (default 1 MiB)")
+    parser.add_argument("--large", type=int, default=0, help="large files (default 0)")
+    parser.add_argument("--large-size", type=int, default=256 * MiB,
+                        help="bytes (default 256 MiB)")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
-    parser.add_argument("--workers", type=int, default=8,
-                        help="uploaderd workers and rclone --transfers (default 8)")
+    parser.add_argument("--workers", type=int,
+                        help="uploaderd workers and rclone --transfers (default: uploaderd's "
+                             f"own default, rclone {RCLONE_TRANSFERS})")
+    parser.add_argument("--wan", type=float, default=0.0, metavar="MS",
+                        help="send every tool through a relay that delays each direction by "
+                             "MS milliseconds (default 0: no relay)")
     parser.add_argument("--settle", type=float, default=1.0, help="job settle seconds")
     parser.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS),
                         help="reference tools (default: all installed)")
@@ -753,18 +801,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (logs, database cluster)")
     args = parser.parse_args(argv)
-    if min(args.small, args.medium) < 0 or args.repeat < 1 or args.workers < 1:
-        parser.error("counts must be >= 0, --repeat and --workers >= 1")
+    if min(args.small, args.medium, args.large) < 0 or args.repeat < 1 or (
+            args.workers is not None and args.workers < 1) or not 0 <= args.wan <= 1000:
+        parser.error("counts must be >= 0, --repeat and --workers >= 1, --wan 0-1000")
     return args
 
 
 def plan_of(args: argparse.Namespace) -> Plan:
     workloads = tuple(w for w in (Workload("small", args.small, args.small_size),
-                                  Workload("medium", args.medium, args.medium_size)) if w.count)
+                                  Workload("medium", args.medium, args.medium_size),
+                                  Workload("large", args.large, args.large_size)) if w.count)
     py_spy = args.py_spy.resolve() if args.py_spy else None
     return Plan(tuple(args.s3), workloads, tuple(args.peers), args.repeat, args.timeout,
                 DaemonSettings(args.workers, args.settle, args.log_level, py_spy,
-                                args.py_spy_gil))
+                                args.py_spy_gil), wan=args.wan / 1000)
 
 
 def reproduce_command(args: argparse.Namespace) -> str:
@@ -772,8 +822,10 @@ def reproduce_command(args: argparse.Namespace) -> str:
     argv = [".venv/bin/python", "bench/throughput.py", "--s3", *args.s3,
             "--small", str(args.small), "--small-size", str(args.small_size),
             "--medium", str(args.medium), "--medium-size", str(args.medium_size),
-            "--repeat", str(args.repeat), "--workers", str(args.workers),
-            "--settle", f"{args.settle:g}", "--peers", *args.peers]
+            "--large", str(args.large), "--large-size", str(args.large_size),
+            "--repeat", str(args.repeat),
+            *(["--workers", str(args.workers)] if args.workers else []),
+            "--wan", f"{args.wan:g}", "--settle", f"{args.settle:g}", "--peers", *args.peers]
     return shlex.join(argv)
 
 

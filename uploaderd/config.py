@@ -73,7 +73,7 @@ class DaemonConfig:
     file: Path | None
     dsn: str
     jobs_dir: Path
-    workers: int = 8
+    workers: int = 64
     metrics_listen: str = "127.0.0.1:9464"  # "" disables the endpoint
     s3: S3Settings = field(default_factory=S3Settings)
     log_level: str = "info"
@@ -194,7 +194,7 @@ def _daemon_config(document: YamlDocument, env: Mapping[str, str]) -> DaemonConf
     database.finish()
     dsn = env.get("UPLOADERD_DATABASE_DSN") or dsn
     jobs_dir = root.converted("jobs_dir", _absolute_path, DEFAULT_JOBS_DIR)
-    workers = root.integer("workers", 8, minimum=1)
+    workers = root.integer("workers", 64, minimum=1)
     metrics = root.section("metrics")
     listen = metrics.converted("listen", _listen_address, "127.0.0.1:9464")
     metrics.finish()

@@ -1,4 +1,8 @@
-"""boto3 clients for each S3 endpoint setting, sized to the worker pool, with request metrics."""
+"""boto3 clients for each S3 endpoint setting, sized to the worker pool, with request metrics.
+
+Small PutObjects go through ``objectput`` (obstore), configured from these same clients and
+sessions; ``Storage.puts`` is its entry point.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,12 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 
 from uploaderd import metrics
 from uploaderd.config import S3Settings
+from uploaderd.objectput import ObjectPuts, answer_probe, is_probe
 from uploaderd.transfers import not_transferring, transferring
 
 if TYPE_CHECKING:
@@ -22,7 +28,9 @@ class Storage:
     def __init__(self, pool_connections: int) -> None:
         self.pool_connections = pool_connections
         self._clients: dict[S3Settings, S3Client] = {}
+        self._sessions: dict[S3Settings, botocore.session.Session] = {}
         self._lock = threading.Lock()
+        self.puts = ObjectPuts(self.client, self.session, pool_connections)
 
     def client(self, settings: S3Settings) -> S3Client:
         with self._lock:
@@ -31,8 +39,15 @@ class Storage:
                 client = self._clients[settings] = self._make(settings)
             return client
 
+    def session(self, settings: S3Settings) -> botocore.session.Session:
+        """The botocore session behind ``client(settings)``: its credentials and config."""
+        self.client(settings)
+        return self._sessions[settings]
+
     def _make(self, settings: S3Settings) -> S3Client:
-        session = boto3.session.Session(profile_name=settings.profile, region_name=settings.region)
+        core = self._sessions[settings] = botocore.session.Session()
+        session = boto3.session.Session(profile_name=settings.profile, region_name=settings.region,
+                                        botocore_session=core)
         config = Config(
             max_pool_connections=self.pool_connections,
             retries={"mode": "standard", "max_attempts": 3},
@@ -52,6 +67,7 @@ class Storage:
             # checksum is not sending it.
             events.register_first(f"request-created.s3.{operation}", not_transferring)
             events.register_last(f"request-created.s3.{operation}", transferring)
+        events.register("before-send.s3.HeadObject", answer_probe)  # type: ignore[arg-type]
         return client
 
 
@@ -65,5 +81,7 @@ def _no_expect_continue(request: Any, **_: Any) -> None:
 
 def _count_response(event_name: str, response_dict: Any, **_: Any) -> None:
     """Every HTTP attempt, retries included: a SlowDown a retry absorbed still shows."""
+    if response_dict and is_probe(response_dict):
+        return
     code = str(response_dict["status_code"]) if response_dict else "error"
     metrics.s3_requests.labels(event_name.rsplit(".", 1)[-1], code).inc()

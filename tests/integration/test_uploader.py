@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import re
@@ -138,29 +137,6 @@ def test_a_file_changed_during_a_multipart_upload_is_aborted(
     assert client.list_multipart_uploads(Bucket=backend_bucket).get("Uploads", []) == []
 
 
-@pytest.mark.parametrize("setting", ["when_supported", "when_required"])
-def test_checksum_setting_decides_the_sha256_checksum_header(
-    root: Path, s3_server: S3Server, bucket: str, setting: str
-) -> None:
-    """Neither local server verifies checksums, so read the header off the real request."""
-    data = b"checked by the server"
-    (root / "c.txt").write_bytes(data)
-    storage = Storage(4)
-    job = make_job(root, bucket, s3_server, checksum=setting)
-    sent: list[dict[str, str | bytes]] = []
-    storage.client(job.destination.s3).meta.events.register(
-        "before-send.s3.PutObject", lambda request, **_: sent.append(dict(request.headers)))
-    claim = with_bucket(claim_for(root / "c.txt", root), bucket)
-    assert Uploader(storage).upload(claim, job).outcome == "uploaded"
-    headers = {k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in sent[-1].items()}
-    expected = base64.b64encode(hashlib.sha256(data).digest()).decode()
-    if setting == "when_supported":
-        assert headers["x-amz-checksum-sha256"] == expected
-    else:
-        assert not any(name.startswith("x-amz-checksum") for name in headers)
-    assert headers["x-amz-meta-sha256"] == hashlib.sha256(data).hexdigest()
-
-
 def test_unreachable_endpoint_is_a_retryable_failure(root: Path, bucket: str) -> None:
     (root / "a.txt").write_bytes(b"x")
 
@@ -175,22 +151,6 @@ def test_unreachable_endpoint_is_a_retryable_failure(root: Path, bucket: str) ->
     after = REGISTRY.get_sample_value("uploaderd_s3_requests_total", labels)
     assert after == before + 4, "the try and each of botocore's three retries are counted"
     assert result.error and result.error.startswith("S3: Could not connect")
-
-
-def test_small_puts_do_not_wait_for_100_continue(
-    root: Path, s3_server: S3Server, bucket: str
-) -> None:
-    (root / "a.txt").write_bytes(b"x" * 4096)
-    storage = Storage(4)
-    job = make_job(root, bucket, s3_server)
-    sent: list[set[str]] = []
-    # Registered after the client's own hooks, so it sees the request as it leaves.
-    storage.client(job.destination.s3).meta.events.register(
-        "before-send.s3.PutObject", lambda request, **_: sent.append(
-            {name.lower() for name in request.headers}))
-    claim = with_bucket(claim_for(root / "a.txt", root), bucket)
-    assert Uploader(storage).upload(claim, job).outcome == "uploaded"
-    assert "x-amz-meta-sha256" in sent[-1] and "expect" not in sent[-1]
 
 
 def test_an_interrupted_multipart_upload_resumes_from_its_parts(
