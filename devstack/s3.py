@@ -134,11 +134,6 @@ class S3Server(Service):
         """Whether the server process is alive."""
         return self._proc is not None and self._proc.poll() is None
 
-    @property
-    def pid(self) -> int | None:
-        """The server's process id while it runs (its process group id too)."""
-        return self._proc.pid if self._proc is not None else None
-
     def client(self) -> S3Client:
         """A boto3 S3 client for this server (path-style, us-east-1)."""
         return boto3.client(
