@@ -59,7 +59,7 @@ from throughput import (
 )
 
 import uploaderd
-from uploaderd.devstack import REGION, S3_SERVERS, PostgresCluster, S3Server
+from devstack import REGION, S3_SERVERS, PostgresCluster, S3Server
 from uploaderd.ledger import Ledger, queries
 
 BUCKET = "lab-raw"

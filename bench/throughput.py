@@ -44,8 +44,8 @@ from typing import IO, TYPE_CHECKING
 import psycopg2
 import psycopg2.extensions
 
-from uploaderd.devstack import REGION, S3_SERVERS, PostgresCluster, S3Server
-from uploaderd.relay import Relay
+from devstack import REGION, S3_SERVERS, PostgresCluster, S3Server
+from devstack.relay import Relay
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef

@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 from daemon import DaemonProcess
 
-from uploaderd.devstack import (
+from devstack import (
     ACCESS_KEY,
     REGION,
     SECRET_KEY,
@@ -25,6 +25,7 @@ from uploaderd.devstack import (
     PostgresCluster,
     RcloneS3Server,
     S3Server,
+    SeaweedFSServer,
 )
 from uploaderd.ledger import Ledger
 
@@ -116,6 +117,13 @@ def rclone_server() -> Iterator[RcloneS3Server]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def seaweedfs_server() -> Iterator[SeaweedFSServer]:
+    """Started once per session, on the first test that asks (about 4 s)."""
+    with SeaweedFSServer() as server:
+        yield server
+
+
 @pytest.fixture
 def s3_server(moto_server: MotoServer) -> S3Server:
     """The default S3 server (moto), running (a previous test may have stopped it)."""
@@ -123,9 +131,10 @@ def s3_server(moto_server: MotoServer) -> S3Server:
     return moto_server
 
 
-@pytest.fixture(params=["moto", pytest.param("rclone", marks=pytest.mark.rclone)])
+@pytest.fixture(params=["moto", pytest.param("rclone", marks=pytest.mark.rclone),
+                        pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)])
 def s3_backend(request: pytest.FixtureRequest) -> S3Server:
-    """Each S3 implementation in turn, for tests that must hold on both."""
+    """Each S3 implementation in turn, for tests that must hold on all three."""
     server: S3Server = request.getfixturevalue(f"{request.param}_server")
     server.start()
     return server

@@ -146,7 +146,7 @@ class MultipartUpload:
             for number in range(1, max(1, -(-expected.size // part_size)) + 1):
                 data = read_exactly(file, min(part_size, expected.size - (number - 1) * part_size))
                 digest.update(data)
-                kept = _matching(held.get(number), data)
+                kept = _matching(held.get(number), data, self.checksums)
                 if kept is not None:
                     done[number] = kept
                     self.parts_kept += 1
@@ -187,7 +187,9 @@ def abort(client: S3Client, bucket: str, key: str, upload_id: str) -> None:
             raise
 
 
-def _matching(held: dict[str, Any] | None, data: bytes) -> dict[str, Any] | None:
+def _matching(
+    held: dict[str, Any] | None, data: bytes, checksums: bool
+) -> dict[str, Any] | None:
     """A part S3 already has, if it holds exactly these bytes (by SHA-256, else by MD5)."""
     if held is None or held.get("Size") != len(data):
         return None
@@ -199,7 +201,12 @@ def _matching(held: dict[str, Any] | None, data: bytes) -> dict[str, Any] | None
     # Without a checksum the ETag of a part is its MD5 (not under SSE-KMS: then re-send).
     if held["ETag"].strip('"') != hashlib.md5(data, usedforsecurity=False).hexdigest():
         return None
-    return {"PartNumber": held["PartNumber"], "ETag": held["ETag"]}
+    kept = {"PartNumber": held["PartNumber"], "ETag": held["ETag"]}
+    if checksums:
+        # An upload created with a checksum needs one for every part on completion, and some
+        # stores (SeaweedFS) list none: these are the bytes, so theirs is ours.
+        kept["ChecksumSHA256"] = _b64_sha256(data)
+    return kept
 
 
 def read_exactly(file: io.RawIOBase, size: int) -> bytes:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devstack import PostgresCluster, S3Server, free_port
 from uploaderd import __version__, schema
-from uploaderd.devstack import PostgresCluster, S3Server, free_port
 
 
 def uploaderd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from pytest_httpserver import HTTPServer
 
-from uploaderd.devstack import S3Server, free_port
+from devstack import S3Server, free_port
 from uploaderd.ledger import Ledger, NewVersion
 
 Sql = Callable[..., list[tuple[Any, ...]]]

@@ -27,7 +27,7 @@ import pytest
 from daemon import DaemonProcess
 from helpers import wait_for
 
-from uploaderd.devstack import ACCESS_KEY, SECRET_KEY, PostgresCluster, S3Server
+from devstack import ACCESS_KEY, SECRET_KEY, PostgresCluster, S3Server
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 

@@ -15,7 +15,7 @@ import pytest
 from daemon import DaemonProcess
 from helpers import wait_for
 
-from uploaderd.devstack import PostgresCluster, S3Server
+from devstack import PostgresCluster, S3Server
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 MiB = 1024 * 1024
@@ -324,15 +324,18 @@ def test_polling_observer_for_network_style_roots(
     assert "using the polling observer" not in daemon.log(), "forced, not detected"
 
 
-def test_core_flow_on_rclone_serve_s3(
-    make_daemon: Callable[..., DaemonProcess], root: Path, rclone_server: S3Server, sql: Sql,
+@pytest.mark.parametrize("name", [pytest.param("rclone", marks=pytest.mark.rclone),
+                                  pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)])
+def test_core_flow_on_the_other_s3_servers(
+    make_daemon: Callable[..., DaemonProcess], root: Path, sql: Sql, name: str,
     request: pytest.FixtureRequest,
 ) -> None:
-    """The second S3 implementation end to end: small, empty and multipart files, a restart."""
-    rclone_server.start()
-    bucket = f"e2e-rclone-{os.getpid()}-{abs(hash(request.node.name)) % 10**6}"
-    rclone_server.create_bucket(bucket)
-    daemon = make_daemon(endpoint_url=rclone_server.endpoint_url)
+    """rclone and SeaweedFS end to end: small, empty and multipart files."""
+    server: S3Server = request.getfixturevalue(f"{name}_server")
+    server.start()
+    bucket = f"e2e-{name}-{os.getpid()}-{abs(hash(request.node.name)) % 10**6}"
+    server.create_bucket(bucket)
+    daemon = make_daemon(endpoint_url=server.endpoint_url)
     daemon.write_job("lab", job(root, bucket))
     daemon.start()
     files = {"a.txt": b"alpha", "empty": b"", "dir/big.bin": os.urandom(17 * MiB)}
@@ -341,7 +344,7 @@ def test_core_flow_on_rclone_serve_s3(
         (root / relpath).write_bytes(data)
     shas = wait_uploaded(sql, set(files))
     for relpath, data in files.items():
-        body, metadata = object_body(rclone_server, bucket, f"in/{relpath}")
+        body, metadata = object_body(server, bucket, f"in/{relpath}")
         lowered = {k.lower(): v for k, v in metadata.items()}
         assert body == data and lowered["sha256"] == sha(data) == shas[relpath]
 

@@ -142,6 +142,9 @@ def test_install_puts_a_working_daemon_in_place(installed: Path) -> None:
     where = run("/opt/uploaderd/bin/python", "-c", "import uploaderd; print(uploaderd.__file__)")
     assert where.stdout.startswith("/opt/uploaderd/lib/python3.11/site-packages/uploaderd/")
     assert run("grep", "-rlI", "uploaderd-deb.", "/opt/uploaderd", check=False).stdout == ""
+    # The demo's and the tests' local services (fixed dev credentials) stay in the checkout.
+    assert run("find", "/opt/uploaderd", "-name", "devstack*").stdout == ""
+    assert run("/opt/uploaderd/bin/python", "-c", "import devstack", check=False).returncode == 1
 
     # Exactly the locked dependencies (and no installer), psycopg2 on Debian's libpq.
     listing = run("/opt/uploaderd/bin/python", "-c",

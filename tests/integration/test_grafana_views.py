@@ -22,7 +22,7 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
-from uploaderd.devstack import PostgresCluster
+from devstack import PostgresCluster
 from uploaderd.ledger import Ledger, NewVersion, Outcome, State
 
 REPO = Path(__file__).parents[2]

@@ -1,6 +1,6 @@
 """Small files through obstore (objectput): the same promises as boto3's put_object.
 
-The wire is watched through ``uploaderd.relay`` (a loopback TCP relay), which also breaks
+The wire is watched through ``devstack.relay`` (a loopback TCP relay), which also breaks
 connections on demand; a 5xx comes from a fake endpoint, as neither server can be told to
 fail once.
 """
@@ -19,12 +19,12 @@ from botocore.exceptions import ClientError
 from prometheus_client import REGISTRY
 from pytest_httpserver import HTTPServer
 from test_uploader import claim_for, make_job, with_bucket
+from uploaderd.devstack import REGION, S3Server
 from werkzeug import Request, Response
 
+from devstack.relay import Relay
 from uploaderd.config import S3Settings
-from uploaderd.devstack import REGION, S3Server
 from uploaderd.objectput import Target, bucket_endpoint, fits
-from uploaderd.relay import Relay
 from uploaderd.storage import Storage
 from uploaderd.uploader import Uploader
 

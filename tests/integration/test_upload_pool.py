@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from helpers import wait_for
 
+from devstack import S3Server
 from uploaderd.config import Job, S3Settings, parse_job_text
-from uploaderd.devstack import S3Server
 from uploaderd.health import Breaker
 from uploaderd.ledger import Claim, Ledger, NewVersion
 from uploaderd.settle import Signature

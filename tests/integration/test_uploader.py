@@ -1,7 +1,9 @@
-"""Uploading one claimed version to real S3 servers: moto, and rclone as a second one."""
+"""Uploading one claimed version to real S3 servers: moto, rclone and SeaweedFS (which, like
+production stores, verifies checksums and honours If-None-Match)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -12,10 +14,10 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from prometheus_client import REGISTRY
 
+from devstack import S3Server
 from uploaderd import uploader as uploader_module
 from uploaderd.bandwidth import Limiter
 from uploaderd.config import S3Settings, parse_job_text
-from uploaderd.devstack import S3Server
 from uploaderd.ledger import Claim
 from uploaderd.settle import Signature
 from uploaderd.storage import Storage
@@ -232,25 +234,81 @@ def test_bandwidth_cap_throttles_small_and_multipart_uploads(
 
 
 def test_overwrite_never_completes_a_large_upload_only_if_the_key_is_still_free(
-    root: Path, s3_server: S3Server, bucket: str
+    root: Path, s3_backend: S3Server, backend_bucket: str
 ) -> None:
-    """Another writer takes the key between our look and our completion (moto honours
-    If-None-Match on completion; rclone ignores it, hence moto only)."""
+    """Another writer takes the key between our look and our completion (If-None-Match on
+    completion; rclone ignores it, hence only the servers that honour it)."""
+    if not s3_backend.honours_if_none_match:
+        pytest.skip("this server ignores If-None-Match")
     data = os.urandom(13 * MiB)
     (root / "big.bin").write_bytes(data)
-    job = make_job(root, bucket, s3_server, overwrite="never")
+    job = make_job(root, backend_bucket, s3_backend, overwrite="never")
     storage = Storage(4)
-    other = s3_server.client()
+    other = s3_backend.client()
 
     def race(**_: Any) -> None:
-        other.put_object(Bucket=bucket, Key="up/big.bin", Body=b"the other writer's")
+        other.put_object(Bucket=backend_bucket, Key="up/big.bin", Body=b"the other writer's")
 
     storage.client(job.destination.s3).meta.events.register(
         "before-call.s3.CompleteMultipartUpload", race)
-    claim = with_bucket(claim_for(root / "big.bin", root), bucket)
+    claim = with_bucket(claim_for(root / "big.bin", root), backend_bucket)
     result = Uploader(storage, SMALL_MULTIPART).upload(claim, job)
     assert (result.outcome, result.retryable) == ("failed", False)
     assert "overwrite is never" in (result.error or "")
-    body = other.get_object(Bucket=bucket, Key="up/big.bin")["Body"].read()
+    body = other.get_object(Bucket=backend_bucket, Key="up/big.bin")["Body"].read()
     assert body == b"the other writer's"
-    assert other.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert other.list_multipart_uploads(Bucket=backend_bucket).get("Uploads", []) == []
+
+
+def test_overwrite_never_puts_a_small_file_only_if_the_key_is_still_free(
+    root: Path, s3_backend: S3Server, backend_bucket: str
+) -> None:
+    """The same race for one PutObject: the If-None-Match on the PUT is what refuses it."""
+    if not s3_backend.honours_if_none_match:
+        pytest.skip("this server ignores If-None-Match")
+    (root / "a.txt").write_bytes(b"ours")
+    job = make_job(root, backend_bucket, s3_backend, overwrite="never")
+    storage = Storage(4)
+    other = s3_backend.client()
+    raced: list[bool] = []
+
+    def race(**_: Any) -> None:
+        if not raced:  # once: the PUT after our look, not the look after the refusal
+            raced.append(True)
+            other.put_object(Bucket=backend_bucket, Key="up/a.txt", Body=b"theirs")
+
+    storage.client(job.destination.s3).meta.events.register("before-call.s3.PutObject", race)
+    claim = with_bucket(claim_for(root / "a.txt", root), backend_bucket)
+    result = Uploader(storage).upload(claim, job)
+    assert (result.outcome, result.retryable) == ("failed", False)
+    assert "overwrite is never" in (result.error or "")
+    assert other.get_object(Bucket=backend_bucket, Key="up/a.txt")["Body"].read() == b"theirs"
+
+
+@pytest.mark.parametrize("size", [1000, 13 * MiB], ids=["small", "multipart"])
+def test_a_checksum_that_does_not_match_the_bytes_is_refused_by_a_verifying_store(
+    root: Path, s3_backend: S3Server, backend_bucket: str, size: int
+) -> None:
+    """Bytes that differ from what uploaderd hashed never become the object where the store
+    checks x-amz-checksum-sha256 (SeaweedFS, S3): the attempt fails and is retried."""
+    (root / "c.bin").write_bytes(os.urandom(size))
+    job = make_job(root, backend_bucket, s3_backend)
+    storage = Storage(4)
+    wrong = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
+
+    def corrupt(request: Any, **_: Any) -> None:
+        request.headers.replace_header("x-amz-checksum-sha256", wrong)  # signed with it
+
+    for operation in ("PutObject", "UploadPart"):
+        storage.client(job.destination.s3).meta.events.register(
+            f"before-sign.s3.{operation}", corrupt)
+    claim = with_bucket(claim_for(root / "c.bin", root), backend_bucket)
+    result = Uploader(storage, SMALL_MULTIPART).upload(claim, job)
+    client = s3_backend.client()
+    stored = client.list_objects_v2(Bucket=backend_bucket).get("KeyCount", 0)
+    if s3_backend.verifies_checksums:
+        assert (result.outcome, result.retryable) == ("failed", True)
+        assert "BadDigest" in (result.error or "")
+        assert stored == 0
+    else:
+        assert (result.outcome, stored) == ("uploaded", 1), "stored whatever the checksum says"

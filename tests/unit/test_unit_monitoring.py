@@ -200,14 +200,17 @@ def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from panel.get("panels", [])
 
 
-def datasource_uids() -> dict[str, str]:
+def provisioned_types() -> set[str]:
     sources = load_yaml(PROVISIONING / "datasources" / "uploaderd.yaml")["datasources"]
-    return {source["uid"]: source["type"] for source in sources}
+    return {source["type"] for source in sources}
+
+
+def variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {variable["name"]: variable for variable in dashboard["templating"]["list"]}
 
 
 def test_every_dashboard_query_names_an_existing_view_or_metric() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
-    uids = datasource_uids()
     seen_views: set[str] = set()
     seen_metrics: set[str] = set()
     queried = [p for p in panels(dashboard) if p["type"] != "row"]
@@ -215,8 +218,6 @@ def test_every_dashboard_query_names_an_existing_view_or_metric() -> None:
     for panel in queried:
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
-            source = target["datasource"]
-            assert uids.get(source["uid"]) == source["type"], panel["title"]
             if "rawSql" in target:
                 named = set(re.findall(r"\bgrafana_\w+", target["rawSql"]))
                 assert named and named <= views(), (panel["title"], named)
@@ -225,13 +226,113 @@ def test_every_dashboard_query_names_an_existing_view_or_metric() -> None:
                 named = set(METRIC.findall(target["expr"]))
                 assert named and named - FOREIGN_SERIES <= uploaderd_series(), panel["title"]
                 seen_metrics |= named
-    variable = dashboard["templating"]["list"][0]["query"]["query"]
+    variable = variables(dashboard)["job"]["query"]["query"]
     assert set(METRIC.findall(variable)) <= uploaderd_series()
     assert seen_views == views(), "every view has a panel"
     # The ones the issue asks for: backlog and its age, throughput, errors, pauses.
     assert {"uploaderd_queue_files", "uploaderd_queue_oldest_pending_age_seconds",
             "uploaderd_upload_bytes_total", "uploaderd_uploads_total",
             "uploaderd_s3_requests_total", "uploaderd_destination_paused"} <= seen_metrics
+
+
+# A datasource is named through a variable, never by the uid one Grafana gave it, so the
+# JSON imports into any Grafana (which asks for each of its __inputs) and provisioning
+# resolves the variables to the datasources of their type.
+DATASOURCE_VARIABLE = re.compile(r"\$\{(DS_[A-Z]+)\}")
+
+
+def test_every_datasource_is_a_variable_of_its_type() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    declared = variables(dashboard)
+    inputs = {source["name"]: source for source in dashboard["__inputs"]}
+    users = [p for p in panels(dashboard) if p["type"] != "row"]
+    references = [(p["title"], p["datasource"]) for p in users]
+    references += [(p["title"], t["datasource"]) for p in users for t in p["targets"]]
+    references += [(v["name"], v["datasource"]) for v in declared.values() if "datasource" in v]
+    used = set()
+    for where, source in references:
+        name = DATASOURCE_VARIABLE.fullmatch(source["uid"])
+        assert name, (where, source)
+        variable = declared[name.group(1)]
+        assert (variable["type"], variable["query"]) == ("datasource", source["type"]), where
+        assert inputs[name.group(1)]["pluginId"] == source["type"], where
+        used.add(name.group(1))
+    assert used == set(inputs) == {"DS_PROMETHEUS", "DS_POSTGRES"}
+    # In compose, provisioning has a datasource of every type the variables ask for.
+    assert {declared[name]["query"] for name in used} <= provisioned_types()
+    for source in load_yaml(PROVISIONING / "datasources" / "uploaderd.yaml")["datasources"]:
+        assert source["uid"] not in DASHBOARD.read_text(), source["uid"]
+
+
+# The grafana_* views name their columns by what they hold (docs/observability.md):
+# *bytes in bytes, *_seconds in seconds, *_at (and the time column) timestamps. Text
+# columns need no unit; every other column is a count or an identifier.
+TEXT_COLUMNS = {"job", "state", "reason", "host", "kind", "last_error", "group_key",
+                "closed_reason", "trigger_state", "metric"}
+IDENTIFIERS = {"session_id", "trigger_id", "last_status"}
+
+
+def expected_units(column: str) -> set[str]:
+    if column.endswith("bytes"):
+        return {"bytes"}
+    if column.endswith("_seconds"):
+        return {"s"}
+    if column == "time" or column.endswith("_at") or column in ("last_seen", "paused_until"):
+        return {"dateTimeAsIso", "dateTimeFromNow"}
+    if column in IDENTIFIERS:
+        return {"none"}
+    if column == "paused":
+        return {"bool_yes_no"}
+    return {"short", "locale", "none"}
+
+
+def sql_columns(sql: str) -> list[str]:
+    """The output column names of a panel's ``SELECT a, b AS c, ... FROM``."""
+    select = sql[sql.index("SELECT") + len("SELECT"):sql.index("FROM")]
+    return [re.split(r"\s+AS\s+|\.", part.strip())[-1] for part in select.split(",")]
+
+
+def field_units(panel: dict[str, Any]) -> dict[str, str]:
+    """Units set by name in the panel's overrides."""
+    return {override["matcher"]["options"]: prop["value"]
+            for override in panel["fieldConfig"]["overrides"]
+            if override["matcher"]["id"] == "byName"
+            for prop in override["properties"] if prop["id"] == "unit"}
+
+
+def test_every_numeric_field_has_a_unit() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    tables = 0
+    for panel in (p for p in panels(dashboard) if p["type"] != "row"):
+        default = panel["fieldConfig"]["defaults"].get("unit")
+        by_name = field_units(panel)
+        for target in panel["targets"]:
+            if "rawSql" not in target:
+                assert default, panel["title"]  # one unit for every series of the panel
+                continue
+            for column in sql_columns(target["rawSql"]):
+                if column in TEXT_COLUMNS or (column == "time" and panel["type"] != "table"):
+                    continue
+                # A table mixes bytes, seconds and counts: each column names its own unit.
+                unit = by_name.get(column) if panel["type"] == "table" else (
+                    by_name.get(column, default))
+                assert unit in expected_units(column), (panel["title"], column, unit)
+        tables += panel["type"] == "table"
+    assert tables == 6
+
+
+def test_prometheus_panels_show_seconds_and_bytes_as_such() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in (p for p in panels(dashboard) if p["type"] != "row"):
+        exprs = [t["expr"] for t in panel["targets"] if "expr" in t]
+        names = {name for expr in exprs for name in METRIC.findall(expr)}
+        unit = panel["fieldConfig"]["defaults"]["unit"]
+        if names and all("_seconds" in n and "timestamp" not in n for n in names):
+            assert unit == "s", panel["title"]
+        if names and all(n.endswith("_bytes_total") for n in names):  # rate of a byte count
+            assert unit in ("Bps", "binBps"), panel["title"]
+        elif names and all("_bytes" in n for n in names):  # sizes, quantiles of sizes
+            assert unit == "bytes", panel["title"]
 
 
 def test_dashboard_provider_points_at_the_mounted_dashboards() -> None:

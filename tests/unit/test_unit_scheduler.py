@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack import free_port
 from uploaderd.config import Job, Retention, S3Settings, parse_job_text
-from uploaderd.devstack import free_port
 from uploaderd.ledger import Ledger
 from uploaderd.scheduler import Scheduler
 
