@@ -36,8 +36,8 @@ from typing import Any
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 
+from devstack import REGION, S3_SERVERS
 from uploaderd.config import S3Settings
-from uploaderd.devstack import REGION, S3_SERVERS
 from uploaderd.objectput import Target
 from uploaderd.storage import Storage
 

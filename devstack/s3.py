@@ -56,6 +56,8 @@ class S3Server(Service):
     honours_if_none_match = True
     # A wrong x-amz-checksum-sha256 is refused (BadDigest) instead of stored.
     verifies_checksums = False
+    # A PUT into a bucket that does not exist creates it instead of failing NoSuchBucket.
+    creates_buckets_on_put = False
     # Where readiness is polled, and how long SIGTERM is given before SIGKILL.
     ready_path = "/"
     stop_timeout = STOP_TIMEOUT
@@ -209,6 +211,7 @@ class SeaweedFSServer(S3Server):
     """
 
     verifies_checksums = True
+    creates_buckets_on_put = True
     ready_path = "/healthz"
     # weed spends 10 s saying goodbye to its master on SIGTERM; the data is throwaway.
     stop_timeout = 2.0

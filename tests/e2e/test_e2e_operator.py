@@ -23,9 +23,9 @@ from daemon import DaemonProcess
 from helpers import wait_for
 from pytest_httpserver import HTTPServer
 
+from devstack import S3Server
 from uploaderd.cli import build_parser
 from uploaderd.config import S3Settings, load_jobs
-from uploaderd.devstack import S3Server
 from uploaderd.jobpolicy import JobPolicy
 from uploaderd.ledger import Ledger
 
