@@ -18,16 +18,25 @@ RETURNING id, group_key;
 WITH incoming AS (
     SELECT * FROM unnest(
         %(roots)s::text[], %(relpaths)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
-        %(inodes)s::bigint[], %(keys)s::text[], %(sessions)s::bigint[], %(errors)s::text[]
-    ) AS i(root, relpath, size, mtime_ns, inode, key, session_id, error)
+        %(inodes)s::bigint[], %(ctimes)s::bigint[], %(keys)s::text[], %(sessions)s::bigint[],
+        %(errors)s::text[]
+    ) AS i(root, relpath, size, mtime_ns, inode, ctime_ns, key, session_id, error)
 ), inserted AS (
-    -- A version that can never upload (its key would be unsafe) is recorded as failed at once.
-    INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inode, bucket,
-                               key, session_id, state, last_error)
-    SELECT %(job)s, %(scope)s, %(host)s, root, relpath, size, mtime_ns, inode, %(bucket)s, key,
-           session_id, CASE WHEN error IS NULL THEN 'pending' ELSE 'failed' END, error
-    FROM incoming
-    ON CONFLICT ON CONSTRAINT file_versions_one_row_per_version DO NOTHING
+    -- A version that can never upload (no safe key) is recorded as failed at once.
+    INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inode, ctime_ns,
+                               bucket, key, session_id, state, last_error)
+    SELECT %(job)s, %(scope)s, %(host)s, i.root, i.relpath, i.size, i.mtime_ns, i.inode,
+           i.ctime_ns, %(bucket)s, i.key, i.session_id,
+           CASE WHEN i.error IS NULL THEN 'pending' ELSE 'failed' END, i.error
+    FROM incoming i
+    -- The same version recorded without a ctime (before migration 0007) is this one: the
+    -- unique constraint cannot see that, a NULL being distinct from everything.
+    WHERE NOT EXISTS (SELECT 1 FROM file_versions o
+                      WHERE o.job = %(job)s AND o.scope = %(scope)s AND o.root = i.root
+                        AND o.relpath = i.relpath AND o.size = i.size
+                        AND o.mtime_ns = i.mtime_ns AND o.inode = i.inode
+                        AND (o.ctime_ns IS NULL OR i.ctime_ns IS NULL))
+    ON CONFLICT ON CONSTRAINT file_versions_one_row_per_signature DO NOTHING
     RETURNING id, root, relpath, session_id
 ), superseded AS (
     -- One probe of the unique index per new row (LATERAL), never a join of the job's rows.
@@ -60,18 +69,20 @@ LISTEN uploaderd_work;
 -- name: known_paths
 -- Discovery's question for a batch of candidates: which (root, relpath) already have exactly
 -- this signature in the ledger, as a version or as the signature kept when its versions were
--- pruned. One probe of a unique index per candidate; nothing is held in memory.
+-- pruned. One probe of a unique index per candidate; nothing is held in memory. A signature
+-- recorded before migration 0007 has no ctime and matches any (coalesce: NULL is a match).
 SELECT c.root, c.relpath
 FROM unnest(%(roots)s::text[], %(relpaths)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
-            %(inodes)s::bigint[]) AS c(root, relpath, size, mtime_ns, inode)
+            %(inodes)s::bigint[], %(ctimes)s::bigint[])
+     AS c(root, relpath, size, mtime_ns, inode, ctime_ns)
 WHERE EXISTS (SELECT 1 FROM file_versions f
               WHERE f.job = %(job)s AND f.scope = %(scope)s AND f.root = c.root
                 AND f.relpath = c.relpath AND f.size = c.size AND f.mtime_ns = c.mtime_ns
-                AND f.inode = c.inode)
+                AND f.inode = c.inode AND coalesce(f.ctime_ns = c.ctime_ns, true))
    OR EXISTS (SELECT 1 FROM path_signatures p
               WHERE p.job = %(job)s AND p.scope = %(scope)s AND p.root = c.root
                 AND p.relpath = c.relpath AND p.size = c.size AND p.mtime_ns = c.mtime_ns
-                AND p.inode = c.inode);
+                AND p.inode = c.inode AND coalesce(p.ctime_ns = c.ctime_ns, true));
 -- name: claim_batch
 -- A short claim: lock free rows without waiting on other claimers, mark them with our
 -- worker id, the attempt number and a lease, and open their attempt rows. Committed at once.
@@ -89,7 +100,7 @@ WITH claimed AS (
         FOR UPDATE SKIP LOCKED
     )
     RETURNING id, job, root, relpath, size, mtime_ns, inode, bucket, key, attempts, session_id,
-              attempts - retry_base AS tries, multipart_upload_id, multipart_part_size
+              attempts - retry_base AS tries, multipart_upload_id, multipart_part_size, ctime_ns
 ), attempts AS (
     -- A released attempt gave its number back (release_claims); its row is reused.
     INSERT INTO upload_attempts (file_version_id, attempt, host, worker)
@@ -443,7 +454,7 @@ FROM (SELECT DISTINCT job FROM file_versions
 -- Uploaded (or, with after_upload_when: registered, registered) versions whose file still
 -- awaits after_upload, on the roots this host holds. Versions of jobs that keep their files
 -- are marked kept when they upload, so the undisposed index holds only work to do.
-SELECT id, root, relpath, size, mtime_ns, inode
+SELECT id, root, relpath, size, mtime_ns, inode, ctime_ns
 FROM file_versions
 WHERE job = %(job)s AND scope = ANY(%(scopes)s::text[]) AND state = 'uploaded'
   AND disposed_at IS NULL AND (NOT %(registered_only)s OR registered_at IS NOT NULL)
@@ -536,7 +547,7 @@ WHERE id = %(id)s AND state <> 'sent';
 
 -- name: path_versions
 -- `uploaderd explain`: every version of one path, newest first (the unique index's prefix).
-SELECT id, state, size, mtime_ns, inode, attempts, last_error, key, bucket, sha256,
+SELECT id, state, size, mtime_ns, inode, ctime_ns, attempts, last_error, key, bucket, sha256,
        discovered_at, uploaded_at, next_attempt_at, session_id, registered_at, disposition
 FROM file_versions
 WHERE job = %(job)s AND scope = %(scope)s AND root = %(root)s AND relpath = %(relpath)s
@@ -544,7 +555,7 @@ ORDER BY id DESC;
 
 -- name: path_signature
 -- `uploaderd explain`: the signature kept for a path whose versions were pruned.
-SELECT size, mtime_ns, inode, version_id
+SELECT size, mtime_ns, inode, ctime_ns, version_id
 FROM path_signatures
 WHERE job = %(job)s AND scope = %(scope)s AND root = %(root)s AND relpath = %(relpath)s;
 -- name: version_attempts
@@ -605,7 +616,8 @@ WITH batch AS (
 ), eligible AS (
     -- The batch's id range again, as a range (a join to the batch could be planned as a
     -- hash join over the whole table); registrations by primary key.
-    SELECT v.id, v.job, v.scope, v.root, v.relpath, v.size, v.mtime_ns, v.inode, v.state
+    SELECT v.id, v.job, v.scope, v.root, v.relpath, v.size, v.mtime_ns, v.inode, v.ctime_ns,
+           v.state
     FROM file_versions v
     WHERE v.id > %(after)s AND v.id <= (SELECT max(id) FROM batch)
       AND v.job = ANY(%(jobs)s::text[])
@@ -618,8 +630,8 @@ WITH batch AS (
     FOR UPDATE OF v SKIP LOCKED
 ), signatures AS (
     INSERT INTO path_signatures AS p (job, scope, root, relpath, size, mtime_ns, inode,
-                                      version_id)
-    SELECT e.job, e.scope, e.root, e.relpath, e.size, e.mtime_ns, e.inode, e.id
+                                      ctime_ns, version_id)
+    SELECT e.job, e.scope, e.root, e.relpath, e.size, e.mtime_ns, e.inode, e.ctime_ns, e.id
     FROM eligible e
     WHERE NOT %(dry_run)s AND e.state = 'uploaded'
       AND NOT EXISTS (SELECT 1 FROM file_versions n
@@ -627,7 +639,7 @@ WITH batch AS (
                         AND n.relpath = e.relpath AND n.id > e.id)
     ON CONFLICT (job, scope, root, relpath) DO UPDATE
     SET size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode,
-        version_id = excluded.version_id
+        ctime_ns = excluded.ctime_ns, version_id = excluded.version_id
     WHERE p.version_id < excluded.version_id
 ), gone AS (
     DELETE FROM file_versions v USING eligible e

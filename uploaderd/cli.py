@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from uploaderd import __version__, checks, explain, logs, schema, service
 from uploaderd.config import (
@@ -32,6 +32,7 @@ from uploaderd.errors import (
 )
 from uploaderd.ledger import Ledger, State
 from uploaderd.oneshot import OneShot, Selection
+from uploaderd.printable import printable
 from uploaderd.progress import make_display
 from uploaderd.register import Registrar
 from uploaderd.retention import Pruner
@@ -53,7 +54,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         command: Command = args.handler
         return command(args, config)
     except UploaderdError as exc:
-        print(f"uploaderd: {exc}", file=sys.stderr)
+        for line in str(exc).split("\n"):
+            _out(f"uploaderd: {line}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         return EXIT_FAILURES
@@ -141,7 +143,7 @@ def cmd_run(args: argparse.Namespace, config: DaemonConfig) -> int:
 
 def cmd_migrate(args: argparse.Namespace, config: DaemonConfig) -> int:
     applied = schema.migrate(config.dsn)
-    print("\n".join(f"applied {name}" for name in applied) or "schema is up to date")
+    _out(*([f"applied {name}" for name in applied] or ["schema is up to date"]))
     return EXIT_OK
 
 
@@ -153,9 +155,9 @@ def cmd_check(args: argparse.Namespace, config: DaemonConfig) -> int:
     if args.connect:
         findings.extend(checks.connect_findings(config, dict(jobs.jobs)))
     for finding in findings:
-        print(finding.message if finding.level == "error" else str(finding))
+        _out(finding.message if finding.level == "error" else str(finding))
     levels = {f.level for f in findings}
-    print(f"{len(jobs.jobs)} valid jobs, {len(jobs.problems)} problems")
+    _out(f"{len(jobs.jobs)} valid jobs, {len(jobs.problems)} problems")
     if "error" in levels:
         return EXIT_USAGE
     return EXIT_UNREACHABLE if "unreachable" in levels else EXIT_OK
@@ -196,10 +198,10 @@ def cmd_files(args: argparse.Namespace, config: DaemonConfig) -> int:
     if args.json:
         print(json.dumps(rows, default=_json_value, indent=2))
         return EXIT_OK
-    print(f"{'ID':>8} {'JOB':<16} {'STATE':<10} {'TRIES':>5} {'SIZE':>10}  PATH")
+    _out(f"{'ID':>8} {'JOB':<16} {'STATE':<10} {'TRIES':>5} {'SIZE':>10}  PATH")
     for row in rows:
         error = f"  ({row['last_error']})" if row["last_error"] else ""
-        print(f"{row['id']:>8} {row['job']:<16} {row['state']:<10} {row['attempts']:>5} "
+        _out(f"{row['id']:>8} {row['job']:<16} {row['state']:<10} {row['attempts']:>5} "
               f"{format_bytes(row['size']):>10}  {row['relpath']}{error}")
     return EXIT_OK
 
@@ -249,7 +251,7 @@ def cmd_verify(args: argparse.Namespace, config: DaemonConfig) -> int:
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
-        print("\n".join(report.lines()))
+        _out(*report.lines())
     return EXIT_FAILURES if report.problems else EXIT_OK
 
 
@@ -257,7 +259,7 @@ def cmd_explain(args: argparse.Namespace, config: DaemonConfig) -> int:
     jobs = _jobs(config)
     with _ledger(config, "explain") as ledger:
         for line in explain.explain(args.path, jobs, ledger):
-            print(line)
+            _out(line)
     return EXIT_OK
 
 
@@ -273,7 +275,7 @@ def cmd_prune(args: argparse.Namespace, config: DaemonConfig) -> int:
     with _ledger(config, "prune") as ledger:
         report = Pruner(ledger, rest=lambda seconds: False).run(
             retention, jobs, dry_run=args.dry_run)
-    print(report.describe(dry_run=args.dry_run))
+    _out(*report.describe(dry_run=args.dry_run).split("\n"))
     return EXIT_OK
 
 
@@ -319,49 +321,52 @@ def _one_shot(
     config: DaemonConfig, jobs: Mapping[str, Job], ledger: Ledger, args: argparse.Namespace
 ) -> OneShot:
     wanted = not getattr(args, "no_progress", False)
-    return OneShot(config, jobs, ledger, out=_say, display=lambda: make_display(wanted))
+    return OneShot(config, jobs, ledger, out=_out, display=lambda: make_display(wanted))
 
 
 def _registrar(jobs: Mapping[str, Job], ledger: Ledger) -> Registrar:
-    return Registrar(ledger, jobs, TriggerDispatcher(ledger), out=_say)
+    return Registrar(ledger, jobs, TriggerDispatcher(ledger), out=_out)
 
 
-def _say(line: str) -> None:
-    print(line, flush=True)
+def _out(*lines: str, file: TextIO | None = None) -> None:
+    """Every line printed for a person: one line each, control characters escaped (a file
+    name cannot move the cursor, recolour the terminal or forge a line)."""
+    for line in lines:
+        print(printable(line), file=file or sys.stdout, flush=True)
 
 
 def _print_status(report: dict[str, dict[str, Any]], errors: list[dict[str, Any]]) -> None:
     states = [s.value for s in State]
-    print(f"{'JOB':<20}" + "".join(f"{s:>12}" for s in states) + f"{'OLDEST PENDING':>16}"
-          + f"{'BYTES':>12}  LAST SUCCESS")
+    _out(f"{'JOB':<20}" + "".join(f"{s:>12}" for s in states) + f"{'OLDEST PENDING':>16}"
+         + f"{'BYTES':>12}  LAST SUCCESS")
     for name, job in sorted(report.items()):
         oldest = job["oldest_pending_seconds"]
         size = format_bytes(sum(job["bytes"].values()))
         last = (job["last_success"] or "-")[:19].replace("T", " ")
-        print(f"{name:<20}" + "".join(f"{job['states'].get(s, 0):>12}" for s in states)
-              + f"{(f'{oldest:.0f}s' if oldest is not None else '-'):>16}{size:>12}  {last}")
+        _out(f"{name:<20}" + "".join(f"{job['states'].get(s, 0):>12}" for s in states)
+             + f"{(f'{oldest:.0f}s' if oldest is not None else '-'):>16}{size:>12}  {last}")
     if errors:
-        print("\nrecent errors:")
+        _out("", "recent errors:")
         for error in errors:
-            print(f"  {error['job']}: {error['relpath']} ({error['state']}, "
-                  f"{error['attempts']} attempts): {error['last_error']}")
+            _out(f"  {error['job']}: {error['relpath']} ({error['state']}, "
+                 f"{error['attempts']} attempts): {error['last_error']}")
 
 
 def _print_paused(paused: list[dict[str, Any]]) -> None:
     if paused:
-        print("\npaused destinations:")
+        _out("", "paused destinations:")
     for row in paused:
-        print(f"  {row['job']}: {row['kind']} on {row['host']} paused until "
+        _out(f"  {row['job']}: {row['kind']} on {row['host']} paused until "
               f"{row['paused_until']:%Y-%m-%d %H:%M:%S%z} after {row['consecutive_failures']} "
               f"failures: {row['last_error']}")
 
 
 def _print_sessions(sessions: list[dict[str, Any]]) -> None:
     if sessions:
-        print("\nopen sessions:")
+        _out("", "open sessions:")
     for row in sessions:
         group = f" {row['group_key']!r}" if row["group_key"] else ""
-        print(f"  {row['id']:>6} {row['job']}{group} ({row['origin']}): {row['files']} files, "
+        _out(f"  {row['id']:>6} {row['job']}{group} ({row['origin']}): {row['files']} files, "
               f"{row['uploaded']} uploaded, {row['failed']} failed; last activity "
               f"{row['last_activity_at']:%Y-%m-%d %H:%M:%S%z}")
 

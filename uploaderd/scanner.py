@@ -34,16 +34,31 @@ class ScanRules:
 
 
 def relative_path(root: str, path: str) -> str | None:
-    """The path relative to root with '/' separators, or None when outside or not UTF-8."""
+    """The path relative to root with '/' separators, or None when outside or not UTF-8.
+
+    A name that is not valid UTF-8 (Python holds its bytes as lone surrogates) is skipped,
+    with a directory's whole subtree: S3 keys and the ledger's text columns take UTF-8
+    only, and guessing an encoding could give two files one key. The warning shows the bytes
+    as ``\\xff`` escapes (``logs`` escapes every message), so the file can be found and
+    renamed; it is queued at the next look once its name is UTF-8.
+    """
     relpath = os.path.relpath(path, root)
     if relpath in (".", "..") or relpath.startswith("../"):
         return None
-    try:
-        relpath.encode("utf-8")
-    except UnicodeEncodeError:
-        log.warning("skipping %r: its name is not valid UTF-8", path.encode("utf-8", "replace"))
+    if not_utf8(relpath):
+        log.warning("skipping %s: its name is not valid UTF-8, which S3 keys and the ledger "
+                    "require; rename it to upload it", path)
         return None
     return relpath
+
+
+def not_utf8(name: str) -> bool:
+    """True for a name decoded from bytes that are not UTF-8 (surrogateescape)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def check_path(root: str, path: str, rules: ScanRules) -> Candidate | None:
