@@ -75,7 +75,8 @@ class RunResult:
     def exit_status(self) -> int:
         if self.stopped is not None:
             return EXIT_UNREACHABLE
-        return EXIT_FAILURES if self.failed or self.left else EXIT_OK
+        # ``failures`` also holds versions failed when queued (no safe key): no attempt ran.
+        return EXIT_FAILURES if self.failed or self.failures or self.left else EXIT_OK
 
 
 def _files(tallies: Mapping[str, StateTally], states: Sequence[str]) -> int:
