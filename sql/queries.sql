@@ -69,12 +69,29 @@ LISTEN uploaderd_work;
 -- name: known_paths
 -- Discovery's question for a batch of candidates: which (root, relpath) already have exactly
 -- this signature in the ledger, as a version or as the signature kept when its versions were
--- pruned. One probe of a unique index per candidate; nothing is held in memory. A signature
--- recorded before migration 0007 has no ctime and matches any (coalesce: NULL is a match).
+-- pruned. One probe of a unique index per candidate; nothing is held in memory.
+-- A signature recorded before migration 0007 has no ctime and matches any (coalesce: NULL is
+-- a match); it takes the ctime of the file it matched, so from this first look on a rewrite
+-- that puts the mtime back is told apart from it.
+WITH c AS (
+    SELECT * FROM unnest(%(roots)s::text[], %(relpaths)s::text[], %(sizes)s::bigint[],
+                         %(mtimes)s::bigint[], %(inodes)s::bigint[], %(ctimes)s::bigint[])
+                  AS c(root, relpath, size, mtime_ns, inode, ctime_ns)
+), adopted AS (
+    UPDATE file_versions f SET ctime_ns = c.ctime_ns
+    FROM c
+    WHERE f.job = %(job)s AND f.scope = %(scope)s AND f.root = c.root AND f.relpath = c.relpath
+      AND f.size = c.size AND f.mtime_ns = c.mtime_ns AND f.inode = c.inode
+      AND f.ctime_ns IS NULL AND c.ctime_ns IS NOT NULL
+), adopted_pruned AS (
+    UPDATE path_signatures p SET ctime_ns = c.ctime_ns
+    FROM c
+    WHERE p.job = %(job)s AND p.scope = %(scope)s AND p.root = c.root AND p.relpath = c.relpath
+      AND p.size = c.size AND p.mtime_ns = c.mtime_ns AND p.inode = c.inode
+      AND p.ctime_ns IS NULL AND c.ctime_ns IS NOT NULL
+)
 SELECT c.root, c.relpath
-FROM unnest(%(roots)s::text[], %(relpaths)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
-            %(inodes)s::bigint[], %(ctimes)s::bigint[])
-     AS c(root, relpath, size, mtime_ns, inode, ctime_ns)
+FROM c
 WHERE EXISTS (SELECT 1 FROM file_versions f
               WHERE f.job = %(job)s AND f.scope = %(scope)s AND f.root = c.root
                 AND f.relpath = c.relpath AND f.size = c.size AND f.mtime_ns = c.mtime_ns

@@ -157,7 +157,7 @@ def test_poison_mtimes_fail_alone_and_discovery_lives_on_across_a_restart(
 
     # A template with a date cannot place a file whose date is unknown: that version fails,
     # with a reason an operator can act on; its neighbours upload.
-    state, _, error, _ = wait_state(sql, "dated", "in-2300.txt", "failed", daemon=daemon)
+    error = wait_state(sql, "dated", "in-2300.txt", "failed", daemon=daemon)[2]
     assert error.startswith("mtime out of range: ") and "touch it" in error
     for relpath, key, data in [("normal.txt", f"dated/{this_year}/normal.txt", b"normal"),
                                ("in-2100.txt", "dated/2100/in-2100.txt", b"from 2100")]:
