@@ -36,7 +36,7 @@ WITH incoming AS (
                         AND o.relpath = i.relpath AND o.size = i.size
                         AND o.mtime_ns = i.mtime_ns AND o.inode = i.inode
                         AND (o.ctime_ns IS NULL OR i.ctime_ns IS NULL))
-    ON CONFLICT ON CONSTRAINT file_versions_one_row_per_signature DO NOTHING
+    ON CONFLICT ON CONSTRAINT file_versions_one_row_per_version DO NOTHING
     RETURNING id, root, relpath, session_id
 ), superseded AS (
     -- One probe of the unique index per new row (LATERAL), never a join of the job's rows.

@@ -244,12 +244,13 @@ def test_the_0007_index_can_be_built_beforehand_concurrently(database_dsn: str) 
     conn.autocommit = True  # CREATE INDEX CONCURRENTLY runs outside a transaction
     with conn.cursor() as cursor:
         cursor.execute("ALTER TABLE file_versions ADD COLUMN IF NOT EXISTS ctime_ns bigint")
-        cursor.execute("CREATE UNIQUE INDEX CONCURRENTLY file_versions_one_row_per_signature "
+        cursor.execute("CREATE UNIQUE INDEX CONCURRENTLY file_versions_one_row_per_version_0007 "
                        "ON file_versions (job, scope, root, relpath, size, mtime_ns, inode, "
                        "ctime_ns)")
     assert schema.migrate(database_dsn) == ["0007_ctime_in_signature.sql"]
     with conn.cursor() as cursor:
-        cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = 'file_versions'::regclass"
-                       " AND contype = 'u'")
-        assert cursor.fetchall() == [("file_versions_one_row_per_signature",)]
+        cursor.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                       "WHERE conrelid = 'file_versions'::regclass AND contype = 'u'")
+        assert cursor.fetchall() == [("file_versions_one_row_per_version", "UNIQUE (job, scope, "
+                                      "root, relpath, size, mtime_ns, inode, ctime_ns)")]
     conn.close()
