@@ -9,7 +9,7 @@
 --
 -- Cost: the two columns are instant (nullable, no default: only the catalog changes). The
 -- unique index with the ctime is a full build over file_versions, during which writes wait
--- (about 4.6 s per million rows measured; docs/install.md, "Upgrading a large ledger",
+-- (4.4 to 4.6 s per million rows measured; docs/install.md, "Upgrading a large ledger",
 -- shows how to build it beforehand with CONCURRENTLY while the daemons run: this file then
 -- finds it and only swaps the constraint, in a fraction of a second).
 --
