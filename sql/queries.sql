@@ -29,7 +29,7 @@ WITH incoming AS (
            i.ctime_ns, %(bucket)s, i.key, i.session_id,
            CASE WHEN i.error IS NULL THEN 'pending' ELSE 'failed' END, i.error
     FROM incoming i
-    -- The same version recorded without a ctime (before migration 0007) is this one: the
+    -- The same version recorded without a ctime (before migration 0008) is this one: the
     -- unique constraint cannot see that, a NULL being distinct from everything.
     WHERE NOT EXISTS (SELECT 1 FROM file_versions o
                       WHERE o.job = %(job)s AND o.scope = %(scope)s AND o.root = i.root
@@ -70,7 +70,7 @@ LISTEN uploaderd_work;
 -- Discovery's question for a batch of candidates: which (root, relpath) already have exactly
 -- this signature in the ledger, as a version or as the signature kept when its versions were
 -- pruned. One probe of a unique index per candidate; nothing is held in memory.
--- A signature recorded before migration 0007 has no ctime and matches any (coalesce: NULL is
+-- A signature recorded before migration 0008 has no ctime and matches any (coalesce: NULL is
 -- a match); it takes the ctime of the file it matched, so from this first look on a rewrite
 -- that puts the mtime back is told apart from it.
 WITH c AS (

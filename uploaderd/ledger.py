@@ -79,7 +79,7 @@ class Claim:
     tries: int  # attempts since the last manual retry: what the retry policy counts
     multipart_upload_id: str | None = None  # an earlier attempt's upload, to resume
     multipart_part_size: int | None = None
-    ctime_ns: int | None = None  # None for versions queued before migration 0007
+    ctime_ns: int | None = None  # None for versions queued before migration 0008
 
     @property
     def signature(self) -> Signature:

@@ -30,7 +30,7 @@ class Signature:
     The ctime is in it because every write changes it and nothing can set it back: a file
     rewritten in place with its size kept and its mtime restored (``cp -p``, ``tar``,
     ``rsync --inplace -t``) is still a new version. A signature recorded before migration
-    0007 has no ctime (None) and matches any ctime: equality is "the same version".
+    0008 has no ctime (None) and matches any ctime: equality is "the same version".
     """
 
     size: int

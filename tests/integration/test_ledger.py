@@ -176,7 +176,7 @@ def test_a_version_whose_worker_dies_three_times_fails(ledger: Ledger, sql: Sql)
     assert claim(ledger) == []
 
 
-# --- migration 0007: the ctime in the signature ---------------------------------------------
+# --- migration 0008: the ctime in the signature ---------------------------------------------
 
 
 def _migrate_through(dsn: str, last: int) -> None:
@@ -191,7 +191,7 @@ def _migrate_through(dsn: str, last: int) -> None:
 
 
 def _old_daemon_row(dsn: str, relpath: str, sig: Signature, state: str) -> None:
-    """A version as a daemon before migration 0007 recorded it: no ctime."""
+    """A version as a daemon before migration 0008 recorded it: no ctime."""
     import psycopg2
 
     with psycopg2.connect(dsn) as conn, conn.cursor() as cursor:
@@ -202,7 +202,7 @@ def _old_daemon_row(dsn: str, relpath: str, sig: Signature, state: str) -> None:
     conn.close()
 
 
-def test_versions_from_before_0007_match_their_unchanged_files(database_dsn: str) -> None:
+def test_versions_from_before_0008_match_their_unchanged_files(database_dsn: str) -> None:
     _migrate_through(database_dsn, 6)
     on_disk = Signature(10, 1_700_000_000_000_000_000, 1, ctime_ns=1_700_000_001_000_000_000)
     _old_daemon_row(database_dsn, "uploaded.dat", on_disk, "uploaded")
@@ -214,7 +214,7 @@ def test_versions_from_before_0007_match_their_unchanged_files(database_dsn: str
                        "inode, version_id) VALUES ('lab', 'host-a', '/data', 'pruned.dat', "
                        "%s, %s, %s, 1)", (on_disk.size, on_disk.mtime_ns, on_disk.inode))
     conn.close()
-    assert schema.migrate(database_dsn) == ["0007_ctime_in_signature.sql"]
+    assert schema.migrate(database_dsn) == ["0008_ctime_in_signature.sql"]
 
     ledger = Ledger(database_dsn).connect()
     try:
@@ -236,7 +236,7 @@ def test_versions_from_before_0007_match_their_unchanged_files(database_dsn: str
         ledger.close()
 
 
-def test_the_0007_index_can_be_built_beforehand_concurrently(database_dsn: str) -> None:
+def test_the_0008_index_can_be_built_beforehand_concurrently(database_dsn: str) -> None:
     import psycopg2
 
     _migrate_through(database_dsn, 6)
@@ -244,10 +244,10 @@ def test_the_0007_index_can_be_built_beforehand_concurrently(database_dsn: str) 
     conn.autocommit = True  # CREATE INDEX CONCURRENTLY runs outside a transaction
     with conn.cursor() as cursor:
         cursor.execute("ALTER TABLE file_versions ADD COLUMN IF NOT EXISTS ctime_ns bigint")
-        cursor.execute("CREATE UNIQUE INDEX CONCURRENTLY file_versions_one_row_per_version_0007 "
+        cursor.execute("CREATE UNIQUE INDEX CONCURRENTLY file_versions_one_row_per_version_0008 "
                        "ON file_versions (job, scope, root, relpath, size, mtime_ns, inode, "
                        "ctime_ns)")
-    assert schema.migrate(database_dsn) == ["0007_ctime_in_signature.sql"]
+    assert schema.migrate(database_dsn) == ["0008_ctime_in_signature.sql"]
     with conn.cursor() as cursor:
         cursor.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
                        "WHERE conrelid = 'file_versions'::regclass AND contype = 'u'")

@@ -60,7 +60,7 @@ INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inod
                            registered_at, disposed_at, disposition, last_error)
 SELECT (%(jobs)s::text[])[1 + (i / 50) %% 3], 'host-a', 'host-a', '/data',
        'run-' || (i / 50) || '/f' || i, 1000 + i %% 5000, i, i,
-       CASE WHEN i %% 2 = 0 THEN i END,  -- half of them from before migration 0007
+       CASE WHEN i %% 2 = 0 THEN i END,  -- half of them from before migration 0008
        'lab-raw', 'k/' || i,
        st, 1, CASE WHEN st = 'uploaded' THEN %(sha)s END, i / 50, at, at,
        CASE WHEN st = 'uploaded' THEN at END, at,

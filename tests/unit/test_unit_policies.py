@@ -253,11 +253,11 @@ def test_a_signature_holds_the_ctime_and_clamps_mtimes_to_bigint() -> None:
 
 
 def test_a_signature_without_a_ctime_matches_any_ctime() -> None:
-    recorded_before_0007 = Signature(1, 5, 7)
-    assert recorded_before_0007 == Signature(1, 5, 7, 9)
-    assert recorded_before_0007 == Signature(1, 5, 7, 10)
-    assert hash(recorded_before_0007) == hash(Signature(1, 5, 7, 9))
-    assert recorded_before_0007 != Signature(2, 5, 7, 9)
+    recorded_before_0008 = Signature(1, 5, 7)
+    assert recorded_before_0008 == Signature(1, 5, 7, 9)
+    assert recorded_before_0008 == Signature(1, 5, 7, 10)
+    assert hash(recorded_before_0008) == hash(Signature(1, 5, 7, 9))
+    assert recorded_before_0008 != Signature(2, 5, 7, 9)
 
 
 # --- windows -----------------------------------------------------------------------------------

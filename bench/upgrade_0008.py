@@ -1,11 +1,11 @@
-"""What migration 0007 (the ctime in the signature) costs on a populated ledger.
+"""What migration 0008 (the ctime in the signature) costs on a populated ledger.
 
 Builds a ledger of N uploaded versions at schema 0006 twice, on a private PostgreSQL cluster
 (fsync on, as in production), and times: the migration as it comes (a full unique-index
 build), and the documented alternative: the column and the index built beforehand with
 CREATE INDEX CONCURRENTLY, then the migration (docs/install.md, "Upgrading a large ledger").
 
-    .venv/bin/python bench/upgrade_0007.py [--rows 1000000]
+    .venv/bin/python bench/upgrade_0008.py [--rows 1000000]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ SELECT 'scope-' || (i %% 3), 'acq-host-0' || (i %% 3), 'acq-host-0' || (i %% 3),
        repeat('ab', 32), now() - interval '300 days' + i * interval '25 seconds', now()
 FROM generate_series(1, %(rows)s) i
 """
-PREBUILD = ("CREATE UNIQUE INDEX CONCURRENTLY file_versions_one_row_per_version_0007 ON "
+PREBUILD = ("CREATE UNIQUE INDEX CONCURRENTLY file_versions_one_row_per_version_0008 ON "
             "file_versions (job, scope, root, relpath, size, mtime_ns, inode, ctime_ns)")
 
 
@@ -62,7 +62,7 @@ def run(dsn: str, statement: str) -> float:
 
 def timed_migrate(dsn: str) -> float:
     started = time.monotonic()
-    assert schema.migrate(dsn) == ["0007_ctime_in_signature.sql"]
+    assert schema.migrate(dsn) == ["0008_ctime_in_signature.sql"]
     return time.monotonic() - started
 
 
@@ -74,7 +74,7 @@ def main() -> None:
     cluster.start()
     try:
         dsn = ledger_at_0006(cluster, "as_it_comes", rows)
-        print(f"{rows:,} versions: migration 0007 as it comes: {timed_migrate(dsn):.2f}s")
+        print(f"{rows:,} versions: migration 0008 as it comes: {timed_migrate(dsn):.2f}s")
         dsn = ledger_at_0006(cluster, "prebuilt", rows)
         added = run(dsn, "ALTER TABLE file_versions ADD COLUMN ctime_ns bigint")
         built = run(dsn, PREBUILD)

@@ -23,13 +23,13 @@ ALTER TABLE path_signatures ADD COLUMN IF NOT EXISTS ctime_ns bigint;
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-               WHERE c.relname = 'file_versions_one_row_per_version_0007'
+               WHERE c.relname = 'file_versions_one_row_per_version_0008'
                  AND NOT i.indisvalid) THEN
-        DROP INDEX file_versions_one_row_per_version_0007;
+        DROP INDEX file_versions_one_row_per_version_0008;
     END IF;
 END $$;
 
-CREATE UNIQUE INDEX IF NOT EXISTS file_versions_one_row_per_version_0007
+CREATE UNIQUE INDEX IF NOT EXISTS file_versions_one_row_per_version_0008
     ON file_versions (job, scope, root, relpath, size, mtime_ns, inode, ctime_ns);
 
 -- The old constraint would refuse the rewritten version (same size, mtime and inode), so it
@@ -37,4 +37,4 @@ CREATE UNIQUE INDEX IF NOT EXISTS file_versions_one_row_per_version_0007
 -- second build). Its prefix serves every lookup the old one served.
 ALTER TABLE file_versions DROP CONSTRAINT file_versions_one_row_per_version;
 ALTER TABLE file_versions ADD CONSTRAINT file_versions_one_row_per_version
-    UNIQUE USING INDEX file_versions_one_row_per_version_0007;
+    UNIQUE USING INDEX file_versions_one_row_per_version_0008;
