@@ -18,15 +18,24 @@ RETURNING id, group_key;
 WITH incoming AS (
     SELECT * FROM unnest(
         %(roots)s::text[], %(relpaths)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
-        %(inodes)s::bigint[], %(keys)s::text[], %(sessions)s::bigint[], %(errors)s::text[]
-    ) AS i(root, relpath, size, mtime_ns, inode, key, session_id, error)
+        %(inodes)s::bigint[], %(ctimes)s::bigint[], %(keys)s::text[], %(sessions)s::bigint[],
+        %(errors)s::text[]
+    ) AS i(root, relpath, size, mtime_ns, inode, ctime_ns, key, session_id, error)
 ), inserted AS (
-    -- A version that can never upload (its key would be unsafe) is recorded as failed at once.
-    INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inode, bucket,
-                               key, session_id, state, last_error)
-    SELECT %(job)s, %(scope)s, %(host)s, root, relpath, size, mtime_ns, inode, %(bucket)s, key,
-           session_id, CASE WHEN error IS NULL THEN 'pending' ELSE 'failed' END, error
-    FROM incoming
+    -- A version that can never upload (no safe key) is recorded as failed at once.
+    INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inode, ctime_ns,
+                               bucket, key, session_id, state, last_error)
+    SELECT %(job)s, %(scope)s, %(host)s, i.root, i.relpath, i.size, i.mtime_ns, i.inode,
+           i.ctime_ns, %(bucket)s, i.key, i.session_id,
+           CASE WHEN i.error IS NULL THEN 'pending' ELSE 'failed' END, i.error
+    FROM incoming i
+    -- The same version recorded without a ctime (before migration 0008) is this one: the
+    -- unique constraint cannot see that, a NULL being distinct from everything.
+    WHERE NOT EXISTS (SELECT 1 FROM file_versions o
+                      WHERE o.job = %(job)s AND o.scope = %(scope)s AND o.root = i.root
+                        AND o.relpath = i.relpath AND o.size = i.size
+                        AND o.mtime_ns = i.mtime_ns AND o.inode = i.inode
+                        AND (o.ctime_ns IS NULL OR i.ctime_ns IS NULL))
     ON CONFLICT ON CONSTRAINT file_versions_one_row_per_version DO NOTHING
     RETURNING id, root, relpath, session_id
 ), superseded AS (
@@ -68,18 +77,37 @@ LISTEN uploaderd_work;
 -- pruned. One probe of a unique index per candidate; nothing is held in memory. OFFSET 0
 -- keeps each EXISTS a per-candidate probe: without it PostgreSQL may turn it into a "hashed
 -- SubPlan", a hash table of every version of the job, built for every batch.
+-- A signature recorded before migration 0008 has no ctime and matches any (coalesce: NULL is
+-- a match); it takes the ctime of the file it matched, so from this first look on a rewrite
+-- that puts the mtime back is told apart from it.
+WITH c AS (
+    SELECT * FROM unnest(%(roots)s::text[], %(relpaths)s::text[], %(sizes)s::bigint[],
+                         %(mtimes)s::bigint[], %(inodes)s::bigint[], %(ctimes)s::bigint[])
+                  AS c(root, relpath, size, mtime_ns, inode, ctime_ns)
+), adopted AS (
+    UPDATE file_versions f SET ctime_ns = c.ctime_ns
+    FROM c
+    WHERE f.job = %(job)s AND f.scope = %(scope)s AND f.root = c.root AND f.relpath = c.relpath
+      AND f.size = c.size AND f.mtime_ns = c.mtime_ns AND f.inode = c.inode
+      AND f.ctime_ns IS NULL AND c.ctime_ns IS NOT NULL
+), adopted_pruned AS (
+    UPDATE path_signatures p SET ctime_ns = c.ctime_ns
+    FROM c
+    WHERE p.job = %(job)s AND p.scope = %(scope)s AND p.root = c.root AND p.relpath = c.relpath
+      AND p.size = c.size AND p.mtime_ns = c.mtime_ns AND p.inode = c.inode
+      AND p.ctime_ns IS NULL AND c.ctime_ns IS NOT NULL
+)
 SELECT c.root, c.relpath
-FROM unnest(%(roots)s::text[], %(relpaths)s::text[], %(sizes)s::bigint[], %(mtimes)s::bigint[],
-            %(inodes)s::bigint[]) AS c(root, relpath, size, mtime_ns, inode)
+FROM c
 WHERE EXISTS (SELECT 1 FROM file_versions f
               WHERE f.job = %(job)s AND f.scope = %(scope)s AND f.root = c.root
                 AND f.relpath = c.relpath AND f.size = c.size AND f.mtime_ns = c.mtime_ns
-                AND f.inode = c.inode
+                AND f.inode = c.inode AND coalesce(f.ctime_ns = c.ctime_ns, true)
               OFFSET 0)
    OR EXISTS (SELECT 1 FROM path_signatures p
               WHERE p.job = %(job)s AND p.scope = %(scope)s AND p.root = c.root
                 AND p.relpath = c.relpath AND p.size = c.size AND p.mtime_ns = c.mtime_ns
-                AND p.inode = c.inode
+                AND p.inode = c.inode AND coalesce(p.ctime_ns = c.ctime_ns, true)
               OFFSET 0);
 -- name: claim_batch
 -- A short claim: lock free rows without waiting on other claimers, mark them with our
@@ -98,7 +126,7 @@ WITH claimed AS (
         FOR UPDATE SKIP LOCKED
     )
     RETURNING id, job, root, relpath, size, mtime_ns, inode, bucket, key, attempts, session_id,
-              attempts - retry_base AS tries, multipart_upload_id, multipart_part_size
+              attempts - retry_base AS tries, multipart_upload_id, multipart_part_size, ctime_ns
 ), attempts AS (
     -- A released attempt gave its number back (release_claims); its row is reused.
     INSERT INTO upload_attempts (file_version_id, attempt, host, worker)
@@ -464,7 +492,7 @@ FROM (SELECT DISTINCT job FROM file_versions
 -- Uploaded (or, with after_upload_when: registered, registered) versions whose file still
 -- awaits after_upload, on the roots this host holds. Versions of jobs that keep their files
 -- are marked kept when they upload, so the undisposed index holds only work to do.
-SELECT id, root, relpath, size, mtime_ns, inode
+SELECT id, root, relpath, size, mtime_ns, inode, ctime_ns
 FROM file_versions
 WHERE job = %(job)s AND scope = ANY(%(scopes)s::text[]) AND state = 'uploaded'
   AND disposed_at IS NULL AND (NOT %(registered_only)s OR registered_at IS NOT NULL)
@@ -580,7 +608,7 @@ WHERE id = %(id)s AND state <> 'sent';
 
 -- name: path_versions
 -- `uploaderd explain`: every version of one path, newest first (the unique index's prefix).
-SELECT id, state, size, mtime_ns, inode, attempts, last_error, key, bucket, sha256,
+SELECT id, state, size, mtime_ns, inode, ctime_ns, attempts, last_error, key, bucket, sha256,
        discovered_at, uploaded_at, next_attempt_at, session_id, registered_at, disposition
 FROM file_versions
 WHERE job = %(job)s AND scope = %(scope)s AND root = %(root)s AND relpath = %(relpath)s
@@ -588,7 +616,7 @@ ORDER BY id DESC;
 
 -- name: path_signature
 -- `uploaderd explain`: the signature kept for a path whose versions were pruned.
-SELECT size, mtime_ns, inode, version_id
+SELECT size, mtime_ns, inode, ctime_ns, version_id
 FROM path_signatures
 WHERE job = %(job)s AND scope = %(scope)s AND root = %(root)s AND relpath = %(relpath)s;
 -- name: version_attempts
@@ -649,7 +677,8 @@ WITH batch AS (
 ), eligible AS (
     -- The batch's id range again, as a range (a join to the batch could be planned as a
     -- hash join over the whole table); registrations by primary key.
-    SELECT v.id, v.job, v.scope, v.root, v.relpath, v.size, v.mtime_ns, v.inode, v.state
+    SELECT v.id, v.job, v.scope, v.root, v.relpath, v.size, v.mtime_ns, v.inode, v.ctime_ns,
+           v.state
     FROM file_versions v
     WHERE v.id > %(after)s AND v.id <= (SELECT max(id) FROM batch)
       AND v.job = ANY(%(jobs)s::text[])
@@ -662,8 +691,8 @@ WITH batch AS (
     FOR UPDATE OF v SKIP LOCKED
 ), signatures AS (
     INSERT INTO path_signatures AS p (job, scope, root, relpath, size, mtime_ns, inode,
-                                      version_id)
-    SELECT e.job, e.scope, e.root, e.relpath, e.size, e.mtime_ns, e.inode, e.id
+                                      ctime_ns, version_id)
+    SELECT e.job, e.scope, e.root, e.relpath, e.size, e.mtime_ns, e.inode, e.ctime_ns, e.id
     FROM eligible e
     WHERE NOT %(dry_run)s AND e.state = 'uploaded'
       AND NOT EXISTS (SELECT 1 FROM file_versions n
@@ -671,7 +700,7 @@ WITH batch AS (
                         AND n.relpath = e.relpath AND n.id > e.id)
     ON CONFLICT (job, scope, root, relpath) DO UPDATE
     SET size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode,
-        version_id = excluded.version_id
+        ctime_ns = excluded.ctime_ns, version_id = excluded.version_id
     WHERE p.version_id < excluded.version_id
 ), gone AS (
     DELETE FROM file_versions v USING eligible e

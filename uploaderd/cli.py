@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from uploaderd import __version__, adhoc, explain, importer, logs, schema
 from uploaderd.config import (
@@ -39,6 +39,7 @@ from uploaderd.errors import (
 )
 from uploaderd.jobpolicy import JobPolicy
 from uploaderd.ledger import Ledger, State
+from uploaderd.printable import printable
 from uploaderd.retention import Pruner
 from uploaderd.transfers import STATS_SECONDS
 from uploaderd.units import format_bytes, parse_duration, plural
@@ -254,7 +255,7 @@ def cmd_migrate(args: argparse.Namespace, config: DaemonConfig) -> int:
     if args.json:
         _print_json({"applied": applied})
     else:
-        print("\n".join(f"applied {name}" for name in applied) or "schema is up to date")
+        _show(*([f"applied {name}" for name in applied] or ["schema is up to date"]))
     return EXIT_OK
 
 
@@ -281,8 +282,8 @@ def cmd_check(args: argparse.Namespace, config: DaemonConfig) -> int:
                      "findings": [dataclasses.asdict(f) for f in findings]})
     else:
         for finding in findings:
-            print(finding.message if finding.level == "error" else str(finding))
-        print(summary)
+            _show(finding.message if finding.level == "error" else str(finding))
+        _show(summary)
     if "error" in levels:
         return EXIT_USAGE
     return EXIT_UNREACHABLE if unreachable else EXIT_OK
@@ -352,10 +353,10 @@ def cmd_files(args: argparse.Namespace, config: DaemonConfig) -> int:
     if args.json:
         _print_json(rows)
         return EXIT_OK
-    print(f"{'ID':>8} {'JOB':<16} {'STATE':<10} {'TRIES':>5} {'SIZE':>10}  PATH")
+    _show(f"{'ID':>8} {'JOB':<16} {'STATE':<10} {'TRIES':>5} {'SIZE':>10}  PATH")
     for row in rows:
         error = f"  ({row['last_error']})" if row["last_error"] else ""
-        print(f"{row['id']:>8} {row['job']:<16} {row['state']:<10} {row['attempts']:>5} "
+        _show(f"{row['id']:>8} {row['job']:<16} {row['state']:<10} {row['attempts']:>5} "
               f"{format_bytes(row['size']):>10}  {row['relpath']}{error}")
     return EXIT_OK
 
@@ -432,7 +433,7 @@ def cmd_verify(args: argparse.Namespace, config: DaemonConfig) -> int:
     if args.json:
         _print_json(report.as_json())
     else:
-        print("\n".join(report.lines()))
+        _show(*report.lines())
     return EXIT_FAILURES if report.problems else EXIT_OK
 
 
@@ -445,7 +446,7 @@ def cmd_explain(args: argparse.Namespace, config: DaemonConfig) -> int:
                      "why": [line.removeprefix("why: ") for line in lines
                              if line.startswith("why: ")]})
     else:
-        print("\n".join(lines))
+        _show(*lines)
     return EXIT_OK
 
 
@@ -464,7 +465,7 @@ def cmd_prune(args: argparse.Namespace, config: DaemonConfig) -> int:
     if args.json:
         _print_json({"dry_run": args.dry_run, **dataclasses.asdict(report)})
     else:
-        print(report.describe(dry_run=args.dry_run))
+        _show(report.describe(dry_run=args.dry_run))
     return EXIT_OK
 
 
@@ -489,7 +490,7 @@ def cmd_import_config(args: argparse.Namespace, config: DaemonConfig) -> int:
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     for key in result.unknown:
-        print(f"not imported: {args.old_config}: unknown key {key!r} "
+        _show(f"not imported: {args.old_config}: unknown key {key!r} "
               f"(value {json.dumps(old[key])}); see docs/migrating.md", file=sys.stderr)
     return EXIT_FAILURES if result.unknown else EXIT_OK
 
@@ -565,7 +566,7 @@ def _out(args: argparse.Namespace) -> Callable[[str], None]:
     stream = sys.stderr if args.json else sys.stdout
 
     def say(line: str) -> None:
-        print(line, file=stream, flush=True)
+        print(printable(line), file=stream, flush=True)
 
     return say
 
@@ -577,24 +578,31 @@ def _finish(args: argparse.Namespace, status: int, report: dict[str, Any]) -> in
     return status
 
 
+def _show(*lines: str, file: TextIO | None = None) -> None:
+    """Every line printed for a person: one line each, control characters escaped (a file
+    name cannot move the cursor, recolour the terminal or forge a line)."""
+    for line in lines:
+        print(printable(line), file=file or sys.stdout, flush=True)
+
+
 def _print_json(value: object) -> None:
     print(json.dumps(value, default=_json_value, indent=2))
 
 
 def _print_status(report: dict[str, dict[str, Any]], errors: list[dict[str, Any]]) -> None:
     states = [s.value for s in State]
-    print(f"{'JOB':<20}" + "".join(f"{s:>12}" for s in states) + f"{'OLDEST PENDING':>16}"
+    _show(f"{'JOB':<20}" + "".join(f"{s:>12}" for s in states) + f"{'OLDEST PENDING':>16}"
           + f"{'BYTES':>12}  LAST SUCCESS")
     for name, job in sorted(report.items()):
         oldest = job["oldest_pending_seconds"]
         size = format_bytes(sum(job["bytes"].values()))
         last = (job["last_success"] or "-")[:19].replace("T", " ")
-        print(f"{name:<20}" + "".join(f"{job['states'].get(s, 0):>12}" for s in states)
+        _show(f"{name:<20}" + "".join(f"{job['states'].get(s, 0):>12}" for s in states)
               + f"{(f'{oldest:.0f}s' if oldest is not None else '-'):>16}{size:>12}  {last}")
     if errors:
-        print("\nrecent errors:")
+        _show("", "recent errors:")
         for error in errors:
-            print(f"  {error['job']}: {error['relpath']} ({error['state']}, "
+            _show(f"  {error['job']}: {error['relpath']} ({error['state']}, "
                   f"{error['attempts']} attempts): {error['last_error']}")
 
 
@@ -603,7 +611,7 @@ def _print_registrations(report: dict[str, dict[str, Any]]) -> None:
     unsent = {name: job["registrations"] for name, job in sorted(report.items())
               if job["registrations"]["pending"] or job["registrations"]["failed"]}
     if unsent:
-        print("\nunsent registrations:")
+        _show("", "unsent registrations:")
     for name, regs in unsent.items():
         parts = []
         if regs["pending"]:
@@ -611,29 +619,29 @@ def _print_registrations(report: dict[str, dict[str, Any]]) -> None:
                          f"{regs['next_attempt_in'] or 0:.0f}s)")
         if regs["failed"]:
             parts.append(f"{regs['failed']} failed")
-        print(f"  {name}: {', '.join(parts)}, oldest {regs['oldest_unsent_seconds']:.0f}s; "
+        _show(f"  {name}: {', '.join(parts)}, oldest {regs['oldest_unsent_seconds']:.0f}s; "
               f"`uploaderd trigger --job {name} --pending` lists and sends them")
     disabled = [name for name, job in sorted(report.items()) if job["enabled"] is False]
     if disabled:
-        print(f"\ndisabled (enabled: false; the daemon neither uploads nor registers, "
+        _show("", f"disabled (enabled: false; the daemon neither uploads nor registers, "
               f"`uploaderd upload` and `pipeline` do): {', '.join(disabled)}")
 
 
 def _print_paused(paused: list[dict[str, Any]]) -> None:
     if paused:
-        print("\npaused destinations:")
+        _show("", "paused destinations:")
     for row in paused:
-        print(f"  {row['job']}: {row['kind']} on {row['host']} paused until "
+        _show(f"  {row['job']}: {row['kind']} on {row['host']} paused until "
               f"{row['paused_until']:%Y-%m-%d %H:%M:%S%z} after {row['consecutive_failures']} "
               f"failures: {row['last_error']}")
 
 
 def _print_sessions(sessions: list[dict[str, Any]]) -> None:
     if sessions:
-        print("\nopen sessions:")
+        _show("", "open sessions:")
     for row in sessions:
         group = f" {row['group_key']!r}" if row["group_key"] else ""
-        print(f"  {row['id']:>6} {row['job']}{group} ({row['origin']}): {row['files']} files, "
+        _show(f"  {row['id']:>6} {row['job']}{group} ({row['origin']}): {row['files']} files, "
               f"{row['uploaded']} uploaded, {row['failed']} failed; last activity "
               f"{row['last_activity_at']:%Y-%m-%d %H:%M:%S%z}")
 

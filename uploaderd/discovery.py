@@ -8,6 +8,10 @@ the scheduler only put requests on its queue. Scans advance a slice at a time be
 events, so a long rescan never stalls event handling. Complete versions are written in
 batches (one round trip for many files); while PostgreSQL is away they wait in memory and
 the next successful write is followed by a full rescan.
+
+Nothing ends the thread but ``stop()``: a problem with one file becomes that version's
+``failed`` row with the reason, and anything unexpected is logged with the job and path it
+concerns before the loop goes on.
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ from dataclasses import dataclass, field
 from uploaderd import metrics
 from uploaderd.config import Job
 from uploaderd.errors import DatabaseUnavailable
-from uploaderd.ledger import Ledger
+from uploaderd.ledger import Ledger, NewVersion
 from uploaderd.scanner import Candidate, ScanRules, check_path, recheck, scan
 from uploaderd.sessions import group_key
 from uploaderd.settle import SettleTracker, Signature
-from uploaderd.versions import new_version, scope_of
+from uploaderd.versions import failed_version, new_version, scope_of
 from uploaderd.watcher import PathEvent
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,13 @@ PathKey = tuple[str, str]  # (root, relpath)
 @dataclass(frozen=True)
 class ScanRequest:
     job: str
+
+
+@dataclass(frozen=True)
+class _Scan:
+    job: str
+    path: str  # the root, or the directory that appeared
+    candidates: Iterator[Candidate]
 
 
 @dataclass
@@ -82,7 +93,7 @@ class Discovery:
             queue.SimpleQueue()
         )
         self._jobs: dict[str, _JobState] = {}
-        self._scans: deque[tuple[str, Iterator[Candidate]]] = deque()
+        self._scans: deque[_Scan] = deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="discovery", daemon=True)
         self._db_ok = True
@@ -121,21 +132,33 @@ class Discovery:
     def _run(self) -> None:
         next_tick = 0.0
         while not self._stop.is_set():
-            busy = bool(self._scans) or any(
-                len(s.tracker) or s.batch or s.unchecked for s in self._jobs.values())
-            if busy:
-                self._idle.clear()
-            else:
-                self._idle.set()
-            self._drain(timeout=0.0 if self._scans else self._tick_interval() if busy else 0.5)
-            self._advance_scan()
-            self._check_unchecked()
-            now = time.monotonic()
-            if now >= next_tick:
-                self._recheck_tracked()
-                next_tick = now + self._tick_interval()
-            self._flush(force=not self._scans)
-        self._flush(force=True)
+            try:
+                next_tick = self._step(next_tick)
+            except Exception:  # the last net; the steps below catch what they can name
+                log.exception("discovery: unexpected error; going on")
+                self._stop.wait(1.0)
+        try:
+            self._flush(force=True)
+        except Exception:
+            log.exception("discovery: the last write before stopping failed")
+
+    def _step(self, next_tick: float) -> float:
+        """One round: events, a slice of scan, ledger look-ups, re-checks, writes."""
+        busy = bool(self._scans) or any(
+            len(s.tracker) or s.batch or s.unchecked for s in self._jobs.values())
+        if busy:
+            self._idle.clear()
+        else:
+            self._idle.set()
+        self._drain(timeout=0.0 if self._scans else self._tick_interval() if busy else 0.5)
+        self._advance_scan()
+        self._check_unchecked()
+        now = time.monotonic()
+        if now >= next_tick:
+            self._recheck_tracked()
+            next_tick = now + self._tick_interval()
+        self._flush(force=not self._scans)
+        return next_tick
 
     def _tick_interval(self) -> float:
         settles = [s.job.source.settle for s in self._jobs.values()] or [1.0]
@@ -147,7 +170,10 @@ class Discovery:
         except queue.Empty:
             return
         for _ in range(10_000):  # bounded, so a flood of events cannot starve the rest
-            self._handle(item)
+            try:
+                self._handle(item)
+            except Exception:
+                log.exception("discovery: unexpected error on %s; going on", _describe(item))
             try:
                 item = self.inbox.get_nowait()
             except queue.Empty:
@@ -161,7 +187,7 @@ class Discovery:
         elif item.job in self._jobs:
             state = self._jobs[item.job]
             if item.is_dir:
-                self._scans.append((item.job, scan(item.root, state.rules, start=item.path)))
+                self._add_scan(item.job, item.root, start=item.path)
             else:
                 candidate = check_path(item.root, item.path, state.rules)
                 if candidate is not None:
@@ -183,20 +209,28 @@ class Discovery:
         state = self._jobs.get(name)
         if state is None:
             return
-        rules = state.rules
         for path in state.job.source.paths:
-            self._scans.append((name, scan(str(path), rules)))
+            self._add_scan(name, str(path))
+
+    def _add_scan(self, name: str, root: str, start: str | None = None) -> None:
+        rules = self._jobs[name].rules
+        self._scans.append(_Scan(name, start or root, scan(root, rules, start=start)))
 
     def _advance_scan(self) -> None:
         if not self._scans:
             return
-        name, candidates = self._scans[0]
-        state = self._jobs.get(name)
+        current = self._scans[0]
+        state = self._jobs.get(current.job)
         seen = 0
-        for _, candidate in zip(range(SCAN_SLICE), candidates, strict=False):
-            seen += 1
-            if state is not None:
-                self._observe(state, candidate, "scan")
+        try:
+            for _, candidate in zip(range(SCAN_SLICE), current.candidates, strict=False):
+                seen += 1
+                if state is not None:
+                    self._observe(state, candidate, "scan")
+        except Exception:
+            log.exception("discovery: job %s: the scan of %s stopped on an unexpected error; "
+                          "the next rescan tries again", current.job, current.path)
+            seen = 0
         if seen < SCAN_SLICE:
             self._scans.popleft()
 
@@ -235,6 +269,11 @@ class Discovery:
             state.unchecked = pending + state.unchecked
             self._db_down(exc)
             return False
+        except Exception:
+            # Settle them as unknown: enqueueing a version the ledger has is a no-op.
+            log.exception("discovery: job %s: cannot look up %d paths in the ledger; "
+                          "treating them as new", state.job.name, len(pending))
+            known = set()
         for candidate, source in pending:
             if (candidate.root, candidate.relpath) in known:
                 state.tracker.forget((candidate.root, candidate.relpath))
@@ -247,11 +286,15 @@ class Discovery:
         for state in self._jobs.values():
             rules = state.rules
             for root, relpath in state.tracker.due():
-                candidate = recheck(root, relpath, rules)
-                if candidate is None:
-                    state.tracker.forget((root, relpath))
-                else:
-                    self._observe(state, candidate, "watch")
+                try:
+                    candidate = recheck(root, relpath, rules)
+                    if candidate is not None:
+                        self._observe(state, candidate, "watch")
+                        continue
+                except Exception:
+                    log.exception("discovery: job %s: unexpected error on %s/%s; forgotten until "
+                                  "its next event or rescan", state.job.name, root, relpath)
+                state.tracker.forget((root, relpath))
 
     # --- writing to the ledger -------------------------------------------------------------
 
@@ -268,11 +311,11 @@ class Discovery:
         try:
             while state.batch:
                 chunk = state.batch[:BATCH_SIZE]
-                self._write(job, [candidate for candidate, _ in chunk])
+                written = self._write_chunk(job, chunk)
                 del state.batch[: len(chunk)]
-                for candidate, _ in chunk:
+                for candidate, _ in written:
                     state.remember(candidate)
-                for source, count in Tally(source for _, source in chunk).items():
+                for source, count in Tally(source for _, source in written).items():
                     metrics.files_discovered.labels(job.name, source).inc(count)
         except DatabaseUnavailable as exc:
             self._db_down(exc)
@@ -280,12 +323,62 @@ class Discovery:
         self._db_up()
         return True
 
+    def _write_chunk(
+        self, job: Job, chunk: list[tuple[Candidate, str]]
+    ) -> list[tuple[Candidate, str]]:
+        """Write a chunk; on an error that is not an outage, find the file it belongs to.
+
+        The whole chunk in one round trip first. If that fails, each file alone: one that
+        still fails is recorded ``failed`` with the error, or if even that cannot be written,
+        logged and left to the next rescan. The other files of the chunk are never lost.
+        """
+        try:
+            self._write(job, [candidate for candidate, _ in chunk])
+            return chunk
+        except DatabaseUnavailable:
+            raise
+        except Exception:
+            log.exception("discovery: job %s: writing %d versions failed; writing them one by "
+                          "one to find the culprit", job.name, len(chunk))
+        return [item for item in chunk if self._write_alone(job, item[0])]
+
+    def _write_alone(self, job: Job, candidate: Candidate) -> bool:
+        path = f"{candidate.root}/{candidate.relpath}"
+        try:
+            self._write(job, [candidate])
+            return True
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            reason = f"cannot queue this file: {type(exc).__name__}: {exc}"[:500]
+            log.exception("discovery: job %s: %s", job.name, path)
+        try:
+            self._enqueue(job, [failed_version(candidate, None, reason)])
+            return True
+        except DatabaseUnavailable:
+            raise
+        except Exception:
+            log.exception("discovery: job %s: cannot record %s as failed either; the next "
+                          "rescan tries again", job.name, path)
+            return False
+
     def _write(self, job: Job, candidates: list[Candidate]) -> None:
         groups = {c.relpath: group_key(job.session.group_by, c.relpath, c.signature.mtime_ns)
                   for c in candidates}
         sessions = self.ledger.open_sessions(job.name, self.host, sorted(set(groups.values())))
-        versions = [new_version(job, candidate, session_id=sessions[groups[candidate.relpath]],
-                                host=self.host) for candidate in candidates]
+        self._enqueue(job, [self._version(job, c, sessions[groups[c.relpath]])
+                            for c in candidates])
+
+    def _version(self, job: Job, candidate: Candidate, session_id: int) -> NewVersion:
+        """The version to queue; one that cannot even be built is recorded failed."""
+        try:
+            return new_version(job, candidate, session_id=session_id, host=self.host)
+        except Exception as exc:
+            log.exception("discovery: job %s: %s/%s", job.name, candidate.root, candidate.relpath)
+            return failed_version(candidate, session_id,
+                                  f"cannot queue this file: {type(exc).__name__}: {exc}"[:500])
+
+    def _enqueue(self, job: Job, versions: list[NewVersion]) -> None:
         inserted, superseded = self.ledger.enqueue(
             job.name, scope=self._scope(job), host=self.host,
             bucket=job.destination.bucket, versions=versions, marker=job.session.marker,
@@ -311,3 +404,11 @@ class Discovery:
                 self._start_scan(name)
         self.on_db(True)
         self._backoff = 0.5
+
+
+def _describe(item: PathEvent | ScanRequest | dict[str, Job]) -> str:
+    if isinstance(item, dict):
+        return "a change of the job set"
+    if isinstance(item, ScanRequest):
+        return f"a rescan request of job {item.job}"
+    return f"job {item.job}: {item.path}"

@@ -3,7 +3,8 @@
 Runs as a sweep on the host that holds the files, never inside the upload: the ledger must
 say ``uploaded`` (or, with ``after_upload_when: registered``, registered) before a file is
 touched, so a crash can never lose a file whose upload was not recorded. A file that no
-longer matches the uploaded version (it changed, or was replaced) is left alone.
+longer matches the uploaded version (it changed, was rewritten with its mtime put back, or
+was replaced) is left alone: its signature holds the ctime, which every write changes.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Disposer:
 
     def _dispose(self, job: Job, row: dict[str, Any]) -> str | None:
         source = Path(row["root"]) / row["relpath"]
-        expected = Signature(row["size"], row["mtime_ns"], row["inode"])
+        expected = Signature(row["size"], row["mtime_ns"], row["inode"], row["ctime_ns"])
         try:
             if Signature.of(source.lstat()) != expected:
                 return "skipped: the file changed after its upload"

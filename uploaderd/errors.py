@@ -71,3 +71,7 @@ class StorageUnavailable(UploaderdError):
 
 class KeyTemplateError(ValueError):
     """A destination key template, or a key rendered from it, is unsafe."""
+
+
+class MtimeOutOfRange(KeyTemplateError):
+    """The key needs the file's date, and its mtime is out of the range that can be stored."""

@@ -17,8 +17,9 @@ from typing import Any
 
 from uploaderd.collect import rules_of
 from uploaderd.config import Job
+from uploaderd.keys import file_date
 from uploaderd.ledger import Ledger, State
-from uploaderd.scanner import check_path, relative_path
+from uploaderd.scanner import check_path, not_utf8, relative_path
 from uploaderd.settle import Signature
 from uploaderd.units import format_bytes
 from uploaderd.versions import scope_of
@@ -50,6 +51,10 @@ def explain(
 ) -> Iterator[str]:
     absolute = os.path.abspath(path)
     yield f"path: {absolute}"
+    if not_utf8(absolute):
+        yield ("why: its name is not valid UTF-8; uploaderd skips such files (S3 keys and the "
+               "ledger take UTF-8 only): rename it and it is queued at the next look")
+        return
     found = places(absolute, jobs)
     if not found:
         yield "why: not under any job"
@@ -133,11 +138,12 @@ def _settle_left(job: Job, info: os.stat_result | None) -> float:
 
 
 def _describe_stat(job: Job, info: os.stat_result, settle_left: float) -> str:
-    mtime = datetime.fromtimestamp(info.st_mtime_ns / 1e9, tz=UTC)
+    mtime = file_date(Signature.of(info).mtime_ns)
+    when = _when(mtime) if mtime else "out of range (after 2262-04-11 or before 1677-09-21)"
     state = (f"not settled: {settle_left:.1f}s of settle {job.source.settle:g}s left"
              if settle_left else f"complete (unchanged for at least settle {job.source.settle:g}s)")
     return (f"file: {format_bytes(info.st_size)} ({info.st_size} bytes), mtime "
-            f"{_when(mtime)}, inode {info.st_ino}; {state}")
+            f"{when}, inode {info.st_ino}; {state}")
 
 
 def _describe_version(version: Mapping[str, Any], attempts: list[dict[str, Any]]
@@ -187,7 +193,8 @@ def version_why(version: Mapping[str, Any]) -> str:
 
 
 def _same(info: os.stat_result, version: Mapping[str, Any]) -> bool:
-    return Signature.of(info) == Signature(version["size"], version["mtime_ns"], version["inode"])
+    return Signature.of(info) == Signature(version["size"], version["mtime_ns"], version["inode"],
+                                           version["ctime_ns"])
 
 
 def _when(value: datetime | None) -> str:

@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from uploaderd.errors import KeyTemplateError
+from uploaderd.errors import KeyTemplateError, MtimeOutOfRange
+from uploaderd.settle import MTIME_MAX, MTIME_MIN
 
+DATE_VARIABLES = frozenset({"yyyy", "mm", "dd"})
 VARIABLES = frozenset(
-    {"job", "relpath", "name", "stem", "ext", "dirname", "session", "hostname", "yyyy", "mm", "dd"}
-)
+    {"job", "relpath", "name", "stem", "ext", "dirname", "session", "hostname"}
+) | DATE_VARIABLES
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _MAX_KEY_BYTES = 1024
 
@@ -63,6 +65,13 @@ class KeyTemplate:
         return frozenset(value for is_var, value in self.parts if is_var)
 
     def render(self, values: Mapping[str, str]) -> str:
+        """The key; ``MtimeOutOfRange`` when it needs a date the file's mtime cannot give."""
+        missing = sorted(self.variables() - values.keys())
+        if missing:
+            raise MtimeOutOfRange(
+                "mtime out of range: the file's mtime is after 2262-04-11 or before 1677-09-21, "
+                f"so the key's ${{{missing[0]}}} has no value; give the file a real mtime "
+                "(touch it) and it is queued again")
         key = "".join(values[value] if is_var else value for is_var, value in self.parts)
         validate_key(key)
         return key
@@ -71,17 +80,17 @@ class KeyTemplate:
 def key_variables(
     job: str, relpath: str, *, session: str, hostname: str, mtime_ns: int
 ) -> dict[str, str]:
-    """The values of every template variable for one file version.
+    """The values of the template variables for one file version.
 
     The date comes from the file's mtime (UTC), not the clock, so the key of a version never
-    changes between attempts or hosts.
+    changes between attempts or hosts. A file whose date is unknown (``file_date``) gets no
+    date variables: only a template that uses them fails.
     """
     name = posixpath.basename(relpath)
     stem, dot, ext = name.rpartition(".")
     if not stem:  # "README" or ".bashrc": no extension
         stem, ext = name, ""
-    when = datetime.fromtimestamp(mtime_ns / 1e9, tz=UTC)
-    return {
+    values = {
         "job": job,
         "relpath": relpath,
         "name": name,
@@ -90,10 +99,19 @@ def key_variables(
         "dirname": posixpath.dirname(relpath),
         "session": session,
         "hostname": hostname,
-        "yyyy": f"{when.year:04d}",
-        "mm": f"{when.month:02d}",
-        "dd": f"{when.day:02d}",
     }
+    when = file_date(mtime_ns)
+    if when is not None:
+        values.update(yyyy=f"{when.year:04d}", mm=f"{when.month:02d}", dd=f"{when.day:02d}")
+    return values
+
+
+def file_date(mtime_ns: int) -> datetime | None:
+    """The UTC date of a stored mtime, or None when the mtime was out of range (held at a
+    bound of the stored range by ``Signature.of``): its true date is unknown."""
+    if mtime_ns in (MTIME_MIN, MTIME_MAX):
+        return None
+    return datetime.fromtimestamp(mtime_ns / 1e9, tz=UTC)
 
 
 def validate_key(key: str) -> None:

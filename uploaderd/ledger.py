@@ -25,6 +25,7 @@ import psycopg2.extensions
 
 from uploaderd.errors import DatabaseUnavailable, SchemaMissing
 from uploaderd.scanner import Candidate
+from uploaderd.settle import Signature
 
 NOTIFY_CHANNEL = "uploaderd_work"
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
@@ -50,6 +51,14 @@ class NewVersion:
     key: str
     session_id: int | None
     error: str | None = None  # set when the version can never upload (an unsafe key)
+    ctime_ns: int | None = None  # always set by discovery; None only in hand-made rows
+
+    @classmethod
+    def of(cls, candidate: Candidate, *, key: str, session_id: int | None,
+           error: str | None = None) -> NewVersion:
+        sig = candidate.signature
+        return cls(candidate.root, candidate.relpath, sig.size, sig.mtime_ns, sig.inode, key=key,
+                   session_id=session_id, error=error, ctime_ns=sig.ctime_ns)
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,12 @@ class Claim:
     tries: int  # attempts since the last manual retry: what the retry policy counts
     multipart_upload_id: str | None = None  # an earlier attempt's upload, to resume
     multipart_part_size: int | None = None
+    ctime_ns: int | None = None  # None for versions queued before migration 0008
+
+    @property
+    def signature(self) -> Signature:
+        """The queued version's signature: the file must still have it to be uploaded."""
+        return Signature(self.size, self.mtime_ns, self.inode, self.ctime_ns)
 
 
 @dataclass(frozen=True)
@@ -211,6 +226,7 @@ class Ledger:
             "sizes": [c.signature.size for c in candidates],
             "mtimes": [c.signature.mtime_ns for c in candidates],
             "inodes": [c.signature.inode for c in candidates],
+            "ctimes": [c.signature.ctime_ns for c in candidates],
         })
         return {(root, relpath) for root, relpath in rows}
 
@@ -234,6 +250,7 @@ class Ledger:
             "sizes": [v.size for v in versions],
             "mtimes": [v.mtime_ns for v in versions],
             "inodes": [v.inode for v in versions],
+            "ctimes": [v.ctime_ns for v in versions],
             "keys": [v.key for v in versions],
             "sessions": [v.session_id for v in versions],
             "errors": [v.error for v in versions],

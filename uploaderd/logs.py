@@ -8,6 +8,10 @@ are plain.
 
 Records may carry ``job``, ``session``, ``path`` and ``key`` (``extra=fields(...)``); the JSON
 format writes them as fields of their own, the text format only inside the message.
+
+Messages pass through ``printable``: a file name with a newline, an escape sequence or bytes
+that are not UTF-8 is logged with backslash escapes (``\\x1b``, ``\\xff``), never raw and
+never as ``?``, so the line is one line and the file can be found from it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TextIO
 
+from uploaderd.printable import printable
 from uploaderd.units import format_bytes, plural
 
 FIELDS = ("job", "session", "path", "key")
@@ -62,7 +67,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": printable(record.getMessage()),
         }
         for name in FIELDS:
             value = getattr(record, name, None)
@@ -85,6 +90,17 @@ class PriorityFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
 
 
+class TextFormatter(logging.Formatter):
+    """One line per message: a file name cannot end the line or colour the terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 @dataclass
 class Console:
     """Lines a command writes to stderr itself (its error message), prefixed like the logs."""
@@ -93,7 +109,8 @@ class Console:
 
     def error(self, message: str) -> None:
         prefix = f"<{priority(logging.ERROR)}>" if self.journal else ""
-        print("\n".join(prefix + line for line in message.split("\n")), file=sys.stderr)
+        print("\n".join(prefix + printable(line) for line in message.split("\n")),
+              file=sys.stderr)
 
 
 console = Console()
@@ -102,8 +119,7 @@ console = Console()
 def setup(level: str, fmt: str, env: Mapping[str, str] | None = None) -> None:
     env = os.environ if env is None else env
     handler = logging.StreamHandler(sys.stderr)
-    inner = JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(levelname)s %(name)s: %(message)s")
+    inner = JsonFormatter() if fmt == "json" else TextFormatter()
     console.journal = journal_stream(sys.stderr, env)
     handler.setFormatter(PriorityFormatter(inner) if console.journal else inner)
     root = logging.getLogger()

@@ -82,7 +82,8 @@ class RunResult:
     def exit_status(self) -> int:
         if self.stopped is not None:
             return EXIT_UNREACHABLE
-        return EXIT_FAILURES if self.failed or self.left else EXIT_OK
+        # ``failures`` also holds versions failed when queued (no safe key): no attempt ran.
+        return EXIT_FAILURES if self.failed or self.failures or self.left else EXIT_OK
 
     def as_json(self, seconds: float) -> dict[str, Any]:
         return {"uploaded": self.uploaded, "failed": self.failed,

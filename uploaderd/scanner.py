@@ -34,23 +34,36 @@ class ScanRules:
 
 
 def relative_path(root: str, path: str) -> str | None:
-    """The path relative to root with '/' separators, or None when outside or not UTF-8."""
+    """The path relative to root with '/' separators, or None when outside or not UTF-8.
+
+    A name that is not valid UTF-8 (Python holds its bytes as lone surrogates) is skipped,
+    with a directory's whole subtree: S3 keys and the ledger's text columns take UTF-8
+    only, and guessing an encoding could give two files one key. The warning shows the bytes
+    as ``\\xff`` escapes (``logs`` escapes every message), so the file can be found and
+    renamed; it is queued at the next look once its name is UTF-8.
+    """
     relpath = os.path.relpath(path, root)
     if relpath in (".", "..") or relpath.startswith("../"):
         return None
-    return relpath if _utf8(relpath, path) else None
+    return None if _skipped_not_utf8(relpath, path) else relpath
 
 
-def _utf8(name: str, path: str) -> bool:
-    """False (and a warning) for a name that is not valid UTF-8 (surrogate-escaped bytes)."""
-    if name.isascii():
-        return True
+def _skipped_not_utf8(name: str, path: str) -> bool:
+    """True, with a warning, for a name that is not valid UTF-8 (cheap for ASCII names)."""
+    if name.isascii() or not not_utf8(name):
+        return False
+    log.warning("skipping %s: its name is not valid UTF-8, which S3 keys and the ledger "
+                "require; rename it to upload it", path)
+    return True
+
+
+def not_utf8(name: str) -> bool:
+    """True for a name decoded from bytes that are not UTF-8 (surrogateescape)."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        log.warning("skipping %r: its name is not valid UTF-8", path.encode("utf-8", "replace"))
-        return False
-    return True
+        return True
+    return False
 
 
 def check_path(root: str, path: str, rules: ScanRules) -> Candidate | None:
@@ -116,7 +129,7 @@ def scan(root: str, rules: ScanRules, start: str | None = None) -> Iterator[Cand
             log.warning("cannot list %s: %s", directory, exc.strerror)
             continue
         for entry in entries:
-            if not _utf8(entry.name, entry.path):
+            if _skipped_not_utf8(entry.name, entry.path):
                 continue
             relpath = prefix + entry.name
             try:

@@ -73,7 +73,8 @@ class Daemon:
         self._watchdog_interval = watchdog_usec / 2e6 if watchdog_usec else None
         self.discovery = Discovery(Ledger(config.dsn, application_name="uploaderd discovery"),
                                    host=self.host, on_db=self._db_reporter("discovery"))
-        self.watcher = Watcher(self.discovery.submit, self._watch_error)
+        self.watcher = Watcher(self.discovery.submit, self._watch_error,
+                               on_change=lambda: self.events.put("watches"))
         self.pool = build_pool(config, lambda: self.jobs, host=self.host,
                                name="uploaderd workers", on_db=self._db_reporter("workers"),
                                activity=ActivityLog())
@@ -149,7 +150,7 @@ class Daemon:
 
     def _main_loop(self) -> None:
         reload_at: float | None = None
-        next_beat = 0.0
+        next_beat = next_refresh = 0.0
         while True:
             timeout = _TICK if reload_at is None else max(0.0, reload_at - time.monotonic())
             try:
@@ -165,13 +166,18 @@ class Daemon:
                 self._notify(f"STATUS={self._status()}")
             elif event.startswith("rescan:"):
                 job = event.removeprefix("rescan:")
-                self.watcher.ensure_watches(job)
+                if self.watcher.retry_refused(job):
+                    self._report_watches()
                 self.discovery.request_scan(job)
             elif event == "jobs-changed" and reload_at is None:
                 reload_at = time.monotonic() + _RELOAD_DEBOUNCE  # an editor writes in bursts
             if reload_at is not None and time.monotonic() >= reload_at:
                 self._reload()
                 reload_at = None
+            if event == "watches" or time.monotonic() >= next_refresh:
+                if self.watcher.refresh():  # lost watches back as soon as their root is
+                    self._report_watches()
+                next_refresh = time.monotonic() + _TICK
             if time.monotonic() >= next_beat:
                 self._supervise()
                 next_beat = time.monotonic() + min(_TICK * 5, self._watchdog_interval or 5.0)

@@ -1,4 +1,5 @@
-"""When a file counts as complete: its size, mtime and inode unchanged for ``settle``.
+"""When a file counts as complete: its signature (size, mtime, inode, ctime) unchanged for
+``settle``.
 
 A pure policy with injected clocks, so its tests never sleep.
 """
@@ -9,21 +10,54 @@ import os
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, TypeVar
+from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
 
-class Signature(NamedTuple):
-    """What identifies a version of a file: a change of any field is a new version."""
+# PostgreSQL stores the signature in bigint columns. An mtime outside them (after
+# 2262-04-11 or before 1677-09-21: `touch -d 2300-01-01`, a camera with a broken clock) is
+# held at the nearest bound, so such a file can still be recorded and uploaded; its date is
+# unknown (keys.file_date).
+MTIME_MIN = -(2**63)
+MTIME_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True, eq=False)
+class Signature:
+    """What identifies a version of a file: a change of any field is a new version.
+
+    The ctime is in it because every write changes it and nothing can set it back: a file
+    rewritten in place with its size kept and its mtime restored (``cp -p``, ``tar``,
+    ``rsync --inplace -t``) is still a new version. A signature recorded before migration
+    0008 has no ctime (None) and matches any ctime: equality is "the same version".
+    """
 
     size: int
     mtime_ns: int
     inode: int
+    ctime_ns: int | None = None
 
     @classmethod
     def of(cls, stat: os.stat_result) -> Signature:
-        return cls(stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        """The one place a signature is made from a file's status."""
+        return cls(stat.st_size, _storable(stat.st_mtime_ns), stat.st_ino,
+                   _storable(stat.st_ctime_ns))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Signature):
+            return NotImplemented
+        return (self.size == other.size and self.mtime_ns == other.mtime_ns
+                and self.inode == other.inode
+                and (self.ctime_ns is None or other.ctime_ns is None
+                     or self.ctime_ns == other.ctime_ns))
+
+    def __hash__(self) -> int:  # equal signatures must hash alike, with or without a ctime
+        return hash((self.size, self.mtime_ns, self.inode))
+
+
+def _storable(nanoseconds: int) -> int:
+    return min(max(nanoseconds, MTIME_MIN), MTIME_MAX)
 
 
 @dataclass

@@ -103,7 +103,7 @@ class Uploader:
         progress: FileProgress = NO_PROGRESS,
     ) -> UploadResult:
         path = os.path.join(claim.root, claim.relpath)
-        expected = Signature(claim.size, claim.mtime_ns, claim.inode)
+        expected = claim.signature
         flags = os.O_RDONLY | (0 if job.source.follow_symlinks else os.O_NOFOLLOW)
         try:
             with os.fdopen(os.open(path, flags), "rb", buffering=0) as file:

@@ -7,7 +7,7 @@ same object key whichever of them queues it.
 from __future__ import annotations
 
 from uploaderd.config import Job
-from uploaderd.errors import KeyTemplateError
+from uploaderd.errors import KeyTemplateError, MtimeOutOfRange
 from uploaderd.keys import key_variables
 from uploaderd.ledger import NewVersion
 from uploaderd.scanner import Candidate
@@ -16,20 +16,28 @@ from uploaderd.scanner import Candidate
 def render_key(
     job: Job, candidate: Candidate, *, session: str, host: str
 ) -> tuple[str, str | None]:
-    """(key, None), or ("", why) when the template renders an unsafe key for this file."""
+    """(key, None), or ("", why) when the template cannot render a safe key for this file."""
     values = key_variables(job.name, candidate.relpath, session=session, hostname=host,
                            mtime_ns=candidate.signature.mtime_ns)
     try:
         return job.destination.key.render(values), None
+    except MtimeOutOfRange as exc:
+        return "", str(exc)
     except KeyTemplateError as exc:
         return "", f"unsafe key: {exc}"
 
 
 def new_version(job: Job, candidate: Candidate, *, session_id: int, host: str) -> NewVersion:
-    """The row to queue; a version with an unsafe key is recorded failed, with the reason."""
+    """The row to queue; a version without a safe key is recorded failed, with the reason."""
     key, error = render_key(job, candidate, session=str(session_id), host=host)
-    return NewVersion(candidate.root, candidate.relpath, *candidate.signature, key=key,
-                      session_id=session_id, error=error)
+    if error is not None:
+        return failed_version(candidate, session_id, error)
+    return NewVersion.of(candidate, key=key, session_id=session_id)
+
+
+def failed_version(candidate: Candidate, session_id: int | None, reason: str) -> NewVersion:
+    """A version that can never upload, recorded ``failed`` at once with why."""
+    return NewVersion.of(candidate, key="", session_id=session_id, error=reason)
 
 
 def scope_of(job: Job, host: str) -> str:

@@ -3,20 +3,27 @@
 One watchdog observer per job: inotify where it works, the polling observer where the root
 is on a network filesystem (inotify sees no changes made by other hosts) or when the job
 says ``polling: true``. Events only say where to look; the settle check and the ledger decide.
-Watchdog drops events when the kernel queue overflows, which is why discovery also rescans.
+
+Watches get lost: a root deleted and re-created, or a mount point remounted, leaves the
+watch on the old directory. ``refresh()`` (every second, from the main loop) notices a root
+that is gone, has another identity (device, inode) or whose emitter stopped, drops that
+watch and watches the root again as soon as it is a directory, then has it scanned. When the
+kernel's inotify queue overflows, events were dropped: the job's roots are scanned at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from watchdog.events import (
     DirCreatedEvent,
+    DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -25,8 +32,9 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
+from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
 from watchdog.observers.polling import PollingObserver
 
 from uploaderd.config import Job
@@ -44,13 +52,69 @@ class PathEvent:
 
 
 Sink = Callable[[PathEvent], None]
+# (job, message): a watch problem, logged and counted in uploaderd_watch_errors_total.
+OnError = Callable[[str, str], None]
+
+
+class QueueOverflowEvent(FileSystemEvent):
+    """The kernel dropped events of this watch (IN_Q_OVERFLOW): what happened is unknown."""
+
+    event_type = "queue_overflow"
+
+
+class UnmountEvent(FileSystemEvent):
+    """A filesystem under this watch was unmounted (IN_UNMOUNT): its watches are gone."""
+
+    event_type = "unmount"
+
+
+class _ReportingEmitter(InotifyEmitter):
+    """An inotify emitter that also tells the handlers what watchdog keeps to itself.
+
+    watchdog 7 reacts to IN_Q_OVERFLOW by rebuilding its recursive watches and logging a
+    warning, and drops IN_UNMOUNT; it delivers an event for neither. This wraps the two
+    callbacks of the emitter's watch group (``on_queue_overflow``, ``on_event``) so that our
+    handler hears of both: the job is rescanned, the unmounted root watched again.
+    """
+
+    def on_thread_start(self) -> None:
+        super().on_thread_start()
+        group = self._inotify
+        if group is None:
+            return
+        rebuild, handle = group.on_queue_overflow, group.on_event
+
+        def overflowed() -> None:
+            rebuild()
+            self.queue_event(QueueOverflowEvent(self.watch.path))
+
+        def on_event(event: InotifyEvent) -> None:
+            handle(event)
+            if event.mask & InotifyConstants.IN_UNMOUNT:
+                self.queue_event(UnmountEvent(self.watch.path))
+
+        group.on_queue_overflow = overflowed  # type: ignore[method-assign]
+        group.on_event = on_event  # type: ignore[method-assign]
+
+
+class _InotifyObserver(InotifyObserver):
+    def __init__(self) -> None:
+        super().__init__()
+        self._emitter_class = _ReportingEmitter
 
 
 class _Forward(FileSystemEventHandler):
     """Hands every interesting event of one root to the sink, from watchdog's thread."""
 
-    def __init__(self, job: str, root: str, sink: Sink) -> None:
-        self.job, self.root, self.sink = job, root, sink
+    def __init__(self, watch: JobWatch, root: str) -> None:
+        self.watch, self.job, self.root, self.sink = watch, watch.job.name, root, watch.sink
+
+    # Dispatched by event_type (after on_any_event, which ignores them).
+    def on_queue_overflow(self, _event: QueueOverflowEvent) -> None:
+        self.watch.overflowed(self.root)
+
+    def on_unmount(self, _event: UnmountEvent) -> None:
+        self.watch.root_changed(self.root)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileClosedEvent | FileCreatedEvent | FileModifiedEvent):
@@ -61,18 +125,43 @@ class _Forward(FileSystemEventHandler):
             self.sink(PathEvent(self.job, self.root, os.fsdecode(event.src_path), True))
         elif isinstance(event, DirMovedEvent):
             self.sink(PathEvent(self.job, self.root, os.fsdecode(event.dest_path), True))
+        elif isinstance(event, DirDeletedEvent) and os.fsdecode(event.src_path) == self.root:
+            self.watch.root_changed(self.root)
+
+
+@dataclass(frozen=True)
+class _Watched:
+    watch: ObservedWatch
+    identity: tuple[int, int]  # (device, inode) of the root when its watch was made
+
+
+def _identity(root: str) -> tuple[int, int] | None:
+    """The root's (device, inode), or None when it is not a directory now."""
+    try:
+        info = os.stat(root)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
 
 
 class JobWatch:
-    """The observer of one job; knows which roots it could not watch."""
+    """The observer of one job: which roots it watches, and which it could not."""
 
-    def __init__(self, job: Job, sink: Sink, on_error: Callable[[str, str], None]) -> None:
+    def __init__(self, job: Job, sink: Sink, on_error: OnError,
+                 on_change: Callable[[], None] = lambda: None) -> None:
         self.job = job
         self.sink = sink
         self.on_error = on_error
+        self.on_change = on_change  # from watchdog's thread: a root may have gone
         self.observer: BaseObserver | None = None
-        self.watched: set[str] = set()
+        self.watched: dict[str, _Watched] = {}
+        self.unwatched: set[str] = set()  # roots reported as not watched, until they are
+        # Roots the kernel refused (out of watches): retried at the rescan, not every second.
+        self.refused: set[str] = set()
+        # Roots whose watch watchdog's thread saw go (unmounted): dropped at the next refresh.
+        self.stale: set[str] = set()
         self.polling = self._wants_polling()
+        self._started = False
 
     def _wants_polling(self) -> bool:
         if self.job.source.polling is not None:
@@ -84,33 +173,93 @@ class JobWatch:
         return bool(remote)
 
     def start(self) -> None:
-        self.observer = PollingObserver(timeout=1.0) if self.polling else Observer()
+        self.observer = PollingObserver(timeout=1.0) if self.polling else _InotifyObserver()
         self.observer.daemon = True
         self.observer.start()
         self.ensure_watches()
+        self._started = True
 
-    def ensure_watches(self) -> None:
-        """Watch every root not yet watched (a missing root may appear later; rescans retry)."""
+    def refresh(self) -> bool:
+        """Drop lost watches and watch every root that can be watched; True if any changed."""
+        lost = [root for root, watched in self.watched.items() if self._lost(root, watched)]
+        for root in lost:
+            self._unwatch(root)
+            self.on_error(self.job.name, f"lost the watch on {root} (deleted, replaced or "
+                          "remounted); watching it again as soon as it is a directory")
+        return bool(self.ensure_watches()) or bool(lost)
+
+    def retry_refused(self) -> bool:
+        """At the rescan: try again the roots the kernel refused; True if any is watched now."""
+        self.refused.clear()
+        return bool(self.ensure_watches())
+
+    def ensure_watches(self) -> list[str]:
+        """Watch every root not yet watched; the roots newly watched.
+
+        A root watched again (or for the first time after start) is scanned, since files may
+        have arrived before its watch existed. A root that cannot be watched is reported
+        once, until it is watched.
+        """
         assert self.observer is not None
+        added = []
         for path in self.job.source.paths:
             root = str(path)
-            if root in self.watched:
+            if root in self.watched or root in self.refused:
                 continue
-            if not Path(root).is_dir():
-                self.on_error(self.job.name, f"root {root} is not a directory")
-                continue
-            try:
-                self.observer.schedule(
-                    _Forward(self.job.name, root, self.sink), root,
-                    recursive=self.job.source.recursive,
-                )
-            except OSError as exc:
-                reason = exc.strerror or str(exc)
-                if exc.errno in (errno.ENOSPC, errno.EMFILE):
-                    reason += " (raise fs.inotify.max_user_watches; rescans still find files)"
-                self.on_error(self.job.name, f"cannot watch {root}: {reason}")
-                continue
-            self.watched.add(root)
+            problem = self._watch(root)
+            if problem is None:
+                added.append(root)
+                if root in self.unwatched or self._started:
+                    log.info("job %s: watching %s again; scanning it", self.job.name, root)
+                    self.sink(PathEvent(self.job.name, root, root, True))
+                self.unwatched.discard(root)
+            elif root not in self.unwatched:
+                self.unwatched.add(root)
+                self.on_error(self.job.name, problem)
+        return added
+
+    def _watch(self, root: str) -> str | None:
+        """Schedule the watch of one root; None, or why it cannot be watched."""
+        assert self.observer is not None
+        identity = _identity(root)
+        if identity is None:
+            return f"root {root} is not a directory"
+        try:
+            watch = self.observer.schedule(_Forward(self, root), root,
+                                           recursive=self.job.source.recursive)
+        except OSError as exc:
+            self.refused.add(root)
+            reason = exc.strerror or str(exc)
+            if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                reason += " (raise fs.inotify.max_user_watches; rescans still find files)"
+            return f"cannot watch {root}: {reason}"
+        self.watched[root] = _Watched(watch, identity)
+        return None
+
+    def _lost(self, root: str, watched: _Watched) -> bool:
+        if root in self.stale or _identity(root) != watched.identity:
+            return True
+        assert self.observer is not None
+        return not any(e.watch == watched.watch and e.is_alive() for e in self.observer.emitters)
+
+    def _unwatch(self, root: str) -> None:
+        assert self.observer is not None
+        watched = self.watched.pop(root)
+        self.stale.discard(root)
+        with contextlib.suppress(KeyError, OSError):  # its emitter stopped with the directory
+            self.observer.unschedule(watched.watch)
+        self.unwatched.add(root)
+
+    def root_changed(self, root: str) -> None:
+        """A root was deleted, moved away or unmounted (watchdog's thread): refresh soon."""
+        self.stale.add(root)
+        self.on_change()
+
+    def overflowed(self, root: str) -> None:
+        """Events were lost (watchdog's thread): scan the root now instead of at the rescan."""
+        self.on_error(self.job.name, f"the inotify queue overflowed and events under {root} "
+                      "were lost (raise fs.inotify.max_queued_events); scanning it now")
+        self.sink(PathEvent(self.job.name, root, root, True))
 
     def alive(self) -> bool:
         return self.observer is not None and self.observer.is_alive()
@@ -124,9 +273,11 @@ class JobWatch:
 class Watcher:
     """All jobs' observers; swapped job by job on reload."""
 
-    def __init__(self, sink: Sink, on_error: Callable[[str, str], None]) -> None:
+    def __init__(self, sink: Sink, on_error: OnError,
+                 on_change: Callable[[], None] = lambda: None) -> None:
         self.sink = sink
         self.on_error = on_error
+        self.on_change = on_change
         self.watches: dict[str, JobWatch] = {}
 
     def apply(self, jobs: dict[str, Job]) -> None:
@@ -136,15 +287,18 @@ class Watcher:
                 self.watches.pop(name).stop()
         for name, job in jobs.items():
             if name not in self.watches:
-                watch = JobWatch(job, self.sink, self.on_error)
+                watch = JobWatch(job, self.sink, self.on_error, self.on_change)
                 watch.start()
                 self.watches[name] = watch
             else:
                 self.watches[name].job = job
 
-    def ensure_watches(self, job: str) -> None:
-        if job in self.watches:
-            self.watches[job].ensure_watches()
+    def refresh(self) -> list[str]:
+        """Every job's ``refresh()``; the jobs whose watches changed."""
+        return [name for name, watch in self.watches.items() if watch.refresh()]
+
+    def retry_refused(self, job: str) -> bool:
+        return job in self.watches and self.watches[job].retry_refused()
 
     def count(self, job: str) -> int:
         return len(self.watches[job].watched) if job in self.watches else 0

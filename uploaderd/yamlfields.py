@@ -20,6 +20,11 @@ from uploaderd.errors import ConfigProblem
 T = TypeVar("T")
 KeyPath = tuple[str, ...]
 
+# What aliases (``*name``) may stand for in one file, counted in values once expanded. A
+# config needs a few at most; nine nested lists of nine aliases (a "billion laughs" of 466
+# bytes) stand for 387 million, which walking the file would build.
+MAX_ALIAS_VALUES = 10_000
+
 
 class YamlDocument:
     """One parsed file: its data, the line of every key path, and the problems found so far."""
@@ -30,6 +35,13 @@ class YamlDocument:
         self.lines: dict[KeyPath, int] = {}
         self.data: Any = None
         try:
+            too_many = _alias_overflow(text)
+            if too_many is not None:
+                self.problems.append(ConfigProblem(file, too_many, None, (
+                    f"aliases (*name) here stand for more than {MAX_ALIAS_VALUES:,} values "
+                    "once expanded; refusing the file (write the values out, or use fewer "
+                    "aliases)")))
+                return
             node = yaml.compose(text, Loader=yaml.SafeLoader)
             self.data = _keys_as_written(yaml.safe_load(text), node)
         except yaml.MarkedYAMLError as exc:
@@ -234,6 +246,37 @@ def _keys_as_written(data: Any, node: yaml.Node | None) -> Any:
         # Values too follow YAML 1.2: "off" is a string (and an error where a bool is due).
         return data if node.value.lower() in ("true", "false") else node.value
     return data
+
+
+def _alias_overflow(text: str) -> int | None:
+    """The line of the alias at which the file's aliases stand for more than
+    ``MAX_ALIAS_VALUES`` values, or None. Reads the parser's events only: nothing is built."""
+    sizes: dict[str, int] = {}  # anchor -> values it stands for
+    open_collections: list[tuple[str | None, int]] = []  # (anchor, values so far)
+    expanded = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_collections.append((event.anchor, 1))
+            continue
+        if isinstance(event, yaml.AliasEvent):
+            values = sizes.get(str(event.anchor), 1)
+            expanded += values
+            if expanded > MAX_ALIAS_VALUES:
+                return event.start_mark.line + 1 if event.start_mark else 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, values = open_collections.pop()
+            if anchor is not None:
+                sizes[anchor] = values
+        elif isinstance(event, yaml.ScalarEvent):
+            values = 1
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        else:
+            continue
+        if open_collections:
+            anchor, held = open_collections[-1]
+            open_collections[-1] = (anchor, held + values)
+    return None
 
 
 def _dotted(path: KeyPath) -> str:

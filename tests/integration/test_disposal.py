@@ -9,6 +9,7 @@ from typing import Any
 from uploaderd.config import Job, S3Settings, parse_job_text
 from uploaderd.disposal import Disposer
 from uploaderd.ledger import Ledger, NewVersion, Outcome, State
+from uploaderd.scanner import Candidate
 from uploaderd.settle import Signature
 
 Sql = Callable[..., list[tuple[Any, ...]]]
@@ -26,7 +27,7 @@ def uploaded_file(ledger: Ledger, root: Path, name: str, *, scope: str) -> Path:
     path.write_bytes(b"uploaded content")
     sig = Signature.of(path.stat())
     ledger.enqueue("lab", scope=scope, host="host-a", bucket="lab-raw", versions=[
-        NewVersion(str(root), name, *sig, key=f"lab/{name}", session_id=None)])
+        NewVersion.of(Candidate(str(root), name, sig), key=f"lab/{name}", session_id=None)])
     [claim] = ledger.claim(worker="w", host="host-a", jobs=["lab"], scopes=[scope], limit=1,
                            lease_seconds=60)
     ledger.complete("w", [Outcome(claim, State.UPLOADED, "uploaded", "ab" * 32)])

@@ -174,3 +174,83 @@ def test_a_version_whose_worker_dies_three_times_fails(ledger: Ledger, sql: Sql)
     assert sql("SELECT state, last_error FROM file_versions") == [
         ("failed", "the worker died or lost its lease during 3 attempts")]
     assert claim(ledger) == []
+
+
+# --- migration 0008: the ctime in the signature ---------------------------------------------
+
+
+def _migrate_through(dsn: str, last: int) -> None:
+    ledger = Ledger(dsn).connect()
+    try:
+        with ledger.migration_lock():
+            for migration in schema.available():
+                if migration.version <= last:
+                    ledger.apply_migration(migration.version, migration.name, migration.sql)
+    finally:
+        ledger.close()
+
+
+def _old_daemon_row(dsn: str, relpath: str, sig: Signature, state: str) -> None:
+    """A version as a daemon before migration 0008 recorded it: no ctime."""
+    import psycopg2
+
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inode, "
+            "bucket, key, state) VALUES ('lab', 'host-a', 'host-a', '/data', %s, %s, %s, %s, "
+            "'b', %s, %s)", (relpath, sig.size, sig.mtime_ns, sig.inode, f"k/{relpath}", state))
+    conn.close()
+
+
+def test_versions_from_before_0008_match_their_unchanged_files(database_dsn: str) -> None:
+    _migrate_through(database_dsn, 6)
+    on_disk = Signature(10, 1_700_000_000_000_000_000, 1, ctime_ns=1_700_000_001_000_000_000)
+    _old_daemon_row(database_dsn, "uploaded.dat", on_disk, "uploaded")
+    _old_daemon_row(database_dsn, "pending.dat", on_disk, "pending")
+    import psycopg2
+
+    with psycopg2.connect(database_dsn) as conn, conn.cursor() as cursor:  # pruned before
+        cursor.execute("INSERT INTO path_signatures (job, scope, root, relpath, size, mtime_ns, "
+                       "inode, version_id) VALUES ('lab', 'host-a', '/data', 'pruned.dat', "
+                       "%s, %s, %s, 1)", (on_disk.size, on_disk.mtime_ns, on_disk.inode))
+    conn.close()
+    assert schema.migrate(database_dsn) == ["0008_ctime_in_signature.sql"]
+
+    ledger = Ledger(database_dsn).connect()
+    try:
+        names = ("uploaded.dat", "pending.dat", "pruned.dat")
+        unchanged = [Candidate("/data", name, on_disk) for name in names]
+        assert ledger.known_paths("lab", "host-a", unchanged) == {
+            ("/data", name) for name in names}, "no upload again after the upgrade"
+        assert enqueue(ledger, *(NewVersion.of(c, key="k", session_id=None) for c in unchanged
+                                 if c.relpath != "pruned.dat")) == (0, 0)
+        [claimed] = claim(ledger)
+        assert claimed.relpath == "pending.dat" and claimed.ctime_ns == on_disk.ctime_ns, (
+            "the first look gave the old rows the ctime of their unchanged file")
+        rewritten = Candidate("/data", "uploaded.dat", Signature(10, on_disk.mtime_ns, 1,
+                                                                 ctime_ns=on_disk.ctime_ns + 1))
+        pruned_rewrite = Candidate("/data", "pruned.dat", rewritten.signature)
+        assert ledger.known_paths("lab", "host-a", [rewritten, pruned_rewrite]) == set(), (
+            "from then on a rewrite that puts the mtime back is a new version")
+    finally:
+        ledger.close()
+
+
+def test_the_0008_index_can_be_built_beforehand_concurrently(database_dsn: str) -> None:
+    import psycopg2
+
+    _migrate_through(database_dsn, 6)
+    conn = psycopg2.connect(database_dsn)
+    conn.autocommit = True  # CREATE INDEX CONCURRENTLY runs outside a transaction
+    with conn.cursor() as cursor:
+        cursor.execute("ALTER TABLE file_versions ADD COLUMN IF NOT EXISTS ctime_ns bigint")
+        cursor.execute("CREATE UNIQUE INDEX CONCURRENTLY file_versions_one_row_per_version_0008 "
+                       "ON file_versions (job, scope, root, relpath, size, mtime_ns, inode, "
+                       "ctime_ns)")
+    assert schema.migrate(database_dsn) == ["0008_ctime_in_signature.sql"]
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                       "WHERE conrelid = 'file_versions'::regclass AND contype = 'u'")
+        assert cursor.fetchall() == [("file_versions_one_row_per_version", "UNIQUE (job, scope, "
+                                      "root, relpath, size, mtime_ns, inode, ctime_ns)")]
+    conn.close()

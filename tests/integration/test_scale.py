@@ -59,12 +59,14 @@ FROM generate_series(1, 1995) s WHERE s %% 3 = 0;
 SELECT setval('triggers_id_seq', 2000);
 INSERT INTO trigger_calls (trigger_id, attempt, host, started_at, finished_at, status)
 SELECT id, 1, 'host-a', created_at, sent_at, 200 FROM triggers;
-INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inode, bucket, key,
-                           state, attempts, sha256, session_id, discovered_at,
+INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inode, ctime_ns,
+                           bucket, key, state, attempts, sha256, session_id, discovered_at,
                            first_attempt_at, uploaded_at, updated_at, trigger_id,
                            registered_at, disposed_at, disposition, last_error)
 SELECT (%(jobs)s::text[])[1 + (i / 50) %% 3], 'host-a', 'host-a', '/data',
-       'run-' || (i / 50) || '/f' || i, 1000 + i %% 5000, i, i, 'lab-raw', 'k/' || i,
+       'run-' || (i / 50) || '/f' || i, 1000 + i %% 5000, i, i,
+       CASE WHEN i %% 2 = 0 THEN i END,  -- half of them from before migration 0008
+       'lab-raw', 'k/' || i,
        st, 1, CASE WHEN st = 'uploaded' THEN %(sha)s END, i / 50, at, at,
        CASE WHEN st = 'uploaded' THEN at END, at,
        CASE WHEN st = 'uploaded' AND (i / 50) %% 3 = 0 AND i / 50 <= 1995 THEN i / 50 END,
@@ -104,7 +106,8 @@ def timer_queries() -> Iterator[tuple[str, dict[str, Any]]]:
     now = datetime.now(UTC)
     jobs, scopes = JOBS, ["host-a", ""]
     paths = {"roots": ["/data"] * 3, "relpaths": ["run-1/f50", "run-9/new", "run-3/f170"],
-             "sizes": [1050, 1, 1170], "mtimes": [50, 1, 170], "inodes": [50, 1, 170]}
+             "sizes": [1050, 1, 1170], "mtimes": [50, 1, 170], "inodes": [50, 1, 170],
+             "ctimes": [50, 1, 170]}
     yield "claim_batch", {"worker": "host-a:1:w", "host": "host-a", "jobs": jobs,
                           "scopes": scopes, "limit": 16, "lease_seconds": 60}
     yield "renew_leases", {"worker": "host-a:1:w", "ids": [99800], "lease_seconds": 60}

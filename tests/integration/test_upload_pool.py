@@ -15,6 +15,7 @@ from devstack import S3Server
 from uploaderd.config import Job, S3Settings, parse_job_text
 from uploaderd.health import Breaker
 from uploaderd.ledger import Claim, Ledger, NewVersion
+from uploaderd.scanner import Candidate
 from uploaderd.settle import Signature
 from uploaderd.storage import Storage
 from uploaderd.uploader import Uploader, UploadResult
@@ -51,7 +52,7 @@ def queue_file(dsn: str, root: Path, name: str, data: bytes, bucket: str) -> Non
     sig = Signature.of(path.stat())
     ledger = Ledger(dsn).connect()
     ledger.enqueue("lab", scope="host-a", host="host-a", bucket=bucket, versions=[
-        NewVersion(str(root), name, *sig, key=f"lab/{name}", session_id=None)])
+        NewVersion.of(Candidate(str(root), name, sig), key=f"lab/{name}", session_id=None)])
     ledger.close()
 
 

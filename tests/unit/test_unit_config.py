@@ -20,6 +20,7 @@ from uploaderd.config import (
 )
 from uploaderd.errors import ConfigError, ConfigProblem
 from uploaderd.filters import DEFAULT_EXCLUDE
+from uploaderd.yamlfields import YamlDocument
 
 # The job file of DESIGN.md with every key set (the s3 overrides given real values).
 FULL_JOB = """\
@@ -782,3 +783,22 @@ def test_move_to_inside_a_root_is_refused() -> None:
         "after_upload: {move_to: /data/in/done}\n")
     assert (problem.line, problem.key) == (3, "after_upload.move_to")
     assert problem.message == "/data/in/done is inside a watched root; move files out of it"
+
+
+def test_a_few_aliases_are_fine_and_an_alias_bomb_is_refused_at_its_line() -> None:
+    headers = """\
+source: {paths: [/data]}
+destination: {bucket: lab-raw}
+trigger:
+  url: http://127.0.0.1:9/x
+  headers: &h {X-Lab: one}
+x: &x [a, b]
+"""
+    YamlDocument(None, headers + "y: [*x, *x]\n")  # no problem: a few aliases
+    bomb = headers + "".join(
+        f"l{n}: &l{n} [{', '.join([f'*l{n - 1}' if n else '*x'] * 10)}]\n" for n in range(5))
+    document = YamlDocument(None, bomb)
+    assert [(p.line, p.message) for p in document.problems] == [
+        (10, "aliases (*name) here stand for more than 10,000 values once expanded; refusing "
+             "the file (write the values out, or use fewer aliases)")]
+    assert document.data is None, "nothing was built"

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from uploaderd.errors import KeyTemplateError
-from uploaderd.keys import VARIABLES, KeyTemplate, key_variables, validate_key
+from uploaderd.errors import KeyTemplateError, MtimeOutOfRange
+from uploaderd.keys import VARIABLES, KeyTemplate, file_date, key_variables, validate_key
+from uploaderd.settle import MTIME_MAX, MTIME_MIN
 
 
 def mtime_ns(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
@@ -194,3 +195,19 @@ def test_validate_limits_the_key_to_1024_utf8_bytes() -> None:
         with pytest.raises(KeyTemplateError) as caught:
             validate_key(key)
         assert str(caught.value) == "the key is longer than 1024 bytes"
+
+
+# --- mtimes out of range ---------------------------------------------------------------------
+
+
+def test_an_mtime_held_at_the_stored_bounds_has_no_date() -> None:
+    assert file_date(MTIME_MAX) is None and file_date(MTIME_MIN) is None
+    assert file_date(mtime_ns(2100, 1, 1)) == datetime(2100, 1, 1, tzinfo=UTC)
+    assert {"yyyy", "mm", "dd"}.isdisjoint(values("a/b.txt", MTIME_MAX))
+
+
+def test_only_a_template_with_a_date_fails_for_an_unknown_date() -> None:
+    unknown = values("a/b.txt", MTIME_MAX)
+    assert KeyTemplate.parse("${job}/${relpath}").render(unknown) == "scope-a/a/b.txt"
+    with pytest.raises(MtimeOutOfRange, match=r"^mtime out of range: .*\$\{mm\} has no value"):
+        KeyTemplate.parse("${mm}/${relpath}").render(unknown)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from uploaderd.config import Backoff, RetryPolicy
 from uploaderd.retry import backoff_delay, next_attempt_in
 from uploaderd.sessions import group_key
-from uploaderd.settle import SettleTracker, Signature
+from uploaderd.settle import MTIME_MAX, MTIME_MIN, SettleTracker, Signature
 from uploaderd.units import format_bytes, parse_duration, parse_size
 from uploaderd.windows import Window, in_any_window
 
@@ -227,6 +228,36 @@ def test_group_key_day_is_the_utc_day_of_the_mtime() -> None:
     last_second_of_2024 = int(datetime(2024, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()) * 10**9
     assert group_key("day", "run1/a.tif", last_second_of_2024) == "2024-12-31"
     assert group_key("day", "run1/a.tif", last_second_of_2024 + 10**9) == "2025-01-01"
+
+
+def test_group_key_day_of_an_mtime_out_of_range_is_undated() -> None:
+    assert group_key("day", "run1/a.tif", MTIME_MAX) == "undated"
+    assert group_key("day", "run1/a.tif", MTIME_MIN) == "undated"
+
+
+# --- signatures --------------------------------------------------------------------------------
+
+
+def stat_of(size: int = 1, mtime: int = 5, ino: int = 7, ctime: int = 9) -> os.stat_result:
+    # mode, ino, dev, nlink, uid, gid, size, 3 times in s, 3 as floats, atime/mtime/ctime in ns
+    return os.stat_result((0o100644, ino, 1, 1, 0, 0, size, 0, 0, 0, 0.0, 0.0, 0.0, 0, mtime,
+                           ctime))
+
+
+def test_a_signature_holds_the_ctime_and_clamps_mtimes_to_bigint() -> None:
+    assert Signature.of(stat_of()) == Signature(1, 5, 7, 9)
+    assert Signature.of(stat_of(ctime=10)) != Signature.of(stat_of()), "a write is a new version"
+    assert Signature.of(stat_of(mtime=10**19)).mtime_ns == MTIME_MAX == 2**63 - 1
+    assert Signature.of(stat_of(mtime=253_402_300_800 * 10**9)).mtime_ns == MTIME_MAX
+    assert Signature.of(stat_of(mtime=-(10**19))).mtime_ns == MTIME_MIN
+
+
+def test_a_signature_without_a_ctime_matches_any_ctime() -> None:
+    recorded_before_0008 = Signature(1, 5, 7)
+    assert recorded_before_0008 == Signature(1, 5, 7, 9)
+    assert recorded_before_0008 == Signature(1, 5, 7, 10)
+    assert hash(recorded_before_0008) == hash(Signature(1, 5, 7, 9))
+    assert recorded_before_0008 != Signature(2, 5, 7, 9)
 
 
 # --- windows -----------------------------------------------------------------------------------
