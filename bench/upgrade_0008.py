@@ -14,8 +14,8 @@ import argparse
 import time
 
 import psycopg2
-from uploaderd.devstack import PostgresCluster
 
+from devstack import PostgresCluster
 from uploaderd import schema
 from uploaderd.ledger import Ledger
 

@@ -75,40 +75,52 @@ LISTEN uploaderd_work;
 -- Discovery's question for a batch of candidates: which (root, relpath) already have exactly
 -- this signature in the ledger, as a version or as the signature kept when its versions were
 -- pruned. One probe of a unique index per candidate; nothing is held in memory. OFFSET 0
--- keeps each EXISTS a per-candidate probe: without it PostgreSQL may turn it into a "hashed
--- SubPlan", a hash table of every version of the job, built for every batch.
--- A signature recorded before migration 0008 has no ctime and matches any (coalesce: NULL is
--- a match); it takes the ctime of the file it matched, so from this first look on a rewrite
--- that puts the mtime back is told apart from it.
+-- keeps each LATERAL a per-candidate probe: flattened, PostgreSQL may join the batch to
+-- every version of the job instead (a hash of them all, built for every batch).
+-- A signature recorded before migration 0008 has no ctime and matches any; such a match
+-- comes back with the version id (or "a pruned signature") so that it adopts the file's
+-- ctime (adopt_ctimes): from that first look on, a rewrite that puts the mtime back is told
+-- apart from it.
 WITH c AS (
     SELECT * FROM unnest(%(roots)s::text[], %(relpaths)s::text[], %(sizes)s::bigint[],
                          %(mtimes)s::bigint[], %(inodes)s::bigint[], %(ctimes)s::bigint[])
                   AS c(root, relpath, size, mtime_ns, inode, ctime_ns)
-), adopted AS (
-    UPDATE file_versions f SET ctime_ns = c.ctime_ns
-    FROM c
-    WHERE f.job = %(job)s AND f.scope = %(scope)s AND f.root = c.root AND f.relpath = c.relpath
-      AND f.size = c.size AND f.mtime_ns = c.mtime_ns AND f.inode = c.inode
-      AND f.ctime_ns IS NULL AND c.ctime_ns IS NOT NULL
-), adopted_pruned AS (
-    UPDATE path_signatures p SET ctime_ns = c.ctime_ns
-    FROM c
-    WHERE p.job = %(job)s AND p.scope = %(scope)s AND p.root = c.root AND p.relpath = c.relpath
-      AND p.size = c.size AND p.mtime_ns = c.mtime_ns AND p.inode = c.inode
-      AND p.ctime_ns IS NULL AND c.ctime_ns IS NOT NULL
 )
-SELECT c.root, c.relpath
+SELECT c.root, c.relpath, c.ctime_ns,
+       CASE WHEN v.ctime_ns IS NULL THEN v.id END AS unstamped_version,
+       coalesce(p.unstamped, false) AS unstamped_signature
 FROM c
-WHERE EXISTS (SELECT 1 FROM file_versions f
-              WHERE f.job = %(job)s AND f.scope = %(scope)s AND f.root = c.root
-                AND f.relpath = c.relpath AND f.size = c.size AND f.mtime_ns = c.mtime_ns
-                AND f.inode = c.inode AND coalesce(f.ctime_ns = c.ctime_ns, true)
-              OFFSET 0)
-   OR EXISTS (SELECT 1 FROM path_signatures p
-              WHERE p.job = %(job)s AND p.scope = %(scope)s AND p.root = c.root
-                AND p.relpath = c.relpath AND p.size = c.size AND p.mtime_ns = c.mtime_ns
-                AND p.inode = c.inode AND coalesce(p.ctime_ns = c.ctime_ns, true)
-              OFFSET 0);
+LEFT JOIN LATERAL (
+    SELECT f.id, f.ctime_ns FROM file_versions f
+    WHERE f.job = %(job)s AND f.scope = %(scope)s AND f.root = c.root
+      AND f.relpath = c.relpath AND f.size = c.size AND f.mtime_ns = c.mtime_ns
+      AND f.inode = c.inode AND coalesce(f.ctime_ns = c.ctime_ns, true)
+    ORDER BY f.ctime_ns NULLS LAST
+    LIMIT 1 OFFSET 0
+) v ON true
+LEFT JOIN LATERAL (
+    SELECT p.ctime_ns IS NULL AS unstamped FROM path_signatures p
+    WHERE p.job = %(job)s AND p.scope = %(scope)s AND p.root = c.root
+      AND p.relpath = c.relpath AND p.size = c.size AND p.mtime_ns = c.mtime_ns
+      AND p.inode = c.inode AND coalesce(p.ctime_ns = c.ctime_ns, true)
+    OFFSET 0
+) p ON true
+WHERE v.id IS NOT NULL OR p.unstamped IS NOT NULL;
+
+-- name: adopt_ctimes
+-- Versions and pruned signatures recorded before migration 0008, matched by a file on disk
+-- (known_paths): they take its ctime. Rare (once per such file), and by primary key.
+WITH stamped AS (
+    UPDATE file_versions f SET ctime_ns = v.ctime_ns
+    FROM unnest(%(ids)s::bigint[], %(ctimes)s::bigint[]) AS v(id, ctime_ns)
+    WHERE f.id = ANY(%(ids)s::bigint[]) AND f.id = v.id AND f.ctime_ns IS NULL
+)
+UPDATE path_signatures p SET ctime_ns = s.ctime_ns
+FROM unnest(%(roots)s::text[], %(relpaths)s::text[], %(signature_ctimes)s::bigint[])
+     AS s(root, relpath, ctime_ns)
+WHERE p.job = %(job)s AND p.scope = %(scope)s AND p.root = s.root AND p.relpath = s.relpath
+  AND p.ctime_ns IS NULL;
+
 -- name: claim_batch
 -- A short claim: lock free rows without waiting on other claimers, mark them with our
 -- worker id, the attempt number and a lease, and open their attempt rows. Committed at once.

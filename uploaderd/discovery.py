@@ -124,8 +124,9 @@ class Discovery:
         return self._thread.is_alive()
 
     def settled(self) -> bool:
-        """True when nothing is waiting: no scan, no unsettled path, no unwritten batch."""
-        return self._idle.is_set()
+        """True when nothing is waiting: no request in the inbox or being handled, no scan,
+        no unsettled path, no unwritten batch."""
+        return self._idle.is_set() and self.inbox.empty()
 
     # --- the thread ------------------------------------------------------------------------
 
@@ -169,6 +170,7 @@ class Discovery:
             item = self.inbox.get(timeout=timeout) if timeout else self.inbox.get_nowait()
         except queue.Empty:
             return
+        self._idle.clear()  # busy with it until the loop looks again
         for _ in range(10_000):  # bounded, so a flood of events cannot starve the rest
             try:
                 self._handle(item)

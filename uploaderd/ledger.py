@@ -219,7 +219,7 @@ class Ledger:
         """The (root, relpath) of ``candidates`` whose exact signature the ledger holds."""
         if not candidates:
             return set()
-        rows = self._all("known_paths", {
+        params = {
             "job": job, "scope": scope,
             "roots": [c.root for c in candidates],
             "relpaths": [c.relpath for c in candidates],
@@ -227,8 +227,22 @@ class Ledger:
             "mtimes": [c.signature.mtime_ns for c in candidates],
             "inodes": [c.signature.inode for c in candidates],
             "ctimes": [c.signature.ctime_ns for c in candidates],
-        })
-        return {(root, relpath) for root, relpath in rows}
+        }
+        with self.transaction() as cursor:
+            cursor.execute(queries()["known_paths"], params)
+            rows = cursor.fetchall()
+            unstamped = [row for row in rows if row[2] is not None and (row[3] or row[4])]
+            if unstamped:
+                signatures = [row for row in unstamped if row[4]]
+                cursor.execute(queries()["adopt_ctimes"], {
+                    "job": job, "scope": scope,
+                    "ids": [row[3] for row in unstamped if row[3]],
+                    "ctimes": [row[2] for row in unstamped if row[3]],
+                    "roots": [row[0] for row in signatures],
+                    "relpaths": [row[1] for row in signatures],
+                    "signature_ctimes": [row[2] for row in signatures],
+                })
+        return {(root, relpath) for root, relpath, *_ in rows}
 
     def open_sessions(self, job: str, host: str, group_keys: Sequence[str]) -> dict[str, int]:
         params = {"job": job, "host": host, "group_keys": list(group_keys)}

@@ -115,9 +115,10 @@ def scan(root: str, rules: ScanRules, start: str | None = None) -> Iterator[Cand
     except OSError:
         pass
     first = start or root
-    first_rel = relative_path(root, first) if start else ""
+    first_rel = "" if os.path.normpath(first) == os.path.normpath(root) else (
+        relative_path(root, first))
     if first_rel is None:
-        return
+        return  # outside the root, or a name that is not UTF-8
     # (directory, its path relative to the root, with a trailing '/' unless the root itself):
     # relative paths are built by appending names, never computed from absolute ones.
     stack = [(first, first_rel + "/" if first_rel else "")]

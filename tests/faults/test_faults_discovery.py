@@ -28,9 +28,9 @@ import yaml
 from daemon import DaemonProcess
 from helpers import free_port, wait_for
 from prometheus_client.parser import text_string_to_metric_families
-from uploaderd.devstack import S3Server
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
 
+from devstack import S3Server
 from uploaderd.config import Job, S3Settings, parse_job_text
 from uploaderd.discovery import Discovery
 from uploaderd.disposal import Disposer

@@ -203,7 +203,7 @@ def _old_daemon_row(dsn: str, relpath: str, sig: Signature, state: str) -> None:
 
 
 def test_versions_from_before_0008_match_their_unchanged_files(database_dsn: str) -> None:
-    _migrate_through(database_dsn, 6)
+    _migrate_through(database_dsn, 7)
     on_disk = Signature(10, 1_700_000_000_000_000_000, 1, ctime_ns=1_700_000_001_000_000_000)
     _old_daemon_row(database_dsn, "uploaded.dat", on_disk, "uploaded")
     _old_daemon_row(database_dsn, "pending.dat", on_disk, "pending")
@@ -239,7 +239,7 @@ def test_versions_from_before_0008_match_their_unchanged_files(database_dsn: str
 def test_the_0008_index_can_be_built_beforehand_concurrently(database_dsn: str) -> None:
     import psycopg2
 
-    _migrate_through(database_dsn, 6)
+    _migrate_through(database_dsn, 7)
     conn = psycopg2.connect(database_dsn)
     conn.autocommit = True  # CREATE INDEX CONCURRENTLY runs outside a transaction
     with conn.cursor() as cursor:

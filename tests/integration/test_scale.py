@@ -120,7 +120,10 @@ def timer_queries() -> Iterator[tuple[str, dict[str, Any]]]:
     yield "known_paths", {"job": "scope-a", "scope": "host-a", "roots": ["/data"] * 2000,
                           "relpaths": [f"run-{i // 50}/f{i}" for i in batch],
                           "sizes": [1000 + i for i in batch], "mtimes": list(batch),
-                          "inodes": list(batch)}
+                          "inodes": list(batch), "ctimes": list(batch)}
+    yield "adopt_ctimes", {"job": "scope-a", "scope": "host-a", "ids": [50, 53],
+                           "ctimes": [1, 2], "roots": ["/data"], "relpaths": ["old/f1"],
+                           "signature_ctimes": [3]}
     yield "open_sessions", {"job": "scope-a", "host": "host-a", "group_keys": ["run-9"]}
     yield "enqueue_versions", {
         "job": "scope-a", "scope": "host-a", "host": "host-a", "bucket": "lab-raw",
