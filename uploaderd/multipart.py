@@ -14,6 +14,7 @@ import base64
 import hashlib
 import io
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -72,6 +73,9 @@ class MultipartUpload:
         self.on_started = on_started
         self.parts_sent = 0
         self.parts_kept = 0
+        self.bytes_sent = 0  # by this attempt: what the metrics count
+        self.bytes_kept = 0  # parts an earlier attempt sent, kept
+        self._count_lock = threading.Lock()
 
     def run(
         self, file: io.RawIOBase, expected: Signature, sha: str, args: dict[str, Any],
@@ -147,6 +151,7 @@ class MultipartUpload:
                 if kept is not None:
                     done[number] = kept
                     self.parts_kept += 1
+                    self.bytes_kept += len(data)
                     continue
                 self.throttle(len(data))
                 if len(in_flight) >= self.concurrency:  # bound the parts held in memory
@@ -165,7 +170,9 @@ class MultipartUpload:
         extra: dict[str, Any] = {"ChecksumSHA256": _b64_sha256(data)} if self.checksums else {}
         response = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=upload_id,
                                            PartNumber=number, Body=data, **extra)
-        self.parts_sent += 1
+        with self._count_lock:  # part threads finish concurrently
+            self.parts_sent += 1
+            self.bytes_sent += len(data)
         part = {"PartNumber": number, "ETag": response["ETag"]}
         if self.checksums:
             part["ChecksumSHA256"] = extra["ChecksumSHA256"]

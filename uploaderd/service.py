@@ -76,7 +76,7 @@ class Daemon:
                                name="uploaderd workers", on_db=self._db_reporter("workers"))
         self.scheduler = Scheduler(
             Ledger(config.dsn, application_name="uploaderd scheduler"),
-            Ledger(config.dsn, application_name="uploaderd triggers"),
+            lambda: Ledger(config.dsn, application_name="uploaderd triggers"),
             Ledger(config.dsn, application_name="uploaderd prune"),
             host=self.host, me=self.pool.worker, rescan=self._rescan,
             retention=config.retention,

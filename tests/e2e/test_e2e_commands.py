@@ -329,7 +329,7 @@ def test_verify_finds_missing_extra_and_changed_objects(
     assert f"extra     s3://{bucket}/lab/stray.bin: 17 bytes, not in the ledger" in lines
     assert any(line.startswith(f"checksum  s3://{bucket}/lab/b.txt: S3 metadata sha256 "
                                f"{sha(b'B.TXTB.TXTB.TXT')}") for line in lines)
-    assert lines[-1].endswith("1 missing, 1 extra, 0 size, 1 checksum")
+    assert lines[-1].endswith("1 missing, 1 extra, 0 size, 1 checksum, 0 collision")
     report = json.loads(ok(ws.run("verify", "lab", "--json"), 1))
     assert sorted((p["kind"], p["key"]) for p in report["problems"]) == [
         ("checksum", "lab/b.txt"), ("extra", "lab/stray.bin"), ("missing", "lab/a.txt")]

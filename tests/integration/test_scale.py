@@ -217,7 +217,8 @@ def test_counts_equal_a_recount_across_every_transition(
                     for c in claims]
         finished = [o for o in outcomes if rng.random() < 0.8]
         ledger.complete("host-a:1:w", finished, keeping=["lab"])
-        ledger.release("host-a:1:w", [o.claim.id for o in outcomes if o not in finished])
+        ledger.release("host-a:1:w", [o.claim.id for o in outcomes if o not in finished],
+                       "daemon stopping")
 
     def retry() -> None:
         ledger.requeue_failed(job="lab")
@@ -315,7 +316,7 @@ def test_pruning_keeps_live_work_unsent_registrations_and_open_sessions(
     claims = {c.relpath: c for c in ledger.claim(
         worker="w", host="host-a", jobs=["lab"], scopes=["host-a"], limit=10,
         lease_seconds=60)}
-    ledger.release("w", [claims.pop("pending").id])
+    ledger.release("w", [claims.pop("pending").id], "daemon stopping")
     failed_upload = claims.pop("failed")
     ledger.complete("w", [Outcome(c, State.UPLOADED, "uploaded", SHA) for c in claims.values()]
                     + [Outcome(failed_upload, State.FAILED, "failed", error="AccessDenied")])
