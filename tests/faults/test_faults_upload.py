@@ -180,6 +180,10 @@ def test_postgres_stops_mid_multipart_upload(
 ) -> None:
     """PostgreSQL stopped (fast or immediate) while a large file goes up; the outcome waits in
     memory and a file written during the outage is queued after it."""
+    # The test cluster runs with synchronous_commit off, which an immediate stop turns into
+    # lost commits; production keeps it on, and so does this database.
+    database = sql("SELECT current_database()")[0][0]
+    sql(f"ALTER DATABASE {database} SET synchronous_commit = on")
     daemon = start_lab(make_daemon, root, bucket, destination={"bandwidth": "8MiB/s"})
     big = write(root, "big.raw", os.urandom(40 * MiB))
     wait_for(lambda: sql("SELECT multipart_upload_id FROM file_versions")[0][0], timeout=30,

@@ -108,7 +108,8 @@ def timer_queries() -> Iterator[tuple[str, dict[str, Any]]]:
         "worker": "host-a:1:w", "keeping": ["scope-a", "scope-c"], "ids": [99800], "attempts": [1],
         "states": ["uploaded"], "outcomes": ["uploaded"], "sha256s": [SHA], "etags": ["e"],
         "errors": [None], "delays": [None], "bytes": [1]}
-    yield "release_claims", {"worker": "host-a:1:w", "ids": [99800]}
+    yield "release_claims", {"worker": "host-a:1:w", "ids": [99800],
+                             "reason": "daemon stopping"}
     yield "known_paths", {"job": "scope-a", "scope": "host-a", **paths}
     yield "open_sessions", {"job": "scope-a", "host": "host-a", "group_keys": ["run-9"]}
     yield "enqueue_versions", {
