@@ -137,8 +137,9 @@ WITH claimed AS (
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     )
-    RETURNING id, job, root, relpath, size, mtime_ns, inode, bucket, key, attempts, session_id,
-              attempts - retry_base AS tries, multipart_upload_id, multipart_part_size, ctime_ns
+    RETURNING id, job, scope, root, relpath, size, mtime_ns, inode, bucket, key, attempts,
+              session_id, attempts - retry_base AS tries, multipart_upload_id,
+              multipart_part_size, ctime_ns
 ), attempts AS (
     -- A released attempt gave its number back (release_claims); its row is reused.
     INSERT INTO upload_attempts (file_version_id, attempt, host, worker)
@@ -147,7 +148,21 @@ WITH claimed AS (
     SET host = excluded.host, worker = excluded.worker, started_at = now(),
         finished_at = NULL, outcome = NULL, error = NULL, bytes = NULL
 )
-SELECT * FROM claimed ORDER BY id;
+-- With each claim, the newest upload of another file (another host's or another path's) to
+-- the same bucket and key: the worker refuses to overwrite it with different content (two
+-- hosts running one non-shared job, or a key template that maps two paths to one key).
+SELECT c.id, c.job, c.root, c.relpath, c.size, c.mtime_ns, c.inode, c.bucket, c.key,
+       c.attempts, c.session_id, c.tries, c.multipart_upload_id, c.multipart_part_size,
+       c.ctime_ns, holder.sha256, holder.host || ':' || holder.relpath
+FROM claimed c
+LEFT JOIN LATERAL (
+    SELECT h.sha256, h.host, h.relpath FROM file_versions h
+    WHERE h.bucket = c.bucket AND h.key = c.key AND h.state = 'uploaded'
+      AND (h.scope, h.root, h.relpath) IS DISTINCT FROM (c.scope, c.root, c.relpath)
+    ORDER BY h.id DESC
+    LIMIT 1
+) holder ON true
+ORDER BY c.id;
 
 -- name: record_multipart
 -- The multipart upload an attempt created, fenced like its outcome.
@@ -157,12 +172,12 @@ WHERE id = %(id)s AND claimed_by = %(worker)s AND attempts = %(attempt)s
   AND state = 'uploading';
 
 -- name: abandoned_uploads
--- Multipart uploads nothing will resume: their version failed or was superseded (by a
--- worker, or by discovery queuing a newer version). Read through the small index of versions
--- with a multipart upload recorded.
+-- Multipart uploads nothing will resume: their version failed, was superseded (by a
+-- worker, or by discovery queuing a newer version) or its file is gone. Read through the
+-- small index of versions with a multipart upload recorded.
 SELECT id, job, bucket, key, multipart_upload_id
 FROM file_versions
-WHERE multipart_upload_id IS NOT NULL AND state IN ('failed', 'superseded')
+WHERE multipart_upload_id IS NOT NULL AND state IN ('failed', 'superseded', 'gone')
 ORDER BY id
 LIMIT %(limit)s;
 -- name: forget_upload
@@ -218,7 +233,8 @@ WITH outcome AS (
 SELECT id FROM finished;
 
 -- name: release_claims
--- Shutdown: hand unfinished claims back without charging an attempt.
+-- Shutdown, or a paused destination: hand unfinished claims back without charging an
+-- attempt; the attempt row says why.
 WITH released AS (
     UPDATE file_versions
     SET state = 'pending', attempts = attempts - 1, claimed_by = NULL, lease_expires_at = NULL,
@@ -227,7 +243,7 @@ WITH released AS (
     RETURNING id, attempts + 1 AS attempt
 )
 UPDATE upload_attempts a
-SET finished_at = now(), outcome = 'released', error = 'daemon stopping'
+SET finished_at = now(), outcome = 'released', error = %(reason)s
 FROM released r
 WHERE a.file_version_id = r.id AND a.attempt = r.attempt;
 
@@ -665,6 +681,31 @@ SELECT state, sum(files)::bigint AS files, sum(bytes)::bigint AS bytes,
 FROM counts
 GROUP BY state
 HAVING sum(files) <> 0;
+-- name: key_collisions
+-- `uploaderd verify`: keys of the job that more than one file uploaded to with different
+-- content (the newest upload of each path counts: a path's own rewrites are its history).
+-- Only the last writer's bytes are in S3; the others' are lost.
+WITH newest AS (
+    SELECT DISTINCT ON (key, scope, root, relpath) key, bucket, host, relpath, sha256
+    FROM file_versions
+    WHERE job = %(job)s AND state = 'uploaded'
+    ORDER BY key, scope, root, relpath, id DESC
+)
+SELECT bucket, key, array_agg(host || ':' || relpath ORDER BY host, relpath) AS files,
+       count(DISTINCT sha256) AS contents
+FROM newest
+GROUP BY bucket, key
+HAVING count(DISTINCT sha256) > 1
+ORDER BY bucket, key;
+
+-- name: session_gone_files
+-- The files of a registration's session that vanished before their upload (state gone), for
+-- its manifest.
+SELECT f.relpath, f.size, f.last_error
+FROM triggers t JOIN file_versions f ON f.session_id = t.session_id
+WHERE t.id = %(id)s AND f.state = 'gone'
+ORDER BY f.relpath;
+
 -- name: uploaded_keys_under
 -- `uploaderd verify`: every key any job's ledger says it uploaded under a prefix of a bucket,
 -- so an object another job put there is not reported as extra.

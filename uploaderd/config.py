@@ -51,6 +51,10 @@ class S3Settings:
     region: str | None = None
     profile: str | None = None
     checksum: Checksum = "when_supported"
+    # Seconds one socket operation may wait (connect; each send, the wait for an answer): a
+    # blackholed endpoint ends an attempt after about twice these, not after minutes.
+    connect_timeout: float = 5.0
+    read_timeout: float = 45.0
 
 
 DAY = 86400.0
@@ -287,6 +291,9 @@ def _s3_settings(fields: Fields, defaults: S3Settings, *, finish: bool = True) -
         checksum=fields.choice(  # type: ignore[arg-type]
             "checksum", ("when_supported", "when_required"), defaults.checksum
         ),
+        connect_timeout=fields.converted("connect_timeout", parse_duration,
+                                         defaults.connect_timeout),
+        read_timeout=fields.converted("read_timeout", parse_duration, defaults.read_timeout),
     )
     if finish:
         fields.finish()

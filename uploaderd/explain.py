@@ -189,6 +189,8 @@ def version_why(version: Mapping[str, Any]) -> str:
         return f"uploading now (attempt {version['attempts']})"
     if state == State.FAILED:
         return f"failed after {version['attempts']} attempts: {version['last_error']}"
+    if state == State.GONE:
+        return f"gone before its upload: {version['last_error']}"
     return f"superseded: {version['last_error']}"
 
 

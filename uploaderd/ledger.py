@@ -2,8 +2,10 @@
 
 One ``Ledger`` wraps one connection and is used by one thread. Each method runs named
 queries from ``sql/queries.sql`` and commits before it returns, so no transaction is ever
-held across an upload. Connection trouble surfaces as ``DatabaseUnavailable``; the caller
-decides whether to back off and reconnect (the daemon) or to exit 3 (a command).
+held across an upload. Every error that means "not now" (the connection lost, a read-only
+database after a failover, an administrator's shutdown, a serialization failure, too many
+connections) surfaces as ``DatabaseUnavailable``, mapped in one place (``_not_now``); the
+caller decides whether to back off and reconnect (the daemon) or to exit 3 (a command).
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ class State(StrEnum):
     UPLOADED = "uploaded"
     FAILED = "failed"
     SUPERSEDED = "superseded"
+    GONE = "gone"  # the queued file vanished (or is no longer a regular file): final
+
+
+# SQLSTATE classes and codes that mean "not now, try again": the server or the connection is
+# in trouble, not the statement. 08 connection exception, 25006 read-only transaction (a
+# demoted primary), 40 transaction rollback (serialization failure, deadlock), 53
+# insufficient resources (too many connections, disk full), 57 operator intervention
+# (admin or crash shutdown, cannot connect now, a cancelled statement), 58 system error
+# (I/O), 55P03 lock not available, 55006 object in use.
+_NOT_NOW_CLASSES = ("08", "40", "53", "57", "58")
+_NOT_NOW_CODES = ("25006", "55P03", "55006")
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,10 @@ class Claim:
     multipart_upload_id: str | None = None  # an earlier attempt's upload, to resume
     multipart_part_size: int | None = None
     ctime_ns: int | None = None  # None for versions queued before migration 0008
+    # The newest upload of another file (host:relpath) to the same bucket and key, and its
+    # SHA-256: this version must not overwrite it with different content.
+    holder_sha256: str | None = None
+    holder: str | None = None
 
     @property
     def signature(self) -> Signature:
@@ -166,19 +183,28 @@ class Ledger:
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg2.extensions.cursor]:
-        """A cursor in a transaction that commits on success; connection loss → unavailable."""
+        """A cursor in a transaction that commits on success; "not now" → unavailable."""
         conn = self.connection
+        with self._mapped(), conn, conn.cursor() as cursor:
+            yield cursor
+
+    @contextmanager
+    def _mapped(self) -> Iterator[None]:
+        """The one error mapping: driver errors that mean "not now" become
+        ``DatabaseUnavailable`` and drop the connection, so the next call reconnects (a
+        session of a demoted primary stays read-only until it ends)."""
         try:
-            with conn, conn.cursor() as cursor:
-                yield cursor
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            self.close()
-            raise DatabaseUnavailable(f"lost PostgreSQL: {_first_line(exc)}") from exc
+            yield
         except psycopg2.errors.UndefinedTable as exc:
             raise SchemaMissing(
                 f"the database has no uploaderd schema ({_first_line(exc)}): run `uploaderd "
                 "migrate`"
             ) from exc
+        except psycopg2.Error as exc:
+            if not _not_now(exc):
+                raise
+            self.close()
+            raise DatabaseUnavailable(f"PostgreSQL: {_first_line(exc)}") from exc
 
     def _all(self, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         with self.transaction() as cursor:
@@ -283,11 +309,8 @@ class Ledger:
         conn = self.connection
         conn.autocommit = True
         try:
-            with conn.cursor() as cursor:
+            with self._mapped(), conn.cursor() as cursor:
                 cursor.execute(queries()["listen_work"])
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            self.close()
-            raise DatabaseUnavailable(f"lost PostgreSQL: {_first_line(exc)}") from exc
         finally:
             if not conn.closed:
                 conn.autocommit = False
@@ -298,11 +321,8 @@ class Ledger:
         ready, _, _ = select.select([conn, *extra_fds], [], [], timeout)
         if conn not in ready:
             return False
-        try:
+        with self._mapped():
             conn.poll()
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            self.close()
-            raise DatabaseUnavailable(f"lost PostgreSQL: {_first_line(exc)}") from exc
         notified = bool(conn.notifies)
         conn.notifies.clear()
         return notified
@@ -354,8 +374,9 @@ class Ledger:
     def forget_upload(self, version_id: int, upload_id: str) -> None:
         self._all("forget_upload", {"id": version_id, "upload_id": upload_id})
 
-    def release(self, worker: str, ids: Sequence[int]) -> None:
-        self._all("release_claims", {"worker": worker, "ids": list(ids)})
+    def release(self, worker: str, ids: Sequence[int], reason: str) -> None:
+        """Hand claims back without charging an attempt; ``reason`` goes to the attempt row."""
+        self._all("release_claims", {"worker": worker, "ids": list(ids), "reason": reason})
 
     def workers_on_host(self, host: str) -> list[str]:
         return [row[0] for row in self._all("workers_on_host", {"prefix": f"{host}:%"})]
@@ -428,6 +449,12 @@ class Ledger:
 
     def uploaded_objects(self, job: str) -> list[dict[str, Any]]:
         return self._dicts("uploaded_objects", {"job": job})
+
+    def key_collisions(self, job: str) -> list[dict[str, Any]]:
+        return self._dicts("key_collisions", {"job": job})
+
+    def session_gone_files(self, trigger_id: int) -> list[dict[str, Any]]:
+        return self._dicts("session_gone_files", {"id": trigger_id})
 
     # --- sessions and the trigger outbox ----------------------------------------------------
 
@@ -621,6 +648,15 @@ class StateTally:
     files: int
     bytes: int
     next_in: float | None  # seconds until the earliest next attempt (pending only)
+
+
+def _not_now(exc: psycopg2.Error) -> bool:
+    """Whether ``exc`` is the database's trouble (retry later), not the statement's."""
+    code = exc.pgcode or ""
+    if not code:
+        # No SQLSTATE: the client lost the connection (or never had one).
+        return isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
+    return code in _NOT_NOW_CODES or code[:2] in _NOT_NOW_CLASSES
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,16 +7,20 @@ keys or error text, which would explode cardinality and could leak data.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from http.server import HTTPServer
+from typing import Any
 
 from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
     Info,
+    MetricsHandler,
     disable_created_metrics,
-    start_http_server,
 )
 
 from uploaderd import __version__
@@ -40,7 +44,19 @@ files_discovered = Counter(
     "uploaderd_files_discovered_total", "Complete file versions queued", ["job", "source"]
 )
 uploads = Counter("uploaderd_uploads_total", "Upload attempts by outcome", ["job", "outcome"])
-upload_bytes = Counter("uploaderd_upload_bytes_total", "Bytes uploaded", ["job"])
+upload_bytes = Counter("uploaderd_upload_bytes_total",
+                       "Bytes sent to S3 by uploads (not parts kept from an earlier attempt)",
+                       ["job"])
+upload_stalls = Counter("uploaderd_upload_stalls_total",
+                        "Upload attempts that ran past their deadline (S3 unreachable?)", ["job"])
+multipart_resumes = Counter(
+    "uploaderd_multipart_resumes_total",
+    "Multipart uploads continued from an earlier attempt's parts", ["job"],
+)
+multipart_kept_bytes = Counter(
+    "uploaderd_multipart_kept_bytes_total",
+    "Bytes of parts an earlier attempt had sent, kept instead of sent again", ["job"],
+)
 upload_duration = Histogram(
     "uploaderd_upload_duration_seconds", "Time to upload one file", ["job"],
     buckets=_DURATION_BUCKETS,
@@ -94,6 +110,7 @@ def declare_jobs(jobs: Iterable[str]) -> None:
         for source in ("watch", "scan"):
             files_discovered.labels(job, source)
         upload_bytes.labels(job)
+        upload_stalls.labels(job)
         watch_errors.labels(job)
         destination_paused.labels(job, "upload")
 
@@ -124,13 +141,57 @@ def set_queue(rows: Iterable[JobStateCount]) -> None:
         _queue_jobs.update(files)
 
 
+SERVER_THREADS = 4
+SERVER_TIMEOUT = 5.0  # seconds a connection may sit idle or trickle its request
+
+
+class _Handler(MetricsHandler):
+    timeout = SERVER_TIMEOUT  # StreamRequestHandler sets it on the socket
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a log line."""
+
+
+class _BoundedServer(HTTPServer):
+    """prometheus_client's server starts a thread per connection, so idle connections cost
+    a thread each; here a small fixed pool serves them, each cut after ``SERVER_TIMEOUT``.
+    The accepting loop waits for a free thread, so connections beyond that wait in the
+    kernel's backlog instead of piling up as open files."""
+
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.address_family = family
+        super().__init__(address, _Handler)
+        self._pool = ThreadPoolExecutor(SERVER_THREADS, thread_name_prefix="metrics")
+        self._free = threading.Semaphore(SERVER_THREADS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._free.acquire()
+        self._pool.submit(self._serve_one, request, client_address)
+
+    def _serve_one(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._free.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("metrics: a request from %s failed", client_address, exc_info=True)
+
+
 def serve(listen: str) -> None:
     """Expose /metrics on ``host:port``; an empty address disables the endpoint."""
     if not listen:
         return
     host, _, port = listen.rpartition(":")
     try:
-        start_http_server(int(port), addr=host.strip("[]"))
+        server = _BoundedServer((host.strip("[]"), int(port)))
     except OSError as exc:
         raise UsageError(f"metrics.listen: cannot listen on {listen}: {exc.strerror}") from exc
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics on http://%s/metrics", listen)

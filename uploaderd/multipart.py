@@ -14,6 +14,7 @@ import base64
 import hashlib
 import io
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -75,6 +76,9 @@ class MultipartUpload:
         self.on_started = on_started
         self.parts_sent = 0
         self.parts_kept = 0
+        self.bytes_sent = 0  # by this attempt: what the metrics count
+        self.bytes_kept = 0  # parts an earlier attempt sent, kept
+        self._count_lock = threading.Lock()
 
     def run(
         self, file: io.RawIOBase, expected: Signature, sha: str, args: dict[str, Any],
@@ -151,6 +155,7 @@ class MultipartUpload:
                     done[number] = kept
                     self.parts_kept += 1
                     self.progress.kept(len(data))
+                    self.bytes_kept += len(data)
                     continue
                 self.throttle(len(data))
                 if len(in_flight) >= self.concurrency:  # bound the parts held in memory
@@ -171,7 +176,9 @@ class MultipartUpload:
         response = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=upload_id,
                                            PartNumber=number, Body=body, **extra)
         body.finish()
-        self.parts_sent += 1
+        with self._count_lock:  # part threads finish concurrently
+            self.parts_sent += 1
+            self.bytes_sent += len(data)
         part = {"PartNumber": number, "ETag": response["ETag"]}
         if self.checksums:
             part["ChecksumSHA256"] = extra["ChecksumSHA256"]

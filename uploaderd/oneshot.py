@@ -39,7 +39,7 @@ from uploaderd.workers import UploadPool, build_pool
 
 Out = Callable[[str], None]
 ACTIVE = (State.PENDING, State.UPLOADING)
-TERMINAL = (State.UPLOADED, State.FAILED, State.SUPERSEDED)
+TERMINAL = (State.UPLOADED, State.FAILED, State.SUPERSEDED, State.GONE)
 POLL_SECONDS = 0.25
 _LISTED_FAILURES = 50
 

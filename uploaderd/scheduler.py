@@ -4,14 +4,18 @@ The in-memory job store is rebuilt from the job files on start and reload. Sweep
 run once per cluster (retries, session completion, trigger dispatch) take a PostgreSQL
 advisory lock, so several daemons on one database never double them; per-host work (lease
 reaping of this host's dead workers, after_upload on local files, rescans) needs none.
-Trigger calls wait on remote endpoints and a prune can take minutes, so each runs on its
-own executor thread and connection; everything else shares one. ``coalesce`` and
-``max_instances=1`` keep a slow run from piling up behind itself.
+Trigger calls wait on remote endpoints, so they run on a small pool of their own threads
+(each with its own connection): one slow endpoint holds one thread, never the other jobs'
+registrations. A prune can take minutes and has its own thread; everything else shares one.
+``coalesce`` and ``max_instances=1`` keep a slow run from piling up behind itself. A task
+that fails (the database away, read-only, or anything unexpected) is logged and the next
+run tries again: no task's failure stops the scheduler.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +30,7 @@ from uploaderd import metrics
 from uploaderd.config import Job, Retention
 from uploaderd.disposal import Disposer
 from uploaderd.errors import DatabaseUnavailable
+from uploaderd.health import Breaker
 from uploaderd.ledger import Ledger
 from uploaderd.multipart import abort
 from uploaderd.retention import Pruner, PruneStopped
@@ -42,13 +47,14 @@ SESSION_SWEEP_SECONDS = 5.0
 DISPOSAL_SECONDS = 10.0
 ABANDONED_SECONDS = 10.0
 PRUNE_SECONDS = 3600.0
+TRIGGER_THREADS = 4  # jobs whose registrations are sent at the same time
 _PER_JOB = ("rescan:", "sessions:", "triggers:", "dispose:")
 
 
 class Scheduler:
     def __init__(
-        self, ledger: Ledger, trigger_ledger: Ledger, prune_ledger: Ledger, *, host: str,
-        me: str, rescan: Callable[[str], None], retention: Retention,
+        self, ledger: Ledger, trigger_ledger: Callable[[], Ledger], prune_ledger: Ledger, *,
+        host: str, me: str, rescan: Callable[[str], None], retention: Retention,
     ) -> None:
         self.ledger = ledger
         self.pruner = Pruner(prune_ledger)
@@ -56,13 +62,18 @@ class Scheduler:
         self.host = host
         self.me = me
         self.rescan = rescan
-        self.dispatcher = TriggerDispatcher(trigger_ledger, host=host)
+        self._new_trigger_ledger = trigger_ledger
+        self._trigger_breakers: dict[str, Breaker] = {}
+        self._trigger_local = threading.local()  # one dispatcher (and connection) per thread
+        self._trigger_dispatchers: list[TriggerDispatcher] = []
+        self._trigger_lock = threading.Lock()
         self.disposer = Disposer(ledger, host=host)
         self.storage = Storage(pool_connections=2)
         self.jobs: Mapping[str, Job] = {}
         self.scheduler = BackgroundScheduler(
             timezone="UTC",
-            executors={"default": ThreadPoolExecutor(1), "triggers": ThreadPoolExecutor(1),
+            executors={"default": ThreadPoolExecutor(1),
+                       "triggers": ThreadPoolExecutor(TRIGGER_THREADS),
                        "retention": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
         )
@@ -79,12 +90,15 @@ class Scheduler:
 
     @staticmethod
     def _guarded(func: Callable[..., None]) -> Callable[..., None]:
-        """A task that logs a lost database instead of dying; the next run retries."""
+        """A task that logs its failure instead of raising it; the next run retries."""
         def run(*args: Any) -> None:
+            what = " ".join((func.__name__, *map(str, args)))
             try:
                 func(*args)
             except DatabaseUnavailable as exc:
-                log.warning("%s: %s", func.__name__, exc)
+                log.warning("%s: %s", what, exc)
+            except Exception:
+                log.exception("%s: unexpected error; the next run tries again", what)
         run.__name__ = func.__name__
         return run
 
@@ -142,7 +156,9 @@ class Scheduler:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.ledger.close()
-        self.dispatcher.ledger.close()
+        with self._trigger_lock:
+            for dispatcher in self._trigger_dispatchers:
+                dispatcher.ledger.close()
         self.pruner.ledger.close()
 
     # --- the tasks -------------------------------------------------------------------------
@@ -196,7 +212,18 @@ class Scheduler:
     def dispatch_triggers(self, name: str) -> None:
         job = self.jobs.get(name)
         if job is not None:
-            self.dispatcher.dispatch(job)
+            self._trigger_dispatcher().dispatch(job)
+
+    def _trigger_dispatcher(self) -> TriggerDispatcher:
+        """This executor thread's dispatcher: a ``Ledger`` belongs to one thread."""
+        dispatcher: TriggerDispatcher | None = getattr(self._trigger_local, "dispatcher", None)
+        if dispatcher is None:
+            dispatcher = TriggerDispatcher(self._new_trigger_ledger(), host=self.host,
+                                           breakers=self._trigger_breakers)
+            self._trigger_local.dispatcher = dispatcher
+            with self._trigger_lock:
+                self._trigger_dispatchers.append(dispatcher)
+        return dispatcher
 
     def dispose(self, name: str) -> None:
         job = self.jobs.get(name)

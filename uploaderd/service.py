@@ -80,7 +80,7 @@ class Daemon:
                                activity=ActivityLog())
         self.scheduler = Scheduler(
             Ledger(config.dsn, application_name="uploaderd scheduler"),
-            Ledger(config.dsn, application_name="uploaderd triggers"),
+            lambda: Ledger(config.dsn, application_name="uploaderd triggers"),
             Ledger(config.dsn, application_name="uploaderd prune"),
             host=self.host, me=self.pool.worker, rescan=self._rescan,
             retention=config.retention,

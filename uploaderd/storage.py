@@ -21,6 +21,8 @@ from uploaderd.transfers import not_transferring, transferring
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+MAX_ATTEMPTS = 2  # botocore's own: one quick retry per request; the ledger retries later
+
 
 class Storage:
     """One client per distinct ``S3Settings``; boto3 clients are thread-safe, sessions are not."""
@@ -50,9 +52,12 @@ class Storage:
                                         botocore_session=core)
         config = Config(
             max_pool_connections=self.pool_connections,
-            retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=10,
-            read_timeout=120,
+            # A blackholed endpoint must end an attempt in a minute or two, not hold a worker
+            # for eight: every socket operation (connect, each send of a part's body, the
+            # wait for the answer) gives up after these, and the ledger's retry takes over.
+            retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
             # Some S3-compatible stores reject the flexible checksums boto3 sends by default.
             request_checksum_calculation=settings.checksum,
             response_checksum_validation=settings.checksum,

@@ -8,16 +8,23 @@ the next call repeats the same key and the receiver can tell it is a repeat.
 
 Header values may name secrets as ``${env:NAME}`` or ``${file:/path}``; they are resolved
 at the moment of the call and never logged or stored.
+
+``trigger.timeout`` is a deadline for the whole call (connect, send, the full answer): at the
+deadline the socket is shut down, so an endpoint that trickles its answer a byte at a time
+cannot hold the call longer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import http.client as http_client
 import json
 import logging
 import os
 import re
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from uploaderd import __version__, metrics
 from uploaderd.config import Job, TriggerSpec
@@ -115,14 +123,14 @@ def safe_url(url: str) -> str:
 class TriggerDispatcher:
     def __init__(
         self, ledger: Ledger, *, host: str | None = None, env: Mapping[str, str] | None = None,
-        breaker: Callable[[], Breaker] = Breaker,
+        breaker: Callable[[], Breaker] = Breaker, breakers: dict[str, Breaker] | None = None,
     ) -> None:
         self.ledger = ledger
         self._new_breaker = breaker
         self.host = host or socket.gethostname()
         self.env = os.environ if env is None else env
-        self.http = urllib3.PoolManager(retries=False)
-        self.breakers: dict[str, Breaker] = {}
+        # Per job; shared by the dispatchers of several threads (one job runs on one at a time).
+        self.breakers: dict[str, Breaker] = {} if breakers is None else breakers
 
     def batch_uploads(self, job: Job) -> int:
         """on: file_uploaded — move uploaded files into registrations, a batch at a time."""
@@ -163,8 +171,12 @@ class TriggerDispatcher:
             return True
         attempt, tries = started
         report.called.append(due.id)
-        files = self.ledger.trigger_manifest(due.id)
-        result = self._post(spec, due, manifest(job, due, files))
+        body = manifest(job, due, self.ledger.trigger_manifest(due.id))
+        if due.session_id is not None:
+            body["gone"] = [{"relpath": f["relpath"], "size": f["size"],
+                             "reason": f["last_error"]}
+                            for f in self.ledger.session_gone_files(due.id)]
+        result = self._post(spec, due, body)
         retry_in = next_attempt_in(tries, job.retry) if result.retryable else None
         state = result.state if result.state == "sent" or retry_in is not None else "failed"
         self.ledger.finish_trigger_call(due.id, attempt, state=state, status=result.status,
@@ -214,17 +226,14 @@ class TriggerDispatcher:
         except TriggerSetupError as exc:
             return CallResult("pending", None, f"{CONFIGURATION_ERROR}: {exc}", None,
                               retryable=True, configuration=True)
+        call = _Call(spec)
         try:
-            response = self.http.request(
-                spec.method, spec.url, body=json.dumps(body).encode(), headers=headers,
-                timeout=urllib3.Timeout(total=spec.timeout), preload_content=False,
-            )
-            excerpt = _excerpt(response.read(_EXCERPT * 4))
-            response.release_conn()
-        except urllib3.exceptions.HTTPError as exc:
-            return CallResult("pending", None, f"no response: {type(exc).__name__}", None,
-                              retryable=True)
-        status = response.status
+            status, data = call.send(json.dumps(body).encode(), headers)
+        except (OSError, urllib3.exceptions.HTTPError, http_client.HTTPException) as exc:
+            error = (f"no response within the {spec.timeout:g}s timeout" if call.cut
+                     else f"no response: {type(exc).__name__}")
+            return CallResult("pending", None, error, None, retryable=True)
+        excerpt = _excerpt(data)
         if 200 <= status < 300:
             return CallResult("sent", status, None, excerpt, retryable=False)
         # 408, 429 and 5xx are the endpoint's trouble and pass; other 4xx are about the
@@ -237,6 +246,52 @@ class TriggerDispatcher:
         self.ledger.set_destination_health(job.name, self.host, "trigger",
                                            failures=breaker.failures, pause_seconds=pause,
                                            error=breaker.last_error)
+
+
+class _Call:
+    """One HTTP request with a deadline for all of it: a timer shuts the socket down when
+    ``timeout`` has passed, whatever it is waiting on (urllib3's timeouts bound each socket
+    operation, so an answer trickled a byte at a time would never trip them)."""
+
+    def __init__(self, spec: TriggerSpec) -> None:
+        self.spec = spec
+        self.cut = False
+        url = urllib3.util.parse_url(spec.url)
+        cls = HTTPSConnection if url.scheme == "https" else HTTPConnection
+        self.path = url.request_uri
+        self.conn = cls(url.host or "", url.port, timeout=spec.timeout)
+        self.sock: socket.socket | None = None
+
+    def send(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """(status, the first bytes of the answer)."""
+        timer = threading.Timer(self.spec.timeout, self._cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            self.conn.connect()
+            # Kept: http.client hands the socket to the response and forgets it.
+            self.sock = self.conn.sock
+            self._check_deadline()
+            self.conn.request(self.spec.method, self.path, body=body, headers=headers,
+                              preload_content=False)
+            response = self.conn.getresponse()
+            data = response.read(_EXCERPT * 4)
+            self._check_deadline()  # an answer cut short is no answer
+            return response.status, data
+        finally:
+            timer.cancel()
+            self.conn.close()
+
+    def _check_deadline(self) -> None:
+        if self.cut:
+            raise TimeoutError("the trigger timeout passed")
+
+    def _cut(self) -> None:
+        self.cut = True
+        sock = self.sock or self.conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _excerpt(data: bytes) -> str:

@@ -5,14 +5,22 @@ SHA-256 both as ``x-amz-meta-sha256`` and (where the endpoint supports it) as th
 checksum the server verifies. Large files need the hash in the metadata before the first
 part is sent, so they are hashed once, then sent by ``multipart`` while being hashed again;
 a file that changed in between is never completed as an object and never marked uploaded.
+
+The file is opened without blocking and without following a symlink, and must still be a
+regular file: a queued file replaced by a FIFO (or a socket, a device) would otherwise hold
+a worker for ever. A file that is gone, or no longer a regular file, ends its version as
+``gone``.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import io
+import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +29,7 @@ from urllib.parse import urlencode
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from uploaderd import metrics
 from uploaderd.bandwidth import Limiter
 from uploaderd.config import Destination, Job
 from uploaderd.inflight import Budget
@@ -42,6 +51,8 @@ from uploaderd.transfers import NO_PROGRESS, CountingBody, FileProgress
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+log = logging.getLogger(__name__)
+
 MiB = 1024 * 1024
 MULTIPART_THRESHOLD = 16 * MiB
 _READ_SIZE = 1 * MiB
@@ -52,7 +63,7 @@ MultipartStarted = Callable[[str, int], None]
 
 @dataclass(frozen=True)
 class UploadResult:
-    outcome: str  # uploaded | changed | vanished | failed
+    outcome: str  # uploaded | changed | gone | failed
     sha256: str | None = None
     etag: str | None = None
     error: str | None = None
@@ -104,9 +115,9 @@ class Uploader:
     ) -> UploadResult:
         path = os.path.join(claim.root, claim.relpath)
         expected = claim.signature
-        flags = os.O_RDONLY | (0 if job.source.follow_symlinks else os.O_NOFOLLOW)
         try:
-            with os.fdopen(os.open(path, flags), "rb", buffering=0) as file:
+            with os.fdopen(_open_regular(path, job.source.follow_symlinks), "rb",
+                           buffering=0) as file:
                 check_unchanged(file, expected)
                 throttle = self._throttle(job)
                 if claim.size <= self.transfer.multipart_threshold:
@@ -117,18 +128,21 @@ class Uploader:
                     return self._put_large(file, expected, claim, job.destination, on_multipart,
                                            throttle, progress)
         except FileNotFoundError:
-            return UploadResult("vanished", error="the file is gone", retryable=False)
+            return UploadResult("gone", error="the file is gone", retryable=False)
+        except NotRegular as exc:
+            return UploadResult("gone", error=str(exc), retryable=False)
         except FileChanged as exc:
             return UploadResult("changed", error=str(exc), retryable=False)
-        except OSError as exc:
-            return UploadResult("failed", error=f"cannot read the file: {exc.strerror}")
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = error.get("Code", "?")
             return UploadResult("failed", error=f"S3 {code}: {error.get('Message', '')}"[:300],
                                 destination=True)
         except BotoCoreError as exc:
+            # Before OSError: botocore's timeouts are OSErrors too, and they are S3's trouble.
             return UploadResult("failed", error=f"S3: {exc}"[:300], destination=True)
+        except OSError as exc:
+            return UploadResult("failed", error=f"cannot read the file: {exc.strerror or exc}")
 
     def _put_small(
         self, file: io.RawIOBase, expected: Signature, claim: Claim, destination: Destination,
@@ -139,6 +153,9 @@ class Uploader:
         throttle(len(data))
         digest = hashlib.sha256(data)
         sha = digest.hexdigest()
+        taken = _key_taken(claim, destination, sha)
+        if taken is not None:
+            return taken
         client = self.storage.client(destination.s3)
         args = _put_arguments(destination, sha)
         if destination.s3.checksum == "when_supported":
@@ -182,6 +199,9 @@ class Uploader:
         on_multipart: MultipartStarted, throttle: Callable[[int], None], progress: FileProgress,
     ) -> UploadResult:
         sha = _hash_file(file, expected)
+        taken = _key_taken(claim, destination, sha)
+        if taken is not None:
+            return taken
         client = self.storage.client(destination.s3)
         if destination.overwrite != "always":
             existing = _existing(client, claim, destination, sha)
@@ -203,7 +223,67 @@ class Uploader:
             return _existing(client, claim, destination, sha) or UploadResult(
                 "failed", sha, error="the key holds a different object and overwrite is never",
                 retryable=False)
-        return UploadResult("uploaded", sha, etag, bytes=claim.size)
+        if upload.parts_kept:
+            metrics.multipart_resumes.labels(claim.job).inc()
+            metrics.multipart_kept_bytes.labels(claim.job).inc(upload.bytes_kept)
+            log.info("job %s: %s: resumed multipart upload %s: kept %d parts (%d bytes) from "
+                     "an earlier attempt, sent %d (%d bytes)", claim.job, claim.relpath,
+                     claim.multipart_upload_id, upload.parts_kept, upload.bytes_kept,
+                     upload.parts_sent, upload.bytes_sent)
+        return UploadResult("uploaded", sha, etag, bytes=upload.bytes_sent)
+
+
+class NotRegular(OSError):
+    """The path no longer holds a regular file (a FIFO, a socket, a device, a directory)."""
+
+
+def _open_regular(path: str, follow_symlinks: bool) -> int:
+    """A descriptor of the regular file at ``path``, in blocking mode.
+
+    Opened with ``O_NONBLOCK`` (opening a FIFO with no writer would block for ever) and,
+    unless the job follows symlinks, ``O_NOFOLLOW``; anything but a regular file is refused
+    before a single read.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_symlinks:
+            raise NotRegular("the file was replaced by a symlink: nothing to upload") from exc
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegular(f"the file was replaced by a {_kind(mode)}: nothing to upload")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "device"),
+             (stat.S_ISBLK, "device"), (stat.S_ISDIR, "directory"))
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def _key_taken(claim: Claim, destination: Destination, sha: str) -> UploadResult | None:
+    """Refused when another file already uploaded different content to this key.
+
+    Two hosts running one job with the same relative path, or a key template that maps two
+    paths to one key, would otherwise overwrite each other silently. ``overwrite: always``
+    says overwriting is wanted.
+    """
+    if claim.holder_sha256 is None or claim.holder_sha256 == sha:
+        return None
+    if destination.overwrite == "always":
+        return None
+    return UploadResult(
+        "failed", sha, retryable=False,
+        error=(f"key collision: s3://{claim.bucket}/{claim.key} already holds different "
+               f"content uploaded from {claim.holder}; give each host or path its own key "
+               "(e.g. ${hostname} in destination.key) or set source.shared"))
 
 
 def _existing(

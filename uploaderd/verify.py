@@ -5,6 +5,10 @@ a different size, or a ``sha256`` metadata value that is not the one computed wh
 is a problem. The bucket is listed under the job's key prefix to find objects the ledger
 knows nothing about (extra). Metadata names are compared case-insensitively: they are HTTP
 headers, and some stores (rclone) return ``Sha256``.
+
+Every uploaded version of a key is compared too: when more than one file (two hosts' files at
+one relative path, or two paths a key template maps to one key) uploaded different content to
+the same key, only the last one is in S3 (collision).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ _NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # missing | extra | size | checksum
+    kind: str  # missing | extra | size | checksum | collision
     bucket: str
     key: str
     detail: str
@@ -53,7 +57,7 @@ class VerifyReport:
             yield f"{problem.kind:<9} s3://{problem.bucket}/{problem.key}: {problem.detail}"
         kinds = [p.kind for p in self.problems]
         counts = ", ".join(f"{kinds.count(k)} {k}" for k in ("missing", "extra", "size",
-                                                                 "checksum"))
+                                                                 "checksum", "collision"))
         yield (f"job {self.job}: {self.checked} objects in the ledger, {self.listed} listed "
                f"under {self.prefix!r}: {counts}")
 
@@ -73,6 +77,11 @@ def listing_prefix(template: KeyTemplate, job: str) -> str:
 def verify(job: Job, ledger: Ledger, client: S3Client, *, workers: int) -> VerifyReport:
     report = VerifyReport(job.name, listing_prefix(job.destination.key, job.name))
     expected = ledger.uploaded_objects(job.name)
+    report.problems += [
+        Problem("collision", row["bucket"], row["key"],
+                f"{row['contents']} different contents uploaded from {', '.join(row['files'])}; "
+                "S3 holds only the last")
+        for row in ledger.key_collisions(job.name)]
     buckets = sorted({job.destination.bucket} | {row["bucket"] for row in expected})
     try:
         for bucket in buckets:

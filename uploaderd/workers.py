@@ -6,6 +6,10 @@ holds, and writes outcomes back in batches fenced on claimer and attempt. Worker
 the database, so no transaction is open during an upload. It sleeps on LISTEN/NOTIFY (new work)
 and on a pipe the workers write to (finished work), with a poll as the safety net for lost
 notifications and retries coming due.
+
+No exception ends a loop: a worker turns anything unexpected into that attempt's failure
+(logged with the job and file), and the dispatcher backs off and reconnects on database
+trouble of any kind and logs anything else before going on.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from uploaderd import metrics
-from uploaderd.config import DaemonConfig, Job
+from uploaderd.config import DaemonConfig, Destination, Job
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.health import Breaker
 from uploaderd.ledger import Claim, Ledger, MultipartStarted, Outcome, State
@@ -38,6 +43,30 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 60.0
 POLL_SECONDS = 2.0
 _MAX_BACKOFF = 30.0
+# An attempt running longer than the S3 read timeout plus its size at the slowest expected
+# rate is stalled (a blackholed endpoint, say): logged once and counted; the S3 timeouts end
+# it soon after.
+STALL_RATE = 1024 * 1024  # bytes per second
+STOPPING = "daemon stopping"
+PAUSED = "released: the job's uploads are paused after S3 failures"
+
+
+@dataclass
+class _Running:
+    """An attempt a worker is on, for the stall check."""
+
+    claim: Claim
+    job: str
+    deadline: float
+    began: float
+    stalled: bool = False
+
+
+def stall_deadline(size: int, destination: Destination) -> float:
+    """Seconds after which an attempt on ``size`` bytes counts as stalled."""
+    cap = destination.bandwidth
+    rate = min(STALL_RATE, cap) if cap else STALL_RATE
+    return destination.s3.read_timeout + size / rate
 
 
 def worker_id(host: str) -> str:
@@ -107,6 +136,9 @@ class UploadPool:
         self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
         self._busy = 0
         self._busy_lock = threading.Lock()
+        self._running: dict[int, _Running] = {}  # guarded by _busy_lock
+        self._listening = False  # dispatcher only
+        self._next_renewal = 0.0
         # Destination health per job: fed by the workers, written to the ledger by the
         # dispatcher (the only thread with a connection).
         self._breakers: dict[str, Breaker] = {}
@@ -148,15 +180,31 @@ class UploadPool:
                 return
             claim, job = item
             if not self._claiming.is_set() or self._paused(job.name):
-                self._finish(Outcome(claim, State.PENDING, "released"))
+                reason = STOPPING if not self._claiming.is_set() else PAUSED
+                self._finish(Outcome(claim, State.PENDING, "released", error=reason))
                 continue
+            now = time.monotonic()
             with self._busy_lock:
                 self._busy += 1
+                self._running[claim.id] = _Running(
+                    claim, job.name, now + stall_deadline(claim.size, job.destination),
+                    now)
             try:
-                self._finish(self._attempt(claim, job))
+                self._finish(self._attempt_guarded(claim, job))
             finally:
                 with self._busy_lock:
                     self._busy -= 1
+                    self._running.pop(claim.id, None)
+
+    def _attempt_guarded(self, claim: Claim, job: Job) -> Outcome:
+        """An attempt's outcome; a bug costs that attempt, never the worker thread."""
+        try:
+            return self._attempt(claim, job)
+        except Exception as exc:
+            log.exception("job %s: unexpected error around the upload of %s", job.name,
+                          claim.relpath)
+            return outcome_of(claim, job, UploadResult(
+                "failed", error=f"internal error: {type(exc).__name__}"))
 
     def _attempt(self, claim: Claim, job: Job) -> Outcome:
         began = time.monotonic()
@@ -211,6 +259,20 @@ class UploadPool:
             breaker = self._breakers.get(job)
             return breaker is not None and breaker.probing()
 
+    def _report_stalls(self) -> None:
+        """Log (once) and count attempts running past their deadline: no other signal exists
+        while a socket waits on an endpoint that swallows packets."""
+        now = time.monotonic()
+        with self._busy_lock:
+            stalled = [r for r in self._running.values() if not r.stalled and now > r.deadline]
+            for running in stalled:
+                running.stalled = True
+        for running in stalled:
+            metrics.upload_stalls.labels(running.job).inc()
+            log.warning("job %s: the upload of %s (%d bytes) has run for %.0fs, past its "
+                        "deadline: S3 may be unreachable", running.job, running.claim.relpath,
+                        running.claim.size, now - running.began)
+
     def _write_health(self) -> None:
         with self._health_lock:
             changes, self._health_changes = self._health_changes, {}
@@ -233,45 +295,57 @@ class UploadPool:
 
     def _dispatch(self) -> None:
         backoff = 0.5
-        listening = False
-        next_renewal = time.monotonic() + self.lease_seconds / 3
+        self._listening = False
+        self._next_renewal = time.monotonic() + self.lease_seconds / 3
         while True:
             stopping = self._stop.is_set()
             try:
-                if not listening:
-                    self.ledger.listen()
-                    listening = True
-                self._collect()
-                self._write_outcomes()
-                self._write_health()
-                if self.activity is not None:
-                    self.activity.flush(force=stopping)
-                if stopping:
-                    self._release_held()
+                if self._dispatch_round(stopping):
                     return
-                if time.monotonic() >= next_renewal:
-                    if self._held:
-                        self.ledger.renew_leases(self.worker, list(self._held),
-                                                 self.lease_seconds)
-                    next_renewal = time.monotonic() + self.lease_seconds / 3
-                claimed = self._claim_more()
                 self.on_db(True)
                 backoff = 0.5
-                if not claimed:
-                    # Wake for new work, finished work, a poll, or a lease renewal coming due.
-                    until_renewal = max(0.0, next_renewal - time.monotonic())
-                    self.ledger.wait_for_notify(min(POLL_SECONDS, until_renewal), self._wake_r)
-                    self._drain_wake_pipe()
+                continue
             except DatabaseUnavailable as exc:
                 if stopping:
                     log.error("stopping without PostgreSQL: %d claims expire with their lease",
                               len(self._held))
                     return
                 log.error("upload pool: %s; retrying in %.1fs", exc, backoff)
-                listening = False
                 self.on_db(False)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+            except Exception:
+                if stopping:
+                    log.exception("upload pool: unexpected error while stopping")
+                    return
+                log.exception("upload pool: unexpected error; retrying in %.1fs", backoff)
+            self._listening = False
+            self.ledger.close()  # a fresh session next round: nothing half-done lingers
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def _dispatch_round(self, stopping: bool) -> bool:
+        """One round of the dispatcher's loop; True once it has stopped."""
+        if not self._listening:
+            self.ledger.listen()
+            self._listening = True
+        self._collect()
+        self._write_outcomes()
+        self._write_health()
+        if self.activity is not None:
+            self.activity.flush(force=stopping)
+        if stopping:
+            self._release_held()
+            return True
+        if time.monotonic() >= self._next_renewal:
+            if self._held:
+                self.ledger.renew_leases(self.worker, list(self._held), self.lease_seconds)
+            self._next_renewal = time.monotonic() + self.lease_seconds / 3
+        self._report_stalls()
+        if not self._claim_more():
+            # Wake for new work, finished work, a poll, or a lease renewal coming due.
+            until_renewal = max(0.0, self._next_renewal - time.monotonic())
+            self.ledger.wait_for_notify(min(POLL_SECONDS, until_renewal), self._wake_r)
+            self._drain_wake_pipe()
+        return False
 
     def _collect(self) -> None:
         while True:
@@ -291,10 +365,13 @@ class UploadPool:
             self._multiparts.pop(0)
         if not self._unwritten:
             return
-        releases = [o.claim.id for o in self._unwritten if o.outcome == "released"]
+        releases: dict[str, list[int]] = {}
+        for outcome in self._unwritten:
+            if outcome.outcome == "released":
+                releases.setdefault(outcome.error or STOPPING, []).append(outcome.claim.id)
         finished = [o for o in self._unwritten if o.outcome != "released"]
-        if releases:
-            self.ledger.release(self.worker, releases)
+        for reason, ids in releases.items():
+            self.ledger.release(self.worker, ids, reason)
         if finished:
             keeping = [name for name, job in self.jobs().items()
                        if job.after_upload.action == "keep"]
@@ -354,12 +431,14 @@ class UploadPool:
             except queue.Empty:
                 break
             if item is not None:
-                self._unwritten.append(Outcome(item[0], State.PENDING, "released"))
+                self._unwritten.append(Outcome(item[0], State.PENDING, "released",
+                                               error=STOPPING))
         self._write_outcomes()
         if self._held:
             log.warning("released %d uploads still running at the end of the grace period",
                         len(self._held))
-            self.ledger.release(self.worker, list(self._held))
+            self.ledger.release(self.worker, list(self._held),
+                                "daemon stopping: still running at the end of shutdown_grace")
             self._held.clear()
         for _ in self._threads:
             self._todo.put(None)
@@ -389,12 +468,17 @@ def build_pool(
 
 def outcome_of(claim: Claim, job: Job, result: UploadResult, seconds: float = 0.0) -> Outcome:
     """What the ledger records for one attempt's result, by the job's retry policy."""
+    if result.error is not None:
+        result = replace(result, error=_printable(result.error))
     if result.outcome == "uploaded":
         return Outcome(claim, State.UPLOADED, "uploaded", result.sha256, result.etag,
                        bytes=result.bytes, seconds=seconds)
     if result.outcome == "changed":
         # The file moved on; its new content is a new version that discovery queues.
         return Outcome(claim, State.SUPERSEDED, "changed", error=result.error, seconds=seconds)
+    if result.outcome == "gone":
+        # Nothing to retry and nothing newer to queue: final, and no session waits on it.
+        return Outcome(claim, State.GONE, "failed", error=result.error, seconds=seconds)
     delay = next_attempt_in(claim.tries, job.retry) if result.retryable else None
     if delay is None:
         return Outcome(claim, State.FAILED, "failed", result.sha256, error=result.error,
@@ -409,3 +493,8 @@ def _attempt(outcome: Outcome) -> Attempt:
                    claim.size, outcome.seconds, claim.attempt,
                    None if outcome.outcome == "uploaded" else outcome.error or "failed",
                    outcome.retry_in)
+
+
+def _printable(error: str) -> str:
+    """An error text the database takes (no NUL) and a terminal shows as one line."""
+    return "".join(ch if ch.isprintable() else " " for ch in error)[:500]

@@ -150,8 +150,8 @@ def test_status_and_files_show_the_ledger(
     config = write_config(tmp_path, migrated_dsn)
     status = uploaderd("status", "-c", str(config))
     assert status.returncode == 1, "failed files make status exit 1"
-    row = status.stdout.splitlines()[1].split()  # job, 5 states, oldest, bytes, last success
-    assert row[:6] == ["lab", "1", "0", "0", "1", "0"] and row[7:] == ["12", "B", "-"]
+    row = status.stdout.splitlines()[1].split()  # job, 6 states, oldest, bytes, last success
+    assert row[:7] == ["lab", "1", "0", "0", "1", "0", "0"] and row[8:] == ["12", "B", "-"]
     assert "lab: b.txt (failed, 0 attempts): unsafe key: test" in status.stdout
     status_json = uploaderd("status", "--json", "-c", str(config))
     assert status_json.stdout, status_json.stderr

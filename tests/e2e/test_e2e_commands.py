@@ -318,8 +318,8 @@ def test_status_shows_bytes_paused_destinations_and_open_sessions(
     table = ok(ws.run("status"))
     header, row = table.splitlines()[:2]
     assert header.split()[-3:] == ["BYTES", "LAST", "SUCCESS"]
-    assert row.split()[:7] == ["lab", "0", "0", "1", "0", "0", "-"]
-    assert row.split()[7:9] == ["5", "B"] and row.split()[9].startswith("20")
+    assert row.split()[:8] == ["lab", "0", "0", "1", "0", "0", "0", "-"]
+    assert row.split()[8:10] == ["5", "B"] and row.split()[10].startswith("20")
     assert "lab: trigger on host-b paused until" in table and "5 failures: HTTP 503" in table
     assert f"{session} lab (upload): 0 files, 0 uploaded, 0 failed" in table
     report = json.loads(ok(ws.run("status", "--json", "--job", "lab")))
@@ -339,7 +339,7 @@ def test_verify_finds_missing_extra_and_changed_objects(
     clean = ok(ws.run("verify", "lab"))
     assert clean.splitlines() == [
         "job lab: 3 objects in the ledger, 3 listed under 'lab/': 0 missing, 0 extra, 0 size, "
-        "0 checksum"]
+        "0 checksum, 0 collision"]
     client = s3_server.client()
     client.delete_object(Bucket=bucket, Key="lab/a.txt")
     client.put_object(Bucket=bucket, Key="lab/stray.bin", Body=b"who put this here")
@@ -352,7 +352,7 @@ def test_verify_finds_missing_extra_and_changed_objects(
     assert f"extra     s3://{bucket}/lab/stray.bin: 17 bytes, not in the ledger" in lines
     assert any(line.startswith(f"checksum  s3://{bucket}/lab/b.txt: S3 metadata sha256 "
                                f"{sha(b'B.TXTB.TXTB.TXT')}") for line in lines)
-    assert lines[-1].endswith("1 missing, 1 extra, 0 size, 1 checksum")
+    assert lines[-1].endswith("1 missing, 1 extra, 0 size, 1 checksum, 0 collision")
     report = json.loads(ok(ws.run("verify", "lab", "--json"), 1))
     assert sorted((p["kind"], p["key"]) for p in report["problems"]) == [
         ("checksum", "lab/b.txt"), ("extra", "lab/stray.bin"), ("missing", "lab/a.txt")]

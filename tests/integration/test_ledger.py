@@ -126,7 +126,7 @@ def test_failed_attempt_waits_for_its_backoff(ledger: Ledger, sql: Sql) -> None:
 def test_release_hands_back_without_charging_an_attempt(ledger: Ledger, sql: Sql) -> None:
     enqueue(ledger, version("a"))
     [held] = claim(ledger)
-    ledger.release("host-a:1:w", [held.id])
+    ledger.release("host-a:1:w", [held.id], "daemon stopping")
     assert sql("SELECT state, attempts, claimed_by FROM file_versions") == [
         ("pending", 0, None)]
     assert sql("SELECT outcome FROM upload_attempts") == [("released",)]

@@ -115,7 +115,8 @@ def timer_queries() -> Iterator[tuple[str, dict[str, Any]]]:
         "worker": "host-a:1:w", "keeping": ["scope-a", "scope-c"], "ids": [99800], "attempts": [1],
         "states": ["uploaded"], "outcomes": ["uploaded"], "sha256s": [SHA], "etags": ["e"],
         "errors": [None], "delays": [None], "bytes": [1]}
-    yield "release_claims", {"worker": "host-a:1:w", "ids": [99800]}
+    yield "release_claims", {"worker": "host-a:1:w", "ids": [99800],
+                             "reason": "daemon stopping"}
     batch = range(50, 50 + 2000 * 3, 3)  # a discovery batch of scope-a's paths
     yield "known_paths", {"job": "scope-a", "scope": "host-a", "roots": ["/data"] * 2000,
                           "relpaths": [f"run-{i // 50}/f{i}" for i in batch],
@@ -247,7 +248,8 @@ def test_counts_equal_a_recount_across_every_transition(
                     for c in claims]
         finished = [o for o in outcomes if rng.random() < 0.8]
         ledger.complete("host-a:1:w", finished, keeping=["lab"])
-        ledger.release("host-a:1:w", [o.claim.id for o in outcomes if o not in finished])
+        ledger.release("host-a:1:w", [o.claim.id for o in outcomes if o not in finished],
+                       "daemon stopping")
 
     def retry() -> None:
         ledger.requeue_failed(job="lab")
@@ -345,7 +347,7 @@ def test_pruning_keeps_live_work_unsent_registrations_and_open_sessions(
     claims = {c.relpath: c for c in ledger.claim(
         worker="w", host="host-a", jobs=["lab"], scopes=["host-a"], limit=10,
         lease_seconds=60)}
-    ledger.release("w", [claims.pop("pending").id])
+    ledger.release("w", [claims.pop("pending").id], "daemon stopping")
     failed_upload = claims.pop("failed")
     ledger.complete("w", [Outcome(c, State.UPLOADED, "uploaded", SHA) for c in claims.values()]
                     + [Outcome(failed_upload, State.FAILED, "failed", error="AccessDenied")])

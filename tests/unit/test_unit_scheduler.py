@@ -22,8 +22,8 @@ def job_with_rescan(root: Path, rescan: str, name: str = "lab") -> Job:
 def scheduler() -> Iterator[Scheduler]:
     # Nothing listens on that port: the database tasks fail fast and are logged.
     ledger = Ledger(f"postgresql://nobody@127.0.0.1:{free_port()}/none")
-    sched = Scheduler(ledger, ledger, ledger, host="h", me="h:1:x", rescan=lambda name: None,
-                      retention=Retention())
+    sched = Scheduler(ledger, lambda: ledger, ledger, host="h", me="h:1:x",
+                      rescan=lambda name: None, retention=Retention())
     sched.start()
     yield sched
     sched.stop()
