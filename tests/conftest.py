@@ -102,7 +102,8 @@ def count_mismatches(dsn: str) -> list[tuple[object, ...]]:
         return []  # the test stopped PostgreSQL or dropped its database: nothing to compare
     with contextlib.closing(conn), conn.cursor() as cursor:
         cursor.execute("SELECT * FROM ledger_count_mismatches()")
-        return cursor.fetchall()
+        rows: list[tuple[object, ...]] = cursor.fetchall()
+        return rows
 
 
 @pytest.fixture(scope="session")

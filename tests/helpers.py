@@ -5,13 +5,13 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
 
 def wait_for(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | Literal[False] | None],
     timeout: float = 10.0,
     interval: float = 0.05,
     message: str = "condition",
@@ -28,10 +28,11 @@ def wait_for(
     deadline = time.monotonic() + timeout
     while True:
         try:
-            value: T | BaseException = predicate()
+            value: T | Literal[False] | BaseException | None = predicate()
         except ignore as exc:
             value = exc
-        if value and not isinstance(value, BaseException):
+        if value is not None and value is not False and value and not isinstance(
+                value, BaseException):
             return value
         if time.monotonic() >= deadline:
             raise AssertionError(

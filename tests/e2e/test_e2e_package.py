@@ -11,6 +11,7 @@ Deselect with ``-m "not package"``.
 
 from __future__ import annotations
 
+import argparse
 import grp
 import os
 import pwd
@@ -115,7 +116,8 @@ def test_the_man_page_names_every_command_and_option() -> None:
     page = (REPO / "packaging" / "man" / "uploaderd.8").read_text().replace("\\-", "-")
     documented = set(re.findall(r"^\.TP\n\.BI? ?R? ?\"?([a-z][a-z-]*)\b", page, re.MULTILINE))
     parser = build_parser({})
-    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    commands: dict[str, argparse.ArgumentParser] = (
+        parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr,assignment]
     assert set(commands) <= documented
     for name, sub in commands.items():
         for action in sub._actions:

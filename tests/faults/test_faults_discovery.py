@@ -28,7 +28,7 @@ import yaml
 from daemon import DaemonProcess
 from helpers import free_port, wait_for
 from prometheus_client.parser import text_string_to_metric_families
-from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
+from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, WatchDescriptor
 
 from devstack import S3Server
 from uploaderd.config import Job, S3Settings, parse_job_text
@@ -362,7 +362,7 @@ def test_an_inotify_overflow_rescans_the_job_at_once(
         observer = watcher.watches["lab"].observer
         assert observer is not None
         observer._inotify_fd.handle_event(  # type: ignore[attr-defined]
-            InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b""))
+            InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b""))
         wait_state(sql, "lab", "missed.txt", "pending", timeout=10)
         assert errors == [f"the inotify queue overflowed and events under {root} were lost "
                           "(raise fs.inotify.max_queued_events); scanning it now"]

@@ -11,6 +11,7 @@ its own UTS namespace (another host); a trigger endpoint that trickles its answe
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -39,6 +40,7 @@ from pytest_httpserver import HTTPServer
 
 from devstack import PostgresCluster, S3Server, free_port
 from uploaderd.ledger import Ledger, NewVersion
+from uploaderd.scanner import Candidate
 from uploaderd.settle import Signature
 
 Sql = Callable[..., list[tuple[Any, ...]]]
@@ -111,8 +113,8 @@ def queue_directly(dsn: str, bucket: str, root: Path, files: dict[str, os.stat_r
     ledger = Ledger(dsn).connect()
     try:
         ledger.enqueue("lab", scope=host, host=host, bucket=bucket, versions=[
-            NewVersion(str(root), relpath, *Signature.of(seen), key=f"in/{relpath}",
-                       session_id=session_id)
+            NewVersion.of(Candidate(str(root), relpath, Signature.of(seen)),
+                          key=f"in/{relpath}", session_id=session_id)
             for relpath, seen in files.items()])
     finally:
         ledger.close()
@@ -314,7 +316,7 @@ def test_resets_blackhole_and_stall_cost_attempts_then_the_file_uploads(
     # reached S3 but no answer came back (an attempt that fails after waiting).
     for word, next_mode in (("closed", "blackhole"), ("timeout", "stall"), ("", "pass")):
         count = failures(word) + 1 if next_mode == "pass" else 1
-        wait_for(lambda w=word, n=count: failures(w) >= n, timeout=30,
+        wait_for(functools.partial(lambda w, n: failures(w) >= n, word, count), timeout=30,
                  message=f"an attempt failed with {word!r} before {next_mode}")
         proxy.mode = next_mode
         proxy.cut()  # pooled connections too

@@ -196,7 +196,9 @@ def read_until(stream: IO[bytes], marker: bytes, timeout: float = 120.0) -> byte
 
 
 def metrics_answer(config: Path) -> bool:
-    port = int(re.search(rb"listen: 127\.0\.0\.1:(\d+)", config.read_bytes()).group(1))
+    listen = re.search(rb"listen: 127\.0\.0\.1:(\d+)", config.read_bytes())
+    assert listen is not None
+    port = int(listen.group(1))
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
         conn.request("GET", "/metrics")
@@ -211,7 +213,9 @@ def test_demo_interrupted_through_a_closed_pipe_leaves_no_process(demo_dir: Path
     """``./dev demo | tee demo.log`` and Ctrl-C: tee is gone before the demo prints again."""
     demo = start_devstack("demo", demo_dir)
     banner = read_until(demo.stdout, b"UPLOADERD_CONFIG=")  # type: ignore[arg-type]
-    endpoint = re.search(rb"S3 at (http://127\.0\.0\.1:\d+)", banner).group(1).decode()
+    found = re.search(rb"S3 at (http://127\.0\.0\.1:\d+)", banner)
+    assert found is not None, banner
+    endpoint = found.group(1).decode()
     assert f"AWS_ENDPOINT_URL={endpoint}".encode() in banner
     assert f"UPLOADERD_CONFIG={demo_dir / 'uploaderd.yaml'}".encode() in banner
     wait_for(lambda: metrics_answer(demo_dir / "uploaderd.yaml"), timeout=60,

@@ -227,6 +227,7 @@ def test_versions_from_before_0008_match_their_unchanged_files(database_dsn: str
         [claimed] = claim(ledger)
         assert claimed.relpath == "pending.dat" and claimed.ctime_ns == on_disk.ctime_ns, (
             "the first look gave the old rows the ctime of their unchanged file")
+        assert on_disk.ctime_ns is not None
         rewritten = Candidate("/data", "uploaded.dat", Signature(10, on_disk.mtime_ns, 1,
                                                                  ctime_ns=on_disk.ctime_ns + 1))
         pruned_rewrite = Candidate("/data", "pruned.dat", rewritten.signature)

@@ -300,7 +300,9 @@ def test_both_stacks_see_one_endpoint_region_addressing_and_credentials(
         assert store.credential_provider is not None
         given = store.credential_provider()
         assert isinstance(given, dict)
-        frozen = storage.session(settings).get_credentials().get_frozen_credentials()
+        credentials = storage.session(settings).get_credentials()
+        assert credentials is not None
+        frozen = credentials.get_frozen_credentials()
         assert (given["access_key_id"], given["secret_access_key"]) == (
             frozen.access_key, frozen.secret_key) == ("AKIAFROMPROFILE", "s3cr3t")
 

@@ -362,7 +362,7 @@ def test_pruning_keeps_live_work_unsent_registrations_and_open_sessions(
     age(sql)
     lab = job("/d", "trigger: {url: 'http://127.0.0.1:1/r'}\nafter_upload: delete\n")
     Pruner(ledger, rest=lambda seconds: False).run(Retention(), {"lab": lab})
-    left = dict(sql("SELECT relpath, state FROM file_versions"))
+    left: dict[str, str] = dict(sql("SELECT relpath, state FROM file_versions"))
     assert left == {"failed": "failed", "pending": "pending", "in-open": "uploaded",
                     "undisposed": "uploaded", "unregistered": "uploaded"}
     assert sql("SELECT id FROM sessions ORDER BY id") == [(closed,), (still_open,)]

@@ -183,7 +183,9 @@ def test_an_interrupted_multipart_upload_resumes_from_its_parts(
                        "multipart_part_size": part_size})
     second = Uploader(healthy, SMALL_MULTIPART).upload(resumed, job)
     assert second.outcome == "uploaded"
-    assert sorted(int(re.search(r"partNumber=(\d+)", url).group(1)) for url in sent) == [4, 5, 6]
+    numbers = [re.search(r"partNumber=(\d+)", url) for url in sent]
+    assert sorted(int(found.group(1)) for found in numbers if found) == [4, 5, 6]
+    assert len(numbers) == 3
     got = s3_backend.client().get_object(Bucket=backend_bucket, Key="up/big.bin")
     assert got["Body"].read() == data
     assert {k.lower(): v for k, v in got["Metadata"].items()}["sha256"] == (

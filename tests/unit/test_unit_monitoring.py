@@ -348,7 +348,8 @@ def test_dashboard_provider_points_at_the_mounted_dashboards() -> None:
 
 @pytest.fixture
 def compose() -> dict[str, Any]:
-    return load_yaml(COMPOSE)
+    loaded: dict[str, Any] = load_yaml(COMPOSE)
+    return loaded
 
 
 def bind_mounts(service: dict[str, Any]) -> dict[str, str]:

@@ -48,4 +48,4 @@ def test_a_log_line_with_a_surrogate_can_be_written_to_a_strict_stream() -> None
     handler.setFormatter(TextFormatter())
     handler.emit(record("skipping %s", os.fsdecode(b"\xff")))  # no UnicodeEncodeError
     stream.flush()
-    assert stream.buffer.getvalue() == b"WARNING uploaderd.scanner: skipping \\xff\n"  # type: ignore[attr-defined]
+    assert stream.buffer.getvalue() == b"WARNING uploaderd.scanner: skipping \\xff\n"
