@@ -42,6 +42,7 @@ from botocore.exceptions import (
     ConnectionClosedError,
     EndpointConnectionError,
     NoCredentialsError,
+    ReadTimeoutError,
 )
 from botocore.httpsession import ProxyConfiguration
 from botocore.utils import get_environ_proxies
@@ -252,7 +253,11 @@ def _classify(exc: Exception, store: S3Store) -> tuple[int | None, Exception]:
         return status, _client_error(status, codes[-1] if codes else str(status),
                                      messages[-1] if messages else "")
     endpoint = str(store.config.get("endpoint", ""))
-    if "connect" in text.lower() and "error sending request" in text.lower():
+    lowered = text.lower()
+    # reqwest's error kind, in obstore's debug text: "kind: Timeout" ... "source: TimedOut".
+    if "kind: timeout" in lowered or "timedout" in lowered:
+        return None, ReadTimeoutError(endpoint_url=endpoint, error=_first_line(text))
+    if "connect" in lowered and "error sending request" in lowered:
         return None, EndpointConnectionError(endpoint_url=endpoint, error=_first_line(text))
     return None, ConnectionClosedError(endpoint_url=endpoint, error=_first_line(text))
 

@@ -312,9 +312,10 @@ def test_resets_blackhole_and_stall_cost_attempts_then_the_file_uploads(
         errors = sql("SELECT error FROM upload_attempts WHERE outcome = 'failed'")
         return sum(1 for (error,) in errors if word in error.lower())
 
-    # reset: the connection closed at once; blackhole: a read timeout; stall: the request
+    # reset: the connection closed at once ("Connection was closed" from boto3, "Could not
+    # connect" from obstore's small PUT); blackhole: a read timeout; stall: the request
     # reached S3 but no answer came back (an attempt that fails after waiting).
-    for word, next_mode in (("closed", "blackhole"), ("timeout", "stall"), ("", "pass")):
+    for word, next_mode in (("connect", "blackhole"), ("timeout", "stall"), ("", "pass")):
         count = failures(word) + 1 if next_mode == "pass" else 1
         wait_for(functools.partial(lambda w, n: failures(w) >= n, word, count), timeout=30,
                  message=f"an attempt failed with {word!r} before {next_mode}")
