@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import urllib3
-from botocore.exceptions import BotoCoreError, ClientError
 
 from uploaderd import __version__, schema
 from uploaderd.config import DaemonConfig, Job
-from uploaderd.errors import DatabaseUnavailable
+from uploaderd.errors import DatabaseUnavailable, StorageUnavailable
 from uploaderd.ledger import Ledger, describe_dsn
 from uploaderd.scanner import network_filesystem
-from uploaderd.storage import Storage
+from uploaderd.storage import Storage, s3_errors
 from uploaderd.triggers import safe_url
 
 _INOTIFY_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
@@ -90,15 +89,13 @@ def bucket_finding(storage: Storage, job: Job) -> Finding:
     key = f".uploaderd-check/{uuid.uuid4().hex}"
     subject = f"job {job.name}"
     try:
-        client.put_object(Bucket=destination.bucket, Key=key, Body=b"uploaderd check\n")
-        client.delete_object(Bucket=destination.bucket, Key=key)
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        return Finding("unreachable", subject,
-                       f"cannot write to s3://{destination.bucket}: {error.get('Code')} "
-                       f"{error.get('Message', '')}".rstrip())
-    except BotoCoreError as exc:
-        return Finding("unreachable", subject, f"cannot reach S3: {exc}")
+        with s3_errors():
+            client.put_object(Bucket=destination.bucket, Key=key, Body=b"uploaderd check\n")
+            client.delete_object(Bucket=destination.bucket, Key=key)
+    except StorageUnavailable as exc:
+        if exc.code is None:
+            return Finding("unreachable", subject, f"cannot reach S3: {exc}")
+        return Finding("unreachable", subject, f"cannot write to s3://{destination.bucket}: {exc}")
     return Finding("ok", subject, f"can write to s3://{destination.bucket}")
 
 
@@ -110,16 +107,12 @@ def bucket_preflight(storage: Storage, job: Job, prefix: str) -> Finding:
     destination = job.destination
     subject = f"s3://{destination.bucket}"
     try:
-        storage.client(destination.s3).list_objects_v2(Bucket=destination.bucket,
-                                                       Prefix=prefix, MaxKeys=1)
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = error.get("Code", "?")
-        message = f"{code} {error.get('Message', '')}".rstrip()
-        if code == "AccessDenied":
-            return Finding("warning", subject, f"cannot list ({message}); uploading anyway")
-        return Finding("unreachable", subject, message)
-    except BotoCoreError as exc:
+        with s3_errors():
+            storage.client(destination.s3).list_objects_v2(Bucket=destination.bucket,
+                                                           Prefix=prefix, MaxKeys=1)
+    except StorageUnavailable as exc:
+        if exc.code == "AccessDenied":
+            return Finding("warning", subject, f"cannot list ({exc}); uploading anyway")
         return Finding("unreachable", subject, str(exc))
     return Finding("ok", subject, "reachable with these credentials")
 

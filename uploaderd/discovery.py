@@ -30,6 +30,7 @@ from uploaderd import metrics
 from uploaderd.config import Job
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.ledger import Ledger, NewVersion
+from uploaderd.lifecycle import join
 from uploaderd.scanner import Candidate, ScanRules, check_path, recheck, scan
 from uploaderd.sessions import group_key
 from uploaderd.settle import SettleTracker, Signature
@@ -115,10 +116,10 @@ class Discovery:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop after a last attempt to write what is complete."""
+    def stop(self, deadline: float) -> None:
+        """Stop after a last attempt to write what is complete (by ``deadline``)."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        join(self._thread, deadline)
 
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -142,6 +143,8 @@ class Discovery:
             self._flush(force=True)
         except Exception:
             log.exception("discovery: the last write before stopping failed")
+        finally:
+            self.ledger.close()  # discovery's connection: closed by discovery
 
     def _step(self, next_tick: float) -> float:
         """One round: events, a slice of scan, ledger look-ups, re-checks, writes."""

@@ -64,9 +64,16 @@ class DatabaseUnavailable(UploaderdError):
 
 
 class StorageUnavailable(UploaderdError):
-    """An S3 endpoint cannot be reached or refuses our credentials."""
+    """An S3 endpoint cannot be reached or refuses our credentials.
+
+    ``code`` is S3's error code when S3 answered (``AccessDenied``, ``NoSuchBucket``), None
+    when it could not be reached."""
 
     exit_status = EXIT_UNREACHABLE
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class KeyTemplateError(ValueError):

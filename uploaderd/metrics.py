@@ -26,6 +26,7 @@ from prometheus_client import (
 from uploaderd import __version__
 from uploaderd.errors import UsageError
 from uploaderd.ledger import JobStateCount, State
+from uploaderd.lifecycle import call_by
 
 log = logging.getLogger(__name__)
 
@@ -180,18 +181,43 @@ class _BoundedServer(HTTPServer):
             self.shutdown_request(request)
             self._free.release()
 
+    def close_pool(self) -> None:
+        """No new requests are served; one being served ends with its connection."""
+        self._pool.shutdown(wait=False)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("metrics: a request from %s failed", client_address, exc_info=True)
 
 
-def serve(listen: str) -> None:
-    """Expose /metrics on ``host:port``; an empty address disables the endpoint."""
-    if not listen:
-        return
-    host, _, port = listen.rpartition(":")
-    try:
-        server = _BoundedServer((host.strip("[]"), int(port)))
-    except OSError as exc:
-        raise UsageError(f"metrics.listen: cannot listen on {listen}: {exc.strerror}") from exc
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    log.info("metrics on http://%s/metrics", listen)
+class MetricsServer:
+    """/metrics on ``host:port`` (a component); an empty address disables the endpoint."""
+
+    def __init__(self, listen: str) -> None:
+        self.listen = listen
+        self._server: _BoundedServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if not self.listen:
+            return
+        host, _, port = self.listen.rpartition(":")
+        try:
+            self._server = _BoundedServer((host.strip("[]"), int(port)))
+        except OSError as exc:
+            raise UsageError(f"metrics.listen: cannot listen on {self.listen}: "
+                             f"{exc.strerror}") from exc
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
+                                        daemon=True)
+        self._thread.start()
+        log.info("metrics on http://%s/metrics", self.listen)
+
+    def alive(self) -> bool:
+        return self._thread is None or self._thread.is_alive()
+
+    def stop(self, deadline: float) -> None:
+        if self._server is None or self._thread is None:
+            return
+        if self._thread.is_alive():  # shutdown() waits for a loop that must be running
+            call_by(self._server.shutdown, deadline, "metrics-stop")
+        self._server.server_close()
+        self._server.close_pool()

@@ -174,8 +174,7 @@ class Engine:
         try:
             now, stopped = self._follow(selection, baseline, display, pool, breakers)
         finally:
-            pool.stop(self.config.shutdown_grace)
-            pool.ledger.close()
+            pool.stop(time.monotonic() + self.config.shutdown_grace)
         if stopped is not None:
             now = selection.tallies(self.ledger)  # the released claims are pending again
         display.update(run_progress(baseline, now, pool.transfers.snapshot()))

@@ -24,17 +24,17 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from botocore.exceptions import BotoCoreError, ClientError
 
 from uploaderd import metrics
 from uploaderd.config import Job, Retention
 from uploaderd.disposal import Disposer
-from uploaderd.errors import DatabaseUnavailable
+from uploaderd.errors import DatabaseUnavailable, StorageUnavailable
 from uploaderd.health import Breaker
 from uploaderd.ledger import Ledger
+from uploaderd.lifecycle import call_by
 from uploaderd.multipart import abort
 from uploaderd.retention import Pruner, PruneStopped
-from uploaderd.storage import Storage
+from uploaderd.storage import Storage, s3_errors
 from uploaderd.triggers import TriggerDispatcher
 from uploaderd.workers import dead_workers
 
@@ -151,10 +151,17 @@ class Scheduler:
     def alive(self) -> bool:
         return bool(self.scheduler.running)
 
-    def stop(self) -> None:
+    def stop(self, deadline: float) -> None:
+        """No new runs (a prune is told to stop); the running ones may finish until
+        ``deadline``. Each task connection belongs to an executor thread, so they are closed
+        only once those threads are done: a task still running at the deadline keeps its
+        connection until the process exits."""
         self.pruner.stop()
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        if self.scheduler.running and not call_by(
+                lambda: self.scheduler.shutdown(wait=True), deadline, "scheduler-stop"):
+            log.warning("scheduler: a task still runs at the end of the shutdown; left to end "
+                        "with the process")
+            return
         self.ledger.close()
         with self._trigger_lock:
             for dispatcher in self._trigger_dispatchers:
@@ -187,8 +194,9 @@ class Scheduler:
                     continue  # its job is gone from this host: its S3 settings with it
                 client = self.storage.client(job.destination.s3)
                 try:
-                    abort(client, row["bucket"], row["key"], row["multipart_upload_id"])
-                except (ClientError, BotoCoreError) as exc:
+                    with s3_errors():
+                        abort(client, row["bucket"], row["key"], row["multipart_upload_id"])
+                except StorageUnavailable as exc:
                     log.warning("job %s: cannot abort the multipart upload of %s: %s",
                                 row["job"], row["key"], exc)
                     continue

@@ -1,9 +1,11 @@
 """``uploaderd run``: the daemon's life under systemd, as a readable sequence of steps.
 
-Start: config, database, schema check, watches, then ``READY=1``. Run: signals, reloads,
-a supervisor that sends ``WATCHDOG=1`` only while the observers, workers, discovery and
-scheduler are alive, and a one-line ``STATUS=``. Stop: ``STOPPING=1``, stop claiming, finish
-or hand back in-flight uploads within ``shutdown_grace``, exit 0.
+Start: config, database, schema check, the components (``lifecycle``) in order, watches,
+then ``READY=1``. Run: signals, reloads, ``WATCHDOG=1`` and a one-line ``STATUS=``. Stop:
+``STOPPING=1``, the components in reverse order by one deadline (``shutdown_grace``: the
+upload pool stops claiming, lets in-flight uploads finish, hands back the rest), exit 0.
+A component that dies stops the daemon the same way, with exit status 1; a second SIGTERM
+or SIGINT while stopping stops at once, handing back what the pool holds.
 """
 
 from __future__ import annotations
@@ -19,24 +21,17 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 
 import sdnotify
-from watchdog.events import (
-    FileClosedNoWriteEvent,
-    FileOpenedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
 
 from uploaderd import metrics, schema
 from uploaderd.config import DaemonConfig, Job, load_jobs
 from uploaderd.discovery import Discovery
-from uploaderd.errors import EXIT_OK, EXIT_USAGE, DatabaseUnavailable
+from uploaderd.errors import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, DatabaseUnavailable
 from uploaderd.ledger import Ledger
+from uploaderd.lifecycle import Components, StopNow
 from uploaderd.logs import ActivityLog, fields
 from uploaderd.scheduler import Scheduler
 from uploaderd.units import plural
-from uploaderd.watcher import Watcher
+from uploaderd.watcher import JobsDirWatcher, Watcher
 from uploaderd.workers import build_pool
 
 log = logging.getLogger(__name__)
@@ -44,19 +39,7 @@ log = logging.getLogger(__name__)
 _TICK = 1.0
 _RELOAD_DEBOUNCE = 0.5
 
-
-class _JobsDirChanged(FileSystemEventHandler):
-    """A change in jobs.d asks for a reload; merely reading a job file must not, or every
-    reload (which reads them all) and every `uploaderd status` would cause another."""
-
-    def __init__(self, events: queue.SimpleQueue[str]) -> None:
-        self.events = events
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if not event.is_directory and not isinstance(
-            event, FileOpenedEvent | FileClosedNoWriteEvent
-        ):
-            self.events.put("jobs-changed")
+Death = tuple[str, str]  # (component, why)
 
 
 class Daemon:
@@ -68,7 +51,8 @@ class Daemon:
         self.jobs: dict[str, Job] = {}
         self._db_state: dict[str, bool] = {}
         self._db_lock = threading.Lock()
-        self._jobs_observer: BaseObserver | None = None
+        self._stopping = False
+        self.stopped_now = False  # a second signal cut the shutdown short
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         self._watchdog_interval = watchdog_usec / 2e6 if watchdog_usec else None
         self.discovery = Discovery(Ledger(config.dsn, application_name="uploaderd discovery"),
@@ -85,6 +69,17 @@ class Daemon:
             host=self.host, me=self.pool.worker, rescan=self._rescan,
             retention=config.retention,
         )
+        # Started in this order, stopped in the reverse: sources of work stop before the
+        # pool, which stops claiming and hands back what it holds.
+        self.components = Components([
+            ("metrics server", metrics.MetricsServer(config.metrics_listen)),
+            ("upload pool", self.pool),
+            ("scheduler", self.scheduler),
+            ("discovery", self.discovery),
+            ("watchers", self.watcher),
+            ("jobs.d watcher", JobsDirWatcher(config.jobs_dir,
+                                              lambda: self.events.put("jobs-changed"))),
+        ], on_thread_death=lambda: self.events.put("died"))
 
     # --- the sequence ----------------------------------------------------------------------
 
@@ -95,13 +90,12 @@ class Daemon:
             return EXIT_OK
         if not self._schema_current():
             return EXIT_USAGE
-        metrics.serve(self.config.metrics_listen)
         self._start_components()
         self._notify("READY=1", f"STATUS={self._status()}")
         log.info("uploaderd ready: %s", self._status())
-        self._main_loop()
-        self._shutdown()
-        return EXIT_OK
+        died = self._main_loop()
+        self._shutdown(died)
+        return EXIT_OK if died is None else EXIT_FAILURES
 
     def _wait_for_database(self) -> bool:
         """Block until PostgreSQL answers (READY waits on it); False if told to stop first."""
@@ -139,16 +133,14 @@ class Daemon:
 
     def _start_components(self) -> None:
         self.jobs = self._read_jobs(previous={})
-        self.discovery.start()
         self.discovery.set_jobs(self.jobs)
+        self.scheduler.apply(self.jobs)
+        self.components.start()
         self.watcher.apply(self.jobs)
         self._report_watches()
-        self.pool.start()
-        self.scheduler.apply(self.jobs)
-        self.scheduler.start()
-        self._watch_jobs_dir()
 
-    def _main_loop(self) -> None:
+    def _main_loop(self) -> Death | None:
+        """Until told to stop (None) or until a component dies (which one, and why)."""
         reload_at: float | None = None
         next_beat = next_refresh = 0.0
         while True:
@@ -158,7 +150,10 @@ class Daemon:
             except queue.Empty:
                 event = ""
             if event == "stop":
-                return
+                return None
+            died = self.components.dead()
+            if died is not None:
+                return died
             if event == "reload":
                 self._reload()
                 reload_at = None
@@ -182,16 +177,22 @@ class Daemon:
                 self._supervise()
                 next_beat = time.monotonic() + min(_TICK * 5, self._watchdog_interval or 5.0)
 
-    def _shutdown(self) -> None:
-        self._notify("STOPPING=1", "STATUS=stopping")
-        log.info("stopping: finishing in-flight uploads for up to %.0fs",
-                 self.config.shutdown_grace)
-        if self._jobs_observer is not None:
-            self._jobs_observer.stop()
-        self.scheduler.stop()
-        self.watcher.stop()
-        self.discovery.stop()
-        self.pool.stop(self.config.shutdown_grace)
+    def _shutdown(self, died: Death | None) -> None:
+        try:
+            self._stopping = True
+            if died is not None:
+                log.critical("component %s died: %s; stopping (exit status %d)", *died,
+                             EXIT_FAILURES)
+                self._notify("STOPPING=1", f"STATUS=component {died[0]} died: {died[1]}")
+            else:
+                self._notify("STOPPING=1", "STATUS=stopping")
+            log.info("stopping: finishing in-flight uploads for up to %.0fs (a second signal "
+                     "stops at once)", self.config.shutdown_grace)
+            self.components.stop(time.monotonic() + self.config.shutdown_grace)
+        except StopNow:
+            self.stopped_now = True
+            log.warning("second signal: stopping now; handing back the uploads in flight")
+            self.pool.stop(time.monotonic())
         log.info("stopped")
 
     # --- reload ----------------------------------------------------------------------------
@@ -222,30 +223,10 @@ class Daemon:
             log.info("job %s: %s", name, change, extra=fields(name))
         return jobs
 
-    def _watch_jobs_dir(self) -> None:
-        if not self.config.jobs_dir.is_dir():
-            log.warning("jobs directory %s does not exist; SIGHUP reloads", self.config.jobs_dir)
-            return
-        observer = Observer()
-        observer.daemon = True
-        observer.schedule(_JobsDirChanged(self.events), str(self.config.jobs_dir))
-        observer.start()
-        self._jobs_observer = observer
-
     # --- health ----------------------------------------------------------------------------
 
     def _supervise(self) -> None:
-        broken = [name for name, alive in (
-            ("observers", self.watcher.alive()),
-            ("discovery", self.discovery.alive()),
-            ("workers", self.pool.alive()),
-            ("scheduler", self.scheduler.alive()),
-        ) if not alive]
-        if broken:
-            # No WATCHDOG=1: systemd restarts us, which is the cure for a dead thread.
-            log.error("unhealthy: %s not running", ", ".join(broken))
-            self._notify(f"STATUS=unhealthy: {', '.join(broken)} not running")
-            return
+        # Only reached while every component is alive: the main loop stops at a death.
         self._notify("WATCHDOG=1", f"STATUS={self._status()}")
 
     def _status(self) -> str:
@@ -282,7 +263,12 @@ class Daemon:
 
     def _install_signal_handlers(self) -> None:
         def on_signal(signum: int, _frame: FrameType | None) -> None:
-            self.events.put("reload" if signum == signal.SIGHUP else "stop")
+            if signum == signal.SIGHUP:
+                self.events.put("reload")
+            elif not self._stopping:
+                self.events.put("stop")
+            elif not self.stopped_now:
+                raise StopNow  # on the main thread, which is waiting in the shutdown
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, on_signal)
@@ -319,4 +305,11 @@ def _describe(job: Job) -> str:
 
 
 def run(config: DaemonConfig) -> int:
-    return Daemon(config).run()
+    daemon = Daemon(config)
+    status = daemon.run()
+    if daemon.stopped_now:
+        # At once means not waiting at exit for threads still in a request (a multipart
+        # part, a trigger call): what they hold was handed back or expires with its lease.
+        logging.shutdown()
+        os._exit(status)
+    return status

@@ -7,14 +7,18 @@ sessions; ``Storage.puts`` is its entry point.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import boto3
 import botocore.session
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from uploaderd import metrics
 from uploaderd.config import S3Settings
+from uploaderd.errors import StorageUnavailable
 from uploaderd.objectput import ObjectPuts, answer_probe, is_probe
 from uploaderd.transfers import not_transferring, transferring
 
@@ -22,6 +26,21 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 MAX_ATTEMPTS = 2  # botocore's own: one quick retry per request; the ledger retries later
+
+
+@contextmanager
+def s3_errors() -> Iterator[None]:
+    """botocore's exceptions as ``StorageUnavailable``, for the modules that leave boto to the
+    S3 side: "CODE message" with the code when S3 answered, botocore's text when it could
+    not be reached."""
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "?")
+        raise StorageUnavailable(f"{code} {error.get('Message', '')}".rstrip(), code) from exc
+    except BotoCoreError as exc:
+        raise StorageUnavailable(str(exc)) from exc
 
 
 class Storage:

@@ -9,6 +9,9 @@ watch on the old directory. ``refresh()`` (every second, from the main loop) not
 that is gone, has another identity (device, inode) or whose emitter stopped, drops that
 watch and watches the root again as soon as it is a directory, then has it scanned. When the
 kernel's inotify queue overflows, events were dropped: the job's roots are scanned at once.
+
+``JobsDirWatcher`` watches ``jobs.d`` itself: a change there (never a mere read) asks the
+daemon for a reload. This is the only module that imports watchdog.
 """
 
 from __future__ import annotations
@@ -18,29 +21,37 @@ import errno
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
+    FileClosedNoWriteEvent,
     FileCreatedEvent,
     FileModifiedEvent,
     FileMovedEvent,
+    FileOpenedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
+from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
 from watchdog.observers.polling import PollingObserver
 
 from uploaderd.config import Job
+from uploaderd.lifecycle import join
 from uploaderd.scanner import network_filesystem
 
 log = logging.getLogger(__name__)
+
+_SWAP_SECONDS = 5.0  # a reload waits this long for a replaced observer to end
 
 
 @dataclass(frozen=True)
@@ -264,14 +275,14 @@ class JobWatch:
     def alive(self) -> bool:
         return self.observer is not None and self.observer.is_alive()
 
-    def stop(self) -> None:
+    def stop(self, deadline: float) -> None:
         if self.observer is not None:
             self.observer.stop()
-            self.observer.join(timeout=5)
+            join(self.observer, deadline)
 
 
 class Watcher:
-    """All jobs' observers; swapped job by job on reload."""
+    """All jobs' observers, one component; swapped job by job on reload."""
 
     def __init__(self, sink: Sink, on_error: OnError,
                  on_change: Callable[[], None] = lambda: None) -> None:
@@ -284,7 +295,7 @@ class Watcher:
         """Start, restart or stop observers so that exactly ``jobs`` are watched."""
         for name in list(self.watches):
             if name not in jobs or jobs[name].source != self.watches[name].job.source:
-                self.watches.pop(name).stop()
+                self.watches.pop(name).stop(time.monotonic() + _SWAP_SECONDS)
         for name, job in jobs.items():
             if name not in self.watches:
                 watch = JobWatch(job, self.sink, self.on_error, self.on_change)
@@ -303,10 +314,53 @@ class Watcher:
     def count(self, job: str) -> int:
         return len(self.watches[job].watched) if job in self.watches else 0
 
+    def start(self) -> None:
+        """Nothing to start: ``apply()`` starts an observer for each job."""
+
     def alive(self) -> bool:
         return all(w.alive() for w in self.watches.values())
 
-    def stop(self) -> None:
+    def stop(self, deadline: float) -> None:
         for watch in self.watches.values():
-            watch.stop()
+            watch.stop(deadline)
         self.watches.clear()
+
+
+class _JobsDirChanged(FileSystemEventHandler):
+    """A change in jobs.d asks for a reload; merely reading a job file must not, or every
+    reload (which reads them all) and every `uploaderd status` would cause another."""
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        self.changed = changed
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if not event.is_directory and not isinstance(
+            event, FileOpenedEvent | FileClosedNoWriteEvent
+        ):
+            self.changed()
+
+
+class JobsDirWatcher:
+    """The observer of ``jobs.d`` (a component): a change there asks for a reload."""
+
+    def __init__(self, jobs_dir: Path, changed: Callable[[], None]) -> None:
+        self.jobs_dir = jobs_dir
+        self.changed = changed
+        self.observer: BaseObserver | None = None
+
+    def start(self) -> None:
+        if not self.jobs_dir.is_dir():
+            log.warning("jobs directory %s does not exist; SIGHUP reloads", self.jobs_dir)
+            return
+        self.observer = Observer()
+        self.observer.daemon = True
+        self.observer.schedule(_JobsDirChanged(self.changed), str(self.jobs_dir))
+        self.observer.start()
+
+    def alive(self) -> bool:
+        return self.observer is None or self.observer.is_alive()
+
+    def stop(self, deadline: float) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            join(self.observer, deadline)

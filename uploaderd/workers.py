@@ -31,6 +31,7 @@ from uploaderd.config import DaemonConfig, Destination, Job
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.health import Breaker
 from uploaderd.ledger import Claim, Ledger, MultipartStarted, Outcome, State
+from uploaderd.lifecycle import join, remaining
 from uploaderd.logs import ActivityLog, Attempt
 from uploaderd.retry import next_attempt_in
 from uploaderd.storage import Storage
@@ -41,6 +42,7 @@ from uploaderd.windows import in_any_window
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0
+HAND_BACK_SECONDS = 5.0
 POLL_SECONDS = 2.0
 _MAX_BACKOFF = 30.0
 # An attempt running longer than the S3 read timeout plus its size at the slowest expected
@@ -156,17 +158,18 @@ class UploadPool:
     def alive(self) -> bool:
         return self._dispatcher.is_alive() and all(t.is_alive() for t in self._threads)
 
-    def stop(self, grace: float) -> None:
-        """Stop claiming, hand back what has not started, wait up to ``grace`` for the rest."""
+    def stop(self, deadline: float) -> None:
+        """Stop claiming, hand back what has not started, let what runs finish until
+        ``deadline``, then hand that back too. Handing back takes the dispatcher a round trip;
+        it gets ``HAND_BACK_SECONDS`` for it even when the deadline has passed."""
         self._claiming.clear()
         self._wake()
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and (self._busy or not self._todo.empty()):
+        while remaining(deadline) and (self._busy or not self._todo.empty()):
             if self._stop.wait(0.05):
                 break
         self._stop.set()
         self._wake()
-        self._dispatcher.join(timeout=max(5.0, deadline - time.monotonic()))
+        join(self._dispatcher, max(deadline, time.monotonic() + HAND_BACK_SECONDS))
 
     def busy(self) -> int:
         return self._busy
@@ -294,6 +297,12 @@ class UploadPool:
     # --- the dispatcher --------------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        try:
+            self._dispatch_until_stopped()
+        finally:
+            self.ledger.close()  # the dispatcher's connection: closed by the dispatcher
+
+    def _dispatch_until_stopped(self) -> None:
         backoff = 0.5
         self._listening = False
         self._next_renewal = time.monotonic() + self.lease_seconds / 3

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -211,7 +212,7 @@ def test_a_file_the_ledger_refuses_is_failed_alone_and_its_batch_is_kept(
         wait_state(sql, "lab", "c.txt", "pending")
         assert discovery.alive()
     finally:
-        discovery.stop()
+        discovery.stop(time.monotonic() + 10)
 
 
 # --- item 5: an in-place rewrite that restores the mtime ---------------------------------------
@@ -367,8 +368,8 @@ def test_an_inotify_overflow_rescans_the_job_at_once(
         assert errors == [f"the inotify queue overflowed and events under {root} were lost "
                           "(raise fs.inotify.max_queued_events); scanning it now"]
     finally:
-        watcher.stop()
-        discovery.stop()
+        watcher.stop(time.monotonic() + 5)
+        discovery.stop(time.monotonic() + 10)
 
 
 def _mount_tmpfs(path: Path) -> None:
@@ -400,8 +401,8 @@ def test_a_remounted_root_is_watched_again(migrated_dsn: str, tmp_path: Path, sq
         write(root / "after-remount.txt", b"on the new filesystem")
         wait_state(sql, "lab", "after-remount.txt", "pending", timeout=10)
     finally:
-        watcher.stop()
-        discovery.stop()
+        watcher.stop(time.monotonic() + 5)
+        discovery.stop(time.monotonic() + 10)
         subprocess.run(["umount", str(root)], capture_output=True)
 
 

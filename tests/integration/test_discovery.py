@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ def test_rescan_queues_what_events_missed_in_one_batch(
         wait_for(lambda: sql("SELECT count(*) FROM file_versions")[0][0] == 1201, timeout=30,
                  message="the rescan found the new file")
     finally:
-        discovery.stop()
+        discovery.stop(time.monotonic() + 10)
     [(session_id, group_key)] = sql("SELECT id, group_key FROM sessions")
     assert group_key == "run-1"
     keys = {row[0] for row in sql("SELECT DISTINCT key ~ ('^lab/' || %s || '/run-1/') "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -311,7 +312,7 @@ def discover(migrated_dsn: str, lab: Any, sql: Sql, expected: int) -> None:
                  timeout=30, message=f"{expected} versions")
         wait_for(discovery.settled, timeout=30, message="discovery idle")
     finally:
-        discovery.stop()
+        discovery.stop(time.monotonic() + 10)
 
 
 def test_pruning_never_queues_an_unchanged_file_again(

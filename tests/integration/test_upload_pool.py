@@ -74,7 +74,7 @@ def start_pool(migrated_dsn: str) -> Iterator[Callable[..., UploadPool]]:
 
     yield start
     for pool in pools:
-        pool.stop(grace=5)
+        pool.stop(time.monotonic() + 5)
 
 
 def test_lease_is_renewed_while_a_long_upload_runs(
@@ -139,4 +139,4 @@ def test_a_sick_bucket_pauses_the_job_instead_of_burning_attempts(
         wait_for(lambda: sql("SELECT paused_until FROM destination_health") == [(None,)],
                  timeout=5, message="the pause cleared")
     finally:
-        pool.stop(grace=5)
+        pool.stop(time.monotonic() + 5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def scheduler() -> Iterator[Scheduler]:
                       rescan=lambda name: None, retention=Retention())
     sched.start()
     yield sched
-    sched.stop()
+    sched.stop(time.monotonic() + 5)
 
 
 def test_reload_keeps_an_unchanged_rescan_timer(scheduler: Scheduler, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from watchdog.events import (
     FileSystemEvent,
 )
 
-from uploaderd.service import _JobsDirChanged
+from uploaderd.watcher import _JobsDirChanged
 
 JOB = "/etc/uploaderd/jobs.d/lab.yaml"
 
@@ -29,7 +29,7 @@ JOB = "/etc/uploaderd/jobs.d/lab.yaml"
 ], ids=lambda e: type(e).__name__)
 def test_changes_ask_for_a_reload(event: FileSystemEvent) -> None:
     events: queue.SimpleQueue[str] = queue.SimpleQueue()
-    _JobsDirChanged(events).on_any_event(event)
+    _JobsDirChanged(lambda: events.put("jobs-changed")).on_any_event(event)
     assert events.get_nowait() == "jobs-changed"
 
 
@@ -38,5 +38,5 @@ def test_changes_ask_for_a_reload(event: FileSystemEvent) -> None:
 ], ids=lambda e: type(e).__name__)
 def test_reads_do_not(event: FileSystemEvent) -> None:
     events: queue.SimpleQueue[str] = queue.SimpleQueue()
-    _JobsDirChanged(events).on_any_event(event)
+    _JobsDirChanged(lambda: events.put("jobs-changed")).on_any_event(event)
     assert events.empty()
