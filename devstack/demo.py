@@ -56,8 +56,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def stop_on_signals() -> None:
     """Turn SIGTERM and SIGHUP into KeyboardInterrupt, as SIGINT already is."""
     for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
-                      else _interrupt)
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else _interrupt)
 
 
 def _ignore_stop_signals() -> None:
@@ -147,8 +146,7 @@ destination:
 
 
 def _banner(directory: Path, config: Path, pg: PostgresCluster, s3: S3Server, s3_kind: str) -> str:
-    env = {key: value for key, value in _service_env(pg, s3).items()
-           if key.startswith("AWS_")}
+    env = {key: value for key, value in _service_env(pg, s3).items() if key.startswith("AWS_")}
     activate = Path(sys.prefix) / "bin" / "activate"
     shell = [f". {shlex.quote(str(activate))}"] if activate.is_file() else []
     shell += [_exports({"UPLOADERD_CONFIG": str(config)}), _exports(env)]
@@ -189,8 +187,9 @@ def demo(directory: Path, s3_kind: str) -> int:
         uploaderd = [sys.executable, "-m", "uploaderd"]
         subprocess.run([*uploaderd, "migrate", "-c", str(config)], env=env, check=True)
         # Its own session: a terminal's Ctrl-C reaches us only, and we stop it first.
-        daemon = subprocess.Popen([*uploaderd, "run", "-c", str(config)], env=env,
-                                  start_new_session=True)
+        daemon = subprocess.Popen(
+            [*uploaderd, "run", "-c", str(config)], env=env, start_new_session=True
+        )
         stack.callback(_stop_daemon, daemon)
         say(_banner(directory, config, pg, s3, s3_kind))
         return daemon.wait()

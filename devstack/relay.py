@@ -36,7 +36,11 @@ class Reset(Exception):
 
 class Relay:
     def __init__(
-        self, target_port: int, *, delay: float = 0.0, max_connections: int = 1024,
+        self,
+        target_port: int,
+        *,
+        delay: float = 0.0,
+        max_connections: int = 1024,
         tamper: Tamper | None = None,
     ) -> None:
         self.target_port = target_port
@@ -97,12 +101,14 @@ class Relay:
                 client_w.close()
                 return
             for writer in (client_w, server_w):
-                writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP,
-                                                           socket.TCP_NODELAY, 1)
+                writer.get_extra_info("socket").setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+                )
             upstream = self._task(self._pump(client_r, server_w, self.tamper))
             downstream = self._task(self._pump(server_r, client_w, None))
-            done, _ = await asyncio.wait((upstream, downstream),
-                                         return_when=asyncio.FIRST_EXCEPTION)
+            done, _ = await asyncio.wait(
+                (upstream, downstream), return_when=asyncio.FIRST_EXCEPTION
+            )
             if any(isinstance(task.exception(), Reset) for task in done):
                 _reset(client_w)
                 _reset(server_w)
@@ -117,8 +123,9 @@ class Relay:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    tamper: Tamper | None) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tamper: Tamper | None
+    ) -> None:
         """Copy one direction, each chunk ``delay`` after it arrived, in order."""
         loop = asyncio.get_running_loop()
         pending: collections.deque[tuple[float, bytes]] = collections.deque()

@@ -43,19 +43,31 @@ License: Apache-2.0
 
 # Trove classifiers and free-text License fields, as DEP-5 short names.
 SHORT_NAMES = {
-    "apache software license": "Apache-2.0", "apache-2.0": "Apache-2.0",
-    "apache 2.0": "Apache-2.0", "apache license 2.0": "Apache-2.0",
-    "mit license": "Expat", "mit": "Expat", "bsd license": "BSD-3-clause",
-    "bsd-3-clause": "BSD-3-clause", "bsd-2-clause": "BSD-2-clause",
+    "apache software license": "Apache-2.0",
+    "apache-2.0": "Apache-2.0",
+    "apache 2.0": "Apache-2.0",
+    "apache license 2.0": "Apache-2.0",
+    "mit license": "Expat",
+    "mit": "Expat",
+    "bsd license": "BSD-3-clause",
+    "bsd-3-clause": "BSD-3-clause",
+    "bsd-2-clause": "BSD-2-clause",
     "gnu library or lesser general public license (lgpl)": "LGPL-3+",
     "lgpl with exceptions": "LGPL-3+ with OpenSSL exception",
-    "python software foundation license": "PSF-2", "psf-2.0": "PSF-2",
+    "python software foundation license": "PSF-2",
+    "psf-2.0": "PSF-2",
     "mozilla public license 2.0 (mpl 2.0)": "MPL-2.0",
 }
 # "Copyright (c) 2020 X", "Copyright 2011 X", "(c) 2020 X", "© X"; not the Apache text's
 # "(c) You must retain" nor "COPYRIGHT HOLDERS BE LIABLE".
-SPDX = {"Apache-2.0": "Apache-2.0", "MIT": "Expat", "BSD-2-Clause": "BSD-2-clause",
-        "BSD-3-Clause": "BSD-3-clause", "PSF-2.0": "PSF-2", "MPL-2.0": "MPL-2.0"}
+SPDX = {
+    "Apache-2.0": "Apache-2.0",
+    "MIT": "Expat",
+    "BSD-2-Clause": "BSD-2-clause",
+    "BSD-3-Clause": "BSD-3-clause",
+    "PSF-2.0": "PSF-2",
+    "MPL-2.0": "MPL-2.0",
+}
 APACHE_TEXT = "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION"
 NOTICE = re.compile(r"^\s*(?:copyright\s+(?:\(c\)|©|\d{4})|\(c\)\s*\d{4}|©)", re.IGNORECASE)
 
@@ -82,8 +94,11 @@ def short_name(dist: metadata.Distribution) -> str:
     if spdx:
         return spdx
     candidates = []
-    candidates += [c.rsplit("::", 1)[-1] for c in meta.get_all("Classifier") or []
-                   if c.startswith("License ::")]
+    candidates += [
+        c.rsplit("::", 1)[-1]
+        for c in meta.get_all("Classifier") or []
+        if c.startswith("License ::")
+    ]
     candidates.append((meta.get("License") or "").splitlines()[0] if meta.get("License") else "")
     for candidate in candidates:
         name = SHORT_NAMES.get(candidate.strip().lower())
@@ -93,9 +108,12 @@ def short_name(dist: metadata.Distribution) -> str:
 
 
 def license_files(dist: metadata.Distribution) -> list[PurePosixPath]:
-    return sorted(PurePosixPath(str(f)) for f in dist.files or []
-                  if ".dist-info/" in str(f)
-                  and re.search(r"(LICEN[CS]E|COPYING|NOTICE)", f.name, re.IGNORECASE))
+    return sorted(
+        PurePosixPath(str(f))
+        for f in dist.files or []
+        if ".dist-info/" in str(f)
+        and re.search(r"(LICEN[CS]E|COPYING|NOTICE)", f.name, re.IGNORECASE)
+    )
 
 
 def installed_paths(dist: metadata.Distribution, site: str, prefix: str) -> list[str]:
@@ -115,20 +133,30 @@ def installed_paths(dist: metadata.Distribution, site: str, prefix: str) -> list
 def paragraph(dist: metadata.Distribution, site: str, prefix: str) -> str:
     name, version = dist.metadata["Name"], dist.version
     texts = [dist.locate_file(f).read_text(errors="replace") for f in license_files(dist)]
-    notices = sorted({line.strip() for text in texts for line in text.splitlines()
-                      if NOTICE.match(line) and "[yyyy]" not in line and len(line) < 200})
+    notices = sorted(
+        {
+            line.strip()
+            for text in texts
+            for line in text.splitlines()
+            if NOTICE.match(line) and "[yyyy]" not in line and len(line) < 200
+        }
+    )
     copyright_ = notices or [f"the {name} authors (the license file names no holder)"]
     lic = short_name(dist)
-    body = [f"Files: {' '.join(installed_paths(dist, site, prefix))}",
-            "Copyright: " + "\n ".join(copyright_),
-            f"Comment: {name} {version}, from PyPI."]
+    body = [
+        f"Files: {' '.join(installed_paths(dist, site, prefix))}",
+        "Copyright: " + "\n ".join(copyright_),
+        f"Comment: {name} {version}, from PyPI.",
+    ]
     # Apache-2.0's text is in /usr/share/common-licenses (the last paragraph says so).
     own = [text.strip() for text in texts if APACHE_TEXT not in text]
     if lic == "Apache-2.0" or not own:
         body.append(f"License: {lic}")
     else:
-        lines = [(" " + line.rstrip()) if line.strip() else " ."
-                 for line in "\n\n".join(own).splitlines()]
+        lines = [
+            (" " + line.rstrip()) if line.strip() else " ."
+            for line in "\n\n".join(own).splitlines()
+        ]
         body.append(f"License: {lic}\n" + "\n".join(lines))
     return "\n".join(body) + "\n"
 
@@ -136,8 +164,10 @@ def paragraph(dist: metadata.Distribution, site: str, prefix: str) -> str:
 def main() -> None:
     prefix = sys.argv[1].strip("/")
     site = f"{prefix}/lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
-    dists = sorted((d for d in metadata.distributions() if d.metadata["Name"] != "uploaderd"),
-                   key=lambda d: d.metadata["Name"].lower())
+    dists = sorted(
+        (d for d in metadata.distributions() if d.metadata["Name"] != "uploaderd"),
+        key=lambda d: d.metadata["Name"].lower(),
+    )
     print(HEADER.format(prefix=prefix))
     for dist in dists:
         print(paragraph(dist, site, prefix))

@@ -132,8 +132,13 @@ def s3_server(moto_server: MotoServer) -> S3Server:
     return moto_server
 
 
-@pytest.fixture(params=["moto", pytest.param("rclone", marks=pytest.mark.rclone),
-                        pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)])
+@pytest.fixture(
+    params=[
+        "moto",
+        pytest.param("rclone", marks=pytest.mark.rclone),
+        pytest.param("seaweedfs", marks=pytest.mark.seaweedfs),
+    ]
+)
 def s3_backend(request: pytest.FixtureRequest) -> S3Server:
     """Each S3 implementation in turn, for tests that must hold on all three."""
     server: S3Server = request.getfixturevalue(f"{request.param}_server")
@@ -168,8 +173,9 @@ def make_daemon(
     """Build ``uploaderd run`` subprocesses on this test's database and the moto server."""
     made: list[DaemonProcess] = []
 
-    def make(*, dsn: str = migrated_dsn, endpoint_url: str = s3_server.endpoint_url,
-             **settings: object) -> DaemonProcess:
+    def make(
+        *, dsn: str = migrated_dsn, endpoint_url: str = s3_server.endpoint_url, **settings: object
+    ) -> DaemonProcess:
         workdir = tmp_path_factory.mktemp("daemon")
         daemon = DaemonProcess(workdir, dsn, endpoint_url, **settings)
         made.append(daemon)

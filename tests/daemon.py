@@ -64,15 +64,19 @@ class Notifications:
                 self._cond.wait(remaining)
 
     def wait_line(self, line: str, *, nth: int = 1, timeout: float = 30.0) -> None:
-        self.wait_for(lambda: sum(1 for m in self.messages for x in m if x == line) >= nth,
-                      timeout, f"{line!r} #{nth}")
+        self.wait_for(
+            lambda: sum(1 for m in self.messages for x in m if x == line) >= nth,
+            timeout,
+            f"{line!r} #{nth}",
+        )
 
     def wait_prefix(self, prefix: str, contains: str = "", timeout: float = 30.0) -> str:
         found: list[str] = []
 
         def seen() -> bool:
-            found[:] = [x for m in self.messages for x in m
-                        if x.startswith(prefix) and contains in x]
+            found[:] = [
+                x for m in self.messages for x in m if x.startswith(prefix) and contains in x
+            ]
             return bool(found)
 
         self.wait_for(seen, timeout, f"a line starting {prefix!r} containing {contains!r}")
@@ -122,8 +126,9 @@ class DaemonProcess:
         self.notes = Notifications(self.notify_path)
         env = {**os.environ, "NOTIFY_SOCKET": self.notify_path, **self.extra_env}
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(self.command(), env=env, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.command(), env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         if wait_ready:
             self.wait_ready()
         return self

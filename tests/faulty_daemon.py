@@ -39,10 +39,12 @@ def _hangs(*_args: Any, **_kwargs: Any) -> Any:
 def inject(fault: str, trigger: str) -> None:
     if fault == "kill-dispatcher":
         UploadPool._dispatch_until_stopped = (  # type: ignore[method-assign]
-            lambda self: _dies("dispatcher", self._stop, trigger))
+            lambda self: _dies("dispatcher", self._stop, trigger)
+        )
     elif fault == "kill-discovery":
         Discovery._run = (  # type: ignore[method-assign]
-            lambda self: _dies("discovery", self._stop, trigger))
+            lambda self: _dies("discovery", self._stop, trigger)
+        )
     elif fault == "hang-upload":
         Uploader.upload = _hangs  # type: ignore[method-assign]
     else:

@@ -31,8 +31,12 @@ def wait_for(
             value: T | Literal[False] | BaseException | None = predicate()
         except ignore as exc:
             value = exc
-        if value is not None and value is not False and value and not isinstance(
-                value, BaseException):
+        if (
+            value is not None
+            and value is not False
+            and value
+            and not isinstance(value, BaseException)
+        ):
             return value
         if time.monotonic() >= deadline:
             raise AssertionError(

@@ -22,8 +22,15 @@ from uploaderd.errors import UsageError
 _S3_URL = re.compile(r"^s3://([^/]+)(?:/(.*))?$")
 
 
-def job(config: DaemonConfig, source: Path | None, to: str | None, *,
-        include: list[str] | None, bandwidth: str | None, named: str | None) -> Job:
+def job(
+    config: DaemonConfig,
+    source: Path | None,
+    to: str | None,
+    *,
+    include: list[str] | None,
+    bandwidth: str | None,
+    named: str | None,
+) -> Job:
     if named is not None:
         raise UsageError("give a JOB or --source/--to, not both")
     if source is None or to is None:
@@ -36,14 +43,20 @@ def job(config: DaemonConfig, source: Path | None, to: str | None, *,
     if not root.is_dir():
         raise UsageError(f"--source {source}: not a directory")
     destination: dict[str, Any] = {
-        "bucket": bucket, "key": f"{prefix}/${{relpath}}" if prefix else "${relpath}"}
+        "bucket": bucket,
+        "key": f"{prefix}/${{relpath}}" if prefix else "${relpath}",
+    }
     if bandwidth is not None:
         destination["bandwidth"] = bandwidth
     document: dict[str, Any] = {"source": {"paths": [str(root)]}, "destination": destination}
     if include:
         document["source"]["include"] = include
-    return parse_job_text(yaml.safe_dump(document), name=name(root, f"{bucket}/{prefix}"),
-                          defaults=config.s3, policy=config.job_policy)
+    return parse_job_text(
+        yaml.safe_dump(document),
+        name=name(root, f"{bucket}/{prefix}"),
+        defaults=config.s3,
+        policy=config.job_policy,
+    )
 
 
 def name(root: Path, destination: str) -> str:

@@ -14,7 +14,10 @@ from collections.abc import Callable
 
 class Limiter:
     def __init__(
-        self, rate: float, *, clock: Callable[[], float] = time.monotonic,
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.rate = rate

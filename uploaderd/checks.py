@@ -45,9 +45,12 @@ def inspect_job(job: Job) -> Iterator[Finding]:
             continue
         fs = network_filesystem(root)
         if fs and job.source.polling is False:
-            yield Finding("warning", subject,
-                          f"{root} is on {fs}: inotify misses changes made by other hosts; "
-                          "use polling: auto or true")
+            yield Finding(
+                "warning",
+                subject,
+                f"{root} is on {fs}: inotify misses changes made by other hosts; "
+                "use polling: auto or true",
+            )
         elif fs:
             yield Finding("ok", subject, f"{root} is on {fs}: polled")
         directories += count_directories(root) if job.source.recursive else 1
@@ -65,9 +68,12 @@ def connect_findings(config: DaemonConfig, jobs: dict[str, Job]) -> Iterator[Fin
         ledger.connect().ping()
         missing = schema.pending(ledger)
         if missing:
-            yield Finding("error", "database",
-                          f"schema not up to date: run `uploaderd migrate` ({len(missing)} "
-                          "migrations pending)")
+            yield Finding(
+                "error",
+                "database",
+                f"schema not up to date: run `uploaderd migrate` ({len(missing)} "
+                "migrations pending)",
+            )
         else:
             yield Finding("ok", "database", f"reachable ({describe_dsn(config.dsn)})")
     except DatabaseUnavailable as exc:
@@ -108,8 +114,9 @@ def bucket_preflight(storage: Storage, job: Job, prefix: str) -> Finding:
     subject = f"s3://{destination.bucket}"
     try:
         with s3_errors():
-            storage.client(destination.s3).list_objects_v2(Bucket=destination.bucket,
-                                                           Prefix=prefix, MaxKeys=1)
+            storage.client(destination.s3).list_objects_v2(
+                Bucket=destination.bucket, Prefix=prefix, MaxKeys=1
+            )
     except StorageUnavailable as exc:
         if exc.code == "AccessDenied":
             return Finding("warning", subject, f"cannot list ({exc}); uploading anyway")
@@ -123,14 +130,22 @@ def trigger_finding(http: urllib3.PoolManager, job: Job) -> Finding:
     assert job.trigger is not None
     url = safe_url(job.trigger.url)
     try:
-        response = http.request("HEAD", job.trigger.url, redirect=False,
-                                headers={"User-Agent": f"uploaderd/{__version__} check"},
-                                timeout=urllib3.Timeout(total=min(job.trigger.timeout, 10.0)))
+        response = http.request(
+            "HEAD",
+            job.trigger.url,
+            redirect=False,
+            headers={"User-Agent": f"uploaderd/{__version__} check"},
+            timeout=urllib3.Timeout(total=min(job.trigger.timeout, 10.0)),
+        )
     except urllib3.exceptions.HTTPError as exc:
-        return Finding("unreachable", f"job {job.name}",
-                       f"cannot reach the trigger URL {url}: {type(exc).__name__}")
-    return Finding("ok", f"job {job.name}",
-                   f"the trigger URL {url} answers (HTTP {response.status} to HEAD)")
+        return Finding(
+            "unreachable",
+            f"job {job.name}",
+            f"cannot reach the trigger URL {url}: {type(exc).__name__}",
+        )
+    return Finding(
+        "ok", f"job {job.name}", f"the trigger URL {url} answers (HTTP {response.status} to HEAD)"
+    )
 
 
 def count_directories(root: Path) -> int:

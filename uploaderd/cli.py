@@ -58,8 +58,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     args = parser.parse_args(argv)
     try:
         config = load_daemon_config(args.config, env=env)
-        logs.setup(config.log_level if args.command == "run" else "warning", config.log_format,
-                   env)
+        logs.setup(config.log_level if args.command == "run" else "warning", config.log_format, env)
         command: Command = args.handler
         return command(args, config)
     except UploaderdError as exc:
@@ -71,173 +70,336 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="uploaderd", description="Ship every complete file in watched folders to S3.",
+        prog="uploaderd",
+        description="Ship every complete file in watched folders to S3.",
         epilog="examples:\n  uploaderd status\n  uploaderd -c ./uploaderd.yaml upload scope-a\n"
-               "  uploaderd upload --source /data/run42 --to s3://lab-raw/run42\n\n"
-               "exit: 0 done, 1 finished with failures, 2 usage or config error, 3 database "
-               "or S3 unreachable",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  uploaderd upload --source /data/run42 --to s3://lab-raw/run42\n\n"
+        "exit: 0 done, 1 finished with failures, 2 usage or config error, 3 database "
+        "or S3 unreachable",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"uploaderd {__version__}")
-    config_help = ("daemon config, before or after the command (default: $UPLOADERD_CONFIG or "
-                   f"{DEFAULT_CONFIG_PATH}; e.g. -c ./uploaderd.yaml)")
-    parser.add_argument("-c", "--config", type=Path, metavar="FILE", help=config_help,
-                        default=Path(env.get("UPLOADERD_CONFIG") or DEFAULT_CONFIG_PATH))
+    config_help = (
+        "daemon config, before or after the command (default: $UPLOADERD_CONFIG or "
+        f"{DEFAULT_CONFIG_PATH}; e.g. -c ./uploaderd.yaml)"
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=config_help,
+        default=Path(env.get("UPLOADERD_CONFIG") or DEFAULT_CONFIG_PATH),
+    )
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: given after the command it wins; not given, the one before the command stays.
-    common.add_argument("-c", "--config", type=Path, metavar="FILE", default=argparse.SUPPRESS,
-                        help=config_help)
+    common.add_argument(
+        "-c", "--config", type=Path, metavar="FILE", default=argparse.SUPPRESS, help=config_help
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Command, help_text: str, *examples: str,
-            json_help: str | None = None) -> argparse.ArgumentParser:
+    def add(
+        name: str, handler: Command, help_text: str, *examples: str, json_help: str | None = None
+    ) -> argparse.ArgumentParser:
         epilog = "examples:\n" + "\n".join(f"  uploaderd {e}" for e in examples)
-        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text,
-                                  epilog=epilog,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = commands.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=help_text,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub.set_defaults(handler=handler)
         if json_help is not None:
-            sub.add_argument("--json", action="store_true",
-                             help=f"one JSON document on stdout instead of text ({json_help}; "
-                                  f"e.g. uploaderd {examples[0]} --json)")
+            sub.add_argument(
+                "--json",
+                action="store_true",
+                help=f"one JSON document on stdout instead of text ({json_help}; "
+                f"e.g. uploaderd {examples[0]} --json)",
+            )
         return sub
 
     def progress_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--no-progress", action="store_true",
-                         help="no progress bar on a terminal and no stats lines elsewhere "
-                              "(e.g. in cron jobs)")
-        sub.add_argument("--stats", type=_duration_arg, default=STATS_SECONDS,
-                         metavar="DURATION",
-                         help="when stdout is not a terminal, print one line of progress this "
-                              "often and at the end (default 10s; 0 turns it off; e.g. "
-                              "--stats 30s)")
+        sub.add_argument(
+            "--no-progress",
+            action="store_true",
+            help="no progress bar on a terminal and no stats lines elsewhere (e.g. in cron jobs)",
+        )
+        sub.add_argument(
+            "--stats",
+            type=_duration_arg,
+            default=STATS_SECONDS,
+            metavar="DURATION",
+            help="when stdout is not a terminal, print one line of progress this "
+            "often and at the end (default 10s; 0 turns it off; e.g. "
+            "--stats 30s)",
+        )
 
     add("run", cmd_run, "run the daemon in the foreground (systemd Type=notify)", "run")
-    add("migrate", cmd_migrate, "create or upgrade the database schema (idempotent)", "migrate",
-        json_help='{"applied": [NAME, ...]}')
-    check = add("check", cmd_check, "validate config and jobs; count watches; spot network "
-                                    "mounts", "check", "check --connect",
-                json_help='{"valid_jobs", "problems", "unreachable", "findings": [...]}')
-    check.add_argument("--connect", action="store_true",
-                       help="also reach the database, write to each bucket and reach each "
-                            "trigger URL (e.g. uploaderd check --connect)")
-    upload = add("upload", cmd_upload, "one-shot: scan a job (or a directory) now and upload "
-                                       "what is new, with progress; prints the session id",
-                 "upload scope-a", "upload scope-a --dry-run",
-                 "upload --source /data/run42 --to s3://lab-raw/run42 --include '**/*.tif'",
-                 json_help="found, queued, session, run, registrations")
-    upload.add_argument("job", metavar="JOB", nargs="?",
-                        help="a job in jobs.d (e.g. scope-a); or give --source and --to")
-    upload.add_argument("--dry-run", action="store_true",
-                        help="list what would be queued (path, size, key); change nothing "
-                             "(e.g. uploaderd upload scope-a --dry-run)")
-    upload.add_argument("--source", type=Path, metavar="DIR",
-                        help="ad-hoc run without a job file: upload this directory "
-                             "(e.g. --source /data/run42); needs --to")
-    upload.add_argument("--to", metavar="S3URL",
-                        help="with --source: the bucket and key prefix "
-                             "(e.g. --to s3://lab-raw/run42)")
-    upload.add_argument("--include", action="append", metavar="PATTERN",
-                        help="with --source: only paths matching this glob, repeatable "
-                             "(e.g. --include '**/*.tif' --include '**/*.json')")
-    upload.add_argument("--bandwidth", metavar="RATE",
-                        help="with --source: cap the upload rate (e.g. --bandwidth 20MiB/s)")
-    upload.add_argument("--workers", type=_positive_int, metavar="N",
-                        help="upload with N threads instead of the config's workers "
-                             "(e.g. --workers 8)")
+    add(
+        "migrate",
+        cmd_migrate,
+        "create or upgrade the database schema (idempotent)",
+        "migrate",
+        json_help='{"applied": [NAME, ...]}',
+    )
+    check = add(
+        "check",
+        cmd_check,
+        "validate config and jobs; count watches; spot network mounts",
+        "check",
+        "check --connect",
+        json_help='{"valid_jobs", "problems", "unreachable", "findings": [...]}',
+    )
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also reach the database, write to each bucket and reach each "
+        "trigger URL (e.g. uploaderd check --connect)",
+    )
+    upload = add(
+        "upload",
+        cmd_upload,
+        "one-shot: scan a job (or a directory) now and upload "
+        "what is new, with progress; prints the session id",
+        "upload scope-a",
+        "upload scope-a --dry-run",
+        "upload --source /data/run42 --to s3://lab-raw/run42 --include '**/*.tif'",
+        json_help="found, queued, session, run, registrations",
+    )
+    upload.add_argument(
+        "job",
+        metavar="JOB",
+        nargs="?",
+        help="a job in jobs.d (e.g. scope-a); or give --source and --to",
+    )
+    upload.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what would be queued (path, size, key); change nothing "
+        "(e.g. uploaderd upload scope-a --dry-run)",
+    )
+    upload.add_argument(
+        "--source",
+        type=Path,
+        metavar="DIR",
+        help="ad-hoc run without a job file: upload this directory "
+        "(e.g. --source /data/run42); needs --to",
+    )
+    upload.add_argument(
+        "--to",
+        metavar="S3URL",
+        help="with --source: the bucket and key prefix (e.g. --to s3://lab-raw/run42)",
+    )
+    upload.add_argument(
+        "--include",
+        action="append",
+        metavar="PATTERN",
+        help="with --source: only paths matching this glob, repeatable "
+        "(e.g. --include '**/*.tif' --include '**/*.json')",
+    )
+    upload.add_argument(
+        "--bandwidth",
+        metavar="RATE",
+        help="with --source: cap the upload rate (e.g. --bandwidth 20MiB/s)",
+    )
+    upload.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="upload with N threads instead of the config's workers (e.g. --workers 8)",
+    )
     progress_options(upload)
-    retry = add("retry", cmd_retry, "re-queue failed files (and registrations) now",
-                "retry --job scope-a", "retry --session-id 42 --auto-retry",
-                json_help="requeued_files, requeued_registrations, run")
+    retry = add(
+        "retry",
+        cmd_retry,
+        "re-queue failed files (and registrations) now",
+        "retry --job scope-a",
+        "retry --session-id 42 --auto-retry",
+        json_help="requeued_files, requeued_registrations, run",
+    )
     selector = retry.add_mutually_exclusive_group(required=True)
-    selector.add_argument("--session-id", type=int, metavar="N",
-                          help="the failures of one session (e.g. --session-id 42)")
+    selector.add_argument(
+        "--session-id",
+        type=int,
+        metavar="N",
+        help="the failures of one session (e.g. --session-id 42)",
+    )
     selector.add_argument("--job", metavar="J", help="the failures of one job (e.g. --job scope-a)")
-    selector.add_argument("--all", action="store_true",
-                          help="every failure of every job (e.g. uploaderd retry --all)")
-    retry.add_argument("--auto-retry", action="store_true",
-                       help="then upload them here, with the job's backoff, until done or out "
-                            "of attempts (e.g. uploaderd retry --job scope-a --auto-retry)")
+    selector.add_argument(
+        "--all", action="store_true", help="every failure of every job (e.g. uploaderd retry --all)"
+    )
+    retry.add_argument(
+        "--auto-retry",
+        action="store_true",
+        help="then upload them here, with the job's backoff, until done or out "
+        "of attempts (e.g. uploaderd retry --job scope-a --auto-retry)",
+    )
     progress_options(retry)
-    trigger = add("trigger", cmd_trigger, "call the job's endpoint for a session now, or "
-                                          "list and resend a job's unsent registrations",
-                  "trigger --session-id 42", "trigger --job scope-a --pending",
-                  "trigger --job scope-a --pending --dry-run",
-                  json_help='{"registrations": [{"registration", "session", "state", '
-                            '"http_status", "error"}]}')
+    trigger = add(
+        "trigger",
+        cmd_trigger,
+        "call the job's endpoint for a session now, or "
+        "list and resend a job's unsent registrations",
+        "trigger --session-id 42",
+        "trigger --job scope-a --pending",
+        "trigger --job scope-a --pending --dry-run",
+        json_help='{"registrations": [{"registration", "session", "state", '
+        '"http_status", "error"}]}',
+    )
     target = trigger.add_mutually_exclusive_group(required=True)
-    target.add_argument("--session-id", type=int, metavar="N",
-                        help="register this session (e.g. --session-id 42)")
-    target.add_argument("--job", metavar="J",
-                        help="with --pending: this job's registrations (e.g. --job scope-a)")
-    trigger.add_argument("--pending", action="store_true",
-                         help="with --job: list the registrations not sent yet (pending or "
-                              "failed) and send them now with fresh attempts "
-                              "(e.g. uploaderd trigger --job scope-a --pending)")
-    trigger.add_argument("--dry-run", action="store_true",
-                         help="with --pending: only list them (e.g. uploaderd trigger --job "
-                              "scope-a --pending --dry-run)")
-    trigger.add_argument("--force", action="store_true",
-                         help="register again after a success (a new idempotency key), or "
-                              "register what is uploaded of an incomplete session "
-                              "(e.g. uploaderd trigger --session-id 42 --force)")
-    pipeline = add("pipeline", cmd_pipeline, "upload, retry the failures, trigger, send the "
-                                             "job's due registrations: in one go",
-                   "pipeline scope-a", json_help="upload, retry, registrations")
+    target.add_argument(
+        "--session-id", type=int, metavar="N", help="register this session (e.g. --session-id 42)"
+    )
+    target.add_argument(
+        "--job", metavar="J", help="with --pending: this job's registrations (e.g. --job scope-a)"
+    )
+    trigger.add_argument(
+        "--pending",
+        action="store_true",
+        help="with --job: list the registrations not sent yet (pending or "
+        "failed) and send them now with fresh attempts "
+        "(e.g. uploaderd trigger --job scope-a --pending)",
+    )
+    trigger.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --pending: only list them (e.g. uploaderd trigger --job "
+        "scope-a --pending --dry-run)",
+    )
+    trigger.add_argument(
+        "--force",
+        action="store_true",
+        help="register again after a success (a new idempotency key), or "
+        "register what is uploaded of an incomplete session "
+        "(e.g. uploaderd trigger --session-id 42 --force)",
+    )
+    pipeline = add(
+        "pipeline",
+        cmd_pipeline,
+        "upload, retry the failures, trigger, send the job's due registrations: in one go",
+        "pipeline scope-a",
+        json_help="upload, retry, registrations",
+    )
     pipeline.add_argument("job", metavar="JOB", help="a job in jobs.d (e.g. scope-a)")
-    pipeline.add_argument("--workers", type=_positive_int, metavar="N",
-                          help="upload with N threads instead of the config's workers "
-                               "(e.g. --workers 8)")
+    pipeline.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="upload with N threads instead of the config's workers (e.g. --workers 8)",
+    )
     progress_options(pipeline)
-    status = add("status", cmd_status, "per job: counts by state, bytes, oldest pending, last "
-                                       "success, unsent registrations, paused destinations, "
-                                       "open sessions, errors",
-                 "status", "status --job scope-a",
-                 json_help='{"jobs": {JOB: {...}}, "paused_destinations", "open_sessions", '
-                           '"recent_errors"}')
+    status = add(
+        "status",
+        cmd_status,
+        "per job: counts by state, bytes, oldest pending, last "
+        "success, unsent registrations, paused destinations, "
+        "open sessions, errors",
+        "status",
+        "status --job scope-a",
+        json_help='{"jobs": {JOB: {...}}, "paused_destinations", "open_sessions", "recent_errors"}',
+    )
     status.add_argument("--job", metavar="J", help="only this job (e.g. --job scope-a)")
-    files = add("files", cmd_files, "list file versions with state, attempts and last error",
-                "files --job scope-a --state failed", "files --session-id 42",
-                json_help="a list of versions")
+    files = add(
+        "files",
+        cmd_files,
+        "list file versions with state, attempts and last error",
+        "files --job scope-a --state failed",
+        "files --session-id 42",
+        json_help="a list of versions",
+    )
     files.add_argument("--job", metavar="J", help="only this job (e.g. --job scope-a)")
-    files.add_argument("--state", choices=[s.value for s in State],
-                       help="only versions in this state (e.g. --state failed)")
-    files.add_argument("--session-id", type=int, metavar="N",
-                       help="only this session's versions (e.g. --session-id 42)")
-    files.add_argument("--limit", type=_positive_int, default=1000, metavar="N",
-                       help="at most N versions, oldest first (default 1000; e.g. --limit 50)")
-    check_bucket = add("verify", cmd_verify, "compare the ledger with an S3 listing: missing, "
-                                             "extra, size or checksum mismatch",
-                       "verify scope-a", json_help='{"job", "prefix", "problems": [...], ...}')
+    files.add_argument(
+        "--state",
+        choices=[s.value for s in State],
+        help="only versions in this state (e.g. --state failed)",
+    )
+    files.add_argument(
+        "--session-id",
+        type=int,
+        metavar="N",
+        help="only this session's versions (e.g. --session-id 42)",
+    )
+    files.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=1000,
+        metavar="N",
+        help="at most N versions, oldest first (default 1000; e.g. --limit 50)",
+    )
+    check_bucket = add(
+        "verify",
+        cmd_verify,
+        "compare the ledger with an S3 listing: missing, extra, size or checksum mismatch",
+        "verify scope-a",
+        json_help='{"job", "prefix", "problems": [...], ...}',
+    )
     check_bucket.add_argument("job", metavar="JOB", help="a job in jobs.d (e.g. scope-a)")
-    why = add("explain", cmd_explain, "for one file: its job, filters, versions, attempts and "
-                                      "why it was or was not uploaded",
-              "explain /data/scope-a/run1/a.tif", json_help='{"path", "lines", "why"}')
-    why.add_argument("path", metavar="PATH",
-                     help="the file, absolute or relative (e.g. /data/scope-a/run1/a.tif)")
-    prune = add("prune", cmd_prune, "remove finished history older than ledger.retention "
-                                    "(live work and unsent registrations always stay)",
-                "prune --dry-run", "prune --older-than 30d --job scope-a",
-                json_help='{"dry_run", "versions", "attempts", "registrations", "sessions"}')
-    prune.add_argument("--older-than", type=_retention_arg, metavar="DURATION",
-                       help="versions older than this instead of ledger.retention.versions "
-                            "(e.g. --older-than 30d)")
-    prune.add_argument("--job", metavar="J",
-                       help="only this job (default: every job in jobs.d; e.g. --job scope-a)")
-    prune.add_argument("--dry-run", action="store_true",
-                       help="count what would be removed; change nothing "
-                            "(e.g. uploaderd prune --dry-run)")
-    imported = add("import-config", cmd_import_config,
-                   "print a job file made from an old data_uploader JSON config (credentials "
-                   "are never copied; unknown keys are reported)",
-                   "import-config run42.json", "import-config run42.json --output "
-                   "/etc/uploaderd/jobs.d/run42.yaml")
-    imported.add_argument("old_config", metavar="OLD.json", type=Path,
-                          help="the old tool's config (e.g. /opt/data_uploader/run42.json)")
-    imported.add_argument("--name", metavar="NAME",
-                          help="the job's name (default: from the file name; e.g. --name run42)")
-    imported.add_argument("--output", type=Path, metavar="FILE",
-                          help="write the job file there instead of printing it; never over an "
-                               "existing file (e.g. --output /etc/uploaderd/jobs.d/run42.yaml)")
+    why = add(
+        "explain",
+        cmd_explain,
+        "for one file: its job, filters, versions, attempts and why it was or was not uploaded",
+        "explain /data/scope-a/run1/a.tif",
+        json_help='{"path", "lines", "why"}',
+    )
+    why.add_argument(
+        "path",
+        metavar="PATH",
+        help="the file, absolute or relative (e.g. /data/scope-a/run1/a.tif)",
+    )
+    prune = add(
+        "prune",
+        cmd_prune,
+        "remove finished history older than ledger.retention "
+        "(live work and unsent registrations always stay)",
+        "prune --dry-run",
+        "prune --older-than 30d --job scope-a",
+        json_help='{"dry_run", "versions", "attempts", "registrations", "sessions"}',
+    )
+    prune.add_argument(
+        "--older-than",
+        type=_retention_arg,
+        metavar="DURATION",
+        help="versions older than this instead of ledger.retention.versions "
+        "(e.g. --older-than 30d)",
+    )
+    prune.add_argument(
+        "--job",
+        metavar="J",
+        help="only this job (default: every job in jobs.d; e.g. --job scope-a)",
+    )
+    prune.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="count what would be removed; change nothing (e.g. uploaderd prune --dry-run)",
+    )
+    imported = add(
+        "import-config",
+        cmd_import_config,
+        "print a job file made from an old data_uploader JSON config (credentials "
+        "are never copied; unknown keys are reported)",
+        "import-config run42.json",
+        "import-config run42.json --output /etc/uploaderd/jobs.d/run42.yaml",
+    )
+    imported.add_argument(
+        "old_config",
+        metavar="OLD.json",
+        type=Path,
+        help="the old tool's config (e.g. /opt/data_uploader/run42.json)",
+    )
+    imported.add_argument(
+        "--name",
+        metavar="NAME",
+        help="the job's name (default: from the file name; e.g. --name run42)",
+    )
+    imported.add_argument(
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write the job file there instead of printing it; never over an "
+        "existing file (e.g. --output /etc/uploaderd/jobs.d/run42.yaml)",
+    )
     return parser
 
 
@@ -271,15 +433,21 @@ def cmd_check(args: argparse.Namespace, config: DaemonConfig) -> int:
     levels = [f.level for f in findings]
     unreachable = levels.count("unreachable")
     # Problems of the database or the schema are findings too, not only job-file problems.
-    problems = len(jobs.problems) + sum(1 for f in findings if f.level == "error"
-                                        and f.subject == "database")
+    problems = len(jobs.problems) + sum(
+        1 for f in findings if f.level == "error" and f.subject == "database"
+    )
     summary = f"{plural(len(jobs.jobs), 'valid job')}, {plural(problems, 'problem')}"
     if args.connect:
         summary += f", {unreachable} unreachable"
     if args.json:
-        _print_json({"valid_jobs": len(jobs.jobs), "problems": problems,
-                     "unreachable": unreachable,
-                     "findings": [dataclasses.asdict(f) for f in findings]})
+        _print_json(
+            {
+                "valid_jobs": len(jobs.jobs),
+                "problems": problems,
+                "unreachable": unreachable,
+                "findings": [dataclasses.asdict(f) for f in findings],
+            }
+        )
     else:
         for finding in findings:
             _show(finding.message if finding.level == "error" else str(finding))
@@ -303,11 +471,22 @@ def cmd_status(args: argparse.Namespace, config: DaemonConfig) -> int:
 
     def entry(name: str) -> dict[str, Any]:
         job = configured.get(name)
-        return report.setdefault(name, {
-            "states": {}, "bytes": {}, "oldest_pending_seconds": None, "last_success": None,
-            "enabled": job.enabled if job is not None else None,
-            "registrations": {"pending": 0, "failed": 0, "oldest_unsent_seconds": None,
-                              "next_attempt_in": None}})
+        return report.setdefault(
+            name,
+            {
+                "states": {},
+                "bytes": {},
+                "oldest_pending_seconds": None,
+                "last_success": None,
+                "enabled": job.enabled if job is not None else None,
+                "registrations": {
+                    "pending": 0,
+                    "failed": 0,
+                    "oldest_unsent_seconds": None,
+                    "next_attempt_in": None,
+                },
+            },
+        )
 
     for name in configured:
         if args.job in (None, name):
@@ -323,20 +502,29 @@ def cmd_status(args: argparse.Namespace, config: DaemonConfig) -> int:
     for reg in registrations:
         unsent = entry(reg["job"])["registrations"]
         unsent[reg["state"]] = reg["registrations"]
-        unsent["oldest_unsent_seconds"] = max(unsent["oldest_unsent_seconds"] or 0.0,
-                                              reg["oldest_age_seconds"])
+        unsent["oldest_unsent_seconds"] = max(
+            unsent["oldest_unsent_seconds"] or 0.0, reg["oldest_age_seconds"]
+        )
         if reg["state"] == "pending":
             unsent["next_attempt_in"] = reg["next_in"]
     if args.json:
-        _print_json({"jobs": report, "paused_destinations": paused,
-                     "open_sessions": sessions, "recent_errors": errors})
+        _print_json(
+            {
+                "jobs": report,
+                "paused_destinations": paused,
+                "open_sessions": sessions,
+                "recent_errors": errors,
+            }
+        )
     else:
         _print_status(report, errors)
         _print_registrations(report)
         _print_paused(paused)
         _print_sessions(sessions)
-    failed = any(job["states"].get(State.FAILED, 0) or job["registrations"]["failed"]
-                 for job in report.values())
+    failed = any(
+        job["states"].get(State.FAILED, 0) or job["registrations"]["failed"]
+        for job in report.values()
+    )
     return EXIT_FAILURES if failed else EXIT_OK
 
 
@@ -344,8 +532,9 @@ def cmd_files(args: argparse.Namespace, config: DaemonConfig) -> int:
     with _ledger(config, "files") as ledger:
         if args.session_id is not None and ledger.session(args.session_id) is None:
             raise UsageError(f"there is no session {args.session_id}")
-        rows = ledger.list_files(job=args.job, state=args.state, session_id=args.session_id,
-                                 limit=args.limit)
+        rows = ledger.list_files(
+            job=args.job, state=args.state, session_id=args.session_id, limit=args.limit
+        )
         if args.job is not None and not rows:
             configured = load_jobs(config.jobs_dir, config.s3, config.job_policy).jobs
             if args.job not in configured and not ledger.job_counts(args.job):
@@ -356,22 +545,29 @@ def cmd_files(args: argparse.Namespace, config: DaemonConfig) -> int:
     _show(f"{'ID':>8} {'JOB':<16} {'STATE':<10} {'TRIES':>5} {'SIZE':>10}  PATH")
     for row in rows:
         error = f"  ({row['last_error']})" if row["last_error"] else ""
-        _show(f"{row['id']:>8} {row['job']:<16} {row['state']:<10} {row['attempts']:>5} "
-              f"{format_bytes(row['size']):>10}  {row['relpath']}{error}")
+        _show(
+            f"{row['id']:>8} {row['job']:<16} {row['state']:<10} {row['attempts']:>5} "
+            f"{format_bytes(row['size']):>10}  {row['relpath']}{error}"
+        )
     return EXIT_OK
 
 
 def cmd_upload(args: argparse.Namespace, config: DaemonConfig) -> int:
     jobs = _jobs(config)
     if args.source is not None or args.to is not None:
-        job = adhoc.job(config, args.source, args.to, include=args.include,
-                        bandwidth=args.bandwidth, named=args.job)
+        job = adhoc.job(
+            config,
+            args.source,
+            args.to,
+            include=args.include,
+            bandwidth=args.bandwidth,
+            named=args.job,
+        )
         jobs[job.name] = job
     elif args.job is None:
         raise UsageError("upload needs a JOB, or --source DIR and --to s3://BUCKET/PREFIX")
     elif args.include or args.bandwidth:
-        raise UsageError("--include and --bandwidth go with --source; a job sets them in its "
-                         "file")
+        raise UsageError("--include and --bandwidth go with --source; a job sets them in its file")
     else:
         job = _job(config, jobs, args.job)
     with _ledger(config, "upload") as ledger:
@@ -388,8 +584,9 @@ def cmd_retry(args: argparse.Namespace, config: DaemonConfig) -> int:
             session = ledger.session(args.session_id)
             if session is None:
                 raise UsageError(f"there is no session {args.session_id}")
-            selection = Selection((_job(config, jobs, session["job"]).name,),
-                                  session_id=args.session_id)
+            selection = Selection(
+                (_job(config, jobs, session["job"]).name,), session_id=args.session_id
+            )
         elif args.job is not None:
             selection = Selection((_job(config, jobs, args.job).name,), job=args.job)
         else:
@@ -442,9 +639,13 @@ def cmd_explain(args: argparse.Namespace, config: DaemonConfig) -> int:
     with _ledger(config, "explain") as ledger:
         lines = list(explain.explain(args.path, jobs, ledger))
     if args.json:
-        _print_json({"path": args.path, "lines": lines,
-                     "why": [line.removeprefix("why: ") for line in lines
-                             if line.startswith("why: ")]})
+        _print_json(
+            {
+                "path": args.path,
+                "lines": lines,
+                "why": [line.removeprefix("why: ") for line in lines if line.startswith("why: ")],
+            }
+        )
     else:
         _show(*lines)
     return EXIT_OK
@@ -457,11 +658,13 @@ def cmd_prune(args: argparse.Namespace, config: DaemonConfig) -> int:
     retention = config.retention
     if args.older_than is not None:
         attempts = retention.attempts
-        retention = Retention(args.older_than, args.older_than if attempts is None
-                              else min(attempts, args.older_than))
+        retention = Retention(
+            args.older_than, args.older_than if attempts is None else min(attempts, args.older_than)
+        )
     with _ledger(config, "prune") as ledger:
         report = Pruner(ledger, rest=lambda seconds: False).run(
-            retention, jobs, dry_run=args.dry_run)
+            retention, jobs, dry_run=args.dry_run
+        )
     if args.json:
         _print_json({"dry_run": args.dry_run, **dataclasses.asdict(report)})
     else:
@@ -490,8 +693,11 @@ def cmd_import_config(args: argparse.Namespace, config: DaemonConfig) -> int:
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     for key in result.unknown:
-        _show(f"not imported: {args.old_config}: unknown key {key!r} "
-              f"(value {json.dumps(old[key])}); see docs/migrating.md", file=sys.stderr)
+        _show(
+            f"not imported: {args.old_config}: unknown key {key!r} "
+            f"(value {json.dumps(old[key])}); see docs/migrating.md",
+            file=sys.stderr,
+        )
     return EXIT_FAILURES if result.unknown else EXIT_OK
 
 
@@ -535,8 +741,9 @@ def _job(config: DaemonConfig, jobs: Mapping[str, Job], name: str) -> Job:
 
 def _unknown_job(config: DaemonConfig, jobs: Mapping[str, Job], name: str) -> str:
     known = ", ".join(sorted(jobs)) or "none"
-    return (f"unknown job {name!r}: not in {config.jobs_dir} (jobs: {known}) and nothing "
-            "in the ledger")
+    return (
+        f"unknown job {name!r}: not in {config.jobs_dir} (jobs: {known}) and nothing in the ledger"
+    )
 
 
 def _one_shot(
@@ -549,10 +756,15 @@ def _one_shot(
     from uploaderd.oneshot import OneShot
     from uploaderd.progress import make_display
 
-    return OneShot(config, jobs, ledger, out=out,
-                   display=lambda: make_display(wanted, stream, args.stats),
-                   registrar=_registrar(jobs, ledger, out),
-                   workers=getattr(args, "workers", None))
+    return OneShot(
+        config,
+        jobs,
+        ledger,
+        out=out,
+        display=lambda: make_display(wanted, stream, args.stats),
+        registrar=_registrar(jobs, ledger, out),
+        workers=getattr(args, "workers", None),
+    )
 
 
 def _registrar(jobs: Mapping[str, Job], ledger: Ledger, out: Callable[[str], None]) -> Registrar:
@@ -591,49 +803,69 @@ def _print_json(value: object) -> None:
 
 def _print_status(report: dict[str, dict[str, Any]], errors: list[dict[str, Any]]) -> None:
     states = [s.value for s in State]
-    _show(f"{'JOB':<20}" + "".join(f"{s:>12}" for s in states) + f"{'OLDEST PENDING':>16}"
-          + f"{'BYTES':>12}  LAST SUCCESS")
+    _show(
+        f"{'JOB':<20}"
+        + "".join(f"{s:>12}" for s in states)
+        + f"{'OLDEST PENDING':>16}"
+        + f"{'BYTES':>12}  LAST SUCCESS"
+    )
     for name, job in sorted(report.items()):
         oldest = job["oldest_pending_seconds"]
         size = format_bytes(sum(job["bytes"].values()))
         last = (job["last_success"] or "-")[:19].replace("T", " ")
-        _show(f"{name:<20}" + "".join(f"{job['states'].get(s, 0):>12}" for s in states)
-              + f"{(f'{oldest:.0f}s' if oldest is not None else '-'):>16}{size:>12}  {last}")
+        _show(
+            f"{name:<20}"
+            + "".join(f"{job['states'].get(s, 0):>12}" for s in states)
+            + f"{(f'{oldest:.0f}s' if oldest is not None else '-'):>16}{size:>12}  {last}"
+        )
     if errors:
         _show("", "recent errors:")
         for error in errors:
-            _show(f"  {error['job']}: {error['relpath']} ({error['state']}, "
-                  f"{error['attempts']} attempts): {error['last_error']}")
+            _show(
+                f"  {error['job']}: {error['relpath']} ({error['state']}, "
+                f"{error['attempts']} attempts): {error['last_error']}"
+            )
 
 
 def _print_registrations(report: dict[str, dict[str, Any]]) -> None:
     """Registrations not sent yet, and the jobs the daemon leaves alone."""
-    unsent = {name: job["registrations"] for name, job in sorted(report.items())
-              if job["registrations"]["pending"] or job["registrations"]["failed"]}
+    unsent = {
+        name: job["registrations"]
+        for name, job in sorted(report.items())
+        if job["registrations"]["pending"] or job["registrations"]["failed"]
+    }
     if unsent:
         _show("", "unsent registrations:")
     for name, regs in unsent.items():
         parts = []
         if regs["pending"]:
-            parts.append(f"{regs['pending']} pending (next attempt in "
-                         f"{regs['next_attempt_in'] or 0:.0f}s)")
+            parts.append(
+                f"{regs['pending']} pending (next attempt in {regs['next_attempt_in'] or 0:.0f}s)"
+            )
         if regs["failed"]:
             parts.append(f"{regs['failed']} failed")
-        _show(f"  {name}: {', '.join(parts)}, oldest {regs['oldest_unsent_seconds']:.0f}s; "
-              f"`uploaderd trigger --job {name} --pending` lists and sends them")
+        _show(
+            f"  {name}: {', '.join(parts)}, oldest {regs['oldest_unsent_seconds']:.0f}s; "
+            f"`uploaderd trigger --job {name} --pending` lists and sends them"
+        )
     disabled = [name for name, job in sorted(report.items()) if job["enabled"] is False]
     if disabled:
-        _show("", f"disabled (enabled: false; the daemon neither uploads nor registers, "
-              f"`uploaderd upload` and `pipeline` do): {', '.join(disabled)}")
+        _show(
+            "",
+            f"disabled (enabled: false; the daemon neither uploads nor registers, "
+            f"`uploaderd upload` and `pipeline` do): {', '.join(disabled)}",
+        )
 
 
 def _print_paused(paused: list[dict[str, Any]]) -> None:
     if paused:
         _show("", "paused destinations:")
     for row in paused:
-        _show(f"  {row['job']}: {row['kind']} on {row['host']} paused until "
-              f"{row['paused_until']:%Y-%m-%d %H:%M:%S%z} after {row['consecutive_failures']} "
-              f"failures: {row['last_error']}")
+        _show(
+            f"  {row['job']}: {row['kind']} on {row['host']} paused until "
+            f"{row['paused_until']:%Y-%m-%d %H:%M:%S%z} after {row['consecutive_failures']} "
+            f"failures: {row['last_error']}"
+        )
 
 
 def _print_sessions(sessions: list[dict[str, Any]]) -> None:
@@ -641,9 +873,11 @@ def _print_sessions(sessions: list[dict[str, Any]]) -> None:
         _show("", "open sessions:")
     for row in sessions:
         group = f" {row['group_key']!r}" if row["group_key"] else ""
-        _show(f"  {row['id']:>6} {row['job']}{group} ({row['origin']}): {row['files']} files, "
-              f"{row['uploaded']} uploaded, {row['failed']} failed; last activity "
-              f"{row['last_activity_at']:%Y-%m-%d %H:%M:%S%z}")
+        _show(
+            f"  {row['id']:>6} {row['job']}{group} ({row['origin']}): {row['files']} files, "
+            f"{row['uploaded']} uploaded, {row['failed']} failed; last activity "
+            f"{row['last_activity_at']:%Y-%m-%d %H:%M:%S%z}"
+        )
 
 
 def _duration_arg(value: str) -> float:

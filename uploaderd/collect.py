@@ -52,14 +52,18 @@ def settle_budget(settle: float) -> float:
 
 
 def collect(
-    job: Job, known: KnownPaths, *, clock: Clock | None = None,
+    job: Job,
+    known: KnownPaths,
+    *,
+    clock: Clock | None = None,
     on_wait: Callable[[int, float], None] = lambda waiting, remaining: None,
 ) -> Collected:
     """Scan the job's roots now and settle what is new; ``on_wait(files, seconds left)``."""
     clock = clock or Clock()
     result = Collected()
     tracker: SettleTracker[PathKey] = SettleTracker(
-        job.source.settle, monotonic=clock.monotonic, wall=clock.wall)
+        job.source.settle, monotonic=clock.monotonic, wall=clock.wall
+    )
     waiting: dict[PathKey, Candidate] = {}
     rules = rules_of(job)
     seen: list[Candidate] = []
@@ -84,8 +88,11 @@ def collect(
 
 
 def _skip_known(
-    seen: list[Candidate], known: KnownPaths, tracker: SettleTracker[PathKey],
-    waiting: dict[PathKey, Candidate], result: Collected,
+    seen: list[Candidate],
+    known: KnownPaths,
+    tracker: SettleTracker[PathKey],
+    waiting: dict[PathKey, Candidate],
+    result: Collected,
 ) -> None:
     """Count the candidates the ledger holds; start settling the others. Empties ``seen``."""
     held = known(seen)
@@ -100,7 +107,9 @@ def _skip_known(
 
 
 def _look_again(
-    waiting: dict[PathKey, Candidate], tracker: SettleTracker[PathKey], rules: ScanRules,
+    waiting: dict[PathKey, Candidate],
+    tracker: SettleTracker[PathKey],
+    rules: ScanRules,
     result: Collected,
 ) -> None:
     """Re-stat every waiting file: gone ones are dropped, settled ones move to complete."""

@@ -216,9 +216,17 @@ def _daemon_config(document: YamlDocument, env: Mapping[str, str]) -> DaemonConf
     )
     root.finish()
     return DaemonConfig(
-        file=document.file, dsn=dsn, jobs_dir=jobs_dir, workers=workers, metrics_listen=listen,
-        s3=s3, log_level=level, log_format=log_format,  # type: ignore[arg-type]
-        shutdown_grace=grace, job_policy=policy, retention=retention,
+        file=document.file,
+        dsn=dsn,
+        jobs_dir=jobs_dir,
+        workers=workers,
+        metrics_listen=listen,
+        s3=s3,
+        log_level=level,
+        log_format=log_format,  # type: ignore[arg-type]
+        shutdown_grace=grace,
+        job_policy=policy,
+        retention=retention,
     )
 
 
@@ -251,8 +259,9 @@ def _allowed_roots(root: Fields) -> tuple[Path, ...] | None:
     for index, raw in enumerate(root.string_list("allowed_roots", ())):
         path = Path(raw)
         if not path.is_absolute() or ".." in path.parts:
-            root.document.problem(("allowed_roots", str(index)),
-                                  f"{raw!r} is not an absolute path without '..'")
+            root.document.problem(
+                ("allowed_roots", str(index)), f"{raw!r} is not an absolute path without '..'"
+            )
         else:
             allowed.append(Path(os.path.normpath(path)))
     return tuple(allowed)
@@ -273,12 +282,16 @@ def _credential_file_problems(env: Mapping[str, str]) -> list[ConfigProblem]:
             continue
         if os.path.isdir(value) or not os.access(value, os.R_OK):
             reason = "does not exist" if not os.path.lexists(value) else "is not a readable file"
-            problems.append(ConfigProblem(
-                Path(value), None, name,
-                f"the file {name} names {reason}; under systemd check the unit's "
-                f"LoadCredential={credential}:/etc/uploaderd/credentials/{credential} and that "
-                f"file, otherwise fix or unset {name}",
-            ))
+            problems.append(
+                ConfigProblem(
+                    Path(value),
+                    None,
+                    name,
+                    f"the file {name} names {reason}; under systemd check the unit's "
+                    f"LoadCredential={credential}:/etc/uploaderd/credentials/{credential} and that "
+                    f"file, otherwise fix or unset {name}",
+                )
+            )
     return problems
 
 
@@ -291,8 +304,9 @@ def _s3_settings(fields: Fields, defaults: S3Settings, *, finish: bool = True) -
         checksum=fields.choice(  # type: ignore[arg-type]
             "checksum", ("when_supported", "when_required"), defaults.checksum
         ),
-        connect_timeout=fields.converted("connect_timeout", parse_duration,
-                                         defaults.connect_timeout),
+        connect_timeout=fields.converted(
+            "connect_timeout", parse_duration, defaults.connect_timeout
+        ),
         read_timeout=fields.converted("read_timeout", parse_duration, defaults.read_timeout),
     )
     if finish:
@@ -385,8 +399,9 @@ def _job(document: YamlDocument, stem: str, defaults: S3Settings, policy: JobPol
     if source is None or destination is None:
         return None
     _check_after_upload(root, after_upload, source, trigger)
-    return Job(name, document.file, source, destination, enabled, after_upload, retry, session,
-               trigger)
+    return Job(
+        name, document.file, source, destination, enabled, after_upload, retry, session, trigger
+    )
 
 
 def _source(fields: Fields, policy: JobPolicy) -> Source | None:
@@ -397,11 +412,13 @@ def _source(fields: Fields, policy: JobPolicy) -> Source | None:
     for index, raw in enumerate(raw_paths):
         path = Path(raw)
         if not path.is_absolute():
-            fields.document.problem((*fields.path_of("paths"), str(index)),
-                                    f"{raw!r} is not an absolute path")
+            fields.document.problem(
+                (*fields.path_of("paths"), str(index)), f"{raw!r} is not an absolute path"
+            )
         elif ".." in path.parts:
-            fields.document.problem((*fields.path_of("paths"), str(index)),
-                                    f"{raw!r} must not contain '..'")
+            fields.document.problem(
+                (*fields.path_of("paths"), str(index)), f"{raw!r} must not contain '..'"
+            )
         else:
             path = Path(os.path.normpath(path))
             outside = outside_allowed_roots(path, policy)
@@ -479,11 +496,14 @@ def _metadata(fields: Fields) -> dict[str, str]:
     metadata = fields.string_map("metadata")
     for name in metadata:
         if name.lower() == "sha256":
-            fields.document.problem((*fields.path_of("metadata"), name),
-                                    "sha256 is set by uploaderd itself")
+            fields.document.problem(
+                (*fields.path_of("metadata"), name), "sha256 is set by uploaderd itself"
+            )
         elif not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-            fields.document.problem((*fields.path_of("metadata"), name),
-                                    "metadata names are letters, digits, '-' and '_'")
+            fields.document.problem(
+                (*fields.path_of("metadata"), name),
+                "metadata names are letters, digits, '-' and '_'",
+            )
     return metadata
 
 
@@ -523,8 +543,9 @@ def _check_after_upload(
     target = after_upload.move_to
     if target is not None and any(target == p or p in target.parents for p in source.paths):
         # Moved files would be found again in the root and queued as new versions.
-        root.document.problem(("after_upload", "move_to"),
-                              f"{target} is inside a watched root; move files out of it")
+        root.document.problem(
+            ("after_upload", "move_to"), f"{target} is inside a watched root; move files out of it"
+        )
 
 
 def _retry(fields: Fields) -> RetryPolicy:
@@ -635,7 +656,7 @@ def _listen_address(value: Any) -> str:
     if value in ("", None):
         return ""
     if not isinstance(value, str):
-        raise ValueError(f"expected host:port or \"\" to disable, got {value!r}")
+        raise ValueError(f'expected host:port or "" to disable, got {value!r}')
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"expected host:port such as 127.0.0.1:9464, got {value!r}")

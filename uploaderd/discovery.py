@@ -85,8 +85,13 @@ class _JobState:
 class Discovery:
     """The discovery thread and its inbox."""
 
-    def __init__(self, ledger: Ledger, *, host: str | None = None,
-                 on_db: Callable[[bool], None] = lambda up: None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        host: str | None = None,
+        on_db: Callable[[bool], None] = lambda up: None,
+    ) -> None:
         self.ledger = ledger
         self.host = host or socket.gethostname()
         self.on_db = on_db
@@ -149,7 +154,8 @@ class Discovery:
     def _step(self, next_tick: float) -> float:
         """One round: events, a slice of scan, ledger look-ups, re-checks, writes."""
         busy = bool(self._scans) or any(
-            len(s.tracker) or s.batch or s.unchecked for s in self._jobs.values())
+            len(s.tracker) or s.batch or s.unchecked for s in self._jobs.values()
+        )
         if busy:
             self._idle.clear()
         else:
@@ -233,8 +239,12 @@ class Discovery:
                 if state is not None:
                     self._observe(state, candidate, "scan")
         except Exception:
-            log.exception("discovery: job %s: the scan of %s stopped on an unexpected error; "
-                          "the next rescan tries again", current.job, current.path)
+            log.exception(
+                "discovery: job %s: the scan of %s stopped on an unexpected error; "
+                "the next rescan tries again",
+                current.job,
+                current.path,
+            )
             seen = 0
         if seen < SCAN_SLICE:
             self._scans.popleft()
@@ -253,7 +263,8 @@ class Discovery:
 
     def _track(self, state: _JobState, candidate: Candidate, source: str) -> None:
         first_source = state.tracker.observe(
-            (candidate.root, candidate.relpath), candidate.signature, source)
+            (candidate.root, candidate.relpath), candidate.signature, source
+        )
         if first_source is not None:
             state.batch.append((candidate, first_source))
 
@@ -268,16 +279,20 @@ class Discovery:
             return False
         pending, state.unchecked = state.unchecked, []
         try:
-            known = self.ledger.known_paths(state.job.name, self._scope(state.job),
-                                            [candidate for candidate, _ in pending])
+            known = self.ledger.known_paths(
+                state.job.name, self._scope(state.job), [candidate for candidate, _ in pending]
+            )
         except DatabaseUnavailable as exc:
             state.unchecked = pending + state.unchecked
             self._db_down(exc)
             return False
         except Exception:
             # Settle them as unknown: enqueueing a version the ledger has is a no-op.
-            log.exception("discovery: job %s: cannot look up %d paths in the ledger; "
-                          "treating them as new", state.job.name, len(pending))
+            log.exception(
+                "discovery: job %s: cannot look up %d paths in the ledger; treating them as new",
+                state.job.name,
+                len(pending),
+            )
             known = set()
         for candidate, source in pending:
             if (candidate.root, candidate.relpath) in known:
@@ -297,8 +312,13 @@ class Discovery:
                         self._observe(state, candidate, "watch")
                         continue
                 except Exception:
-                    log.exception("discovery: job %s: unexpected error on %s/%s; forgotten until "
-                                  "its next event or rescan", state.job.name, root, relpath)
+                    log.exception(
+                        "discovery: job %s: unexpected error on %s/%s; forgotten until "
+                        "its next event or rescan",
+                        state.job.name,
+                        root,
+                        relpath,
+                    )
                 state.tracker.forget((root, relpath))
 
     # --- writing to the ledger -------------------------------------------------------------
@@ -343,8 +363,12 @@ class Discovery:
         except DatabaseUnavailable:
             raise
         except Exception:
-            log.exception("discovery: job %s: writing %d versions failed; writing them one by "
-                          "one to find the culprit", job.name, len(chunk))
+            log.exception(
+                "discovery: job %s: writing %d versions failed; writing them one by "
+                "one to find the culprit",
+                job.name,
+                len(chunk),
+            )
         return [item for item in chunk if self._write_alone(job, item[0])]
 
     def _write_alone(self, job: Job, candidate: Candidate) -> bool:
@@ -363,16 +387,20 @@ class Discovery:
         except DatabaseUnavailable:
             raise
         except Exception:
-            log.exception("discovery: job %s: cannot record %s as failed either; the next "
-                          "rescan tries again", job.name, path)
+            log.exception(
+                "discovery: job %s: cannot record %s as failed either; the next rescan tries again",
+                job.name,
+                path,
+            )
             return False
 
     def _write(self, job: Job, candidates: list[Candidate]) -> None:
-        groups = {c.relpath: group_key(job.session.group_by, c.relpath, c.signature.mtime_ns)
-                  for c in candidates}
+        groups = {
+            c.relpath: group_key(job.session.group_by, c.relpath, c.signature.mtime_ns)
+            for c in candidates
+        }
         sessions = self.ledger.open_sessions(job.name, self.host, sorted(set(groups.values())))
-        self._enqueue(job, [self._version(job, c, sessions[groups[c.relpath]])
-                            for c in candidates])
+        self._enqueue(job, [self._version(job, c, sessions[groups[c.relpath]]) for c in candidates])
 
     def _version(self, job: Job, candidate: Candidate, session_id: int) -> NewVersion:
         """The version to queue; one that cannot even be built is recorded failed."""
@@ -380,13 +408,18 @@ class Discovery:
             return new_version(job, candidate, session_id=session_id, host=self.host)
         except Exception as exc:
             log.exception("discovery: job %s: %s/%s", job.name, candidate.root, candidate.relpath)
-            return failed_version(candidate, session_id,
-                                  f"cannot queue this file: {type(exc).__name__}: {exc}"[:500])
+            return failed_version(
+                candidate, session_id, f"cannot queue this file: {type(exc).__name__}: {exc}"[:500]
+            )
 
     def _enqueue(self, job: Job, versions: list[NewVersion]) -> None:
         inserted, superseded = self.ledger.enqueue(
-            job.name, scope=self._scope(job), host=self.host,
-            bucket=job.destination.bucket, versions=versions, marker=job.session.marker,
+            job.name,
+            scope=self._scope(job),
+            host=self.host,
+            bucket=job.destination.bucket,
+            versions=versions,
+            marker=job.session.marker,
         )
         log.debug("job %s: queued %d new versions (%d superseded)", job.name, inserted, superseded)
 

@@ -72,8 +72,13 @@ class Disposer:
         except OSError as exc:
             if row["id"] not in self._reported:
                 self._reported.add(row["id"])
-                log.error("job %s: after_upload %s of %s failed: %s (retried every sweep)",
-                          job.name, job.after_upload.action, source, exc.strerror)
+                log.error(
+                    "job %s: after_upload %s of %s failed: %s (retried every sweep)",
+                    job.name,
+                    job.after_upload.action,
+                    source,
+                    exc.strerror,
+                )
             return None
 
 

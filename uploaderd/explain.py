@@ -52,8 +52,10 @@ def explain(
     absolute = os.path.abspath(path)
     yield f"path: {absolute}"
     if not_utf8(absolute):
-        yield ("why: its name is not valid UTF-8; uploaderd skips such files (S3 keys and the "
-               "ledger take UTF-8 only): rename it and it is queued at the next look")
+        yield (
+            "why: its name is not valid UTF-8; uploaderd skips such files (S3 keys and the "
+            "ledger take UTF-8 only): rename it and it is queued at the next look"
+        )
         return
     found = places(absolute, jobs)
     if not found:
@@ -89,13 +91,17 @@ def _describe_pruned(
     pruned: Mapping[str, Any], current: os.stat_result | None, refusal: str | None
 ) -> Iterator[str]:
     """A path whose versions left the ledger under retention: only its signature is kept."""
-    yield (f"versions: pruned by retention; the signature of version {pruned['version_id']} "
-           f"({pruned['size']} bytes, uploaded) is kept")
+    yield (
+        f"versions: pruned by retention; the signature of version {pruned['version_id']} "
+        f"({pruned['size']} bytes, uploaded) is kept"
+    )
     if refusal is not None:
         yield f"why: {refusal}"
     elif current is not None and not _same(current, pruned):
-        yield ("why: changed since the pruned version; complete but not queued yet: the "
-               "daemon queues it at its next look, or run `uploaderd upload` for the job")
+        yield (
+            "why: changed since the pruned version; complete but not queued yet: the "
+            "daemon queues it at its next look, or run `uploaderd upload` for the job"
+        )
     else:
         yield "why: uploaded (its history was pruned); unchanged, so it is not uploaded again"
 
@@ -140,25 +146,35 @@ def _settle_left(job: Job, info: os.stat_result | None) -> float:
 def _describe_stat(job: Job, info: os.stat_result, settle_left: float) -> str:
     mtime = file_date(Signature.of(info).mtime_ns)
     when = _when(mtime) if mtime else "out of range (after 2262-04-11 or before 1677-09-21)"
-    state = (f"not settled: {settle_left:.1f}s of settle {job.source.settle:g}s left"
-             if settle_left else f"complete (unchanged for at least settle {job.source.settle:g}s)")
-    return (f"file: {format_bytes(info.st_size)} ({info.st_size} bytes), mtime "
-            f"{when}, inode {info.st_ino}; {state}")
+    state = (
+        f"not settled: {settle_left:.1f}s of settle {job.source.settle:g}s left"
+        if settle_left
+        else f"complete (unchanged for at least settle {job.source.settle:g}s)"
+    )
+    return (
+        f"file: {format_bytes(info.st_size)} ({info.st_size} bytes), mtime "
+        f"{when}, inode {info.st_ino}; {state}"
+    )
 
 
-def _describe_version(version: Mapping[str, Any], attempts: list[dict[str, Any]]
-                      ) -> Iterator[str]:
-    yield (f"version {version['id']}: {version['state']}, {version['attempts']} attempts, "
-           f"{version['size']} bytes, key s3://{version['bucket']}/{version['key']}, "
-           f"session {version['session_id']}, discovered {_when(version['discovered_at'])}")
+def _describe_version(version: Mapping[str, Any], attempts: list[dict[str, Any]]) -> Iterator[str]:
+    yield (
+        f"version {version['id']}: {version['state']}, {version['attempts']} attempts, "
+        f"{version['size']} bytes, key s3://{version['bucket']}/{version['key']}, "
+        f"session {version['session_id']}, discovered {_when(version['discovered_at'])}"
+    )
     for attempt in attempts:
         error = f": {attempt['error']}" if attempt["error"] else ""
-        yield (f"  attempt {attempt['attempt']} on {attempt['host']} at "
-               f"{_when(attempt['started_at'])}: {attempt['outcome'] or 'running'}{error}")
+        yield (
+            f"  attempt {attempt['attempt']} on {attempt['host']} at "
+            f"{_when(attempt['started_at'])}: {attempt['outcome'] or 'running'}{error}"
+        )
 
 
 def _why(
-    refusal: str | None, current: os.stat_result | None, versions: list[dict[str, Any]],
+    refusal: str | None,
+    current: os.stat_result | None,
+    versions: list[dict[str, Any]],
     settle_left: float,
 ) -> str:
     if refusal is not None:
@@ -171,16 +187,20 @@ def _why(
     if settle_left:
         return f"not settled yet ({settle_left:.1f}s left)"
     changed = "changed since the newest version; " if newest is not None else ""
-    return (f"{changed}complete but not queued yet: the daemon queues it at its next look, "
-            "or run `uploaderd upload` for the job")
+    return (
+        f"{changed}complete but not queued yet: the daemon queues it at its next look, "
+        "or run `uploaderd upload` for the job"
+    )
 
 
 def version_why(version: Mapping[str, Any]) -> str:
     """The one-line reason for a version's state."""
     state = version["state"]
     if state == State.UPLOADED:
-        return (f"uploaded at {_when(version['uploaded_at'])} as "
-                f"s3://{version['bucket']}/{version['key']}")
+        return (
+            f"uploaded at {_when(version['uploaded_at'])} as "
+            f"s3://{version['bucket']}/{version['key']}"
+        )
     if state == State.PENDING:
         wait = max(0.0, (version["next_attempt_at"] - datetime.now(UTC)).total_seconds())
         after = f" after {version['last_error']}" if version["last_error"] else ""
@@ -195,8 +215,9 @@ def version_why(version: Mapping[str, Any]) -> str:
 
 
 def _same(info: os.stat_result, version: Mapping[str, Any]) -> bool:
-    return Signature.of(info) == Signature(version["size"], version["mtime_ns"], version["inode"],
-                                           version["ctime_ns"])
+    return Signature.of(info) == Signature(
+        version["size"], version["mtime_ns"], version["inode"], version["ctime_ns"]
+    )
 
 
 def _when(value: datetime | None) -> str:

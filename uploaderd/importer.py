@@ -26,7 +26,8 @@ _CREDENTIALS_NOTE = (
     "the daemon reads (/etc/uploaderd/credentials/aws-credentials, passed with "
     "LoadCredential=; docs/install.md), or, for a one-shot run by hand, in ~/.aws/credentials "
     "or the "
-    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables")
+    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables"
+)
 
 
 @dataclass
@@ -80,16 +81,17 @@ def convert(old: Mapping[str, Any]) -> Imported:
     return result
 
 
-def _local_directory(value: Any, source: dict[str, Any], _d: dict[str, Any],
-                     _r: Imported) -> None:
+def _local_directory(value: Any, source: dict[str, Any], _d: dict[str, Any], _r: Imported) -> None:
     source["paths"] = [str(value)]
 
 
 def _extensions(value: Any, source: dict[str, Any], _d: dict[str, Any], r: Imported) -> None:
     extensions = [value] if isinstance(value, str) else list(value or [])
     source["include"] = [f"**/*.{str(ext).lstrip('.')}" for ext in extensions]
-    r.notes.append("supported_extensions became include patterns; they match case-"
-                   "sensitively (add **/*.TIF for upper-case names)")
+    r.notes.append(
+        "supported_extensions became include patterns; they match case-"
+        "sensitively (add **/*.TIF for upper-case names)"
+    )
 
 
 def _bucket(value: Any, _s: dict[str, Any], destination: dict[str, Any], _r: Imported) -> None:
@@ -110,8 +112,10 @@ def _endpoint(value: Any, _s: dict[str, Any], destination: dict[str, Any], _r: I
 
 
 def _workers(value: Any, _s: dict[str, Any], _d: dict[str, Any], r: Imported) -> None:
-    r.notes.append(f"max_workers: {value} is daemon-wide in uploaderd: `workers: {value}` in "
-                   f"uploaderd.yaml, or `--workers {value}` on `uploaderd upload`")
+    r.notes.append(
+        f"max_workers: {value} is daemon-wide in uploaderd: `workers: {value}` in "
+        f"uploaderd.yaml, or `--workers {value}` on `uploaderd upload`"
+    )
 
 
 def _retries(value: Any, _s: dict[str, Any], _d: dict[str, Any], r: Imported) -> None:

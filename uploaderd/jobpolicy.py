@@ -47,15 +47,33 @@ def unsafe_file_problems(path: Path, policy: JobPolicy, what: str) -> list[Confi
     problems = []
     hint = f"or set {INSECURE_JOB_FILES_ENV}=1 for development"
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        problems.append(ConfigProblem(path, None, None, (
-            f"{what} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}) and "
-            f"is refused: whoever can write it controls what the daemon reads and uploads; "
-            f"fix: chmod go-w {path} ({hint})")))
+        problems.append(
+            ConfigProblem(
+                path,
+                None,
+                None,
+                (
+                    f"{what} is writable by group or others "
+                    f"(mode {stat.S_IMODE(info.st_mode):04o}) and is refused: whoever can write "
+                    f"it controls what the daemon reads and uploads; "
+                    f"fix: chmod go-w {path} ({hint})"
+                ),
+            )
+        )
     if info.st_uid not in policy.trusted_uids:
         trusted = " or ".join(_user_name(uid) for uid in sorted(policy.trusted_uids))
-        problems.append(ConfigProblem(path, None, None, (
-            f"{what} is owned by {_user_name(info.st_uid)} and is refused: it must be owned by "
-            f"{trusted} (the user running the daemon); fix: chown root {path} ({hint})")))
+        problems.append(
+            ConfigProblem(
+                path,
+                None,
+                None,
+                (
+                    f"{what} is owned by {_user_name(info.st_uid)} and is refused: it must be "
+                    f"owned by {trusted} (the user running the daemon); fix: chown root {path} "
+                    f"({hint})"
+                ),
+            )
+        )
     return problems
 
 
@@ -77,8 +95,10 @@ def outside_allowed_roots(path: Path, policy: JobPolicy) -> str | None:
     # The path as written is inside; a symlink on the way must not lead out again.
     real = Path(os.path.realpath(path))
     if not any(_within(real, Path(os.path.realpath(a))) for a in allowed):
-        return (f"{path} is not allowed: it resolves to {real}, outside the daemon config's "
-                f"allowed_roots ({listed})")
+        return (
+            f"{path} is not allowed: it resolves to {real}, outside the daemon config's "
+            f"allowed_roots ({listed})"
+        )
     return None
 
 
@@ -91,5 +111,7 @@ def bucket_refusal(bucket: str, policy: JobPolicy) -> str | None:
     allowed = policy.allowed_buckets
     if allowed is None or any(fnmatch.fnmatchcase(bucket, pattern) for pattern in allowed):
         return None
-    return (f"{bucket!r} is not allowed: the daemon config's allowed_buckets "
-            f"({', '.join(allowed) or 'empty'}) does not match it")
+    return (
+        f"{bucket!r} is not allowed: the daemon config's allowed_buckets "
+        f"({', '.join(allowed) or 'empty'}) does not match it"
+    )

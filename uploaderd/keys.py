@@ -18,9 +18,10 @@ from uploaderd.errors import KeyTemplateError, MtimeOutOfRange
 from uploaderd.settle import MTIME_MAX, MTIME_MIN
 
 DATE_VARIABLES = frozenset({"yyyy", "mm", "dd"})
-VARIABLES = frozenset(
-    {"job", "relpath", "name", "stem", "ext", "dirname", "session", "hostname"}
-) | DATE_VARIABLES
+VARIABLES = (
+    frozenset({"job", "relpath", "name", "stem", "ext", "dirname", "session", "hostname"})
+    | DATE_VARIABLES
+)
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _MAX_KEY_BYTES = 1024
 
@@ -71,7 +72,8 @@ class KeyTemplate:
             raise MtimeOutOfRange(
                 "mtime out of range: the file's mtime is after 2262-04-11 or before 1677-09-21, "
                 f"so the key's ${{{missing[0]}}} has no value; give the file a real mtime "
-                "(touch it) and it is queued again")
+                "(touch it) and it is queued again"
+            )
         key = "".join(values[value] if is_var else value for is_var, value in self.parts)
         validate_key(key)
         return key

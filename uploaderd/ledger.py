@@ -67,11 +67,21 @@ class NewVersion:
     ctime_ns: int | None = None  # always set by discovery; None only in hand-made rows
 
     @classmethod
-    def of(cls, candidate: Candidate, *, key: str, session_id: int | None,
-           error: str | None = None) -> NewVersion:
+    def of(
+        cls, candidate: Candidate, *, key: str, session_id: int | None, error: str | None = None
+    ) -> NewVersion:
         sig = candidate.signature
-        return cls(candidate.root, candidate.relpath, sig.size, sig.mtime_ns, sig.inode, key=key,
-                   session_id=session_id, error=error, ctime_ns=sig.ctime_ns)
+        return cls(
+            candidate.root,
+            candidate.relpath,
+            sig.size,
+            sig.mtime_ns,
+            sig.inode,
+            key=key,
+            session_id=session_id,
+            error=error,
+            ctime_ns=sig.ctime_ns,
+        )
 
 
 @dataclass(frozen=True)
@@ -160,8 +170,13 @@ class Ledger:
         if self._conn is None or self._conn.closed:
             try:
                 self._conn = psycopg2.connect(
-                    self.dsn, application_name=self.application_name, connect_timeout=5,
-                    keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
+                    self.dsn,
+                    application_name=self.application_name,
+                    connect_timeout=5,
+                    keepalives=1,
+                    keepalives_idle=30,
+                    keepalives_interval=10,
+                    keepalives_count=3,
                 )
             except psycopg2.Error as exc:
                 raise DatabaseUnavailable(
@@ -246,7 +261,8 @@ class Ledger:
         if not candidates:
             return set()
         params = {
-            "job": job, "scope": scope,
+            "job": job,
+            "scope": scope,
             "roots": [c.root for c in candidates],
             "relpaths": [c.relpath for c in candidates],
             "sizes": [c.signature.size for c in candidates],
@@ -260,14 +276,18 @@ class Ledger:
             unstamped = [row for row in rows if row[2] is not None and (row[3] or row[4])]
             if unstamped:
                 signatures = [row for row in unstamped if row[4]]
-                cursor.execute(queries()["adopt_ctimes"], {
-                    "job": job, "scope": scope,
-                    "ids": [row[3] for row in unstamped if row[3]],
-                    "ctimes": [row[2] for row in unstamped if row[3]],
-                    "roots": [row[0] for row in signatures],
-                    "relpaths": [row[1] for row in signatures],
-                    "signature_ctimes": [row[2] for row in signatures],
-                })
+                cursor.execute(
+                    queries()["adopt_ctimes"],
+                    {
+                        "job": job,
+                        "scope": scope,
+                        "ids": [row[3] for row in unstamped if row[3]],
+                        "ctimes": [row[2] for row in unstamped if row[3]],
+                        "roots": [row[0] for row in signatures],
+                        "relpaths": [row[1] for row in signatures],
+                        "signature_ctimes": [row[2] for row in signatures],
+                    },
+                )
         return {(root, relpath) for root, relpath, *_ in rows}
 
     def open_sessions(self, job: str, host: str, group_keys: Sequence[str]) -> dict[str, int]:
@@ -276,7 +296,13 @@ class Ledger:
         return {group_key: session_id for session_id, group_key in rows}
 
     def enqueue(
-        self, job: str, *, scope: str, host: str, bucket: str, versions: Sequence[NewVersion],
+        self,
+        job: str,
+        *,
+        scope: str,
+        host: str,
+        bucket: str,
+        versions: Sequence[NewVersion],
         marker: str | None = None,
     ) -> tuple[int, int]:
         """Insert new versions in one statement and wake the workers; (inserted, superseded).
@@ -284,7 +310,11 @@ class Ledger:
         A version named ``marker`` marks its session as having seen its marker file.
         """
         params = {
-            "job": job, "scope": scope, "host": host, "bucket": bucket, "marker": marker,
+            "job": job,
+            "scope": scope,
+            "host": host,
+            "bucket": bucket,
+            "marker": marker,
             "roots": [v.root for v in versions],
             "relpaths": [v.relpath for v in versions],
             "sizes": [v.size for v in versions],
@@ -328,18 +358,32 @@ class Ledger:
         return notified
 
     def claim(
-        self, *, worker: str, host: str, jobs: Sequence[str], scopes: Sequence[str], limit: int,
+        self,
+        *,
+        worker: str,
+        host: str,
+        jobs: Sequence[str],
+        scopes: Sequence[str],
+        limit: int,
         lease_seconds: float,
     ) -> list[Claim]:
-        rows = self._all("claim_batch", {
-            "worker": worker, "host": host, "jobs": list(jobs), "scopes": list(scopes),
-            "limit": limit, "lease_seconds": lease_seconds,
-        })
+        rows = self._all(
+            "claim_batch",
+            {
+                "worker": worker,
+                "host": host,
+                "jobs": list(jobs),
+                "scopes": list(scopes),
+                "limit": limit,
+                "lease_seconds": lease_seconds,
+            },
+        )
         return [Claim(*row) for row in rows]
 
     def renew_leases(self, worker: str, ids: Sequence[int], lease_seconds: float) -> None:
-        self._all("renew_leases", {"worker": worker, "ids": list(ids),
-                                   "lease_seconds": lease_seconds})
+        self._all(
+            "renew_leases", {"worker": worker, "ids": list(ids), "lease_seconds": lease_seconds}
+        )
 
     def complete(
         self, worker: str, outcomes: Sequence[Outcome], *, keeping: Sequence[str] = ()
@@ -348,25 +392,35 @@ class Ledger:
 
         Uploaded versions of the jobs in ``keeping`` (after_upload: keep) are marked kept.
         """
-        rows = self._all("complete_batch", {
-            "worker": worker, "keeping": list(keeping),
-            "ids": [o.claim.id for o in outcomes],
-            "attempts": [o.claim.attempt for o in outcomes],
-            "states": [str(o.state) for o in outcomes],
-            "outcomes": [o.outcome for o in outcomes],
-            "sha256s": [o.sha256 for o in outcomes],
-            "etags": [o.etag for o in outcomes],
-            "errors": [o.error for o in outcomes],
-            "delays": [o.retry_in for o in outcomes],
-            "bytes": [o.bytes for o in outcomes],
-        })
+        rows = self._all(
+            "complete_batch",
+            {
+                "worker": worker,
+                "keeping": list(keeping),
+                "ids": [o.claim.id for o in outcomes],
+                "attempts": [o.claim.attempt for o in outcomes],
+                "states": [str(o.state) for o in outcomes],
+                "outcomes": [o.outcome for o in outcomes],
+                "sha256s": [o.sha256 for o in outcomes],
+                "etags": [o.etag for o in outcomes],
+                "errors": [o.error for o in outcomes],
+                "delays": [o.retry_in for o in outcomes],
+                "bytes": [o.bytes for o in outcomes],
+            },
+        )
         return {row[0] for row in rows}
 
     def record_multipart(self, worker: str, started: MultipartStarted) -> None:
-        self._all("record_multipart", {
-            "id": started.claim.id, "worker": worker, "attempt": started.claim.attempt,
-            "upload_id": started.upload_id, "part_size": started.part_size,
-        })
+        self._all(
+            "record_multipart",
+            {
+                "id": started.claim.id,
+                "worker": worker,
+                "attempt": started.claim.attempt,
+                "upload_id": started.upload_id,
+                "part_size": started.part_size,
+            },
+        )
 
     def abandoned_uploads(self, limit: int = 100) -> list[dict[str, Any]]:
         return self._dicts("abandoned_uploads", {"limit": limit})
@@ -398,11 +452,16 @@ class Ledger:
         return self._dicts("recent_errors", {"job": job, "limit": limit})
 
     def list_files(
-        self, *, job: str | None = None, state: str | None = None, session_id: int | None = None,
+        self,
+        *,
+        job: str | None = None,
+        state: str | None = None,
+        session_id: int | None = None,
         limit: int = 1000,
     ) -> list[dict[str, Any]]:
-        return self._dicts("list_files", {"job": job, "state": state, "session_id": session_id,
-                                          "limit": limit})
+        return self._dicts(
+            "list_files", {"job": job, "state": state, "session_id": session_id, "limit": limit}
+        )
 
     def paused_destinations(self, job: str | None = None) -> list[dict[str, Any]]:
         return self._dicts("paused_destinations", {"job": job})
@@ -431,17 +490,17 @@ class Ledger:
     def triggers_by_id(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         return self._dicts("triggers_by_id", {"ids": list(ids)})
 
-    def path_versions(
-        self, job: str, scope: str, root: str, relpath: str
-    ) -> list[dict[str, Any]]:
-        return self._dicts("path_versions", {"job": job, "scope": scope, "root": root,
-                                             "relpath": relpath})
+    def path_versions(self, job: str, scope: str, root: str, relpath: str) -> list[dict[str, Any]]:
+        return self._dicts(
+            "path_versions", {"job": job, "scope": scope, "root": root, "relpath": relpath}
+        )
 
     def path_signature(
         self, job: str, scope: str, root: str, relpath: str
     ) -> dict[str, Any] | None:
-        rows = self._dicts("path_signature", {"job": job, "scope": scope, "root": root,
-                                              "relpath": relpath})
+        rows = self._dicts(
+            "path_signature", {"job": job, "scope": scope, "root": root, "relpath": relpath}
+        )
         return rows[0] if rows else None
 
     def version_attempts(self, version_id: int) -> list[dict[str, Any]]:
@@ -467,8 +526,7 @@ class Ledger:
     def complete_sessions(
         self, job: str, *, idle_seconds: float | None, marker: str | None, register: bool
     ) -> list[int]:
-        params = {"job": job, "idle_seconds": idle_seconds, "marker": marker,
-                  "register": register}
+        params = {"job": job, "idle_seconds": idle_seconds, "marker": marker, "register": register}
         with self.transaction() as cursor:
             if marker is not None:
                 cursor.execute(queries()["remember_markers"], params)
@@ -476,17 +534,14 @@ class Ledger:
             return [row[0] for row in cursor.fetchall()]
 
     def complete_run_session(self, session_id: int, *, register: bool) -> bool:
-        rows = self._all("complete_run_session", {"session_id": session_id,
-                                                  "register": register})
+        rows = self._all("complete_run_session", {"session_id": session_id, "register": register})
         return bool(rows and rows[0][0])
 
     def batch_uploaded_files(self, job: str, batch_size: int) -> int:
         """Put the next batch of unregistered uploads in the outbox; the number batched."""
         return len(self._all("batch_uploaded_files", {"job": job, "batch_size": batch_size}))
 
-    def due_triggers(
-        self, job: str, limit: int, session_id: int | None = None
-    ) -> list[DueTrigger]:
+    def due_triggers(self, job: str, limit: int, session_id: int | None = None) -> list[DueTrigger]:
         params = {"job": job, "limit": limit, "session_id": session_id}
         return [DueTrigger(*row) for row in self._all("due_triggers", params)]
 
@@ -499,13 +554,28 @@ class Ledger:
         return self._dicts("trigger_manifest", {"id": trigger_id})
 
     def finish_trigger_call(
-        self, trigger_id: int, attempt: int, *, state: str, status: int | None,
-        error: str | None, excerpt: str | None, retry_in: float | None,
+        self,
+        trigger_id: int,
+        attempt: int,
+        *,
+        state: str,
+        status: int | None,
+        error: str | None,
+        excerpt: str | None,
+        retry_in: float | None,
     ) -> None:
-        self._all("finish_trigger_call", {
-            "id": trigger_id, "attempt": attempt, "state": state, "status": status,
-            "error": error, "excerpt": excerpt, "delay": retry_in,
-        })
+        self._all(
+            "finish_trigger_call",
+            {
+                "id": trigger_id,
+                "attempt": attempt,
+                "state": state,
+                "status": status,
+                "error": error,
+                "excerpt": excerpt,
+                "delay": retry_in,
+            },
+        )
 
     def create_session_trigger(self, job: str, session_id: int) -> int | None:
         rows = self._all("create_session_trigger", {"job": job, "session_id": session_id})
@@ -534,49 +604,92 @@ class Ledger:
         self, *, session_id: int | None = None, job: str | None = None, everything: bool = False
     ) -> tuple[int, int]:
         """(files, registrations) put back in the queue with a fresh set of attempts."""
-        rows = self._all("requeue_failed", {"session_id": session_id, "job": job,
-                                            "all": everything})
+        rows = self._all(
+            "requeue_failed", {"session_id": session_id, "job": job, "all": everything}
+        )
         return int(rows[0][0]), int(rows[0][1])
 
     def undisposed_files(
         self, job: str, scopes: Sequence[str], *, registered_only: bool, limit: int = 500
     ) -> list[dict[str, Any]]:
-        return self._dicts("undisposed_files", {"job": job, "scopes": list(scopes),
-                                                "registered_only": registered_only,
-                                                "limit": limit})
+        return self._dicts(
+            "undisposed_files",
+            {
+                "job": job,
+                "scopes": list(scopes),
+                "registered_only": registered_only,
+                "limit": limit,
+            },
+        )
 
     def mark_disposed(self, dispositions: dict[int, str]) -> None:
-        self._all("mark_disposed", {"ids": list(dispositions),
-                                    "dispositions": list(dispositions.values())})
+        self._all(
+            "mark_disposed",
+            {"ids": list(dispositions), "dispositions": list(dispositions.values())},
+        )
 
     def set_destination_health(
-        self, job: str, host: str, kind: str, *, failures: int, pause_seconds: float | None,
+        self,
+        job: str,
+        host: str,
+        kind: str,
+        *,
+        failures: int,
+        pause_seconds: float | None,
         error: str | None,
     ) -> None:
-        self._all("set_destination_health", {
-            "job": job, "host": host, "kind": kind, "failures": failures,
-            "pause_seconds": pause_seconds, "error": error,
-        })
+        self._all(
+            "set_destination_health",
+            {
+                "job": job,
+                "host": host,
+                "kind": kind,
+                "failures": failures,
+                "pause_seconds": pause_seconds,
+                "error": error,
+            },
+        )
 
     # --- retention ---------------------------------------------------------------------------
 
     def prune_versions(
-        self, *, after: int, cutoff: datetime, jobs: Sequence[str], keeping: Sequence[str],
-        registering: Sequence[str], limit: int, dry_run: bool,
+        self,
+        *,
+        after: int,
+        cutoff: datetime,
+        jobs: Sequence[str],
+        keeping: Sequence[str],
+        registering: Sequence[str],
+        limit: int,
+        dry_run: bool,
     ) -> PruneBatch:
-        row = self._all("prune_versions", {
-            "after": after, "cutoff": cutoff, "jobs": list(jobs), "keeping": list(keeping),
-            "registering": list(registering), "limit": limit, "dry_run": dry_run,
-        })[0]
+        row = self._all(
+            "prune_versions",
+            {
+                "after": after,
+                "cutoff": cutoff,
+                "jobs": list(jobs),
+                "keeping": list(keeping),
+                "registering": list(registering),
+                "limit": limit,
+                "dry_run": dry_run,
+            },
+        )[0]
         return PruneBatch(*row)
 
     def prune_attempts(
         self, *, after: int, cutoff: datetime, jobs: Sequence[str], limit: int, dry_run: bool
     ) -> PruneBatch:
-        row = self._all("prune_attempts", {
-            "after": after, "cutoff": cutoff, "jobs": list(jobs), "limit": limit,
-            "dry_run": dry_run,
-        })[0]
+        row = self._all(
+            "prune_attempts",
+            {
+                "after": after,
+                "cutoff": cutoff,
+                "jobs": list(jobs),
+                "limit": limit,
+                "dry_run": dry_run,
+            },
+        )[0]
         return PruneBatch(*row)
 
     def prune_progress(self, what: str) -> int:
@@ -586,22 +699,34 @@ class Ledger:
         self._all("set_prune_progress", {"what": what, "last_id": last_id})
 
     def prune_triggers(self, *, cutoff: datetime, jobs: Sequence[str], limit: int) -> int:
-        return int(self._all("prune_triggers", {"cutoff": cutoff, "jobs": list(jobs),
-                                                "limit": limit})[0][0])
+        return int(
+            self._all("prune_triggers", {"cutoff": cutoff, "jobs": list(jobs), "limit": limit})[0][
+                0
+            ]
+        )
 
     def prune_sessions(self, *, cutoff: datetime, jobs: Sequence[str], limit: int) -> int:
-        return int(self._all("prune_sessions", {"cutoff": cutoff, "jobs": list(jobs),
-                                                "limit": limit})[0][0])
+        return int(
+            self._all("prune_sessions", {"cutoff": cutoff, "jobs": list(jobs), "limit": limit})[0][
+                0
+            ]
+        )
 
     # --- one-shot commands -------------------------------------------------------------------
 
     def selection_progress(
-        self, *, jobs: Sequence[str], session_id: int | None = None, job: str | None = None,
+        self,
+        *,
+        jobs: Sequence[str],
+        session_id: int | None = None,
+        job: str | None = None,
         everything: bool = False,
     ) -> dict[str, StateTally]:
         """state → files, bytes (and for pending: seconds to the next attempt) of a selection."""
-        rows = self._all("selection_progress", {"session_id": session_id, "job": job,
-                                                "all": everything, "jobs": list(jobs)})
+        rows = self._all(
+            "selection_progress",
+            {"session_id": session_id, "job": job, "all": everything, "jobs": list(jobs)},
+        )
         return {state: StateTally(files, size, next_in) for state, files, size, next_in in rows}
 
     def uploaded_keys_under(self, bucket: str, prefix: str) -> set[str]:

@@ -57,8 +57,11 @@ def call_by(func: Callable[[], None], deadline: float, name: str) -> bool:
 class Components:
     """Named components, started in order and stopped in reverse."""
 
-    def __init__(self, components: Sequence[tuple[str, Component]],
-                 on_thread_death: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        components: Sequence[tuple[str, Component]],
+        on_thread_death: Callable[[], None] = lambda: None,
+    ) -> None:
         self.components = list(components)
         self._started: list[tuple[str, Component]] = []
         self._deaths: list[str] = []  # "thread NAME: Error: message", since the last check

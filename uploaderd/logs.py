@@ -32,15 +32,18 @@ from uploaderd.printable import printable
 from uploaderd.units import format_bytes, plural
 
 FIELDS = ("job", "session", "path", "key")
-_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
-               (logging.INFO, 6))
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
 _DEBUG = 7
 
 log = logging.getLogger("uploaderd.activity")
 
 
-def fields(job: str | None = None, session: int | None = None, path: str | None = None,
-           key: str | None = None) -> dict[str, Any]:
+def fields(
+    job: str | None = None,
+    session: int | None = None,
+    path: str | None = None,
+    key: str | None = None,
+) -> dict[str, Any]:
     """``extra=`` for a log call: the structured fields JSON logs carry."""
     values = {"job": job, "session": session, "path": path, "key": key}
     return {name: value for name, value in values.items() if value is not None}
@@ -109,8 +112,7 @@ class Console:
 
     def error(self, message: str) -> None:
         prefix = f"<{priority(logging.ERROR)}>" if self.journal else ""
-        print("\n".join(prefix + printable(line) for line in message.split("\n")),
-              file=sys.stderr)
+        print("\n".join(prefix + printable(line) for line in message.split("\n")), file=sys.stderr)
 
 
 console = Console()
@@ -207,30 +209,60 @@ class ActivityLog:
         extra = fields(attempt.job, attempt.session, attempt.relpath, attempt.key)
         where = f"s3://{attempt.bucket}/{attempt.key}"
         if attempt.error is None:
-            log.info("job %s: uploaded %s as %s (%s in %.1fs, attempt %d)", attempt.job,
-                     attempt.relpath, where, format_bytes(attempt.size), attempt.seconds,
-                     attempt.attempt, extra=extra)
+            log.info(
+                "job %s: uploaded %s as %s (%s in %.1fs, attempt %d)",
+                attempt.job,
+                attempt.relpath,
+                where,
+                format_bytes(attempt.size),
+                attempt.seconds,
+                attempt.attempt,
+                extra=extra,
+            )
             return
-        then = (f"retry in {attempt.retry_in:.0f}s" if attempt.retry_in is not None
-                else "no attempts left")
-        log.warning("job %s: attempt %d of %s to %s failed after %.1fs (%s): %s; %s",
-                    attempt.job, attempt.attempt, attempt.relpath, where, attempt.seconds,
-                    format_bytes(attempt.size), attempt.error, then, extra=extra)
+        then = (
+            f"retry in {attempt.retry_in:.0f}s"
+            if attempt.retry_in is not None
+            else "no attempts left"
+        )
+        log.warning(
+            "job %s: attempt %d of %s to %s failed after %.1fs (%s): %s; %s",
+            attempt.job,
+            attempt.attempt,
+            attempt.relpath,
+            where,
+            attempt.seconds,
+            format_bytes(attempt.size),
+            attempt.error,
+            then,
+            extra=extra,
+        )
 
     def flush(self, *, force: bool = False) -> None:
         """Summarise what each job held back, once its summary period is over."""
         now = self.clock()
         with self._lock:
-            due = [(job, b) for job, b in self._buckets.items() if b.since is not None
-                   and (force or now - b.since >= SUMMARY_SECONDS)]
-            lines = [(job, b.uploaded, b.uploaded_bytes, b.failed, now - (b.since or now))
-                     for job, b in due]
+            due = [
+                (job, b)
+                for job, b in self._buckets.items()
+                if b.since is not None and (force or now - b.since >= SUMMARY_SECONDS)
+            ]
+            lines = [
+                (job, b.uploaded, b.uploaded_bytes, b.failed, now - (b.since or now))
+                for job, b in due
+            ]
             for _, bucket in due:
                 bucket.uploaded = bucket.uploaded_bytes = bucket.failed = 0
                 bucket.since = None
         for job, uploaded, size, failed, seconds in lines:
             level = logging.WARNING if failed else logging.INFO
-            log.log(level, "job %s: %s uploaded (%s) and %s in the last %.0fs", job,
-                    plural(uploaded, "more file"), format_bytes(size),
-                    plural(failed, "more failed attempt"), max(seconds, 1.0),
-                    extra=fields(job))
+            log.log(
+                level,
+                "job %s: %s uploaded (%s) and %s in the last %.0fs",
+                job,
+                plural(uploaded, "more file"),
+                format_bytes(size),
+                plural(failed, "more failed attempt"),
+                max(seconds, 1.0),
+                extra=fields(job),
+            )

@@ -37,33 +37,55 @@ _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300
 _KiB, _MiB, _GiB = 1024, 1024**2, 1024**3
 # Instruments write anything from a sidecar JSON to a multi-GiB stack; S3 allows 5 TiB.
 _SIZE_BUCKETS = (
-    _KiB, 64 * _KiB, _MiB, 8 * _MiB, 64 * _MiB, 256 * _MiB,
-    _GiB, 4 * _GiB, 16 * _GiB, 64 * _GiB, 256 * _GiB, 1024 * _GiB,
+    _KiB,
+    64 * _KiB,
+    _MiB,
+    8 * _MiB,
+    64 * _MiB,
+    256 * _MiB,
+    _GiB,
+    4 * _GiB,
+    16 * _GiB,
+    64 * _GiB,
+    256 * _GiB,
+    1024 * _GiB,
 )
 
 files_discovered = Counter(
     "uploaderd_files_discovered_total", "Complete file versions queued", ["job", "source"]
 )
 uploads = Counter("uploaderd_uploads_total", "Upload attempts by outcome", ["job", "outcome"])
-upload_bytes = Counter("uploaderd_upload_bytes_total",
-                       "Bytes sent to S3 by uploads (not parts kept from an earlier attempt)",
-                       ["job"])
-upload_stalls = Counter("uploaderd_upload_stalls_total",
-                        "Upload attempts that ran past their deadline (S3 unreachable?)", ["job"])
+upload_bytes = Counter(
+    "uploaderd_upload_bytes_total",
+    "Bytes sent to S3 by uploads (not parts kept from an earlier attempt)",
+    ["job"],
+)
+upload_stalls = Counter(
+    "uploaderd_upload_stalls_total",
+    "Upload attempts that ran past their deadline (S3 unreachable?)",
+    ["job"],
+)
 multipart_resumes = Counter(
     "uploaderd_multipart_resumes_total",
-    "Multipart uploads continued from an earlier attempt's parts", ["job"],
+    "Multipart uploads continued from an earlier attempt's parts",
+    ["job"],
 )
 multipart_kept_bytes = Counter(
     "uploaderd_multipart_kept_bytes_total",
-    "Bytes of parts an earlier attempt had sent, kept instead of sent again", ["job"],
+    "Bytes of parts an earlier attempt had sent, kept instead of sent again",
+    ["job"],
 )
 upload_duration = Histogram(
-    "uploaderd_upload_duration_seconds", "Time to upload one file", ["job"],
+    "uploaderd_upload_duration_seconds",
+    "Time to upload one file",
+    ["job"],
     buckets=_DURATION_BUCKETS,
 )
 upload_size = Histogram(
-    "uploaderd_upload_size_bytes", "Size of each file uploaded", ["job"], buckets=_SIZE_BUCKETS,
+    "uploaderd_upload_size_bytes",
+    "Size of each file uploaded",
+    ["job"],
+    buckets=_SIZE_BUCKETS,
 )
 queue_files = Gauge("uploaderd_queue_files", "File versions by state", ["job", "state"])
 queue_oldest_pending_age = Gauge(
@@ -72,11 +94,13 @@ queue_oldest_pending_age = Gauge(
 last_success = Gauge(
     "uploaderd_last_success_timestamp_seconds", "When a file of the job last uploaded", ["job"]
 )
-s3_requests = Counter("uploaderd_s3_requests_total", "S3 requests by operation and status",
-                      ["op", "code"])
+s3_requests = Counter(
+    "uploaderd_s3_requests_total", "S3 requests by operation and status", ["op", "code"]
+)
 retry_sweeps = Counter("uploaderd_retry_sweeps_total", "Retry sweeps run on this host")
 trigger_requests = Counter(
-    "uploaderd_trigger_requests_total", "Registration calls by outcome (sent, pending, failed)",
+    "uploaderd_trigger_requests_total",
+    "Registration calls by outcome (sent, pending, failed)",
     ["job", "outcome"],
 )
 destination_paused = Gauge(
@@ -89,8 +113,9 @@ config_reload_success = Gauge(
     "uploaderd_config_reload_success", "1 if the last load of config and jobs had no error"
 )
 watches = Gauge("uploaderd_watches", "Roots watched for events", ["job"])
-watch_errors = Counter("uploaderd_watch_errors_total", "Roots that could not be watched or read",
-                       ["job"])
+watch_errors = Counter(
+    "uploaderd_watch_errors_total", "Roots that could not be watched or read", ["job"]
+)
 build_info = Info("uploaderd_build", "Version of uploaderd")
 build_info.info({"version": __version__})
 
@@ -204,10 +229,12 @@ class MetricsServer:
         try:
             self._server = _BoundedServer((host.strip("[]"), int(port)))
         except OSError as exc:
-            raise UsageError(f"metrics.listen: cannot listen on {self.listen}: "
-                             f"{exc.strerror}") from exc
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
-                                        daemon=True)
+            raise UsageError(
+                f"metrics.listen: cannot listen on {self.listen}: {exc.strerror}"
+            ) from exc
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
         self._thread.start()
         log.info("metrics on http://%s/metrics", self.listen)
 

@@ -62,8 +62,15 @@ class MultipartUpload:
     """One large object: create or resume, send the missing parts, verify, complete."""
 
     def __init__(
-        self, client: S3Client, bucket: str, key: str, *, checksums: bool, concurrency: int,
-        on_started: Callable[[str, int], None], throttle: Callable[[int], None],
+        self,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        *,
+        checksums: bool,
+        concurrency: int,
+        on_started: Callable[[str, int], None],
+        throttle: Callable[[int], None],
         progress: FileProgress = NO_PROGRESS,
     ) -> None:
         self.throttle = throttle
@@ -81,8 +88,15 @@ class MultipartUpload:
         self._count_lock = threading.Lock()
 
     def run(
-        self, file: io.RawIOBase, expected: Signature, sha: str, args: dict[str, Any],
-        part_size: int, resume: Resume | None, *, if_absent: bool = False,
+        self,
+        file: io.RawIOBase,
+        expected: Signature,
+        sha: str,
+        args: dict[str, Any],
+        part_size: int,
+        resume: Resume | None,
+        *,
+        if_absent: bool = False,
     ) -> str:
         """Upload the file (already hashed to ``sha``); returns the object's ETag.
 
@@ -103,7 +117,9 @@ class MultipartUpload:
         condition: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
         try:
             response = self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=self.key, UploadId=upload_id,
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=upload_id,
                 MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
                 **condition,
             )
@@ -117,7 +133,8 @@ class MultipartUpload:
     def _create(self, args: dict[str, Any]) -> str:
         extra: dict[str, Any] = {"ChecksumAlgorithm": "SHA256"} if self.checksums else {}
         response = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=self.key, **args, **extra)
+            Bucket=self.bucket, Key=self.key, **args, **extra
+        )
         return response["UploadId"]
 
     def _held_parts(self, resume: Resume) -> dict[int, dict[str, Any]] | None:
@@ -126,8 +143,12 @@ class MultipartUpload:
         marker = 0
         try:
             while True:
-                page = self.client.list_parts(Bucket=self.bucket, Key=self.key,
-                                              UploadId=resume.upload_id, PartNumberMarker=marker)
+                page = self.client.list_parts(
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    UploadId=resume.upload_id,
+                    PartNumberMarker=marker,
+                )
                 for part in page.get("Parts", []):
                     held[part["PartNumber"]] = dict(part)
                 if not page.get("IsTruncated"):
@@ -139,8 +160,13 @@ class MultipartUpload:
             raise
 
     def _send_parts(
-        self, file: io.RawIOBase, expected: Signature, sha: str, upload_id: str,
-        part_size: int, held: dict[int, dict[str, Any]],
+        self,
+        file: io.RawIOBase,
+        expected: Signature,
+        sha: str,
+        upload_id: str,
+        part_size: int,
+        held: dict[int, dict[str, Any]],
     ) -> list[dict[str, Any]]:
         digest = hashlib.sha256()
         done: dict[int, dict[str, Any]] = {}
@@ -173,8 +199,14 @@ class MultipartUpload:
     def _send_part(self, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
         extra: dict[str, Any] = {"ChecksumSHA256": _b64_sha256(data)} if self.checksums else {}
         body = CountingBody(data, self.progress.sent)
-        response = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=upload_id,
-                                           PartNumber=number, Body=body, **extra)
+        response = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+            **extra,
+        )
         body.finish()
         with self._count_lock:  # part threads finish concurrently
             self.parts_sent += 1
@@ -194,17 +226,18 @@ def abort(client: S3Client, bucket: str, key: str, upload_id: str) -> None:
             raise
 
 
-def _matching(
-    held: dict[str, Any] | None, data: bytes, checksums: bool
-) -> dict[str, Any] | None:
+def _matching(held: dict[str, Any] | None, data: bytes, checksums: bool) -> dict[str, Any] | None:
     """A part S3 already has, if it holds exactly these bytes (by SHA-256, else by MD5)."""
     if held is None or held.get("Size") != len(data):
         return None
     if held.get("ChecksumSHA256"):
         if held["ChecksumSHA256"] != _b64_sha256(data):
             return None
-        return {"PartNumber": held["PartNumber"], "ETag": held["ETag"],
-                "ChecksumSHA256": held["ChecksumSHA256"]}
+        return {
+            "PartNumber": held["PartNumber"],
+            "ETag": held["ETag"],
+            "ChecksumSHA256": held["ChecksumSHA256"],
+        }
     # Without a checksum the ETag of a part is its MD5 (not under SSE-KMS: then re-send).
     if held["ETag"].strip('"') != hashlib.md5(data, usedforsecurity=False).hexdigest():
         return None

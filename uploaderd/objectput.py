@@ -59,8 +59,9 @@ if TYPE_CHECKING:
 CREDENTIALS_TTL = timedelta(minutes=5)
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # What the uploader passes; SSE and the KMS key arrive in the Target as well (store settings).
-_ARGUMENTS = frozenset({"Metadata", "StorageClass", "Tagging", "ChecksumSHA256",
-                        "ServerSideEncryption", "SSEKMSKeyId"})
+_ARGUMENTS = frozenset(
+    {"Metadata", "StorageClass", "Tagging", "ChecksumSHA256", "ServerSideEncryption", "SSEKMSKeyId"}
+)
 _MAX_BACKOFF = 20.0  # seconds, as botocore's standard retry mode
 PROBE_KEY = "uploaderd-endpoint-probe"
 _PROBE_HEADER = "x-uploaderd-probe-url"
@@ -87,9 +88,12 @@ def fits(key: str) -> bool:
 class ObjectPuts:
     """obstore stores per target, made on first use from the matching boto3 client."""
 
-    def __init__(self, client: Callable[[S3Settings], S3Client],
-                 session: Callable[[S3Settings], botocore.session.Session],
-                 pool_connections: int) -> None:
+    def __init__(
+        self,
+        client: Callable[[S3Settings], S3Client],
+        session: Callable[[S3Settings], botocore.session.Session],
+        pool_connections: int,
+    ) -> None:
         self._client = client
         self._session = session
         self.pool_connections = pool_connections
@@ -99,15 +103,17 @@ class ObjectPuts:
     def putter(self, target: Target) -> Callable[..., dict[str, Any]]:
         """A stand-in for ``client.put_object`` with the keyword arguments the uploader uses."""
 
-        def put_object(*, Bucket: str, Key: str, Body: bytes,
-                       IfNoneMatch: str | None = None, **args: Any) -> dict[str, Any]:
+        def put_object(
+            *, Bucket: str, Key: str, Body: bytes, IfNoneMatch: str | None = None, **args: Any
+        ) -> dict[str, Any]:
             assert Bucket == target.bucket
             return self.put(target, Key, Body, args=args, if_absent=IfNoneMatch == "*")
 
         return put_object
 
-    def put(self, target: Target, key: str, body: bytes, *, args: dict[str, Any],
-            if_absent: bool) -> dict[str, Any]:
+    def put(
+        self, target: Target, key: str, body: bytes, *, args: dict[str, Any], if_absent: bool
+    ) -> dict[str, Any]:
         """PutObject; ``args`` as boto3 names them (Metadata, StorageClass, Tagging, ...).
 
         The SHA-256 checksum, when the settings ask for it, is obstore's: it computes it over
@@ -121,22 +127,31 @@ class ObjectPuts:
         attributes = dict(args.get("Metadata", {}))
         if args.get("StorageClass"):
             attributes["Storage-Class"] = args["StorageClass"]
-        tags = dict(parse_qsl(args["Tagging"], keep_blank_values=True)) \
-            if args.get("Tagging") else None
+        tags = (
+            dict(parse_qsl(args["Tagging"], keep_blank_values=True))
+            if args.get("Tagging")
+            else None
+        )
         attempts = _setting(self._client(target.settings), "retries").get("total_max_attempts", 3)
         for attempt in range(1, attempts + 1):
             try:
-                result = obstore.put(store, key, body, attributes=attributes, tags=tags,
-                                     mode="create" if if_absent else "overwrite",
-                                     use_multipart=False)
+                result = obstore.put(
+                    store,
+                    key,
+                    body,
+                    attributes=attributes,
+                    tags=tags,
+                    mode="create" if if_absent else "overwrite",
+                    use_multipart=False,
+                )
             except ValueError:
                 raise  # a key obstore cannot express: a bug of ``fits``, not worth a retry
             except Exception as exc:  # obstore's own errors, and OSError subclasses (404, 403)
                 status, error = _classify(exc, store)
                 metrics.s3_requests.labels("PutObject", str(status or "error")).inc()
                 if attempt < attempts and (status is None or status in _RETRY_STATUSES):
-                    time.sleep(random.random() * min(  # noqa: S311 (jitter)
-                        _MAX_BACKOFF, 2.0 ** (attempt - 1)))
+                    backoff = min(_MAX_BACKOFF, 2.0 ** (attempt - 1))
+                    time.sleep(random.random() * backoff)  # noqa: S311 (jitter, not a secret)
                     continue
                 raise error from exc
             metrics.s3_requests.labels("PutObject", "200").inc()
@@ -157,8 +172,10 @@ class ObjectPuts:
         if credentials is None:
             raise NoCredentialsError()
         endpoint, virtual = bucket_endpoint(client, target.bucket)
-        config: S3Config = {"region": client.meta.region_name,
-                            "virtual_hosted_style_request": virtual}
+        config: S3Config = {
+            "region": client.meta.region_name,
+            "virtual_hosted_style_request": virtual,
+        }
         if target.settings.checksum == "when_supported":
             config["checksum_algorithm"] = "SHA256"
         if target.sse:
@@ -168,16 +185,25 @@ class ObjectPuts:
 
         def provide() -> S3Credential:
             frozen = credentials.get_frozen_credentials()
-            return {"access_key_id": frozen.access_key or "",
-                    "secret_access_key": frozen.secret_key or "",
-                    "token": frozen.token, "expires_at": datetime.now(UTC) + CREDENTIALS_TTL}
+            return {
+                "access_key_id": frozen.access_key or "",
+                "secret_access_key": frozen.secret_key or "",
+                "token": frozen.token,
+                "expires_at": datetime.now(UTC) + CREDENTIALS_TTL,
+            }
 
-        return S3Store(target.bucket, endpoint=endpoint, config=config,
-                       client_options=self._client_options(client, session, endpoint),
-                       retry_config={"max_retries": 0}, credential_provider=provide)
+        return S3Store(
+            target.bucket,
+            endpoint=endpoint,
+            config=config,
+            client_options=self._client_options(client, session, endpoint),
+            retry_config={"max_retries": 0},
+            credential_provider=provide,
+        )
 
-    def _client_options(self, client: S3Client, session: botocore.session.Session,
-                        endpoint: str) -> ClientConfig:
+    def _client_options(
+        self, client: S3Client, session: botocore.session.Session, endpoint: str
+    ) -> ClientConfig:
         """Timeouts, pool, proxy and CA bundle as botocore applies them to this client."""
         options: ClientConfig = {
             "allow_http": endpoint.startswith("http:"),
@@ -250,8 +276,9 @@ def _classify(exc: Exception, store: S3Store) -> tuple[int | None, Exception]:
     if statuses:
         status = int(statuses[-1])
         codes, messages = _CODE.findall(text), _MESSAGE.findall(text)
-        return status, _client_error(status, codes[-1] if codes else str(status),
-                                     messages[-1] if messages else "")
+        return status, _client_error(
+            status, codes[-1] if codes else str(status), messages[-1] if messages else ""
+        )
     endpoint = str(store.config.get("endpoint", ""))
     lowered = text.lower()
     # reqwest's error kind, in obstore's debug text: "kind: Timeout" ... "source: TimedOut".
@@ -263,8 +290,10 @@ def _classify(exc: Exception, store: S3Store) -> tuple[int | None, Exception]:
 
 
 def _client_error(status: int, code: str, message: str) -> ClientError:
-    response: Any = {"Error": {"Code": code, "Message": message},
-                     "ResponseMetadata": {"HTTPStatusCode": status}}
+    response: Any = {
+        "Error": {"Code": code, "Message": message},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
     return ClientError(response, "PutObject")
 
 

@@ -59,12 +59,14 @@ class Selection:
         return f"job {self.job}" if self.job else "all jobs"
 
     def tallies(self, ledger: Ledger) -> dict[str, StateTally]:
-        return ledger.selection_progress(jobs=self.jobs, session_id=self.session_id,
-                                         job=self.job, everything=self.everything)
+        return ledger.selection_progress(
+            jobs=self.jobs, session_id=self.session_id, job=self.job, everything=self.everything
+        )
 
     def failures(self, ledger: Ledger) -> list[dict[str, Any]]:
-        rows = ledger.list_files(job=self.job, session_id=self.session_id, state=State.FAILED,
-                                 limit=_LISTED_FAILURES)
+        rows = ledger.list_files(
+            job=self.job, session_id=self.session_id, state=State.FAILED, limit=_LISTED_FAILURES
+        )
         return [row for row in rows if row["job"] in self.jobs]
 
 
@@ -86,11 +88,19 @@ class RunResult:
         return EXIT_FAILURES if self.failed or self.failures or self.left else EXIT_OK
 
     def as_json(self, seconds: float) -> dict[str, Any]:
-        return {"uploaded": self.uploaded, "failed": self.failed,
-                "superseded": self.superseded, "bytes": self.bytes, "left": self.left,
-                "seconds": round(seconds, 3), "stopped": self.stopped,
-                "failures": [{"relpath": f["relpath"], "attempts": f["attempts"],
-                              "error": f["last_error"]} for f in self.failures]}
+        return {
+            "uploaded": self.uploaded,
+            "failed": self.failed,
+            "superseded": self.superseded,
+            "bytes": self.bytes,
+            "left": self.left,
+            "seconds": round(seconds, 3),
+            "stopped": self.stopped,
+            "failures": [
+                {"relpath": f["relpath"], "attempts": f["attempts"], "error": f["last_error"]}
+                for f in self.failures
+            ],
+        }
 
 
 def _files(tallies: Mapping[str, StateTally], states: Sequence[str]) -> int:
@@ -102,8 +112,10 @@ def _bytes(tallies: Mapping[str, StateTally], states: Sequence[str]) -> int:
 
 
 def run_progress(
-    baseline: Mapping[str, StateTally], now: Mapping[str, StateTally],
-    sending: Snapshot | None = None, speed: float | None = None,
+    baseline: Mapping[str, StateTally],
+    now: Mapping[str, StateTally],
+    sending: Snapshot | None = None,
+    speed: float | None = None,
 ) -> RunProgress:
     """This run's share of the selection: what became terminal since it started, of all,
     plus the bytes sent so far of the files in flight (``sending``, read before ``now``)."""
@@ -116,14 +128,20 @@ def run_progress(
     active = sending.active if sending is not None else ()
     # A file whose outcome landed between the two reads counts once: capped at the total.
     in_flight = sum(a.sent for a in active)
-    return RunProgress(done_files, done_files + _files(now, ACTIVE),
-                       min(total_bytes, done_bytes + in_flight), total_bytes, uploading,
-                       retry_in, active, sending.last_error if sending else None, speed)
+    return RunProgress(
+        done_files,
+        done_files + _files(now, ACTIVE),
+        min(total_bytes, done_bytes + in_flight),
+        total_bytes,
+        uploading,
+        retry_in,
+        active,
+        sending.last_error if sending else None,
+        speed,
+    )
 
 
-def _delta(
-    baseline: Mapping[str, StateTally], now: Mapping[str, StateTally], state: str
-) -> int:
+def _delta(baseline: Mapping[str, StateTally], now: Mapping[str, StateTally], state: str) -> int:
     return max(0, _files(now, [state]) - _files(baseline, [state]))
 
 
@@ -156,8 +174,14 @@ class Engine:
     """Uploads a selection in this process until nothing in it is pending or uploading."""
 
     def __init__(
-        self, config: DaemonConfig, jobs: Mapping[str, Job], ledger: Ledger, *, host: str,
-        poll: float = POLL_SECONDS, workers: int | None = None,
+        self,
+        config: DaemonConfig,
+        jobs: Mapping[str, Job],
+        ledger: Ledger,
+        *,
+        host: str,
+        poll: float = POLL_SECONDS,
+        workers: int | None = None,
     ) -> None:
         self.config = config
         self.jobs = {name: uploadable(job) for name, job in jobs.items()}
@@ -183,18 +207,29 @@ class Engine:
             failed=_delta(baseline, now, State.FAILED),
             superseded=_delta(baseline, now, State.SUPERSEDED),
             bytes=max(0, _bytes(now, [State.UPLOADED]) - _bytes(baseline, [State.UPLOADED])),
-            left=_files(now, ACTIVE), stopped=stopped, failures=selection.failures(self.ledger),
+            left=_files(now, ACTIVE),
+            stopped=stopped,
+            failures=selection.failures(self.ledger),
         )
 
     def _pool(self, selection: Selection, breakers: BreakerLog) -> UploadPool:
         jobs = {name: self.jobs[name] for name in selection.jobs}
-        return build_pool(self.config, lambda: jobs, host=self.host,
-                          name="uploaderd one-shot workers", breaker=breakers,
-                          workers=self.workers)
+        return build_pool(
+            self.config,
+            lambda: jobs,
+            host=self.host,
+            name="uploaderd one-shot workers",
+            breaker=breakers,
+            workers=self.workers,
+        )
 
     def _follow(
-        self, selection: Selection, baseline: Mapping[str, StateTally], display: Display,
-        pool: UploadPool, breakers: BreakerLog,
+        self,
+        selection: Selection,
+        baseline: Mapping[str, StateTally],
+        display: Display,
+        pool: UploadPool,
+        breakers: BreakerLog,
     ) -> tuple[dict[str, StateTally], str | None]:
         """Watch the ledger until the selection is done, or the bucket keeps failing."""
         speed = Speed()
@@ -217,9 +252,16 @@ class OneShot:
     records it in ``report``."""
 
     def __init__(
-        self, config: DaemonConfig, jobs: Mapping[str, Job], ledger: Ledger, *, out: Out,
-        display: Callable[[], Display], registrar: Registrar | None = None,
-        host: str | None = None, workers: int | None = None,
+        self,
+        config: DaemonConfig,
+        jobs: Mapping[str, Job],
+        ledger: Ledger,
+        *,
+        out: Out,
+        display: Callable[[], Display],
+        registrar: Registrar | None = None,
+        host: str | None = None,
+        workers: int | None = None,
     ) -> None:
         self.config = config
         self.jobs = jobs
@@ -253,23 +295,33 @@ class OneShot:
             return EXIT_OK, None
         self._preflight(job)
         session_id = self.ledger.open_run_session(job.name, self.host)
-        versions = [new_version(job, c, session_id=session_id, host=self.host)
-                    for c in found.complete]
-        queued, _ = self.ledger.enqueue(job.name, scope=scope_of(job, self.host),
-                                        host=self.host, bucket=job.destination.bucket,
-                                        versions=versions, marker=job.session.marker)
+        versions = [
+            new_version(job, c, session_id=session_id, host=self.host) for c in found.complete
+        ]
+        queued, _ = self.ledger.enqueue(
+            job.name,
+            scope=scope_of(job, self.host),
+            host=self.host,
+            bucket=job.destination.bucket,
+            versions=versions,
+            marker=job.session.marker,
+        )
         report["queued"] = queued
         if not queued:
             self.ledger.drop_empty_run_session(session_id)
-            self.out(f"job {job.name}: nothing queued: another uploaderd (the daemon) queued "
-                     f"these {plural(len(versions), 'file')} first and uploads them")
+            self.out(
+                f"job {job.name}: nothing queued: another uploaderd (the daemon) queued "
+                f"these {plural(len(versions), 'file')} first and uploads them"
+            )
             return EXIT_OK, None
         report["session"] = session_id
         size = sum(v.size for v in versions[:queued]) if queued == len(versions) else None
         others = len(versions) - queued
-        self.out(f"session {session_id}: queued {plural(queued, 'file')}"
-                 + (f" ({format_bytes(size)})" if size is not None else "")
-                 + (f"; {others} more were queued by another uploaderd first" if others else ""))
+        self.out(
+            f"session {session_id}: queued {plural(queued, 'file')}"
+            + (f" ({format_bytes(size)})" if size is not None else "")
+            + (f"; {others} more were queued by another uploaderd first" if others else "")
+        )
         result = self._run(Selection((job.name,), session_id=session_id), report)
         self._complete_run_sessions([(session_id, job)])
         return result.exit_status, session_id
@@ -279,8 +331,10 @@ class OneShot:
         storage = Storage(pool_connections=1)
         finding = bucket_preflight(storage, job, listing_prefix(job.destination.key, job.name))
         if finding.level == "unreachable":
-            raise StorageUnavailable(f"job {job.name}: cannot reach {finding.subject}: "
-                                     f"{finding.message}; nothing was queued")
+            raise StorageUnavailable(
+                f"job {job.name}: cannot reach {finding.subject}: "
+                f"{finding.message}; nothing was queued"
+            )
         if finding.level == "warning":
             self.out(f"job {job.name}: {finding.subject}: {finding.message}")
 
@@ -288,44 +342,68 @@ class OneShot:
         scope = scope_of(job, self.host)
         display = self.display()
         try:
-            return collect(job, lambda seen: self.ledger.known_paths(job.name, scope, seen),
-                           on_wait=display.settling)
+            return collect(
+                job,
+                lambda seen: self.ledger.known_paths(job.name, scope, seen),
+                on_wait=display.settling,
+            )
         finally:
             display.close()
 
     def _report_found(self, job: Job, found: Collected) -> None:
-        self.report["upload"]["found"] = {"complete": len(found.complete), "known": found.known,
-                                          "unsettled": len(found.unsettled)}
-        self.out(f"job {job.name}: {plural(len(found.complete), 'new complete file')}, "
-                 f"{found.known} already in the ledger, {len(found.unsettled)} still being "
-                 "written")
+        self.report["upload"]["found"] = {
+            "complete": len(found.complete),
+            "known": found.known,
+            "unsettled": len(found.unsettled),
+        }
+        self.out(
+            f"job {job.name}: {plural(len(found.complete), 'new complete file')}, "
+            f"{found.known} already in the ledger, {len(found.unsettled)} still being "
+            "written"
+        )
         for candidate in found.unsettled:
             self.out(f"skipped (still being written): {candidate.root}/{candidate.relpath}")
 
     def _print_plan(self, job: Job, found: Collected) -> None:
         """``--dry-run``: what would be queued, with keys (``${session}`` not yet known)."""
         total = sum(c.signature.size for c in found.complete)
-        self.out(f"would queue {plural(len(found.complete), 'file')} ({format_bytes(total)}) "
-                 f"to s3://{job.destination.bucket}:")
+        self.out(
+            f"would queue {plural(len(found.complete), 'file')} ({format_bytes(total)}) "
+            f"to s3://{job.destination.bucket}:"
+        )
         plan = self.report["upload"]["would_queue"] = []
         for candidate in found.complete:
             key, error = render_key(job, candidate, session="<session>", host=self.host)
-            plan.append({"relpath": candidate.relpath, "size": candidate.signature.size,
-                         "key": key, "error": error})
-            self.out(f"  {candidate.relpath}  {format_bytes(candidate.signature.size)}  "
-                     f"{key or error}")
+            plan.append(
+                {
+                    "relpath": candidate.relpath,
+                    "size": candidate.signature.size,
+                    "key": key,
+                    "error": error,
+                }
+            )
+            self.out(
+                f"  {candidate.relpath}  {format_bytes(candidate.signature.size)}  {key or error}"
+            )
 
     # --- retry -----------------------------------------------------------------------------
 
     def retry(self, selection: Selection, *, auto: bool) -> int:
         files, registrations = self.ledger.requeue_failed(
-            session_id=selection.session_id, job=selection.job,
-            everything=selection.everything)
+            session_id=selection.session_id, job=selection.job, everything=selection.everything
+        )
         report = self.report.setdefault("retry", {})
-        report.update({"selection": selection.describe(), "requeued_files": files,
-                       "requeued_registrations": registrations})
-        self.out(f"{selection.describe()}: requeued {plural(files, 'failed file')} and "
-                 f"{plural(registrations, 'failed registration')}")
+        report.update(
+            {
+                "selection": selection.describe(),
+                "requeued_files": files,
+                "requeued_registrations": registrations,
+            }
+        )
+        self.out(
+            f"{selection.describe()}: requeued {plural(files, 'failed file')} and "
+            f"{plural(registrations, 'failed registration')}"
+        )
         if not auto:
             return EXIT_OK
         result = self._run(selection, report)
@@ -334,9 +412,13 @@ class OneShot:
 
     def _open_run_sessions(self, selection: Selection) -> list[tuple[int, Job]]:
         rows = self.ledger.open_session_summaries(selection.job)
-        return [(row["id"], self.jobs[row["job"]]) for row in rows
-                if row["origin"] == "upload" and row["job"] in selection.jobs
-                and selection.session_id in (None, row["id"])]
+        return [
+            (row["id"], self.jobs[row["job"]])
+            for row in rows
+            if row["origin"] == "upload"
+            and row["job"] in selection.jobs
+            and selection.session_id in (None, row["id"])
+        ]
 
     # --- pipeline --------------------------------------------------------------------------
 
@@ -374,15 +456,21 @@ class OneShot:
             display.close()
         elapsed = time.monotonic() - started
         report["run"] = result.as_json(elapsed)
-        self.out(f"{selection.describe()}: {result.uploaded} uploaded, {result.failed} failed, "
-                 f"{result.superseded} changed while queued "
-                 f"({format_bytes(result.bytes)} in {elapsed:.1f}s)")
+        self.out(
+            f"{selection.describe()}: {result.uploaded} uploaded, {result.failed} failed, "
+            f"{result.superseded} changed while queued "
+            f"({format_bytes(result.bytes)} in {elapsed:.1f}s)"
+        )
         for row in result.failures:
-            self.out(f"failed: {row['relpath']} ({plural(row['attempts'], 'attempt')}): "
-                     f"{row['last_error']}")
+            self.out(
+                f"failed: {row['relpath']} ({plural(row['attempts'], 'attempt')}): "
+                f"{row['last_error']}"
+            )
         if result.stopped is not None:
-            self.out(f"stopped: {result.stopped}; {plural(result.left, 'file')} stay pending "
-                     "for the daemon or the next run")
+            self.out(
+                f"stopped: {result.stopped}; {plural(result.left, 'file')} stay pending "
+                "for the daemon or the next run"
+            )
         return result
 
     def _complete_run_sessions(self, sessions: Sequence[tuple[int, Job]]) -> None:
@@ -390,11 +478,17 @@ class OneShot:
             register = job.trigger is not None and job.trigger.on == "session_complete"
             if self.ledger.complete_run_session(session_id, register=register):
                 self.report.setdefault("sessions", []).append(
-                    {"session": session_id, "state": "complete"})
-                self.out(f"session {session_id}: complete"
-                         + ("; registration queued" if register else ""))
+                    {"session": session_id, "state": "complete"}
+                )
+                self.out(
+                    f"session {session_id}: complete"
+                    + ("; registration queued" if register else "")
+                )
             else:
                 self.report.setdefault("sessions", []).append(
-                    {"session": session_id, "state": "open"})
-                self.out(f"session {session_id}: stays open until its failures are retried "
-                         f"(`uploaderd retry --session-id {session_id} --auto-retry`)")
+                    {"session": session_id, "state": "open"}
+                )
+                self.out(
+                    f"session {session_id}: stays open until its failures are retried "
+                    f"(`uploaderd retry --session-id {session_id} --auto-retry`)"
+                )

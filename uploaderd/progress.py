@@ -65,16 +65,19 @@ class RunProgress:
     def summary(self) -> str:
         """``12.0 MiB/114.4 MiB (10%), 9.6 MiB/s, ETA 0:00:11, 0/1 files``"""
         percent = 100 * self.done_bytes // self.total_bytes if self.total_bytes else 100
-        return (f"{format_bytes(self.done_bytes)}/{format_bytes(self.total_bytes)} "
-                f"({percent}%), {format_rate(self.speed)}, ETA {self.eta}, "
-                f"{self.done_files}/{plural(self.total_files, 'file')}")
+        return (
+            f"{format_bytes(self.done_bytes)}/{format_bytes(self.total_bytes)} "
+            f"({percent}%), {format_rate(self.speed)}, ETA {self.eta}, "
+            f"{self.done_files}/{plural(self.total_files, 'file')}"
+        )
 
 
 class Speed:
     """Bytes per second over a sliding window of samples of a growing byte count."""
 
-    def __init__(self, window: float = SPEED_WINDOW_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, window: float = SPEED_WINDOW_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.window = window
         self.clock = clock
         self._samples: deque[tuple[float, int]] = deque()
@@ -114,8 +117,9 @@ class QuietDisplay:
 def current_files(active: Iterable[Active]) -> str:
     """``a.tif (12.0 MiB/114.4 MiB), b.tif (…) and 3 more``"""
     files = sorted(active, key=lambda a: a.relpath)
-    shown = ", ".join(f"{a.relpath} ({format_bytes(a.sent)}/{format_bytes(a.size)})"
-                      for a in files[:_SHOWN_FILES])
+    shown = ", ".join(
+        f"{a.relpath} ({format_bytes(a.sent)}/{format_bytes(a.size)})" for a in files[:_SHOWN_FILES]
+    )
     more = len(files) - _SHOWN_FILES
     return shown + (f" and {more} more" if more > 0 else "")
 
@@ -123,8 +127,12 @@ def current_files(active: Iterable[Active]) -> str:
 class StatsDisplay:
     """Not a terminal: one line every ``interval`` seconds, and one at the end."""
 
-    def __init__(self, stream: TextIO, interval: float = STATS_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        interval: float = STATS_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stream = stream
         self.interval = interval
         self.clock = clock
@@ -193,16 +201,23 @@ class BarDisplay:
         self.progress.start()
 
     def settling(self, files: int, remaining: float) -> None:
-        self._main(f"settling {plural(files, 'file')}", total=None, completed=0,
-                   detail=f"up to {remaining:.0f}s left")
+        self._main(
+            f"settling {plural(files, 'file')}",
+            total=None,
+            completed=0,
+            detail=f"up to {remaining:.0f}s left",
+        )
 
     def update(self, progress: RunProgress) -> None:
-        self._main(progress.status, total=max(1, progress.total_bytes),
-                   completed=progress.done_bytes,
-                   detail=f"{progress.done_files}/{plural(progress.total_files, 'file')} "
-                          f"{format_bytes(progress.done_bytes)}/"
-                          f"{format_bytes(progress.total_bytes)} "
-                          f"{format_rate(progress.speed)} ETA {progress.eta}")
+        self._main(
+            progress.status,
+            total=max(1, progress.total_bytes),
+            completed=progress.done_bytes,
+            detail=f"{progress.done_files}/{plural(progress.total_files, 'file')} "
+            f"{format_bytes(progress.done_bytes)}/"
+            f"{format_bytes(progress.total_bytes)} "
+            f"{format_rate(progress.speed)} ETA {progress.eta}",
+        )
         self._files(progress.active)
         more = len(progress.active) - _SHOWN_FILES
         notes = [f"and {more} more files uploading"] if more > 0 else []
@@ -218,15 +233,18 @@ class BarDisplay:
             detail = f"{format_bytes(file.sent)}/{format_bytes(file.size)}"
             if relpath not in self.files:
                 self.files[relpath] = self.progress.add_task(
-                    "  " + _shorten(relpath, 22), total=max(1, file.size), detail=detail)
+                    "  " + _shorten(relpath, 22), total=max(1, file.size), detail=detail
+                )
             self.progress.update(self.files[relpath], completed=file.sent, detail=detail)
 
-    def _main(self, description: str, *, total: float | None, completed: float,
-              detail: str) -> None:
+    def _main(
+        self, description: str, *, total: float | None, completed: float, detail: str
+    ) -> None:
         if self.task is None:
             self.task = self.progress.add_task(description, total=total, detail=detail)
-        self.progress.update(self.task, description=description, total=total,
-                             completed=completed, detail=detail)
+        self.progress.update(
+            self.task, description=description, total=total, completed=completed, detail=detail
+        )
 
     def close(self) -> None:
         self._files(())
@@ -236,11 +254,12 @@ class BarDisplay:
 
 
 def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
-def make_display(wanted: bool, stream: TextIO | None = None,
-                 stats_interval: float = STATS_SECONDS) -> Display:
+def make_display(
+    wanted: bool, stream: TextIO | None = None, stats_interval: float = STATS_SECONDS
+) -> Display:
     """A bar on a terminal, stats lines elsewhere; nothing with ``--no-progress`` (or a
     stats interval of 0 off a terminal)."""
     stream = stream or sys.stdout

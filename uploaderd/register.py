@@ -26,8 +26,13 @@ LOCK_WAIT_SECONDS = 10.0
 
 class Registrar:
     def __init__(
-        self, ledger: Ledger, jobs: Mapping[str, Job], dispatcher: TriggerDispatcher, *,
-        out: Out, lock_wait: float = LOCK_WAIT_SECONDS,
+        self,
+        ledger: Ledger,
+        jobs: Mapping[str, Job],
+        dispatcher: TriggerDispatcher,
+        *,
+        out: Out,
+        lock_wait: float = LOCK_WAIT_SECONDS,
     ) -> None:
         self.ledger = ledger
         self.jobs = jobs
@@ -54,9 +59,11 @@ class Registrar:
         sent = self.ledger.session_triggers(session_id)
         if sent and not force:
             last = sent[-1]
-            self.out(f"session {session_id}: already registered (registration {last['id']}, "
-                     f"HTTP {last['last_status']} at {last['sent_at']:%Y-%m-%d %H:%M:%S%z}); "
-                     "--force registers it again with a new idempotency key")
+            self.out(
+                f"session {session_id}: already registered (registration {last['id']}, "
+                f"HTTP {last['last_status']} at {last['sent_at']:%Y-%m-%d %H:%M:%S%z}); "
+                "--force registers it again with a new idempotency key"
+            )
             return EXIT_OK
         return self._register_anew(job, session_id)
 
@@ -69,8 +76,10 @@ class Registrar:
     def _job_of(self, session: dict[str, Any]) -> Job:
         job = self.jobs.get(session["job"])
         if job is None:
-            raise UsageError(f"session {session['id']} belongs to job {session['job']!r}, "
-                             "which is not in the jobs directory")
+            raise UsageError(
+                f"session {session['id']} belongs to job {session['job']!r}, "
+                "which is not in the jobs directory"
+            )
         if job.trigger is None:
             raise UsageError(f"job {job.name} has no trigger block: nothing to call")
         return job
@@ -80,8 +89,10 @@ class Registrar:
             return self._register_anew(job, session_id)
         progress = self.ledger.session_progress(session_id)
         counts = ", ".join(f"{files} {state}" for state, (files, _) in sorted(progress.items()))
-        self.out(f"session {session_id} is not complete ({counts or 'no files'}); --force "
-                 "registers what is uploaded so far")
+        self.out(
+            f"session {session_id} is not complete ({counts or 'no files'}); --force "
+            "registers what is uploaded so far"
+        )
         return EXIT_FAILURES
 
     def _register_anew(self, job: Job, session_id: int) -> int:
@@ -107,9 +118,11 @@ class Registrar:
         status = self._print_calls(report.called)
         later = [r for r in self.ledger.unsent_triggers(job.name) if r["state"] == "pending"]
         if later:
-            self.out(f"job {job.name}: {plural(len(later), 'registration')} not sent yet, next "
-                     f"attempt in {min(r['next_in'] for r in later):.0f}s (`uploaderd trigger "
-                     f"--job {job.name} --pending` sends now)")
+            self.out(
+                f"job {job.name}: {plural(len(later), 'registration')} not sent yet, next "
+                f"attempt in {min(r['next_in'] for r in later):.0f}s (`uploaderd trigger "
+                f"--job {job.name} --pending` sends now)"
+            )
         return status
 
     def send_pending(self, job: Job, *, dry_run: bool) -> int:
@@ -123,8 +136,10 @@ class Registrar:
             return EXIT_OK
         self.out(f"job {job.name}: {plural(len(rows), 'registration')} not sent:")
         for row in rows:
-            self.out(f"  registration {row['id']} (session {row['session_id'] or '-'}, "
-                     f"{plural(row['attempts'], 'attempt')}): {describe_call(row)}")
+            self.out(
+                f"  registration {row['id']} (session {row['session_id'] or '-'}, "
+                f"{plural(row['attempts'], 'attempt')}): {describe_call(row)}"
+            )
         if dry_run:
             self.calls = [_call_json(row) for row in rows]
             return EXIT_FAILURES if any(r["state"] == "failed" for r in rows) else EXIT_OK
@@ -137,8 +152,10 @@ class Registrar:
         deadline = time.monotonic() + self.lock_wait
         while self.dispatcher.dispatch(job, session_id=session_id).skipped:
             if time.monotonic() >= deadline:
-                self.out(f"job {job.name}: another uploaderd holds the dispatch lock; the "
-                         "registration stays queued for it")
+                self.out(
+                    f"job {job.name}: another uploaderd holds the dispatch lock; the "
+                    "registration stays queued for it"
+                )
                 break
             time.sleep(0.2)
         return self._print_calls(trigger_ids)
@@ -171,5 +188,10 @@ def _configuration(row: Mapping[str, Any]) -> bool:
 
 
 def _call_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {"registration": row["id"], "session": row["session_id"], "state": row["state"],
-            "http_status": row["last_status"], "error": row["last_error"]}
+    return {
+        "registration": row["id"],
+        "session": row["session_id"],
+        "state": row["state"],
+        "http_status": row["last_status"],
+        "error": row["last_error"],
+    }

@@ -34,10 +34,14 @@ class PruneReport:
 
     def describe(self, *, dry_run: bool) -> str:
         if dry_run:  # sessions and registrations go only once their versions have gone
-            return (f"would remove {self.versions} file versions and {self.attempts} attempt "
-                    "rows, then the sessions and registrations left empty")
-        return (f"removed {self.versions} file versions, {self.attempts} attempt rows, "
-                f"{self.registrations} registrations and {self.sessions} sessions")
+            return (
+                f"would remove {self.versions} file versions and {self.attempts} attempt "
+                "rows, then the sessions and registrations left empty"
+            )
+        return (
+            f"removed {self.versions} file versions, {self.attempts} attempt rows, "
+            f"{self.registrations} registrations and {self.sessions} sessions"
+        )
 
 
 class Pruner:
@@ -48,7 +52,10 @@ class Pruner:
     """
 
     def __init__(
-        self, ledger: Ledger, *, now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        self,
+        ledger: Ledger,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
         rest: Callable[[float], bool] | None = None,
     ) -> None:
         self.ledger = ledger
@@ -68,8 +75,9 @@ class Pruner:
             return report
         now = self.now()
         if retention.attempts is not None:
-            report.attempts = self._attempts(now - timedelta(seconds=retention.attempts),
-                                             sorted(jobs), dry_run=dry_run)
+            report.attempts = self._attempts(
+                now - timedelta(seconds=retention.attempts), sorted(jobs), dry_run=dry_run
+            )
         if retention.versions is not None:
             cutoff = now - timedelta(seconds=retention.versions)
             report.versions = self._versions(cutoff, jobs, dry_run=dry_run)
@@ -78,9 +86,11 @@ class Pruner:
             self.ledger.compact_counts()  # sessions' counts are current before they go
             names = sorted(jobs)
             report.registrations = self._until_done(
-                lambda: self.ledger.prune_triggers(cutoff=cutoff, jobs=names, limit=BATCH))
+                lambda: self.ledger.prune_triggers(cutoff=cutoff, jobs=names, limit=BATCH)
+            )
             report.sessions = self._until_done(
-                lambda: self.ledger.prune_sessions(cutoff=cutoff, jobs=names, limit=BATCH))
+                lambda: self.ledger.prune_sessions(cutoff=cutoff, jobs=names, limit=BATCH)
+            )
         return report
 
     def _versions(self, cutoff: datetime, jobs: Mapping[str, Job], *, dry_run: bool) -> int:
@@ -90,8 +100,14 @@ class Pruner:
         while True:
             started = self.now()
             batch = self.ledger.prune_versions(
-                after=after, cutoff=cutoff, jobs=sorted(jobs), keeping=keeping,
-                registering=registering, limit=BATCH, dry_run=dry_run)
+                after=after,
+                cutoff=cutoff,
+                jobs=sorted(jobs),
+                keeping=keeping,
+                registering=registering,
+                limit=BATCH,
+                dry_run=dry_run,
+            )
             self._rest_after(started)
             removed += batch.eligible if dry_run else batch.deleted
             if _walk_done(batch, cutoff) or batch.last_id is None:
@@ -104,8 +120,9 @@ class Pruner:
         after = self.ledger.prune_progress(ATTEMPTS_PROGRESS)
         while True:
             started = self.now()
-            batch = self.ledger.prune_attempts(after=after, cutoff=cutoff, jobs=jobs,
-                                               limit=BATCH, dry_run=dry_run)
+            batch = self.ledger.prune_attempts(
+                after=after, cutoff=cutoff, jobs=jobs, limit=BATCH, dry_run=dry_run
+            )
             self._rest_after(started)
             removed += batch.eligible if dry_run else batch.deleted
             # A batch reaching past the cutoff is read again next time: not a step forward.

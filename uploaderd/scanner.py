@@ -52,8 +52,11 @@ def _skipped_not_utf8(name: str, path: str) -> bool:
     """True, with a warning, for a name that is not valid UTF-8 (cheap for ASCII names)."""
     if name.isascii() or not not_utf8(name):
         return False
-    log.warning("skipping %s: its name is not valid UTF-8, which S3 keys and the ledger "
-                "require; rename it to upload it", path)
+    log.warning(
+        "skipping %s: its name is not valid UTF-8, which S3 keys and the ledger "
+        "require; rename it to upload it",
+        path,
+    )
     return True
 
 
@@ -115,8 +118,9 @@ def scan(root: str, rules: ScanRules, start: str | None = None) -> Iterator[Cand
     except OSError:
         pass
     first = start or root
-    first_rel = "" if os.path.normpath(first) == os.path.normpath(root) else (
-        relative_path(root, first))
+    first_rel = (
+        "" if os.path.normpath(first) == os.path.normpath(root) else (relative_path(root, first))
+    )
     if first_rel is None:
         return  # outside the root, or a name that is not UTF-8
     # (directory, its path relative to the root, with a trailing '/' unless the root itself):
@@ -138,8 +142,10 @@ def scan(root: str, rules: ScanRules, start: str | None = None) -> Iterator[Cand
                 if is_link and not rules.follow_symlinks:
                     continue
                 if entry.is_dir(follow_symlinks=True):
-                    if rules.recursive and not rules.filter.prunes_dir(relpath) and _new_dir(
-                        entry, real_root, is_link, seen_dirs
+                    if (
+                        rules.recursive
+                        and not rules.filter.prunes_dir(relpath)
+                        and _new_dir(entry, real_root, is_link, seen_dirs)
                     ):
                         stack.append((entry.path, relpath + "/"))
                     continue
@@ -187,8 +193,21 @@ def _inside(path: str, real_root: str) -> bool:
 
 def network_filesystem(path: Path) -> str | None:
     """The filesystem type when ``path`` is on NFS/SMB/FUSE-like mounts (inotify is blind)."""
-    remote = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre",
-              "gpfs", "afs", "sshfs", "davfs")
+    remote = (
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "afs",
+        "sshfs",
+        "davfs",
+    )
     best, best_type = "", ""
     try:
         with Path("/proc/self/mounts").open(encoding="utf-8") as mounts:

@@ -53,8 +53,15 @@ _PER_JOB = ("rescan:", "sessions:", "triggers:", "dispose:")
 
 class Scheduler:
     def __init__(
-        self, ledger: Ledger, trigger_ledger: Callable[[], Ledger], prune_ledger: Ledger, *,
-        host: str, me: str, rescan: Callable[[str], None], retention: Retention,
+        self,
+        ledger: Ledger,
+        trigger_ledger: Callable[[], Ledger],
+        prune_ledger: Ledger,
+        *,
+        host: str,
+        me: str,
+        rescan: Callable[[str], None],
+        retention: Retention,
     ) -> None:
         self.ledger = ledger
         self.pruner = Pruner(prune_ledger)
@@ -72,9 +79,11 @@ class Scheduler:
         self.jobs: Mapping[str, Job] = {}
         self.scheduler = BackgroundScheduler(
             timezone="UTC",
-            executors={"default": ThreadPoolExecutor(1),
-                       "triggers": ThreadPoolExecutor(TRIGGER_THREADS),
-                       "retention": ThreadPoolExecutor(1)},
+            executors={
+                "default": ThreadPoolExecutor(1),
+                "triggers": ThreadPoolExecutor(TRIGGER_THREADS),
+                "retention": ThreadPoolExecutor(1),
+            },
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
         )
         self._every(LEASE_REAP_SECONDS, "reclaim-leases", self.reclaim_leases)
@@ -83,14 +92,27 @@ class Scheduler:
         self._every(ABANDONED_SECONDS, "abort-abandoned-uploads", self.abort_abandoned_uploads)
         self._every(PRUNE_SECONDS, "prune", self.prune, executor="retention")
 
-    def _every(self, seconds: float, task_id: str, func: Callable[..., None], *args: Any,
-               executor: str = "default") -> None:
-        self.scheduler.add_job(self._guarded(func), IntervalTrigger(seconds=seconds), args=args,
-                               id=task_id, executor=executor, replace_existing=True)
+    def _every(
+        self,
+        seconds: float,
+        task_id: str,
+        func: Callable[..., None],
+        *args: Any,
+        executor: str = "default",
+    ) -> None:
+        self.scheduler.add_job(
+            self._guarded(func),
+            IntervalTrigger(seconds=seconds),
+            args=args,
+            id=task_id,
+            executor=executor,
+            replace_existing=True,
+        )
 
     @staticmethod
     def _guarded(func: Callable[..., None]) -> Callable[..., None]:
         """A task that logs its failure instead of raising it; the next run retries."""
+
         def run(*args: Any) -> None:
             what = " ".join((func.__name__, *map(str, args)))
             try:
@@ -99,6 +121,7 @@ class Scheduler:
                 log.warning("%s: %s", what, exc)
             except Exception:
                 log.exception("%s: unexpected error; the next run tries again", what)
+
         run.__name__ = func.__name__
         return run
 
@@ -115,34 +138,66 @@ class Scheduler:
         self.jobs = jobs
         for task in self.scheduler.get_jobs():
             prefix = next((p for p in _PER_JOB if task.id.startswith(p)), None)
-            if prefix is not None and task.id[len(prefix):] not in jobs:
+            if prefix is not None and task.id[len(prefix) :] not in jobs:
                 task.remove()
         for name, job in jobs.items():
-            self._keep_or_replace(f"rescan:{name}", IntervalTrigger(seconds=job.source.rescan),
-                                  self.rescan, name)
-            self._keep_or_replace(f"sessions:{name}", IntervalTrigger(
-                seconds=SESSION_SWEEP_SECONDS), self._guarded(self.complete_sessions), name)
-            self._optional(f"dispose:{name}", job.after_upload.action != "keep",
-                           IntervalTrigger(seconds=DISPOSAL_SECONDS),
-                           self._guarded(self.dispose), name)
+            self._keep_or_replace(
+                f"rescan:{name}", IntervalTrigger(seconds=job.source.rescan), self.rescan, name
+            )
+            self._keep_or_replace(
+                f"sessions:{name}",
+                IntervalTrigger(seconds=SESSION_SWEEP_SECONDS),
+                self._guarded(self.complete_sessions),
+                name,
+            )
+            self._optional(
+                f"dispose:{name}",
+                job.after_upload.action != "keep",
+                IntervalTrigger(seconds=DISPOSAL_SECONDS),
+                self._guarded(self.dispose),
+                name,
+            )
             trigger = job.trigger
-            schedule = (CronTrigger.from_crontab(trigger.cron, timezone="UTC")
-                        if trigger is not None and trigger.cron
-                        else IntervalTrigger(seconds=trigger.interval or 60.0)
-                        if trigger is not None else None)
-            self._optional(f"triggers:{name}", trigger is not None, schedule,
-                           self._guarded(self.dispatch_triggers), name, executor="triggers")
+            schedule = (
+                CronTrigger.from_crontab(trigger.cron, timezone="UTC")
+                if trigger is not None and trigger.cron
+                else IntervalTrigger(seconds=trigger.interval or 60.0)
+                if trigger is not None
+                else None
+            )
+            self._optional(
+                f"triggers:{name}",
+                trigger is not None,
+                schedule,
+                self._guarded(self.dispatch_triggers),
+                name,
+                executor="triggers",
+            )
 
-    def _keep_or_replace(self, task_id: str, trigger: Any, func: Callable[..., None],
-                         *args: Any, executor: str = "default") -> None:
+    def _keep_or_replace(
+        self,
+        task_id: str,
+        trigger: Any,
+        func: Callable[..., None],
+        *args: Any,
+        executor: str = "default",
+    ) -> None:
         existing = self.scheduler.get_job(task_id)
         if existing is not None and str(existing.trigger) == str(trigger):
             return  # replacing it would postpone the next run on every reload
-        self.scheduler.add_job(func, trigger, args=args, id=task_id, executor=executor,
-                               replace_existing=True)
+        self.scheduler.add_job(
+            func, trigger, args=args, id=task_id, executor=executor, replace_existing=True
+        )
 
-    def _optional(self, task_id: str, wanted: bool, trigger: Any, func: Callable[..., None],
-                  *args: Any, executor: str = "default") -> None:
+    def _optional(
+        self,
+        task_id: str,
+        wanted: bool,
+        trigger: Any,
+        func: Callable[..., None],
+        *args: Any,
+        executor: str = "default",
+    ) -> None:
         if wanted:
             self._keep_or_replace(task_id, trigger, func, *args, executor=executor)
         elif self.scheduler.get_job(task_id) is not None:
@@ -158,9 +213,12 @@ class Scheduler:
         connection until the process exits."""
         self.pruner.stop()
         if self.scheduler.running and not call_by(
-                lambda: self.scheduler.shutdown(wait=True), deadline, "scheduler-stop"):
-            log.warning("scheduler: a task still runs at the end of the shutdown; left to end "
-                        "with the process")
+            lambda: self.scheduler.shutdown(wait=True), deadline, "scheduler-stop"
+        ):
+            log.warning(
+                "scheduler: a task still runs at the end of the shutdown; left to end "
+                "with the process"
+            )
             return
         self.ledger.close()
         with self._trigger_lock:
@@ -197,8 +255,12 @@ class Scheduler:
                     with s3_errors():
                         abort(client, row["bucket"], row["key"], row["multipart_upload_id"])
                 except StorageUnavailable as exc:
-                    log.warning("job %s: cannot abort the multipart upload of %s: %s",
-                                row["job"], row["key"], exc)
+                    log.warning(
+                        "job %s: cannot abort the multipart upload of %s: %s",
+                        row["job"],
+                        row["key"],
+                        exc,
+                    )
                     continue
                 self.ledger.forget_upload(row["id"], row["multipart_upload_id"])
 
@@ -211,11 +273,15 @@ class Scheduler:
             if not held:
                 return
             closed = self.ledger.complete_sessions(
-                name, idle_seconds=job.session.idle, marker=job.session.marker,
-                register=register)
+                name, idle_seconds=job.session.idle, marker=job.session.marker, register=register
+            )
         for session_id in closed:
-            log.info("job %s: session %d complete%s", name, session_id,
-                     "; registration queued" if register else "")
+            log.info(
+                "job %s: session %d complete%s",
+                name,
+                session_id,
+                "; registration queued" if register else "",
+            )
 
     def dispatch_triggers(self, name: str) -> None:
         job = self.jobs.get(name)
@@ -226,8 +292,9 @@ class Scheduler:
         """This executor thread's dispatcher: a ``Ledger`` belongs to one thread."""
         dispatcher: TriggerDispatcher | None = getattr(self._trigger_local, "dispatcher", None)
         if dispatcher is None:
-            dispatcher = TriggerDispatcher(self._new_trigger_ledger(), host=self.host,
-                                           breakers=self._trigger_breakers)
+            dispatcher = TriggerDispatcher(
+                self._new_trigger_ledger(), host=self.host, breakers=self._trigger_breakers
+            )
             self._trigger_local.dispatcher = dispatcher
             with self._trigger_lock:
                 self._trigger_dispatchers.append(dispatcher)

@@ -55,31 +55,47 @@ class Daemon:
         self.stopped_now = False  # a second signal cut the shutdown short
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         self._watchdog_interval = watchdog_usec / 2e6 if watchdog_usec else None
-        self.discovery = Discovery(Ledger(config.dsn, application_name="uploaderd discovery"),
-                                   host=self.host, on_db=self._db_reporter("discovery"))
-        self.watcher = Watcher(self.discovery.submit, self._watch_error,
-                               on_change=lambda: self.events.put("watches"))
-        self.pool = build_pool(config, lambda: self.jobs, host=self.host,
-                               name="uploaderd workers", on_db=self._db_reporter("workers"),
-                               activity=ActivityLog())
+        self.discovery = Discovery(
+            Ledger(config.dsn, application_name="uploaderd discovery"),
+            host=self.host,
+            on_db=self._db_reporter("discovery"),
+        )
+        self.watcher = Watcher(
+            self.discovery.submit, self._watch_error, on_change=lambda: self.events.put("watches")
+        )
+        self.pool = build_pool(
+            config,
+            lambda: self.jobs,
+            host=self.host,
+            name="uploaderd workers",
+            on_db=self._db_reporter("workers"),
+            activity=ActivityLog(),
+        )
         self.scheduler = Scheduler(
             Ledger(config.dsn, application_name="uploaderd scheduler"),
             lambda: Ledger(config.dsn, application_name="uploaderd triggers"),
             Ledger(config.dsn, application_name="uploaderd prune"),
-            host=self.host, me=self.pool.worker, rescan=self._rescan,
+            host=self.host,
+            me=self.pool.worker,
+            rescan=self._rescan,
             retention=config.retention,
         )
         # Started in this order, stopped in the reverse: sources of work stop before the
         # pool, which stops claiming and hands back what it holds.
-        self.components = Components([
-            ("metrics server", metrics.MetricsServer(config.metrics_listen)),
-            ("upload pool", self.pool),
-            ("scheduler", self.scheduler),
-            ("discovery", self.discovery),
-            ("watchers", self.watcher),
-            ("jobs.d watcher", JobsDirWatcher(config.jobs_dir,
-                                              lambda: self.events.put("jobs-changed"))),
-        ], on_thread_death=lambda: self.events.put("died"))
+        self.components = Components(
+            [
+                ("metrics server", metrics.MetricsServer(config.metrics_listen)),
+                ("upload pool", self.pool),
+                ("scheduler", self.scheduler),
+                ("discovery", self.discovery),
+                ("watchers", self.watcher),
+                (
+                    "jobs.d watcher",
+                    JobsDirWatcher(config.jobs_dir, lambda: self.events.put("jobs-changed")),
+                ),
+            ],
+            on_thread_death=lambda: self.events.put("died"),
+        )
 
     # --- the sequence ----------------------------------------------------------------------
 
@@ -126,8 +142,10 @@ class Daemon:
         finally:
             probe.close()
         if missing:
-            log.error("the database schema is not up to date (missing %s): run `uploaderd "
-                      "migrate`", ", ".join(m.name for m in missing))
+            log.error(
+                "the database schema is not up to date (missing %s): run `uploaderd migrate`",
+                ", ".join(m.name for m in missing),
+            )
             return False
         return True
 
@@ -181,13 +199,17 @@ class Daemon:
         try:
             self._stopping = True
             if died is not None:
-                log.critical("component %s died: %s; stopping (exit status %d)", *died,
-                             EXIT_FAILURES)
+                log.critical(
+                    "component %s died: %s; stopping (exit status %d)", *died, EXIT_FAILURES
+                )
                 self._notify("STOPPING=1", f"STATUS=component {died[0]} died: {died[1]}")
             else:
                 self._notify("STOPPING=1", "STATUS=stopping")
-            log.info("stopping: finishing in-flight uploads for up to %.0fs (a second signal "
-                     "stops at once)", self.config.shutdown_grace)
+            log.info(
+                "stopping: finishing in-flight uploads for up to %.0fs (a second signal "
+                "stops at once)",
+                self.config.shutdown_grace,
+            )
             self.components.stop(time.monotonic() + self.config.shutdown_grace)
         except StopNow:
             self.stopped_now = True
@@ -233,8 +255,10 @@ class Daemon:
         roots = sum(self.watcher.count(name) for name in self.jobs)
         with self._db_lock:
             db = "ok" if all(self._db_state.values()) else "unreachable, retrying"
-        return (f"{plural(len(self.jobs), 'job')}, {plural(roots, 'root')} watched, "
-                f"{self.pool.busy()} uploading, database {db}")
+        return (
+            f"{plural(len(self.jobs), 'job')}, {plural(roots, 'root')} watched, "
+            f"{self.pool.busy()} uploading, database {db}"
+        )
 
     def _db_reporter(self, component: str) -> Callable[[bool], None]:
         def report(up: bool) -> None:
@@ -244,6 +268,7 @@ class Daemon:
                 metrics.db_up.set(1 if all(self._db_state.values()) else 0)
             if changed:
                 self.events.put("status")
+
         return report
 
     def _watch_error(self, job: str, message: str) -> None:
@@ -290,8 +315,13 @@ def job_changes(
                 changes.append((name, "removed; its queued files wait until it returns"))
         elif not after.enabled:
             if before is not None or not previous:
-                changes.append((name, "disabled (enabled: false): the daemon leaves it alone; "
-                                      "`uploaderd upload` and `pipeline` still run it"))
+                changes.append(
+                    (
+                        name,
+                        "disabled (enabled: false): the daemon leaves it alone; "
+                        "`uploaderd upload` and `pipeline` still run it",
+                    )
+                )
         elif before is None:
             changes.append((name, f"added: {_describe(after)}"))
         elif before != after:

@@ -41,16 +41,19 @@ class Signature:
     @classmethod
     def of(cls, stat: os.stat_result) -> Signature:
         """The one place a signature is made from a file's status."""
-        return cls(stat.st_size, _storable(stat.st_mtime_ns), stat.st_ino,
-                   _storable(stat.st_ctime_ns))
+        return cls(
+            stat.st_size, _storable(stat.st_mtime_ns), stat.st_ino, _storable(stat.st_ctime_ns)
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Signature):
             return NotImplemented
-        return (self.size == other.size and self.mtime_ns == other.mtime_ns
-                and self.inode == other.inode
-                and (self.ctime_ns is None or other.ctime_ns is None
-                     or self.ctime_ns == other.ctime_ns))
+        return (
+            self.size == other.size
+            and self.mtime_ns == other.mtime_ns
+            and self.inode == other.inode
+            and (self.ctime_ns is None or other.ctime_ns is None or self.ctime_ns == other.ctime_ns)
+        )
 
     def __hash__(self) -> int:  # equal signatures must hash alike, with or without a ctime
         return hash((self.size, self.mtime_ns, self.inode))

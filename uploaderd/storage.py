@@ -67,8 +67,9 @@ class Storage:
 
     def _make(self, settings: S3Settings) -> S3Client:
         core = self._sessions[settings] = botocore.session.Session()
-        session = boto3.session.Session(profile_name=settings.profile, region_name=settings.region,
-                                        botocore_session=core)
+        session = boto3.session.Session(
+            profile_name=settings.profile, region_name=settings.region, botocore_session=core
+        )
         config = Config(
             max_pool_connections=self.pool_connections,
             # A blackholed endpoint must end an attempt in a minute or two, not hold a worker

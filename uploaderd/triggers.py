@@ -85,16 +85,20 @@ def resolve_headers(headers: Mapping[str, str], env: Mapping[str, str]) -> dict[
             if name not in env:
                 raise TriggerSetupError(
                     f"header {header} names ${{env:{name}}}, and the environment variable "
-                    f"{name} is not set for this process")
+                    f"{name} is not set for this process"
+                )
             return env[name]
         try:
             return Path(name).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise TriggerSetupError(f"header {header} names ${{file:{name}}}, which cannot be "
-                                    f"read: {exc.strerror}") from exc
+            raise TriggerSetupError(
+                f"header {header} names ${{file:{name}}}, which cannot be read: {exc.strerror}"
+            ) from exc
 
-    return {header: _SECRET.sub(functools.partial(secret, header), value)
-            for header, value in headers.items()}
+    return {
+        header: _SECRET.sub(functools.partial(secret, header), value)
+        for header, value in headers.items()
+    }
 
 
 def manifest(job: Job, due: DueTrigger, files: list[dict[str, Any]]) -> dict[str, Any]:
@@ -105,8 +109,11 @@ def manifest(job: Job, due: DueTrigger, files: list[dict[str, Any]]) -> dict[str
         "idempotency_key": due.idempotency_key,
         "files": [
             {
-                "relpath": f["relpath"], "bucket": f["bucket"], "key": f["key"],
-                "size": f["size"], "sha256": f["sha256"],
+                "relpath": f["relpath"],
+                "bucket": f["bucket"],
+                "key": f["key"],
+                "size": f["size"],
+                "sha256": f["sha256"],
                 "uploaded_at": _iso(f["uploaded_at"]),
             }
             for f in files
@@ -122,8 +129,13 @@ def safe_url(url: str) -> str:
 
 class TriggerDispatcher:
     def __init__(
-        self, ledger: Ledger, *, host: str | None = None, env: Mapping[str, str] | None = None,
-        breaker: Callable[[], Breaker] = Breaker, breakers: dict[str, Breaker] | None = None,
+        self,
+        ledger: Ledger,
+        *,
+        host: str | None = None,
+        env: Mapping[str, str] | None = None,
+        breaker: Callable[[], Breaker] = Breaker,
+        breakers: dict[str, Breaker] | None = None,
     ) -> None:
         self.ledger = ledger
         self._new_breaker = breaker
@@ -162,7 +174,11 @@ class TriggerDispatcher:
         return report
 
     def _call(
-        self, job: Job, spec: TriggerSpec, due: DueTrigger, breaker: Breaker,
+        self,
+        job: Job,
+        spec: TriggerSpec,
+        due: DueTrigger,
+        breaker: Breaker,
         report: DispatchReport,
     ) -> bool:
         """One registration; False when the endpoint is now paused."""
@@ -173,20 +189,32 @@ class TriggerDispatcher:
         report.called.append(due.id)
         body = manifest(job, due, self.ledger.trigger_manifest(due.id))
         if due.session_id is not None:
-            body["gone"] = [{"relpath": f["relpath"], "size": f["size"],
-                             "reason": f["last_error"]}
-                            for f in self.ledger.session_gone_files(due.id)]
+            body["gone"] = [
+                {"relpath": f["relpath"], "size": f["size"], "reason": f["last_error"]}
+                for f in self.ledger.session_gone_files(due.id)
+            ]
         result = self._post(spec, due, body)
         retry_in = next_attempt_in(tries, job.retry) if result.retryable else None
         state = result.state if result.state == "sent" or retry_in is not None else "failed"
-        self.ledger.finish_trigger_call(due.id, attempt, state=state, status=result.status,
-                                        error=result.error, excerpt=result.excerpt,
-                                        retry_in=retry_in if state == "pending" else None)
+        self.ledger.finish_trigger_call(
+            due.id,
+            attempt,
+            state=state,
+            status=result.status,
+            error=result.error,
+            excerpt=result.excerpt,
+            retry_in=retry_in if state == "pending" else None,
+        )
         metrics.trigger_requests.labels(job.name, state).inc()
         if state == "sent":
             report.sent += 1
-            log.info("job %s: registration %d sent (HTTP %s)", job.name, due.id,
-                     result.status, extra=fields(job.name, due.session_id))
+            log.info(
+                "job %s: registration %d sent (HTTP %s)",
+                job.name,
+                due.id,
+                result.status,
+                extra=fields(job.name, due.session_id),
+            )
             if breaker.record_success():
                 self._set_health(job, breaker, None)
                 log.info("job %s: the trigger endpoint answers again; resumed", job.name)
@@ -195,22 +223,39 @@ class TriggerDispatcher:
         extra = fields(job.name, due.session_id)
         if result.configuration:
             report.configuration += 1
-            log.error("job %s: registration %d not sent: %s", job.name, due.id, result.error,
-                      extra=extra)
+            log.error(
+                "job %s: registration %d not sent: %s", job.name, due.id, result.error, extra=extra
+            )
             return True  # the endpoint is not to blame: no pause
         if state == "failed":
             report.failed += 1
-            log.error("job %s: registration %d failed for good: %s", job.name, due.id,
-                      result.error, extra=extra)
+            log.error(
+                "job %s: registration %d failed for good: %s",
+                job.name,
+                due.id,
+                result.error,
+                extra=extra,
+            )
         else:
             report.retrying += 1
-            log.warning("job %s: registration %d: %s; retrying in %.0fs", job.name, due.id,
-                        result.error, retry_in, extra=extra)
+            log.warning(
+                "job %s: registration %d: %s; retrying in %.0fs",
+                job.name,
+                due.id,
+                result.error,
+                retry_in,
+                extra=extra,
+            )
         pause = breaker.record_failure(result.error or "") if result.retryable else None
         if pause is not None:
             self._set_health(job, breaker, pause)
-            log.error("job %s: pausing calls to %s for %.0fs after %d failures", job.name,
-                      safe_url(spec.url), pause, breaker.failures)
+            log.error(
+                "job %s: pausing calls to %s for %.0fs after %d failures",
+                job.name,
+                safe_url(spec.url),
+                pause,
+                breaker.failures,
+            )
             report.paused = True
             return False
         return True
@@ -224,14 +269,23 @@ class TriggerDispatcher:
                 "Idempotency-Key": due.idempotency_key,
             }
         except TriggerSetupError as exc:
-            return CallResult("pending", None, f"{CONFIGURATION_ERROR}: {exc}", None,
-                              retryable=True, configuration=True)
+            return CallResult(
+                "pending",
+                None,
+                f"{CONFIGURATION_ERROR}: {exc}",
+                None,
+                retryable=True,
+                configuration=True,
+            )
         call = _Call(spec)
         try:
             status, data = call.send(json.dumps(body).encode(), headers)
         except (OSError, urllib3.exceptions.HTTPError, http_client.HTTPException) as exc:
-            error = (f"no response within the {spec.timeout:g}s timeout" if call.cut
-                     else f"no response: {type(exc).__name__}")
+            error = (
+                f"no response within the {spec.timeout:g}s timeout"
+                if call.cut
+                else f"no response: {type(exc).__name__}"
+            )
             return CallResult("pending", None, error, None, retryable=True)
         excerpt = _excerpt(data)
         if 200 <= status < 300:
@@ -243,9 +297,14 @@ class TriggerDispatcher:
 
     def _set_health(self, job: Job, breaker: Breaker, pause: float | None) -> None:
         metrics.destination_paused.labels(job.name, "trigger").set(1 if pause else 0)
-        self.ledger.set_destination_health(job.name, self.host, "trigger",
-                                           failures=breaker.failures, pause_seconds=pause,
-                                           error=breaker.last_error)
+        self.ledger.set_destination_health(
+            job.name,
+            self.host,
+            "trigger",
+            failures=breaker.failures,
+            pause_seconds=pause,
+            error=breaker.last_error,
+        )
 
 
 class _Call:
@@ -272,8 +331,9 @@ class _Call:
             # Kept: http.client hands the socket to the response and forgets it.
             self.sock = self.conn.sock
             self._check_deadline()
-            self.conn.request(self.spec.method, self.path, body=body, headers=headers,
-                              preload_content=False)
+            self.conn.request(
+                self.spec.method, self.path, body=body, headers=headers, preload_content=False
+            )
             response = self.conn.getresponse()
             data = response.read(_EXCERPT * 4)
             self._check_deadline()  # an answer cut short is no answer

@@ -88,8 +88,12 @@ class TransferSettings:
 
 class Uploader:
     def __init__(
-        self, storage: Storage, transfer: TransferSettings | None = None, *,
-        limiter: Callable[[float], Limiter] = Limiter, memory: Budget | None = None,
+        self,
+        storage: Storage,
+        transfer: TransferSettings | None = None,
+        *,
+        limiter: Callable[[float], Limiter] = Limiter,
+        memory: Budget | None = None,
     ) -> None:
         self.storage = storage
         self.transfer = transfer or TransferSettings()
@@ -110,23 +114,29 @@ class Uploader:
         return limiter.consume
 
     def upload(
-        self, claim: Claim, job: Job, on_multipart: MultipartStarted = lambda *_: None,
+        self,
+        claim: Claim,
+        job: Job,
+        on_multipart: MultipartStarted = lambda *_: None,
         progress: FileProgress = NO_PROGRESS,
     ) -> UploadResult:
         path = os.path.join(claim.root, claim.relpath)
         expected = claim.signature
         try:
-            with os.fdopen(_open_regular(path, job.source.follow_symlinks), "rb",
-                           buffering=0) as file:
+            with os.fdopen(
+                _open_regular(path, job.source.follow_symlinks), "rb", buffering=0
+            ) as file:
                 check_unchanged(file, expected)
                 throttle = self._throttle(job)
                 if claim.size <= self.transfer.multipart_threshold:
                     with self.memory.hold(claim.size):
-                        return self._put_small(file, expected, claim, job.destination,
-                                               throttle, progress)
+                        return self._put_small(
+                            file, expected, claim, job.destination, throttle, progress
+                        )
                 with self.memory.hold(self.transfer.held_per_large_file):
-                    return self._put_large(file, expected, claim, job.destination, on_multipart,
-                                           throttle, progress)
+                    return self._put_large(
+                        file, expected, claim, job.destination, on_multipart, throttle, progress
+                    )
         except FileNotFoundError:
             return UploadResult("gone", error="the file is gone", retryable=False)
         except NotRegular as exc:
@@ -136,8 +146,9 @@ class Uploader:
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = error.get("Code", "?")
-            return UploadResult("failed", error=f"S3 {code}: {error.get('Message', '')}"[:300],
-                                destination=True)
+            return UploadResult(
+                "failed", error=f"S3 {code}: {error.get('Message', '')}"[:300], destination=True
+            )
         except BotoCoreError as exc:
             # Before OSError: botocore's timeouts are OSErrors too, and they are S3's trouble.
             return UploadResult("failed", error=f"S3: {exc}"[:300], destination=True)
@@ -145,8 +156,13 @@ class Uploader:
             return UploadResult("failed", error=f"cannot read the file: {exc.strerror or exc}")
 
     def _put_small(
-        self, file: io.RawIOBase, expected: Signature, claim: Claim, destination: Destination,
-        throttle: Callable[[int], None], progress: FileProgress,
+        self,
+        file: io.RawIOBase,
+        expected: Signature,
+        claim: Claim,
+        destination: Destination,
+        throttle: Callable[[int], None],
+        progress: FileProgress,
     ) -> UploadResult:
         data = read_exactly(file, claim.size)
         check_unchanged(file, expected)  # the bytes we hold are exactly the queued version
@@ -164,8 +180,9 @@ class Uploader:
         def put(**kwargs: Any) -> Any:
             if fits(claim.key):
                 # obstore, off the GIL: the body's bytes are counted once it is sent.
-                target = Target(destination.s3, claim.bucket, destination.sse,
-                                destination.kms_key_id)
+                target = Target(
+                    destination.s3, claim.bucket, destination.sse, destination.kms_key_id
+                )
                 sent = self.storage.puts.putter(target)(Body=data, **kwargs)
                 progress.sent(len(data))
                 return sent
@@ -195,8 +212,14 @@ class Uploader:
         return UploadResult("uploaded", sha, response.get("ETag"), bytes=len(data))
 
     def _put_large(
-        self, file: io.RawIOBase, expected: Signature, claim: Claim, destination: Destination,
-        on_multipart: MultipartStarted, throttle: Callable[[int], None], progress: FileProgress,
+        self,
+        file: io.RawIOBase,
+        expected: Signature,
+        claim: Claim,
+        destination: Destination,
+        on_multipart: MultipartStarted,
+        throttle: Callable[[int], None],
+        progress: FileProgress,
     ) -> UploadResult:
         sha = _hash_file(file, expected)
         taken = _key_taken(claim, destination, sha)
@@ -208,28 +231,52 @@ class Uploader:
             if existing is not None:
                 return existing
         upload = MultipartUpload(
-            client, claim.bucket, claim.key, checksums=destination.s3.checksum == "when_supported",
-            concurrency=self.transfer.concurrency_per_file, on_started=on_multipart,
-            throttle=throttle, progress=progress,
+            client,
+            claim.bucket,
+            claim.key,
+            checksums=destination.s3.checksum == "when_supported",
+            concurrency=self.transfer.concurrency_per_file,
+            on_started=on_multipart,
+            throttle=throttle,
+            progress=progress,
         )
-        resume = (Resume(claim.multipart_upload_id, claim.multipart_part_size)
-                  if claim.multipart_upload_id and claim.multipart_part_size else None)
+        resume = (
+            Resume(claim.multipart_upload_id, claim.multipart_part_size)
+            if claim.multipart_upload_id and claim.multipart_part_size
+            else None
+        )
         try:
-            etag = upload.run(file, expected, sha, _put_arguments(destination, sha),
-                              part_size_for(claim.size, self.transfer.part_size), resume,
-                              if_absent=destination.overwrite == "never")
+            etag = upload.run(
+                file,
+                expected,
+                sha,
+                _put_arguments(destination, sha),
+                part_size_for(claim.size, self.transfer.part_size),
+                resume,
+                if_absent=destination.overwrite == "never",
+            )
         except KeyTaken:
             # Someone wrote the key since we looked: ours if it holds our content, else refused.
             return _existing(client, claim, destination, sha) or UploadResult(
-                "failed", sha, error="the key holds a different object and overwrite is never",
-                retryable=False)
+                "failed",
+                sha,
+                error="the key holds a different object and overwrite is never",
+                retryable=False,
+            )
         if upload.parts_kept:
             metrics.multipart_resumes.labels(claim.job).inc()
             metrics.multipart_kept_bytes.labels(claim.job).inc(upload.bytes_kept)
-            log.info("job %s: %s: resumed multipart upload %s: kept %d parts (%d bytes) from "
-                     "an earlier attempt, sent %d (%d bytes)", claim.job, claim.relpath,
-                     claim.multipart_upload_id, upload.parts_kept, upload.bytes_kept,
-                     upload.parts_sent, upload.bytes_sent)
+            log.info(
+                "job %s: %s: resumed multipart upload %s: kept %d parts (%d bytes) from "
+                "an earlier attempt, sent %d (%d bytes)",
+                claim.job,
+                claim.relpath,
+                claim.multipart_upload_id,
+                upload.parts_kept,
+                upload.bytes_kept,
+                upload.parts_sent,
+                upload.bytes_sent,
+            )
         return UploadResult("uploaded", sha, etag, bytes=upload.bytes_sent)
 
 
@@ -263,8 +310,13 @@ def _open_regular(path: str, follow_symlinks: bool) -> int:
 
 
 def _kind(mode: int) -> str:
-    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "device"),
-             (stat.S_ISBLK, "device"), (stat.S_ISDIR, "directory"))
+    kinds = (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "device"),
+        (stat.S_ISBLK, "device"),
+        (stat.S_ISDIR, "directory"),
+    )
     return next((name for test, name in kinds if test(mode)), "special file")
 
 
@@ -280,10 +332,15 @@ def _key_taken(claim: Claim, destination: Destination, sha: str) -> UploadResult
     if destination.overwrite == "always":
         return None
     return UploadResult(
-        "failed", sha, retryable=False,
-        error=(f"key collision: s3://{claim.bucket}/{claim.key} already holds different "
-               f"content uploaded from {claim.holder}; give each host or path its own key "
-               "(e.g. ${hostname} in destination.key) or set source.shared"))
+        "failed",
+        sha,
+        retryable=False,
+        error=(
+            f"key collision: s3://{claim.bucket}/{claim.key} already holds different "
+            f"content uploaded from {claim.holder}; give each host or path its own key "
+            "(e.g. ${hostname} in destination.key) or set source.shared"
+        ),
+    )
 
 
 def _existing(
@@ -302,7 +359,9 @@ def _existing(
         return UploadResult("uploaded", sha, head.get("ETag"), bytes=0)
     if destination.overwrite == "never":
         return UploadResult(
-            "failed", sha, error="the key holds a different object and overwrite is never",
+            "failed",
+            sha,
+            error="the key holds a different object and overwrite is never",
             retryable=False,
         )
     return None

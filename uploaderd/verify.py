@@ -49,17 +49,25 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {"job": self.job, "prefix": self.prefix, "checked": self.checked,
-                "listed": self.listed, "problems": [asdict(p) for p in self.problems]}
+        return {
+            "job": self.job,
+            "prefix": self.prefix,
+            "checked": self.checked,
+            "listed": self.listed,
+            "problems": [asdict(p) for p in self.problems],
+        }
 
     def lines(self) -> Iterator[str]:
         for problem in self.problems:
             yield f"{problem.kind:<9} s3://{problem.bucket}/{problem.key}: {problem.detail}"
         kinds = [p.kind for p in self.problems]
-        counts = ", ".join(f"{kinds.count(k)} {k}" for k in ("missing", "extra", "size",
-                                                                 "checksum", "collision"))
-        yield (f"job {self.job}: {self.checked} objects in the ledger, {self.listed} listed "
-               f"under {self.prefix!r}: {counts}")
+        counts = ", ".join(
+            f"{kinds.count(k)} {k}" for k in ("missing", "extra", "size", "checksum", "collision")
+        )
+        yield (
+            f"job {self.job}: {self.checked} objects in the ledger, {self.listed} listed "
+            f"under {self.prefix!r}: {counts}"
+        )
 
 
 def listing_prefix(template: KeyTemplate, job: str) -> str:
@@ -78,25 +86,34 @@ def verify(job: Job, ledger: Ledger, client: S3Client, *, workers: int) -> Verif
     report = VerifyReport(job.name, listing_prefix(job.destination.key, job.name))
     expected = ledger.uploaded_objects(job.name)
     report.problems += [
-        Problem("collision", row["bucket"], row["key"],
-                f"{row['contents']} different contents uploaded from {', '.join(row['files'])}; "
-                "S3 holds only the last")
-        for row in ledger.key_collisions(job.name)]
+        Problem(
+            "collision",
+            row["bucket"],
+            row["key"],
+            f"{row['contents']} different contents uploaded from {', '.join(row['files'])}; "
+            "S3 holds only the last",
+        )
+        for row in ledger.key_collisions(job.name)
+    ]
     buckets = sorted({job.destination.bucket} | {row["bucket"] for row in expected})
     try:
         for bucket in buckets:
             listed = list(_list(client, bucket, report.prefix))
             report.listed += len(listed)
             known = ledger.uploaded_keys_under(bucket, report.prefix)
-            report.problems += [Problem("extra", bucket, key, f"{size} bytes, not in the ledger")
-                                for key, size in listed if key not in known]
+            report.problems += [
+                Problem("extra", bucket, key, f"{size} bytes, not in the ledger")
+                for key, size in listed
+                if key not in known
+            ]
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for problems in pool.map(lambda row: check_object(client, row), expected):
                 report.problems += problems
     except ClientError as exc:
         error = exc.response.get("Error", {})
-        raise StorageUnavailable(f"S3: {error.get('Code')} {error.get('Message', '')}".rstrip()
-                                 ) from exc
+        raise StorageUnavailable(
+            f"S3: {error.get('Code')} {error.get('Message', '')}".rstrip()
+        ) from exc
     except BotoCoreError as exc:
         raise StorageUnavailable(f"cannot reach S3: {exc}") from exc
     report.checked = len(expected)
@@ -115,14 +132,25 @@ def check_object(client: S3Client, row: dict[str, Any]) -> list[Problem]:
         raise
     problems = []
     if head.get("ContentLength") != row["size"]:
-        problems.append(Problem("size", bucket, key, f"S3 has {head.get('ContentLength')} "
-                                                     f"bytes, the ledger {row['size']}"))
+        problems.append(
+            Problem(
+                "size",
+                bucket,
+                key,
+                f"S3 has {head.get('ContentLength')} bytes, the ledger {row['size']}",
+            )
+        )
     metadata = {name.lower(): value for name, value in head.get("Metadata", {}).items()}
     sha = metadata.get("sha256")
     if sha != row["sha256"]:
-        problems.append(Problem("checksum", bucket, key,
-                                f"S3 metadata sha256 {sha or 'absent'}, the ledger "
-                                f"{row['sha256']}"))
+        problems.append(
+            Problem(
+                "checksum",
+                bucket,
+                key,
+                f"S3 metadata sha256 {sha or 'absent'}, the ledger {row['sha256']}",
+            )
+        )
     return problems
 
 

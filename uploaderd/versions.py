@@ -17,8 +17,13 @@ def render_key(
     job: Job, candidate: Candidate, *, session: str, host: str
 ) -> tuple[str, str | None]:
     """(key, None), or ("", why) when the template cannot render a safe key for this file."""
-    values = key_variables(job.name, candidate.relpath, session=session, hostname=host,
-                           mtime_ns=candidate.signature.mtime_ns)
+    values = key_variables(
+        job.name,
+        candidate.relpath,
+        session=session,
+        hostname=host,
+        mtime_ns=candidate.signature.mtime_ns,
+    )
     try:
         return job.destination.key.render(values), None
     except MtimeOutOfRange as exc:

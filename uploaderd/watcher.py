@@ -158,8 +158,9 @@ def _identity(root: str) -> tuple[int, int] | None:
 class JobWatch:
     """The observer of one job: which roots it watches, and which it could not."""
 
-    def __init__(self, job: Job, sink: Sink, on_error: OnError,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, job: Job, sink: Sink, on_error: OnError, on_change: Callable[[], None] = lambda: None
+    ) -> None:
         self.job = job
         self.sink = sink
         self.on_error = on_error
@@ -179,8 +180,12 @@ class JobWatch:
             return self.job.source.polling
         remote = [p for p in self.job.source.paths if network_filesystem(p)]
         for path in remote:
-            log.info("job %s: %s is on %s; using the polling observer",
-                     self.job.name, path, network_filesystem(path))
+            log.info(
+                "job %s: %s is on %s; using the polling observer",
+                self.job.name,
+                path,
+                network_filesystem(path),
+            )
         return bool(remote)
 
     def start(self) -> None:
@@ -195,8 +200,11 @@ class JobWatch:
         lost = [root for root, watched in self.watched.items() if self._lost(root, watched)]
         for root in lost:
             self._unwatch(root)
-            self.on_error(self.job.name, f"lost the watch on {root} (deleted, replaced or "
-                          "remounted); watching it again as soon as it is a directory")
+            self.on_error(
+                self.job.name,
+                f"lost the watch on {root} (deleted, replaced or "
+                "remounted); watching it again as soon as it is a directory",
+            )
         return bool(self.ensure_watches()) or bool(lost)
 
     def retry_refused(self) -> bool:
@@ -236,8 +244,9 @@ class JobWatch:
         if identity is None:
             return f"root {root} is not a directory"
         try:
-            watch = self.observer.schedule(_Forward(self, root), root,
-                                           recursive=self.job.source.recursive)
+            watch = self.observer.schedule(
+                _Forward(self, root), root, recursive=self.job.source.recursive
+            )
         except OSError as exc:
             self.refused.add(root)
             reason = exc.strerror or str(exc)
@@ -268,8 +277,11 @@ class JobWatch:
 
     def overflowed(self, root: str) -> None:
         """Events were lost (watchdog's thread): scan the root now instead of at the rescan."""
-        self.on_error(self.job.name, f"the inotify queue overflowed and events under {root} "
-                      "were lost (raise fs.inotify.max_queued_events); scanning it now")
+        self.on_error(
+            self.job.name,
+            f"the inotify queue overflowed and events under {root} "
+            "were lost (raise fs.inotify.max_queued_events); scanning it now",
+        )
         self.sink(PathEvent(self.job.name, root, root, True))
 
     def alive(self) -> bool:
@@ -284,8 +296,9 @@ class JobWatch:
 class Watcher:
     """All jobs' observers, one component; swapped job by job on reload."""
 
-    def __init__(self, sink: Sink, on_error: OnError,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, sink: Sink, on_error: OnError, on_change: Callable[[], None] = lambda: None
+    ) -> None:
         self.sink = sink
         self.on_error = on_error
         self.on_change = on_change

@@ -190,8 +190,8 @@ class UploadPool:
             with self._busy_lock:
                 self._busy += 1
                 self._running[claim.id] = _Running(
-                    claim, job.name, now + stall_deadline(claim.size, job.destination),
-                    now)
+                    claim, job.name, now + stall_deadline(claim.size, job.destination), now
+                )
             try:
                 self._finish(self._attempt_guarded(claim, job))
             finally:
@@ -204,10 +204,12 @@ class UploadPool:
         try:
             return self._attempt(claim, job)
         except Exception as exc:
-            log.exception("job %s: unexpected error around the upload of %s", job.name,
-                          claim.relpath)
-            return outcome_of(claim, job, UploadResult(
-                "failed", error=f"internal error: {type(exc).__name__}"))
+            log.exception(
+                "job %s: unexpected error around the upload of %s", job.name, claim.relpath
+            )
+            return outcome_of(
+                claim, job, UploadResult("failed", error=f"internal error: {type(exc).__name__}")
+            )
 
     def _attempt(self, claim: Claim, job: Job) -> Outcome:
         began = time.monotonic()
@@ -249,8 +251,14 @@ class UploadPool:
                 pause = breaker.record_failure(result.error or "")
                 if pause is not None:
                     self._health_changes[job] = pause
-                    log.error("job %s: pausing uploads for %.0fs after %d S3 failures in a "
-                              "row (last: %s)", job, pause, breaker.failures, result.error)
+                    log.error(
+                        "job %s: pausing uploads for %.0fs after %d S3 failures in a "
+                        "row (last: %s)",
+                        job,
+                        pause,
+                        breaker.failures,
+                        result.error,
+                    )
 
     def _paused(self, job: str) -> bool:
         with self._health_lock:
@@ -272,9 +280,14 @@ class UploadPool:
                 running.stalled = True
         for running in stalled:
             metrics.upload_stalls.labels(running.job).inc()
-            log.warning("job %s: the upload of %s (%d bytes) has run for %.0fs, past its "
-                        "deadline: S3 may be unreachable", running.job, running.claim.relpath,
-                        running.claim.size, now - running.began)
+            log.warning(
+                "job %s: the upload of %s (%d bytes) has run for %.0fs, past its "
+                "deadline: S3 may be unreachable",
+                running.job,
+                running.claim.relpath,
+                running.claim.size,
+                now - running.began,
+            )
 
     def _write_health(self) -> None:
         with self._health_lock:
@@ -283,8 +296,13 @@ class UploadPool:
         for job, pause in changes.items():
             metrics.destination_paused.labels(job, "upload").set(1 if pause else 0)
             self.ledger.set_destination_health(
-                job, self.host, "upload", failures=states[job].failures, pause_seconds=pause,
-                error=states[job].last_error)
+                job,
+                self.host,
+                "upload",
+                failures=states[job].failures,
+                pause_seconds=pause,
+                error=states[job].last_error,
+            )
 
     def _finish(self, outcome: Outcome) -> None:
         self._done.put(outcome)
@@ -316,8 +334,10 @@ class UploadPool:
                 continue
             except DatabaseUnavailable as exc:
                 if stopping:
-                    log.error("stopping without PostgreSQL: %d claims expire with their lease",
-                              len(self._held))
+                    log.error(
+                        "stopping without PostgreSQL: %d claims expire with their lease",
+                        len(self._held),
+                    )
                     return
                 log.error("upload pool: %s; retrying in %.1fs", exc, backoff)
                 self.on_db(False)
@@ -382,14 +402,18 @@ class UploadPool:
         for reason, ids in releases.items():
             self.ledger.release(self.worker, ids, reason)
         if finished:
-            keeping = [name for name, job in self.jobs().items()
-                       if job.after_upload.action == "keep"]
+            keeping = [
+                name for name, job in self.jobs().items() if job.after_upload.action == "keep"
+            ]
             ours = self.ledger.complete(self.worker, finished, keeping=keeping)
             for outcome in finished:
                 if outcome.claim.id not in ours:
-                    log.warning("job %s: %s: the lease was lost; the result of attempt %d is "
-                                "dropped", outcome.claim.job, outcome.claim.relpath,
-                                outcome.claim.attempt)
+                    log.warning(
+                        "job %s: %s: the lease was lost; the result of attempt %d is dropped",
+                        outcome.claim.job,
+                        outcome.claim.relpath,
+                        outcome.claim.attempt,
+                    )
                 elif self.activity is not None and outcome.outcome in ("uploaded", "failed"):
                     self.activity.record(_attempt(outcome))
         for outcome in self._unwritten:
@@ -421,15 +445,22 @@ class UploadPool:
     def _claim(self, jobs: list[str], limit: int) -> list[Claim]:
         if not jobs:
             return []
-        return self.ledger.claim(worker=self.worker, host=self.host, jobs=jobs,
-                                 scopes=[self.host, ""], limit=limit,
-                                 lease_seconds=self.lease_seconds)
+        return self.ledger.claim(
+            worker=self.worker,
+            host=self.host,
+            jobs=jobs,
+            scopes=[self.host, ""],
+            limit=limit,
+            lease_seconds=self.lease_seconds,
+        )
 
     def _claimable_jobs(self) -> dict[str, Job]:
         now = datetime.now()  # windows are in local time, as operators write them
         return {
-            name: job for name, job in self.jobs().items()
-            if job.enabled and in_any_window(job.destination.windows, now)
+            name: job
+            for name, job in self.jobs().items()
+            if job.enabled
+            and in_any_window(job.destination.windows, now)
             and not self._paused(name)
         }
 
@@ -440,14 +471,17 @@ class UploadPool:
             except queue.Empty:
                 break
             if item is not None:
-                self._unwritten.append(Outcome(item[0], State.PENDING, "released",
-                                               error=STOPPING))
+                self._unwritten.append(Outcome(item[0], State.PENDING, "released", error=STOPPING))
         self._write_outcomes()
         if self._held:
-            log.warning("released %d uploads still running at the end of the grace period",
-                        len(self._held))
-            self.ledger.release(self.worker, list(self._held),
-                                "daemon stopping: still running at the end of shutdown_grace")
+            log.warning(
+                "released %d uploads still running at the end of the grace period", len(self._held)
+            )
+            self.ledger.release(
+                self.worker,
+                list(self._held),
+                "daemon stopping: still running at the end of shutdown_grace",
+            )
             self._held.clear()
         for _ in self._threads:
             self._todo.put(None)
@@ -461,18 +495,31 @@ class UploadPool:
 
 
 def build_pool(
-    config: DaemonConfig, jobs: Callable[[], Mapping[str, Job]], *, host: str, name: str,
-    on_db: Callable[[bool], None] = lambda up: None, breaker: Callable[[], Breaker] = Breaker,
-    activity: ActivityLog | None = None, workers: int | None = None,
+    config: DaemonConfig,
+    jobs: Callable[[], Mapping[str, Job]],
+    *,
+    host: str,
+    name: str,
+    on_db: Callable[[bool], None] = lambda up: None,
+    breaker: Callable[[], Breaker] = Breaker,
+    activity: ActivityLog | None = None,
+    workers: int | None = None,
 ) -> UploadPool:
     """A pool as ``config`` sizes it (or ``workers``): S3 connections for every worker and
     its part threads."""
     workers = workers or config.workers
     transfer = TransferSettings()
     storage = Storage(pool_connections=workers * (1 + transfer.concurrency_per_file))
-    return UploadPool(Ledger(config.dsn, application_name=name), Uploader(storage, transfer),
-                      jobs, workers=workers, host=host, on_db=on_db, breaker=breaker,
-                      activity=activity)
+    return UploadPool(
+        Ledger(config.dsn, application_name=name),
+        Uploader(storage, transfer),
+        jobs,
+        workers=workers,
+        host=host,
+        on_db=on_db,
+        breaker=breaker,
+        activity=activity,
+    )
 
 
 def outcome_of(claim: Claim, job: Job, result: UploadResult, seconds: float = 0.0) -> Outcome:
@@ -480,8 +527,15 @@ def outcome_of(claim: Claim, job: Job, result: UploadResult, seconds: float = 0.
     if result.error is not None:
         result = replace(result, error=_printable(result.error))
     if result.outcome == "uploaded":
-        return Outcome(claim, State.UPLOADED, "uploaded", result.sha256, result.etag,
-                       bytes=result.bytes, seconds=seconds)
+        return Outcome(
+            claim,
+            State.UPLOADED,
+            "uploaded",
+            result.sha256,
+            result.etag,
+            bytes=result.bytes,
+            seconds=seconds,
+        )
     if result.outcome == "changed":
         # The file moved on; its new content is a new version that discovery queues.
         return Outcome(claim, State.SUPERSEDED, "changed", error=result.error, seconds=seconds)
@@ -490,18 +544,34 @@ def outcome_of(claim: Claim, job: Job, result: UploadResult, seconds: float = 0.
         return Outcome(claim, State.GONE, "failed", error=result.error, seconds=seconds)
     delay = next_attempt_in(claim.tries, job.retry) if result.retryable else None
     if delay is None:
-        return Outcome(claim, State.FAILED, "failed", result.sha256, error=result.error,
-                       seconds=seconds)
-    return Outcome(claim, State.PENDING, "failed", result.sha256, error=result.error,
-                   retry_in=delay, seconds=seconds)
+        return Outcome(
+            claim, State.FAILED, "failed", result.sha256, error=result.error, seconds=seconds
+        )
+    return Outcome(
+        claim,
+        State.PENDING,
+        "failed",
+        result.sha256,
+        error=result.error,
+        retry_in=delay,
+        seconds=seconds,
+    )
 
 
 def _attempt(outcome: Outcome) -> Attempt:
     claim = outcome.claim
-    return Attempt(claim.job, claim.session_id, claim.relpath, claim.bucket, claim.key,
-                   claim.size, outcome.seconds, claim.attempt,
-                   None if outcome.outcome == "uploaded" else outcome.error or "failed",
-                   outcome.retry_in)
+    return Attempt(
+        claim.job,
+        claim.session_id,
+        claim.relpath,
+        claim.bucket,
+        claim.key,
+        claim.size,
+        outcome.seconds,
+        claim.attempt,
+        None if outcome.outcome == "uploaded" else outcome.error or "failed",
+        outcome.retry_in,
+    )
 
 
 def _printable(error: str) -> str:

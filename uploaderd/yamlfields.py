@@ -37,10 +37,18 @@ class YamlDocument:
         try:
             too_many = _alias_overflow(text)
             if too_many is not None:
-                self.problems.append(ConfigProblem(file, too_many, None, (
-                    f"aliases (*name) here stand for more than {MAX_ALIAS_VALUES:,} values "
-                    "once expanded; refusing the file (write the values out, or use fewer "
-                    "aliases)")))
+                self.problems.append(
+                    ConfigProblem(
+                        file,
+                        too_many,
+                        None,
+                        (
+                            f"aliases (*name) here stand for more than {MAX_ALIAS_VALUES:,} values "
+                            "once expanded; refusing the file (write the values out, or use fewer "
+                            "aliases)"
+                        ),
+                    )
+                )
                 return
             node = yaml.compose(text, Loader=yaml.SafeLoader)
             self.data = _keys_as_written(yaml.safe_load(text), node)
@@ -288,6 +296,13 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 def _kind(value: object) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-             int: "an integer", float: "a number", type(None): "nothing"}
+    names = {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "nothing",
+    }
     return f"{names.get(type(value), type(value).__name__)} ({value!r})"[:120]

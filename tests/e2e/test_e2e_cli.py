@@ -18,18 +18,28 @@ from uploaderd import __version__, schema
 
 
 def uploaderd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "uploaderd", *args], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "uploaderd", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def write_config(tmp_path: Path, dsn: str, endpoint_url: str = "http://127.0.0.1:9") -> Path:
     jobs = tmp_path / "jobs.d"
     jobs.mkdir(exist_ok=True)
     config = tmp_path / "uploaderd.yaml"
-    config.write_text(yaml.safe_dump({
-        "database": {"dsn": dsn}, "jobs_dir": str(jobs),
-        "s3": {"endpoint_url": endpoint_url, "region": "us-east-1"},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "database": {"dsn": dsn},
+                "jobs_dir": str(jobs),
+                "s3": {"endpoint_url": endpoint_url, "region": "us-east-1"},
+            }
+        )
+    )
     return config
 
 
@@ -71,10 +81,12 @@ def test_check_reports_every_problem_of_every_job_at_once(tmp_path: Path) -> Non
     config = write_config(tmp_path, "postgresql://127.0.0.1:1/x")
     jobs = tmp_path / "jobs.d"
     (tmp_path / "data").mkdir()
-    (jobs / "good.yaml").write_text(f"source: {{paths: [{tmp_path / 'data'}]}}\n"
-                                    "destination: {bucket: lab-raw}\n")
-    (jobs / "bad.yaml").write_text("source:\n  paths: [data]\ndestination:\n"
-                                   "  key: '../${relpath}'\n")
+    (jobs / "good.yaml").write_text(
+        f"source: {{paths: [{tmp_path / 'data'}]}}\ndestination: {{bucket: lab-raw}}\n"
+    )
+    (jobs / "bad.yaml").write_text(
+        "source:\n  paths: [data]\ndestination:\n  key: '../${relpath}'\n"
+    )
     (jobs / "broken.yaml").write_text("source: [unclosed\n")
     (jobs / "ignored.yaml.sample").write_text("not: [valid\n")
     result = uploaderd("check", "-c", str(config))
@@ -85,8 +97,10 @@ def test_check_reports_every_problem_of_every_job_at_once(tmp_path: Path) -> Non
     bad_key = f"{jobs / 'bad.yaml'}:4: destination.key: the key"
     assert any(line.startswith(bad_key) for line in lines)
     assert any(line.startswith(f"{jobs / 'broken.yaml'}:2: invalid YAML") for line in lines)
-    assert "ok          job good: 1 directories to watch" in result.stdout.replace(
-        " (limit", "\n").splitlines()
+    assert (
+        "ok          job good: 1 directories to watch"
+        in result.stdout.replace(" (limit", "\n").splitlines()
+    )
     assert lines[-1] == "1 valid job, 4 problems"
 
 
@@ -95,8 +109,12 @@ def test_env_overrides_config_path_and_dsn(tmp_path: Path, migrated_dsn: str) ->
     env = {"UPLOADERD_CONFIG": str(config), "UPLOADERD_DATABASE_DSN": migrated_dsn}
     result = uploaderd("status", "--json", env=env)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"jobs": {}, "paused_destinations": [],
-                                         "open_sessions": [], "recent_errors": []}
+    assert json.loads(result.stdout) == {
+        "jobs": {},
+        "paused_destinations": [],
+        "open_sessions": [],
+        "recent_errors": [],
+    }
 
 
 def test_unreachable_database_exits_3_without_the_password(tmp_path: Path) -> None:
@@ -136,16 +154,20 @@ def test_check_connect_reports_a_missing_bucket_as_unreachable(
     assert "cannot write to s3://not-there: NoSuchBucket" in result.stdout
 
 
-def test_status_and_files_show_the_ledger(
-    tmp_path: Path, migrated_dsn: str, sql: object
-) -> None:
+def test_status_and_files_show_the_ledger(tmp_path: Path, migrated_dsn: str, sql: object) -> None:
     from uploaderd.ledger import Ledger, NewVersion
 
     ledger = Ledger(migrated_dsn).connect()
-    ledger.enqueue("lab", scope="h", host="h", bucket="b", versions=[
-        NewVersion("/d", "a.txt", 5, 1, 1, "k/a.txt", None),
-        NewVersion("/d", "b.txt", 7, 1, 2, "", None, error="unsafe key: test"),
-    ])
+    ledger.enqueue(
+        "lab",
+        scope="h",
+        host="h",
+        bucket="b",
+        versions=[
+            NewVersion("/d", "a.txt", 5, 1, 1, "k/a.txt", None),
+            NewVersion("/d", "b.txt", 7, 1, 2, "", None, error="unsafe key: test"),
+        ],
+    )
     ledger.close()
     config = write_config(tmp_path, migrated_dsn)
     status = uploaderd("status", "-c", str(config))
@@ -161,7 +183,8 @@ def test_status_and_files_show_the_ledger(
     assert listed.returncode == 0, listed.stderr
     files = json.loads(listed.stdout)
     assert [(f["relpath"], f["state"], f["key"]) for f in files] == [
-        ("a.txt", "pending", "k/a.txt")]
+        ("a.txt", "pending", "k/a.txt")
+    ]
     table = uploaderd("files", "-c", str(config)).stdout
     assert "b.txt  (unsafe key: test)" in table
     assert uploaderd("files", "--state", "lost", "-c", str(config)).returncode == 2
@@ -169,12 +192,18 @@ def test_status_and_files_show_the_ledger(
 
 def test_wheel_ships_the_sql(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                    "-q", "-w", str(tmp_path), str(root)], check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
+        check=True,
+        timeout=300,
+    )
     [wheel] = tmp_path.glob("uploaderd-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"uploaderd/sql/queries.sql", "uploaderd/sql/migrations/0001_ledger.sql",
-            "uploaderd/cli.py"} <= names
+    assert {
+        "uploaderd/sql/queries.sql",
+        "uploaderd/sql/migrations/0001_ledger.sql",
+        "uploaderd/cli.py",
+    } <= names
 
 
 def test_status_on_an_unmigrated_database_says_what_to_do(
@@ -203,7 +232,8 @@ def test_run_with_the_metrics_port_taken_is_a_clear_error(
         result = uploaderd("run", "-c", str(config))
     assert result.returncode == 2
     assert f"metrics.listen: cannot listen on 127.0.0.1:{port}: Address already in use" in (
-        result.stderr)
+        result.stderr
+    )
 
 
 @pytest.mark.parametrize("command", ["run", "status"])
@@ -225,6 +255,5 @@ def test_check_applies_the_job_policy_from_config_and_env(tmp_path: Path) -> Non
     job.chmod(0o666)
     insecure = uploaderd("check", "-c", str(config))
     assert insecure.returncode == 2 and "chmod go-w" in insecure.stdout
-    allowed = uploaderd("check", "-c", str(config),
-                       env={"UPLOADERD_ALLOW_INSECURE_JOB_FILES": "1"})
+    allowed = uploaderd("check", "-c", str(config), env={"UPLOADERD_ALLOW_INSECURE_JOB_FILES": "1"})
     assert allowed.returncode == 0, allowed.stdout

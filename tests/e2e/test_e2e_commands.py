@@ -40,15 +40,24 @@ class Workspace:
         self.jobs = tmp / "jobs.d"
         self.jobs.mkdir()
         self.config = tmp / "uploaderd.yaml"
-        self.config.write_text(yaml.safe_dump({
-            "database": {"dsn": dsn}, "jobs_dir": str(self.jobs), "workers": 2,
-            "s3": {"endpoint_url": endpoint_url, "region": "us-east-1"},
-            "shutdown_grace": "5s",
-        }))
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "database": {"dsn": dsn},
+                    "jobs_dir": str(self.jobs),
+                    "workers": 2,
+                    "s3": {"endpoint_url": endpoint_url, "region": "us-east-1"},
+                    "shutdown_grace": "5s",
+                }
+            )
+        )
 
     def job(self, bucket: str, name: str = "lab", **extra: Any) -> None:
-        job = {"source": {"paths": [str(self.data)], "settle": 0},
-               "destination": {"bucket": bucket, "key": "lab/${relpath}"}, **extra}
+        job = {
+            "source": {"paths": [str(self.data)], "settle": 0},
+            "destination": {"bucket": bucket, "key": "lab/${relpath}"},
+            **extra,
+        }
         (self.jobs / f"{name}.yaml").write_text(yaml.safe_dump(job))
 
     def write(self, relpath: str, data: bytes) -> Path:
@@ -62,8 +71,13 @@ class Workspace:
             self.write(relpath, data)
 
     def run(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "uploaderd", *args, "-c", str(self.config)],
-                              capture_output=True, text=True, timeout=120, cwd=cwd)
+        return subprocess.run(
+            [sys.executable, "-m", "uploaderd", *args, "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=cwd,
+        )
 
 
 @pytest.fixture
@@ -85,8 +99,9 @@ def session_of(output: str) -> int:
 def objects(server: S3Server, bucket: str) -> dict[str, bytes]:
     client = server.client()
     listing = client.list_objects_v2(Bucket=bucket).get("Contents", [])
-    return {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
-            for o in listing}
+    return {
+        o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listing
+    }
 
 
 def sha(data: bytes) -> str:
@@ -94,14 +109,19 @@ def sha(data: bytes) -> str:
 
 
 def trigger_job(ws: Workspace, bucket: str, httpserver: HTTPServer, **extra: Any) -> None:
-    ws.job(bucket, trigger={"url": httpserver.url_for("/register"),
-                            "schedule": {"interval": "1h"}}, **extra)
+    ws.job(
+        bucket,
+        trigger={"url": httpserver.url_for("/register"), "schedule": {"interval": "1h"}},
+        **extra,
+    )
 
 
 def posted(httpserver: HTTPServer) -> list[tuple[str, dict[str, Any]]]:
     """(Idempotency-Key, manifest) of every call the endpoint received."""
-    return [(request.headers["Idempotency-Key"], json.loads(request.data))
-            for request, _ in httpserver.log]
+    return [
+        (request.headers["Idempotency-Key"], json.loads(request.data))
+        for request, _ in httpserver.log
+    ]
 
 
 # --- upload --------------------------------------------------------------------------------
@@ -111,8 +131,14 @@ def test_upload_queues_a_tree_in_a_session_and_uploads_it(
     ws: Workspace, s3_server: S3Server, bucket: str, sql: Sql
 ) -> None:
     ws.job(bucket)
-    ws.tree({"a.txt": b"alpha", "run1/b.txt": b"bravo!", "run1/deep/c.txt": b"charlie",
-             "run1/skip.tmp": b"temp"})
+    ws.tree(
+        {
+            "a.txt": b"alpha",
+            "run1/b.txt": b"bravo!",
+            "run1/deep/c.txt": b"charlie",
+            "run1/skip.tmp": b"temp",
+        }
+    )
     out = ok(ws.run("upload", "lab"))
     session = session_of(out)
     assert "job lab: 3 new complete files, 0 already in the ledger, 0 still being written" in out
@@ -120,10 +146,14 @@ def test_upload_queues_a_tree_in_a_session_and_uploads_it(
     assert f"session {session}: 3 uploaded, 0 failed" in out
     assert f"session {session}: complete" in out
     assert ESC not in out, "no control sequences when stdout is not a terminal"
-    assert objects(s3_server, bucket) == {"lab/a.txt": b"alpha", "lab/run1/b.txt": b"bravo!",
-                                          "lab/run1/deep/c.txt": b"charlie"}
+    assert objects(s3_server, bucket) == {
+        "lab/a.txt": b"alpha",
+        "lab/run1/b.txt": b"bravo!",
+        "lab/run1/deep/c.txt": b"charlie",
+    }
     assert sql("SELECT state, origin, closed_reason FROM sessions") == [
-        ("complete", "upload", "run")]
+        ("complete", "upload", "run")
+    ]
 
     again = ok(ws.run("upload", "lab"))
     assert "3 already in the ledger" in again and "nothing new to upload" in again
@@ -134,7 +164,9 @@ def test_upload_queues_a_tree_in_a_session_and_uploads_it(
     assert f"session {session_of(changed)}: 1 uploaded" in changed
     assert objects(s3_server, bucket)["lab/run1/b.txt"] == b"bravo, changed"
     assert sql("SELECT state FROM file_versions WHERE relpath = 'run1/b.txt' ORDER BY id") == [
-        ("uploaded",), ("uploaded",)]
+        ("uploaded",),
+        ("uploaded",),
+    ]
 
 
 def test_dry_run_lists_what_would_be_queued_and_touches_nothing(
@@ -148,7 +180,8 @@ def test_dry_run_lists_what_would_be_queued_and_touches_nothing(
     assert "  run1/b.txt  6 B  lab/run1/b.txt" in out.splitlines()
     assert "x.part" not in out
     assert sql("SELECT (SELECT count(*) FROM file_versions), (SELECT count(*) FROM sessions)") == [
-        (0, 0)]
+        (0, 0)
+    ]
     assert objects(s3_server, bucket) == {}
 
 
@@ -161,8 +194,10 @@ def test_a_missing_bucket_fails_the_upload_and_retry_recovers_it(
     ws.write("b.txt", b"bravo")
     refused = ws.run("upload", "lab")
     assert refused.returncode == 3, refused.stderr
-    assert (f"job lab: cannot reach s3://{bucket}: NoSuchBucket The specified bucket does not "
-            "exist; nothing was queued") in refused.stderr
+    assert (
+        f"job lab: cannot reach s3://{bucket}: NoSuchBucket The specified bucket does not "
+        "exist; nothing was queued"
+    ) in refused.stderr
     assert sql("SELECT count(*) FROM file_versions") == [(0,)], "no attempt spent"
     # Queued while the bucket was there, uploaded after it went away:
     session = queue_files(ws, bucket, ["a.txt", "b.txt"])
@@ -195,8 +230,10 @@ def test_upload_stops_when_the_bucket_keeps_failing_instead_of_probing_for_hours
     queue_files(ws, bucket, [f"f{index:02}.txt" for index in range(12)])
     out = ok(ws.run("retry", "--job", "lab", "--auto-retry"), 3)
     assert "stopped: S3 keeps failing (S3 NoSuchBucket" in out
-    [(failed, pending)] = sql("SELECT count(*) FILTER (WHERE state = 'failed'), "
-                              "count(*) FILTER (WHERE state = 'pending') FROM file_versions")
+    [(failed, pending)] = sql(
+        "SELECT count(*) FILTER (WHERE state = 'failed'), "
+        "count(*) FILTER (WHERE state = 'pending') FROM file_versions"
+    )
     assert failed >= 5 and pending >= 1 and failed + pending == 12
     assert f"{pending} files stay pending for the daemon or the next run" in out
 
@@ -206,14 +243,18 @@ def test_retry_without_auto_retry_only_requeues(ws: Workspace, sql: Sql) -> None
     ledger = Ledger(_dsn(ws)).connect()
     session = ledger.open_run_session("lab", "elsewhere")
     ledger.close()
-    sql("INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inode, "
+    sql(
+        "INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inode, "
         "bucket, key, state, session_id) VALUES ('lab', 'elsewhere', 'elsewhere', '/d', 'a', 1, "
-        "1, 1, 'b', 'k', 'failed', %s)", session)
+        "1, 1, 'b', 'k', 'failed', %s)",
+        session,
+    )
     out = ok(ws.run("retry", "--session-id", str(session)))
     assert out == f"session {session}: requeued 1 failed file and 0 failed registrations\n"
     assert sql("SELECT state FROM file_versions") == [("pending",)]
     assert ok(ws.run("retry", "--all")) == (
-        "all jobs: requeued 0 failed files and 0 failed registrations\n")
+        "all jobs: requeued 0 failed files and 0 failed registrations\n"
+    )
 
 
 def _dsn(ws: Workspace) -> str:
@@ -228,10 +269,25 @@ def queue_files(ws: Workspace, bucket: str, relpaths: list[str]) -> int:
     versions = []
     for relpath in relpaths:
         info = (ws.data / relpath).stat()
-        versions.append(NewVersion(str(ws.data), relpath, info.st_size, info.st_mtime_ns,
-                                   info.st_ino, f"lab/{relpath}", session, None))
-    ledger.enqueue("lab", scope=socket.gethostname(), host=socket.gethostname(),
-                   bucket=bucket, versions=versions)
+        versions.append(
+            NewVersion(
+                str(ws.data),
+                relpath,
+                info.st_size,
+                info.st_mtime_ns,
+                info.st_ino,
+                f"lab/{relpath}",
+                session,
+                None,
+            )
+        )
+    ledger.enqueue(
+        "lab",
+        scope=socket.gethostname(),
+        host=socket.gethostname(),
+        bucket=bucket,
+        versions=versions,
+    )
     ledger.close()
     return session
 
@@ -246,7 +302,8 @@ def test_trigger_sends_the_manifest_and_reuses_its_key_after_a_500(
     ws.write("a.txt", b"alpha")
     ws.write("run1/b.txt", b"bravo!")
     httpserver.expect_oneshot_request("/register", method="POST").respond_with_data(
-        "overloaded", status=500)
+        "overloaded", status=500
+    )
     first = ok(ws.run("upload", "lab"), 1)  # upload sends the job's due registrations
     session = session_of(first)
     assert "not sent (HTTP 500): HTTP 500; queued for retry" in first
@@ -256,10 +313,12 @@ def test_trigger_sends_the_manifest_and_reuses_its_key_after_a_500(
     [(key_500, _), (key_200, manifest)] = posted(httpserver)
     assert key_500 == key_200, "a repeat carries the same Idempotency-Key"
     assert (manifest["job"], manifest["session"]) == ("lab", session)
-    assert [(f["relpath"], f["bucket"], f["key"], f["size"], f["sha256"])
-            for f in manifest["files"]] == [
+    assert [
+        (f["relpath"], f["bucket"], f["key"], f["size"], f["sha256"]) for f in manifest["files"]
+    ] == [
         ("a.txt", bucket, "lab/a.txt", 5, sha(b"alpha")),
-        ("run1/b.txt", bucket, "lab/run1/b.txt", 6, sha(b"bravo!"))]
+        ("run1/b.txt", bucket, "lab/run1/b.txt", 6, sha(b"bravo!")),
+    ]
 
     again = ok(ws.run("trigger", "--session-id", str(session)))
     assert f"session {session}: already registered" in again and "HTTP 200" in again
@@ -311,8 +370,9 @@ def test_status_shows_bytes_paused_destinations_and_open_sessions(
     ws.write("a.txt", b"alpha")
     ok(ws.run("upload", "lab"))
     ledger = Ledger(_dsn(ws)).connect()
-    ledger.set_destination_health("lab", "host-b", "trigger", failures=5, pause_seconds=600,
-                                  error="HTTP 503")
+    ledger.set_destination_health(
+        "lab", "host-b", "trigger", failures=5, pause_seconds=600, error="HTTP 503"
+    )
     session = ledger.open_run_session("lab", "host-b")
     ledger.close()
     table = ok(ws.run("status"))
@@ -339,23 +399,35 @@ def test_verify_finds_missing_extra_and_changed_objects(
     clean = ok(ws.run("verify", "lab"))
     assert clean.splitlines() == [
         "job lab: 3 objects in the ledger, 3 listed under 'lab/': 0 missing, 0 extra, 0 size, "
-        "0 checksum, 0 collision"]
+        "0 checksum, 0 collision"
+    ]
     client = s3_server.client()
     client.delete_object(Bucket=bucket, Key="lab/a.txt")
     client.put_object(Bucket=bucket, Key="lab/stray.bin", Body=b"who put this here")
-    client.put_object(Bucket=bucket, Key="lab/b.txt", Body=b"B.TXTB.TXTB.TXT",
-                      Metadata={"sha256": sha(b"B.TXTB.TXTB.TXT")})
+    client.put_object(
+        Bucket=bucket,
+        Key="lab/b.txt",
+        Body=b"B.TXTB.TXTB.TXT",
+        Metadata={"sha256": sha(b"B.TXTB.TXTB.TXT")},
+    )
     client.put_object(Bucket=bucket, Key="elsewhere/x", Body=b"not under the prefix")
     out = ok(ws.run("verify", "lab"), 1)
     lines = out.splitlines()
     assert f"missing   s3://{bucket}/lab/a.txt: in the ledger as uploaded, not in S3" in lines
     assert f"extra     s3://{bucket}/lab/stray.bin: 17 bytes, not in the ledger" in lines
-    assert any(line.startswith(f"checksum  s3://{bucket}/lab/b.txt: S3 metadata sha256 "
-                               f"{sha(b'B.TXTB.TXTB.TXT')}") for line in lines)
+    assert any(
+        line.startswith(
+            f"checksum  s3://{bucket}/lab/b.txt: S3 metadata sha256 {sha(b'B.TXTB.TXTB.TXT')}"
+        )
+        for line in lines
+    )
     assert lines[-1].endswith("1 missing, 1 extra, 0 size, 1 checksum, 0 collision")
     report = json.loads(ok(ws.run("verify", "lab", "--json"), 1))
     assert sorted((p["kind"], p["key"]) for p in report["problems"]) == [
-        ("checksum", "lab/b.txt"), ("extra", "lab/stray.bin"), ("missing", "lab/a.txt")]
+        ("checksum", "lab/b.txt"),
+        ("extra", "lab/stray.bin"),
+        ("missing", "lab/a.txt"),
+    ]
 
 
 def test_explain_says_why_for_uploaded_excluded_and_outside_paths(
@@ -368,16 +440,20 @@ def test_explain_says_why_for_uploaded_excluded_and_outside_paths(
     uploaded = ok(ws.run("explain", "run1/a.txt", cwd=ws.data))
     assert f"job: lab (root {ws.data}, relpath run1/a.txt)" in uploaded
     assert "filter: included" in uploaded
-    assert re.search(r"^version \d+: uploaded, 1 attempts, 5 bytes, key "
-                     rf"s3://{bucket}/lab/run1/a.txt", uploaded, re.MULTILINE)
+    assert re.search(
+        r"^version \d+: uploaded, 1 attempts, 5 bytes, key "
+        rf"s3://{bucket}/lab/run1/a.txt",
+        uploaded,
+        re.MULTILINE,
+    )
     assert re.search(r"^  attempt 1 on .+: uploaded$", uploaded, re.MULTILINE)
-    assert re.search(rf"^why: uploaded at .+ UTC as s3://{bucket}/lab/run1/a.txt$", uploaded,
-                     re.MULTILINE)
+    assert re.search(
+        rf"^why: uploaded at .+ UTC as s3://{bucket}/lab/run1/a.txt$", uploaded, re.MULTILINE
+    )
     excluded = ok(ws.run("explain", str(ws.data / "run1/b.tmp")))
     assert "why: excluded by **/*.tmp" in excluded and "versions: none in the ledger" in excluded
     outside = ok(ws.run("explain", str(tmp_path / "elsewhere.txt")))
-    assert outside.splitlines() == [f"path: {tmp_path / 'elsewhere.txt'}",
-                                    "why: not under any job"]
+    assert outside.splitlines() == [f"path: {tmp_path / 'elsewhere.txt'}", "why: not under any job"]
     ws.write("new.txt", b"new")
     assert "why: complete but not queued yet" in ok(ws.run("explain", str(ws.data / "new.txt")))
 
@@ -386,15 +462,27 @@ def test_check_connect_probes_trigger_urls_without_secrets(
     ws: Workspace, bucket: str, httpserver: HTTPServer
 ) -> None:
     httpserver.expect_request("/register", method="HEAD").respond_with_data("", status=405)
-    ws.job(bucket, trigger={"url": httpserver.url_for("/register"),
-                            "headers": {"Authorization": "Bearer ${env:CATALOG_TOKEN}"}})
+    ws.job(
+        bucket,
+        trigger={
+            "url": httpserver.url_for("/register"),
+            "headers": {"Authorization": "Bearer ${env:CATALOG_TOKEN}"},
+        },
+    )
     ws.job(bucket, name="gone", trigger={"url": f"http://127.0.0.1:{free_port()}/register"})
     env = {**os.environ, "CATALOG_TOKEN": "s3cr3t"}
-    result = subprocess.run([sys.executable, "-m", "uploaderd", "check", "--connect", "-c",
-                             str(ws.config)], capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "uploaderd", "check", "--connect", "-c", str(ws.config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     out = ok(result, 3)
-    assert (f"ok          job lab: the trigger URL {httpserver.url_for('/register')} answers "
-            "(HTTP 405 to HEAD)") in out
+    assert (
+        f"ok          job lab: the trigger URL {httpserver.url_for('/register')} answers "
+        "(HTTP 405 to HEAD)"
+    ) in out
     assert "unreachable job gone: cannot reach the trigger URL" in out
     [(request, _)] = httpserver.log
     assert "Authorization" not in request.headers and "s3cr3t" not in str(request.headers)
@@ -403,8 +491,15 @@ def test_check_connect_probes_trigger_urls_without_secrets(
 def test_bad_arguments_exit_2_with_a_clear_message(ws: Workspace, bucket: str) -> None:
     ws.job(bucket)
     (ws.jobs / "broken.yaml").write_text("source: {paths: [relative]}\n")
-    for args in (["upload"], ["pipeline"], ["verify"], ["explain"], ["retry"],
-                 ["retry", "--job", "lab", "--all"], ["retry", "--session-id", "x"]):
+    for args in (
+        ["upload"],
+        ["pipeline"],
+        ["verify"],
+        ["explain"],
+        ["retry"],
+        ["retry", "--job", "lab", "--all"],
+        ["retry", "--session-id", "x"],
+    ):
         assert ws.run(*args).returncode == 2, args
     conflict = ws.run("retry", "--job", "lab", "--all")
     assert "not allowed with argument" in conflict.stderr
@@ -427,8 +522,13 @@ def run_in_pty(ws: Workspace, *args: str) -> tuple[int, str]:
     controller, terminal = pty.openpty()
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "160"}
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "uploaderd", *args, "-c", str(ws.config)],
-                            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uploaderd", *args, "-c", str(ws.config)],
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+        env=env,
+    )
     os.close(terminal)
     chunks = []
     with contextlib.suppress(OSError):  # EIO once the child closed the terminal
@@ -438,9 +538,7 @@ def run_in_pty(ws: Workspace, *args: str) -> tuple[int, str]:
     return proc.wait(timeout=120), b"".join(chunks).decode(errors="replace")
 
 
-def test_upload_on_a_terminal_draws_a_bar_with_files_and_bytes(
-    ws: Workspace, bucket: str
-) -> None:
+def test_upload_on_a_terminal_draws_a_bar_with_files_and_bytes(ws: Workspace, bucket: str) -> None:
     ws.job(bucket)
     for index in range(3):
         ws.write(f"f{index}.bin", bytes(1000))
@@ -451,9 +549,7 @@ def test_upload_on_a_terminal_draws_a_bar_with_files_and_bytes(
     assert "2.9 KiB/2.9 KiB" in output, output
 
 
-def test_no_progress_on_a_terminal_writes_no_control_sequences(
-    ws: Workspace, bucket: str
-) -> None:
+def test_no_progress_on_a_terminal_writes_no_control_sequences(ws: Workspace, bucket: str) -> None:
     ws.job(bucket)
     ws.write("a.txt", b"alpha")
     status, output = run_in_pty(ws, "upload", "lab", "--no-progress")
@@ -462,11 +558,18 @@ def test_no_progress_on_a_terminal_writes_no_control_sequences(
 
 
 def test_commands_exit_3_when_the_database_is_unreachable(tmp_path: Path) -> None:
-    ws = Workspace(tmp_path, f"postgresql://uploaderd@127.0.0.1:{free_port()}/x",
-                   "http://127.0.0.1:9")
+    ws = Workspace(
+        tmp_path, f"postgresql://uploaderd@127.0.0.1:{free_port()}/x", "http://127.0.0.1:9"
+    )
     ws.job("lab-raw")
-    for args in (["upload", "lab"], ["retry", "--all"], ["trigger", "--session-id", "1"],
-                 ["pipeline", "lab"], ["verify", "lab"], ["explain", str(ws.data)]):
+    for args in (
+        ["upload", "lab"],
+        ["retry", "--all"],
+        ["trigger", "--session-id", "1"],
+        ["pipeline", "lab"],
+        ["verify", "lab"],
+        ["explain", str(ws.data)],
+    ):
         result = ws.run(*args)
         assert result.returncode == 3, (args, result.stderr)
         assert "cannot connect to PostgreSQL" in result.stderr

@@ -52,8 +52,18 @@ class ConstrainedDaemon(DaemonProcess):
     read_only: tuple[Path, ...] = ()
 
     def command(self) -> list[str]:
-        return ["unshare", "-m", "--", "sh", "-c", _READ_ONLY, "sh",
-                *map(str, self.read_only), "--", *super().command()]
+        return [
+            "unshare",
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            _READ_ONLY,
+            "sh",
+            *map(str, self.read_only),
+            "--",
+            *super().command(),
+        ]
 
 
 @pytest.fixture
@@ -63,8 +73,9 @@ def constrained(
     made: list[ConstrainedDaemon] = []
 
     def make(*, dsn: str = migrated_dsn, **settings: object) -> ConstrainedDaemon:
-        daemon = ConstrainedDaemon(tmp_path_factory.mktemp("daemon"), dsn,
-                                   s3_server.endpoint_url, **settings)
+        daemon = ConstrainedDaemon(
+            tmp_path_factory.mktemp("daemon"), dsn, s3_server.endpoint_url, **settings
+        )
         made.append(daemon)
         return daemon
 
@@ -86,16 +97,18 @@ def uploaded(sql: Sql) -> set[str]:
     return {row[0] for row in sql("SELECT relpath FROM file_versions WHERE state = 'uploaded'")}
 
 
-needs_unshare = pytest.mark.skipif(not _can_unshare(),
-                                   reason="needs root and unshare -m (a private mount namespace)")
-
-
+needs_unshare = pytest.mark.skipif(
+    not _can_unshare(), reason="needs root and unshare -m (a private mount namespace)"
+)
 
 
 @needs_unshare
 def test_read_only_source_with_move_to_uploads_and_reports_the_move(
-    constrained: Callable[..., ConstrainedDaemon], tmp_path: Path, bucket: str,
-    s3_server: S3Server, sql: Sql,
+    constrained: Callable[..., ConstrainedDaemon],
+    tmp_path: Path,
+    bucket: str,
+    s3_server: S3Server,
+    sql: Sql,
 ) -> None:
     source = tmp_path / "instrument"
     (source / "run-1").mkdir(parents=True)
@@ -113,8 +126,10 @@ def test_read_only_source_with_move_to_uploads_and_reports_the_move(
     body = s3_server.client().get_object(Bucket=bucket, Key="in/run-1/image.tif")["Body"].read()
     assert body == b"pixels\n"
 
-    expected = (f"job scope: after_upload move of {data} failed: Read-only file system "
-                "(retried every sweep)")
+    expected = (
+        f"job scope: after_upload move of {data} failed: Read-only file system "
+        "(retried every sweep)"
+    )
     wait_for(lambda: expected in daemon.log(), timeout=45, message="the move's error in the log")
     assert daemon.alive()
     assert data.read_bytes() == b"pixels\n"  # still where it was
@@ -130,7 +145,10 @@ def test_read_only_source_with_move_to_uploads_and_reports_the_move(
 
 @needs_unshare
 def test_a_writable_move_to_target_with_a_read_only_config_directory(
-    constrained: Callable[..., ConstrainedDaemon], tmp_path: Path, bucket: str, sql: Sql,
+    constrained: Callable[..., ConstrainedDaemon],
+    tmp_path: Path,
+    bucket: str,
+    sql: Sql,
 ) -> None:
     """The drop-in's ReadWritePaths= (source and target writable) is all a move needs."""
     source = tmp_path / "instrument"
@@ -174,14 +192,15 @@ def password_role(pg_cluster: PostgresCluster, migrated_dsn: str) -> Iterator[tu
         hba.write_text(hba.read_text().replace(rule, ""))
         admin("SELECT pg_reload_conf()")
         with contextlib.suppress(psycopg2.Error):
-            admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                  name)
+            admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", name)
             admin(f"DROP ROLE {name}")
 
 
 @pytest.fixture
 def credentials(
-    tmp_path: Path, password_role: tuple[str, str], pg_cluster: PostgresCluster,
+    tmp_path: Path,
+    password_role: tuple[str, str],
+    pg_cluster: PostgresCluster,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Path:
     """A credentials directory as LoadCredential= makes it, and an environment with no keys."""
@@ -190,7 +209,8 @@ def credentials(
     name, password = password_role
     (directory / "pgpass").write_text(f"127.0.0.1:{pg_cluster.port}:*:{name}:{password}\n")
     (directory / "aws-credentials").write_text(
-        f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n")
+        f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+    )
     for file in directory.iterdir():
         file.chmod(0o400)  # as systemd hands them over
     for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PGPASSWORD", "PGPASSFILE"):
@@ -200,9 +220,11 @@ def credentials(
 
 def credential_env(directory: Path) -> dict[str, str]:
     # Environment=PGPASSFILE=%d/pgpass and AWS_SHARED_CREDENTIALS_FILE=%d/aws-credentials.
-    return {"CREDENTIALS_DIRECTORY": str(directory),
-            "PGPASSFILE": str(directory / "pgpass"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(directory / "aws-credentials")}
+    return {
+        "CREDENTIALS_DIRECTORY": str(directory),
+        "PGPASSFILE": str(directory / "pgpass"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(directory / "aws-credentials"),
+    }
 
 
 def role_dsn(migrated_dsn: str, role: str) -> str:
@@ -210,8 +232,14 @@ def role_dsn(migrated_dsn: str, role: str) -> str:
 
 
 def test_the_daemon_runs_on_the_credentials_directory_alone(
-    make_daemon: Callable[..., DaemonProcess], credentials: Path, password_role: tuple[str, str],
-    migrated_dsn: str, tmp_path: Path, bucket: str, s3_server: S3Server, sql: Sql,
+    make_daemon: Callable[..., DaemonProcess],
+    credentials: Path,
+    password_role: tuple[str, str],
+    migrated_dsn: str,
+    tmp_path: Path,
+    bucket: str,
+    s3_server: S3Server,
+    sql: Sql,
 ) -> None:
     dsn = role_dsn(migrated_dsn, password_role[0])
     # Without the password file the role cannot log in: the password really comes from it.
@@ -234,8 +262,13 @@ def test_the_daemon_runs_on_the_credentials_directory_alone(
 
 @pytest.mark.parametrize("missing", ["pgpass", "aws-credentials"])
 def test_a_missing_credential_file_stops_the_daemon_with_a_clear_error(
-    make_daemon: Callable[..., DaemonProcess], credentials: Path, password_role: tuple[str, str],
-    migrated_dsn: str, tmp_path: Path, bucket: str, missing: str,
+    make_daemon: Callable[..., DaemonProcess],
+    credentials: Path,
+    password_role: tuple[str, str],
+    migrated_dsn: str,
+    tmp_path: Path,
+    bucket: str,
+    missing: str,
 ) -> None:
     (credentials / missing).unlink()
     daemon = make_daemon(dsn=role_dsn(migrated_dsn, password_role[0]))
@@ -245,6 +278,8 @@ def test_a_missing_credential_file_stops_the_daemon_with_a_clear_error(
     assert daemon.proc is not None
     assert daemon.proc.wait(timeout=30) == 2  # a config error: RestartPreventExitStatus=2
     variable = {"pgpass": "PGPASSFILE", "aws-credentials": "AWS_SHARED_CREDENTIALS_FILE"}[missing]
-    assert (f"uploaderd: {credentials / missing}: {variable}: the file {variable} names does "
-            f"not exist; under systemd check the unit's LoadCredential={missing}:"
-            f"/etc/uploaderd/credentials/{missing}") in daemon.log()
+    assert (
+        f"uploaderd: {credentials / missing}: {variable}: the file {variable} names does "
+        f"not exist; under systemd check the unit's LoadCredential={missing}:"
+        f"/etc/uploaderd/credentials/{missing}"
+    ) in daemon.log()

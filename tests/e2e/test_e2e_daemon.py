@@ -32,8 +32,9 @@ def job(root: Path, bucket: str, **overrides: Any) -> dict[str, Any]:
     return spec
 
 
-def start_lab(make: Callable[..., DaemonProcess], root: Path, bucket: str,
-              **overrides: Any) -> DaemonProcess:
+def start_lab(
+    make: Callable[..., DaemonProcess], root: Path, bucket: str, **overrides: Any
+) -> DaemonProcess:
     """A started daemon with one job, "lab", watching ``root`` into ``bucket``."""
     daemon = make()
     daemon.write_job("lab", job(root, bucket, **overrides))
@@ -47,8 +48,11 @@ def uploaded(sql: Sql) -> dict[str, str]:
 
 
 def wait_uploaded(sql: Sql, relpaths: set[str], timeout: float = 60.0) -> dict[str, str]:
-    wait_for(lambda: relpaths <= set(uploaded(sql)), timeout=timeout,
-             message=f"{len(relpaths)} files uploaded")
+    wait_for(
+        lambda: relpaths <= set(uploaded(sql)),
+        timeout=timeout,
+        message=f"{len(relpaths)} files uploaded",
+    )
     return uploaded(sql)
 
 
@@ -69,7 +73,10 @@ def root(tmp_path: Path) -> Path:
 
 
 def test_dropped_files_reach_s3_with_their_sha256(
-    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
+    make_daemon: Callable[..., DaemonProcess],
+    root: Path,
+    bucket: str,
+    s3_server: S3Server,
     sql: Sql,
 ) -> None:
     daemon = start_lab(make_daemon, root, bucket)
@@ -99,7 +106,10 @@ def test_dropped_files_reach_s3_with_their_sha256(
 
 
 def test_slow_writer_is_uploaded_only_when_complete(
-    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
+    make_daemon: Callable[..., DaemonProcess],
+    root: Path,
+    bucket: str,
+    s3_server: S3Server,
     sql: Sql,
 ) -> None:
     start_lab(make_daemon, root, bucket, source={"settle": "2s"})
@@ -118,7 +128,10 @@ def test_slow_writer_is_uploaded_only_when_complete(
 
 
 def test_temp_name_renamed_into_place(
-    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
+    make_daemon: Callable[..., DaemonProcess],
+    root: Path,
+    bucket: str,
+    s3_server: S3Server,
     sql: Sql,
 ) -> None:
     start_lab(make_daemon, root, bucket)
@@ -130,7 +143,10 @@ def test_temp_name_renamed_into_place(
 
 
 def test_moved_in_directory_and_symlinks_out_of_the_root(
-    make_daemon: Callable[..., DaemonProcess], root: Path, tmp_path: Path, bucket: str,
+    make_daemon: Callable[..., DaemonProcess],
+    root: Path,
+    tmp_path: Path,
+    bucket: str,
     sql: Sql,
 ) -> None:
     outside = tmp_path / "outside"
@@ -155,7 +171,10 @@ def test_moved_in_directory_and_symlinks_out_of_the_root(
 
 
 def test_changed_file_becomes_a_new_version(
-    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
+    make_daemon: Callable[..., DaemonProcess],
+    root: Path,
+    bucket: str,
+    s3_server: S3Server,
     sql: Sql,
 ) -> None:
     start_lab(make_daemon, root, bucket)
@@ -163,15 +182,21 @@ def test_changed_file_becomes_a_new_version(
     target.write_bytes(b'{"v": 1}')
     wait_uploaded(sql, {"config.json"})
     target.write_bytes(b'{"v": 2, "longer": true}')
-    wait_for(lambda: len(sql("SELECT 1 FROM file_versions WHERE state = 'uploaded'")) == 2,
-             timeout=30, message="the second version uploaded")
+    wait_for(
+        lambda: len(sql("SELECT 1 FROM file_versions WHERE state = 'uploaded'")) == 2,
+        timeout=30,
+        message="the second version uploaded",
+    )
     versions = sql("SELECT size, sha256 FROM file_versions ORDER BY id")
     assert versions == [(8, sha(b'{"v": 1}')), (24, sha(b'{"v": 2, "longer": true}'))]
     assert object_body(s3_server, bucket, "in/config.json")[0] == b'{"v": 2, "longer": true}'
 
 
 def test_kill9_in_a_burst_then_restart_loses_nothing(
-    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
+    make_daemon: Callable[..., DaemonProcess],
+    root: Path,
+    bucket: str,
+    s3_server: S3Server,
     sql: Sql,
 ) -> None:
     daemon = start_lab(make_daemon, root, bucket, source={"settle": "0.2s"})
@@ -199,7 +224,10 @@ def _write_all(root: Path, contents: dict[str, bytes]) -> None:
 
 
 def test_files_created_while_down_are_found_at_start(
-    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, sql: Sql,
+    make_daemon: Callable[..., DaemonProcess],
+    root: Path,
+    bucket: str,
+    sql: Sql,
 ) -> None:
     daemon = start_lab(make_daemon, root, bucket)
     assert daemon.stop() == 0
@@ -210,8 +238,12 @@ def test_files_created_while_down_are_found_at_start(
 
 
 def test_postgres_outage_under_the_running_daemon(
-    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
-    sql: Sql, pg_cluster: PostgresCluster,
+    make_daemon: Callable[..., DaemonProcess],
+    root: Path,
+    bucket: str,
+    s3_server: S3Server,
+    sql: Sql,
+    pg_cluster: PostgresCluster,
 ) -> None:
     daemon = start_lab(make_daemon, root, bucket)
     (root / "before.txt").write_text("before the outage")
@@ -231,7 +263,10 @@ def test_postgres_outage_under_the_running_daemon(
 
 
 def test_sighup_with_a_broken_job_file_keeps_the_previous_version(
-    make_daemon: Callable[..., DaemonProcess], tmp_path: Path, bucket: str, sql: Sql,
+    make_daemon: Callable[..., DaemonProcess],
+    tmp_path: Path,
+    bucket: str,
+    sql: Sql,
 ) -> None:
     roots = {name: tmp_path / name for name in ("alpha", "beta", "gamma")}
     for path in roots.values():
@@ -260,7 +295,10 @@ def test_sighup_with_a_broken_job_file_keeps_the_previous_version(
 
 
 def test_sigterm_stops_cleanly_and_hands_back_claims(
-    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, sql: Sql,
+    make_daemon: Callable[..., DaemonProcess],
+    root: Path,
+    bucket: str,
+    sql: Sql,
 ) -> None:
     daemon = make_daemon()
     daemon.write_job("lab", job(root, bucket))
@@ -270,8 +308,11 @@ def test_sigterm_stops_cleanly_and_hands_back_claims(
     daemon.notes.wait_line("WATCHDOG=1", nth=2, timeout=15)
     for i in range(30):
         (root / f"f{i}.bin").write_bytes(os.urandom(100_000))
-    wait_for(lambda: sql("SELECT count(*) FROM file_versions")[0][0] == 30, timeout=30,
-             message="all queued")
+    wait_for(
+        lambda: sql("SELECT count(*) FROM file_versions")[0][0] == 30,
+        timeout=30,
+        message="all queued",
+    )
     assert daemon.stop() == 0
     assert "STOPPING=1" in daemon.notes.lines()
     assert sql("SELECT count(*) FROM file_versions WHERE state = 'uploading'") == [(0,)]
@@ -281,7 +322,10 @@ def test_sigterm_stops_cleanly_and_hands_back_claims(
 
 
 def test_ready_waits_for_postgres(
-    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, sql: Sql,
+    make_daemon: Callable[..., DaemonProcess],
+    root: Path,
+    bucket: str,
+    sql: Sql,
     pg_cluster: PostgresCluster,
 ) -> None:
     daemon = make_daemon()
@@ -300,7 +344,9 @@ def test_ready_waits_for_postgres(
 
 
 def test_run_refuses_an_unmigrated_database(
-    make_daemon: Callable[..., DaemonProcess], pg_cluster: PostgresCluster, root: Path,
+    make_daemon: Callable[..., DaemonProcess],
+    pg_cluster: PostgresCluster,
+    root: Path,
     bucket: str,
 ) -> None:
     name = f"unmigrated_{os.getpid()}"
@@ -315,7 +361,10 @@ def test_run_refuses_an_unmigrated_database(
 
 
 def test_polling_observer_for_network_style_roots(
-    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, sql: Sql,
+    make_daemon: Callable[..., DaemonProcess],
+    root: Path,
+    bucket: str,
+    sql: Sql,
 ) -> None:
     daemon = start_lab(make_daemon, root, bucket, source={"polling": True})
     (root / "polled").mkdir()
@@ -324,10 +373,18 @@ def test_polling_observer_for_network_style_roots(
     assert "using the polling observer" not in daemon.log(), "forced, not detected"
 
 
-@pytest.mark.parametrize("name", [pytest.param("rclone", marks=pytest.mark.rclone),
-                                  pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("rclone", marks=pytest.mark.rclone),
+        pytest.param("seaweedfs", marks=pytest.mark.seaweedfs),
+    ],
+)
 def test_core_flow_on_the_other_s3_servers(
-    make_daemon: Callable[..., DaemonProcess], root: Path, sql: Sql, name: str,
+    make_daemon: Callable[..., DaemonProcess],
+    root: Path,
+    sql: Sql,
+    name: str,
     request: pytest.FixtureRequest,
 ) -> None:
     """rclone and SeaweedFS end to end: small, empty and multipart files."""
@@ -350,14 +407,21 @@ def test_core_flow_on_the_other_s3_servers(
 
 
 def test_kill9_during_a_multipart_upload_resumes_it(
-    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
+    make_daemon: Callable[..., DaemonProcess],
+    root: Path,
+    bucket: str,
+    s3_server: S3Server,
     sql: Sql,
 ) -> None:
     daemon = start_lab(make_daemon, root, bucket)
     data = os.urandom(80 * MiB)  # five 16 MiB parts
     (root / "movie.raw").write_bytes(data)
-    wait_for(lambda: sql("SELECT multipart_upload_id FROM file_versions")[0][0], timeout=60,
-             message="the multipart upload recorded", ignore=(IndexError,))
+    wait_for(
+        lambda: sql("SELECT multipart_upload_id FROM file_versions")[0][0],
+        timeout=60,
+        message="the multipart upload recorded",
+        ignore=(IndexError,),
+    )
     daemon.kill9()
     assert sql("SELECT state FROM file_versions") == [("uploading",)], "killed mid-upload"
     daemon.start()
@@ -370,22 +434,37 @@ def test_kill9_during_a_multipart_upload_resumes_it(
 
 
 def test_an_abandoned_multipart_upload_is_aborted_when_its_version_moves_on(
-    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server,
+    make_daemon: Callable[..., DaemonProcess],
+    root: Path,
+    bucket: str,
+    s3_server: S3Server,
     sql: Sql,
 ) -> None:
     daemon = start_lab(make_daemon, root, bucket)
     target = root / "movie.raw"
     target.write_bytes(os.urandom(80 * MiB))
-    wait_for(lambda: sql("SELECT multipart_upload_id FROM file_versions")[0][0], timeout=60,
-             message="the multipart upload recorded", ignore=(IndexError,))
+    wait_for(
+        lambda: sql("SELECT multipart_upload_id FROM file_versions")[0][0],
+        timeout=60,
+        message="the multipart upload recorded",
+        ignore=(IndexError,),
+    )
     daemon.kill9()
     assert sql("SELECT state FROM file_versions") == [("uploading",)], "killed mid-upload"
     data = os.urandom(20 * MiB)
     target.write_bytes(data)  # while the daemon is down: the first version is gone
     daemon.start()
-    wait_for(lambda: sql("SELECT state FROM file_versions ORDER BY id") == [
-        ("superseded",), ("uploaded",)], timeout=120, message="the new version uploaded")
+    wait_for(
+        lambda: (
+            sql("SELECT state FROM file_versions ORDER BY id") == [("superseded",), ("uploaded",)]
+        ),
+        timeout=120,
+        message="the new version uploaded",
+    )
     assert object_body(s3_server, bucket, "in/movie.raw")[0] == data
     client = s3_server.client()
-    wait_for(lambda: client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == [],
-             timeout=30, message="no multipart upload left behind")
+    wait_for(
+        lambda: client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == [],
+        timeout=30,
+        message="no multipart upload left behind",
+    )

@@ -35,8 +35,11 @@ def scrape(port: int) -> str:
 
 
 def samples(text: str) -> Samples:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(found: Samples, name: str, **labels: str) -> float | None:
@@ -46,9 +49,11 @@ def value(found: Samples, name: str, **labels: str) -> float | None:
 def listeners(pid: int) -> set[tuple[str, int]]:
     """(address in /proc/net hex, port) of every TCP socket ``pid`` listens on."""
     fds = Path(f"/proc/{pid}/fd")
-    inodes = {link[len("socket:["):-1] for link in (str(fd.readlink()) for fd in fds.iterdir()
-                                                    if fd.is_symlink())
-              if link.startswith("socket:[")}
+    inodes = {
+        link[len("socket:[") : -1]
+        for link in (str(fd.readlink()) for fd in fds.iterdir() if fd.is_symlink())
+        if link.startswith("socket:[")
+    }
     found = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
@@ -68,7 +73,9 @@ def job(root: Path, bucket: str, **retry: Any) -> dict[str, Any]:
 
 
 def test_metrics_move_with_uploads_failures_and_the_queue(
-    make_daemon: Callable[..., DaemonProcess], tmp_path: Path, bucket: str,
+    make_daemon: Callable[..., DaemonProcess],
+    tmp_path: Path,
+    bucket: str,
 ) -> None:
     port = free_port()
     lab, broken = tmp_path / "inbox-a", tmp_path / "inbox-b"
@@ -87,7 +94,8 @@ def test_metrics_move_with_uploads_failures_and_the_queue(
     assert value(at_start, "uploaderd_config_reload_success") == 1
     assert value(at_start, "uploaderd_watches", job="lab") == 1
     assert value(at_start, "uploaderd_uploads_total", job="lab", outcome="uploaded") == 0, (
-        "counters start at 0, so the first upload is an increase")
+        "counters start at 0, so the first upload is an increase"
+    )
 
     files = {"a.bin": b"a" * 1000, "sub/b.bin": b"b" * 5000, "c.txt": b"hello\n"}
     for relpath, data in files.items():
@@ -98,23 +106,30 @@ def test_metrics_move_with_uploads_failures_and_the_queue(
 
     def moved() -> Samples | None:
         found = samples(scrape(port))
-        done = (value(found, "uploaderd_uploads_total", job="lab", outcome="uploaded") == 3
-                and value(found, "uploaderd_uploads_total", job="broken", outcome="failed") == 1)
+        done = (
+            value(found, "uploaderd_uploads_total", job="lab", outcome="uploaded") == 3
+            and value(found, "uploaderd_uploads_total", job="broken", outcome="failed") == 1
+        )
         return found if done else None
 
     after = wait_for(moved, timeout=60, interval=0.3, message="3 uploads and 1 failure")
     assert value(after, "uploaderd_upload_bytes_total", job="lab") == total
-    discovered = [value(after, "uploaderd_files_discovered_total", job="lab", source=source)
-                  for source in ("watch", "scan")]
+    discovered = [
+        value(after, "uploaderd_files_discovered_total", job="lab", source=source)
+        for source in ("watch", "scan")
+    ]
     assert sum(v or 0 for v in discovered) == 3 and (discovered[0] or 0) >= 1
     assert value(after, "uploaderd_upload_duration_seconds_count", job="lab") == 3
     assert value(after, "uploaderd_upload_size_bytes_count", job="lab") == 3
     assert value(after, "uploaderd_upload_size_bytes_sum", job="lab") == total
-    assert time.time() - (value(after, "uploaderd_last_success_timestamp_seconds",
-                                job="lab") or 0) < 60
+    assert (
+        time.time() - (value(after, "uploaderd_last_success_timestamp_seconds", job="lab") or 0)
+        < 60
+    )
     assert value(after, "uploaderd_uploads_total", job="broken", outcome="uploaded") == 0
     assert value(after, "uploaderd_s3_requests_total", op="PutObject", code="404"), (
-        "the missing bucket answers 404")
+        "the missing bucket answers 404"
+    )
     assert (value(after, "uploaderd_s3_requests_total", op="PutObject", code="200") or 0) >= 3
     _no_paths_in_labels(after, [lab, broken, *files])
     _promtool_check(scrape(port))
@@ -126,8 +141,11 @@ def test_metrics_move_with_uploads_failures_and_the_queue(
 
     def queue() -> Samples | None:
         found = samples(scrape(port))
-        return found if value(found, "uploaderd_queue_files", job="lab",
-                              state="uploaded") is not None else None
+        return (
+            found
+            if value(found, "uploaderd_queue_files", job="lab", state="uploaded") is not None
+            else None
+        )
 
     started = time.monotonic()
     found = wait_for(queue, timeout=10, interval=0.2, message="queue gauges at start")
@@ -152,20 +170,26 @@ def _no_paths_in_labels(found: Samples, names: list[Path | str]) -> None:
         if name.startswith("uploaderd_"):
             for label, text in labels:
                 assert "/" not in text and not any(Path(n).name in text for n in names), (
-                    name, label, text)
+                    name,
+                    label,
+                    text,
+                )
 
 
 def _promtool_check(text: str) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:  # `./dev test` installs it; only a bare pytest run lacks it
         return
-    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
 def test_an_empty_listen_address_serves_no_metrics(
-    make_daemon: Callable[..., DaemonProcess], tmp_path: Path, bucket: str,
+    make_daemon: Callable[..., DaemonProcess],
+    tmp_path: Path,
+    bucket: str,
 ) -> None:
     daemon = make_daemon(metrics={"listen": ""})
     daemon.write_job("lab", job(tmp_path, bucket))

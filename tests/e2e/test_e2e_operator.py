@@ -43,14 +43,24 @@ class Workspace:
         self.jobs = tmp / "jobs.d"
         self.jobs.mkdir()
         self.config = tmp / "uploaderd.yaml"
-        self.config.write_text(yaml.safe_dump({
-            "database": {"dsn": dsn}, "jobs_dir": str(self.jobs), "workers": 2,
-            "s3": {"endpoint_url": endpoint_url, "region": "us-east-1"},
-            "shutdown_grace": "5s"}))
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "database": {"dsn": dsn},
+                    "jobs_dir": str(self.jobs),
+                    "workers": 2,
+                    "s3": {"endpoint_url": endpoint_url, "region": "us-east-1"},
+                    "shutdown_grace": "5s",
+                }
+            )
+        )
 
     def job(self, bucket: str, name: str = "lab", **extra: Any) -> None:
-        job = {"source": {"paths": [str(self.data)], "settle": 0},
-               "destination": {"bucket": bucket, "key": "lab/${relpath}"}, **extra}
+        job = {
+            "source": {"paths": [str(self.data)], "settle": 0},
+            "destination": {"bucket": bucket, "key": "lab/${relpath}"},
+            **extra,
+        }
         (self.jobs / f"{name}.yaml").write_text(yaml.safe_dump(job))
 
     def write(self, relpath: str, data: bytes) -> Path:
@@ -59,11 +69,16 @@ class Workspace:
         path.write_bytes(data)
         return path
 
-    def run(self, *args: str, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "uploaderd", *args, "-c", str(self.config)],
-                              capture_output=True, text=True, timeout=120,
-                              env={**os.environ, **(env or {})})
+    def run(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "uploaderd", *args, "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **(env or {})},
+        )
 
 
 @pytest.fixture
@@ -81,8 +96,12 @@ def as_json(result: subprocess.CompletedProcess[str], status: int = 0) -> Any:
 
 
 def trigger_job(ws: Workspace, bucket: str, httpserver: HTTPServer, **extra: Any) -> None:
-    ws.job(bucket, trigger={"url": httpserver.url_for("/register"),
-                            "schedule": {"interval": "1h"}}, retry=FAST_RETRY, **extra)
+    ws.job(
+        bucket,
+        trigger={"url": httpserver.url_for("/register"), "schedule": {"interval": "1h"}},
+        retry=FAST_RETRY,
+        **extra,
+    )
 
 
 # --- 1. progress ----------------------------------------------------------------------------
@@ -92,14 +111,15 @@ def test_a_multipart_file_shows_byte_progress_in_periodic_stats_lines(
     ws: Workspace, bucket: str
 ) -> None:
     # 64 MiB at 16 MiB/s: four 16 MiB parts over about three seconds.
-    ws.job(bucket, destination={"bucket": bucket, "key": "lab/${relpath}",
-                                "bandwidth": "16MiB/s"})
+    ws.job(bucket, destination={"bucket": bucket, "key": "lab/${relpath}", "bandwidth": "16MiB/s"})
     ws.write("big.bin", os.urandom(64 * MiB))
     out = ok(ws.run("upload", "lab", "--stats", "0.3s"))
     stats = [line for line in out.splitlines() if line.startswith("stats: ")]
-    sent = [float(m.group(1)) for line in stats
-            if (m := re.match(r"stats: ([\d.]+) MiB/64\.0 MiB \(\d+%\), ", line))
-            and "0/1 file" in line]
+    sent = [
+        float(m.group(1))
+        for line in stats
+        if (m := re.match(r"stats: ([\d.]+) MiB/64\.0 MiB \(\d+%\), ", line)) and "0/1 file" in line
+    ]
     assert any(0 < mib < 64 for mib in sent), stats  # bytes moved before the file ended
     assert sent == sorted(sent), "bytes only grow"
     assert any("uploading big.bin (" in line and "MiB/s" in line for line in stats), stats
@@ -122,8 +142,7 @@ def test_unsent_registrations_show_in_status_and_the_next_pipeline_sends_them(
     assert "unsent registrations:\n  lab: 1 pending (next attempt in" in table
     assert "`uploaderd trigger --job lab --pending` lists and sends them" in table
     listed = as_json(ws.run("trigger", "--job", "lab", "--pending", "--dry-run", "--json"))
-    assert [(r["state"], r["http_status"]) for r in listed["registrations"]] == [
-        ("pending", 503)]
+    assert [(r["state"], r["http_status"]) for r in listed["registrations"]] == [("pending", 503)]
 
     httpserver.expect_oneshot_request("/register").respond_with_data("busy", status=503)
     wait_for(lambda: ws.run("pipeline", "lab").returncode == 1, message="second attempt")
@@ -149,8 +168,10 @@ def test_pipeline_sends_a_disabled_jobs_registrations_refused_earlier(
     httpserver.expect_oneshot_request("/register").respond_with_data("busy", status=503)
     ok(ws.run("pipeline", "lab"), 1)
     httpserver.expect_oneshot_request("/register").respond_with_data("ok")
-    again = wait_for(lambda: (r := ws.run("pipeline", "lab")).returncode == 0 and r,
-                     message="the retry coming due")
+    again = wait_for(
+        lambda: (r := ws.run("pipeline", "lab")).returncode == 0 and r,
+        message="the retry coming due",
+    )
     assert "job lab: nothing new to upload" in again.stdout
     assert re.search(r"registration \d+: sent \(HTTP 200\)", again.stdout)
     status = ok(ws.run("status"))
@@ -161,14 +182,21 @@ def test_a_missing_secret_is_a_configuration_error(
     ws: Workspace, bucket: str, httpserver: HTTPServer
 ) -> None:
     trigger_job(ws, bucket, httpserver)
-    (ws.jobs / "lab.yaml").write_text((ws.jobs / "lab.yaml").read_text().replace(
-        "schedule:", "headers: {Authorization: 'Bearer ${env:LAB_TOKEN_UNSET}'}\n  schedule:"))
+    (ws.jobs / "lab.yaml").write_text(
+        (ws.jobs / "lab.yaml")
+        .read_text()
+        .replace(
+            "schedule:", "headers: {Authorization: 'Bearer ${env:LAB_TOKEN_UNSET}'}\n  schedule:"
+        )
+    )
     ws.write("a.txt", b"alpha")
     result = ws.run("upload", "lab")
     assert result.returncode == 2, result.stdout
-    assert ("not sent: configuration error: header Authorization names "
-            "${env:LAB_TOKEN_UNSET}, and the environment variable LAB_TOKEN_UNSET is not set "
-            "for this process; queued for retry") in result.stdout
+    assert (
+        "not sent: configuration error: header Authorization names "
+        "${env:LAB_TOKEN_UNSET}, and the environment variable LAB_TOKEN_UNSET is not set "
+        "for this process; queued for retry"
+    ) in result.stdout
     assert "no response" not in result.stdout and httpserver.log == []
 
 
@@ -185,29 +213,57 @@ def test_daemon_lines_carry_priorities_on_a_journal_stream(
     data = tmp_path / "data"
     data.mkdir()
     (data / "a.txt").write_bytes(b"alpha")
-    daemon.write_job("lab", {"source": {"paths": [str(data)], "settle": 0},
-                             "destination": {"bucket": bucket}})
-    daemon.write_job("gone", {"source": {"paths": [str(data)], "settle": 0},
-                              "destination": {"bucket": "no-such-bucket-here"},
-                              "retry": {"max_attempts": 1}})
+    daemon.write_job(
+        "lab", {"source": {"paths": [str(data)], "settle": 0}, "destination": {"bucket": bucket}}
+    )
+    daemon.write_job(
+        "gone",
+        {
+            "source": {"paths": [str(data)], "settle": 0},
+            "destination": {"bucket": "no-such-bucket-here"},
+            "retry": {"max_attempts": 1},
+        },
+    )
     daemon.start()
-    wait_for(lambda: "<6>INFO uploaderd.activity: job lab: uploaded a.txt as "
-                     f"s3://{bucket}/lab/a.txt (5 B in" in daemon.log(), timeout=30,
-             message="the upload's info line")
-    wait_for(lambda: "<4>WARNING uploaderd.activity: job gone: attempt 1 of a.txt to "
-                     "s3://no-such-bucket-here/gone/a.txt failed after" in daemon.log(),
-             timeout=30, message="the failed attempt's warning")
+    wait_for(
+        lambda: (
+            "<6>INFO uploaderd.activity: job lab: uploaded a.txt as "
+            f"s3://{bucket}/lab/a.txt (5 B in" in daemon.log()
+        ),
+        timeout=30,
+        message="the upload's info line",
+    )
+    wait_for(
+        lambda: (
+            "<4>WARNING uploaderd.activity: job gone: attempt 1 of a.txt to "
+            "s3://no-such-bucket-here/gone/a.txt failed after" in daemon.log()
+        ),
+        timeout=30,
+        message="the failed attempt's warning",
+    )
     (daemon.jobs_dir / "gone.yaml").unlink()
-    daemon.write_job("lab", {"source": {"paths": [str(data)], "settle": 0},
-                             "destination": {"bucket": bucket}, "enabled": False})
+    daemon.write_job(
+        "lab",
+        {
+            "source": {"paths": [str(data)], "settle": 0},
+            "destination": {"bucket": bucket},
+            "enabled": False,
+        },
+    )
     daemon.signal(signal.SIGHUP)
-    wait_for(lambda: "<6>INFO uploaderd.service: job gone: removed" in daemon.log()
-             and "<6>INFO uploaderd.service: job lab: disabled (enabled: false)" in daemon.log(),
-             timeout=30, message="reload lines per job")
+    wait_for(
+        lambda: (
+            "<6>INFO uploaderd.service: job gone: removed" in daemon.log()
+            and "<6>INFO uploaderd.service: job lab: disabled (enabled: false)" in daemon.log()
+        ),
+        timeout=30,
+        message="reload lines per job",
+    )
     assert daemon.stop() == 0
     lines = daemon.log().splitlines()
     assert lines and all(re.match(r"<[2-7]>", line) for line in lines), [
-        line for line in lines if not re.match(r"<[2-7]>", line)]
+        line for line in lines if not re.match(r"<[2-7]>", line)
+    ]
     assert "<6>INFO uploaderd.service: job lab: added:" in daemon.log()
 
 
@@ -218,13 +274,20 @@ def test_unknown_jobs_and_sessions_exit_2_and_config_goes_before_the_command(
     ws: Workspace, bucket: str
 ) -> None:
     ws.job(bucket)
-    for args in (["status", "--job", "nope"], ["files", "--job", "nope"],
-                 ["files", "--session-id", "999"]):
+    for args in (
+        ["status", "--job", "nope"],
+        ["files", "--job", "nope"],
+        ["files", "--session-id", "999"],
+    ):
         result = ws.run(*args)
         assert result.returncode == 2, (args, result.stdout)
         assert "unknown job 'nope'" in result.stderr or "no session 999" in result.stderr
-    before = subprocess.run([sys.executable, "-m", "uploaderd", "-c", str(ws.config), "status",
-                             "--json"], capture_output=True, text=True, timeout=60)
+    before = subprocess.run(
+        [sys.executable, "-m", "uploaderd", "-c", str(ws.config), "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert before.returncode == 0, before.stderr
     assert set(json.loads(before.stdout)["jobs"]) == {"lab"}
 
@@ -236,9 +299,15 @@ def test_status_lists_configured_jobs_without_files_and_disabled_ones(
     ws.job(bucket, name="manual", enabled=False)
     report = as_json(ws.run("status", "--json"))
     assert {name: job["enabled"] for name, job in report["jobs"].items()} == {
-        "lab": True, "manual": False}
+        "lab": True,
+        "manual": False,
+    }
     assert report["jobs"]["lab"]["registrations"] == {
-        "pending": 0, "failed": 0, "oldest_unsent_seconds": None, "next_attempt_in": None}
+        "pending": 0,
+        "failed": 0,
+        "oldest_unsent_seconds": None,
+        "next_attempt_in": None,
+    }
     table = ok(ws.run("status"))
     assert [line.split()[0] for line in table.splitlines()[1:3]] == ["lab", "manual"]
 
@@ -283,14 +352,13 @@ def test_check_connect_counts_what_it_could_not_reach(ws: Workspace) -> None:
     assert result.stdout.splitlines()[-1] == "1 valid job, 0 problems, 1 unreachable"
 
 
-def test_a_one_shot_success_clears_the_pause_this_host_recorded(
-    ws: Workspace, bucket: str
-) -> None:
+def test_a_one_shot_success_clears_the_pause_this_host_recorded(ws: Workspace, bucket: str) -> None:
     ws.job(bucket)
     ws.write("a.txt", b"alpha")
     ledger = Ledger(ws.dsn).connect()
-    ledger.set_destination_health("lab", socket.gethostname(), "upload", failures=5,
-                                  pause_seconds=600, error="S3 SlowDown")
+    ledger.set_destination_health(
+        "lab", socket.gethostname(), "upload", failures=5, pause_seconds=600, error="S3 SlowDown"
+    )
     ledger.close()
     assert as_json(ws.run("status", "--json"))["paused_destinations"]
     ok(ws.run("upload", "lab"))
@@ -316,8 +384,19 @@ def test_an_ad_hoc_upload_needs_no_job_file_and_is_a_session_of_its_own(
 ) -> None:
     ws.write("run42/a.tif", b"tiff")
     ws.write("run42/notes.txt", b"skip me")
-    args = ("upload", "--source", str(ws.data / "run42"), "--to", f"s3://{bucket}/raw/run42",
-            "--include", "**/*.tif", "--workers", "1", "--bandwidth", "10MiB/s")
+    args = (
+        "upload",
+        "--source",
+        str(ws.data / "run42"),
+        "--to",
+        f"s3://{bucket}/raw/run42",
+        "--include",
+        "**/*.tif",
+        "--workers",
+        "1",
+        "--bandwidth",
+        "10MiB/s",
+    )
     out = ok(ws.run(*args))
     assert "1 uploaded, 0 failed" in out
     listing = s3_server.client().list_objects_v2(Bucket=bucket).get("Contents", [])
@@ -325,17 +404,24 @@ def test_an_ad_hoc_upload_needs_no_job_file_and_is_a_session_of_its_own(
     [(job, origin)] = sql("SELECT job, origin FROM sessions")
     assert job.startswith("adhoc-run42-") and origin == "upload"
     assert "nothing new to upload" in ok(ws.run(*args))
-    missing = ws.run("upload", "--source", str(ws.data), "--to",
-                     f"s3://missing-{os.getpid()}-{bucket[-12:]}/x")
+    missing = ws.run(
+        "upload", "--source", str(ws.data), "--to", f"s3://missing-{os.getpid()}-{bucket[-12:]}/x"
+    )
     assert missing.returncode == 3 and "nothing was queued" in missing.stderr
     assert ws.run("upload", "--source", str(ws.data)).returncode == 2
 
 
 OLD_CONFIG = {
-    "local_directory": "/data/run42", "s3_bucket": "lab-raw", "s3_prefix": "run42/",
-    "aws_access_key_id": "AKIAEXAMPLEKEYID0000", "aws_secret_access_key": "s3cr3t/EXAMPLE",
-    "aws_region": "eu-west-1", "max_workers": 8, "supported_extensions": [".tif", ".json"],
-    "max_retries": 3, "compress_before_upload": True,
+    "local_directory": "/data/run42",
+    "s3_bucket": "lab-raw",
+    "s3_prefix": "run42/",
+    "aws_access_key_id": "AKIAEXAMPLEKEYID0000",
+    "aws_secret_access_key": "s3cr3t/EXAMPLE",
+    "aws_region": "eu-west-1",
+    "max_workers": 8,
+    "supported_extensions": [".tif", ".json"],
+    "max_retries": 3,
+    "compress_before_upload": True,
 }
 
 
@@ -349,7 +435,8 @@ def test_import_config_writes_a_job_that_loads_and_never_copies_credentials(
     assert "AKIA" not in printed.stdout and "s3cr3t" not in printed.stdout
     assert "not imported: " in printed.stderr and "'compress_before_upload'" in printed.stderr
     assert "credentials (aws_access_key_id, aws_secret_access_key) are not copied" in (
-        printed.stderr)
+        printed.stderr
+    )
     assert "LoadCredential=" in printed.stderr and "workers: 8" in printed.stderr
     target = ws.jobs / "run42.yaml"
     written = ws.run("import-config", str(old), "--output", str(target))
@@ -359,7 +446,9 @@ def test_import_config_writes_a_job_that_loads_and_never_copies_credentials(
     assert not jobs.problems, jobs.problems
     job = jobs.jobs["run42"]
     assert (job.source.paths, job.source.filter.include) == (
-        (Path("/data/run42"),), ("**/*.tif", "**/*.json"))
+        (Path("/data/run42"),),
+        ("**/*.tif", "**/*.json"),
+    )
     assert (job.destination.bucket, job.destination.s3.region) == ("lab-raw", "eu-west-1")
     assert job.destination.key.text == "run42/${relpath}"
     assert job.retry.max_attempts == 4

@@ -34,8 +34,12 @@ WANTS = Path("/etc/systemd/system/multi-user.target.wants/uploaderd.service")
 
 def _installed_status() -> str:
     """dpkg's status of the uploaderd package ("" when it is unknown)."""
-    proc = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Status}", "uploaderd"],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f=${db:Status-Status}", "uploaderd"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
@@ -62,9 +66,9 @@ def run(
     *args: str, user: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     command = ["runuser", "-u", user, "--", *args] if user else list(args)
-    proc = subprocess.run(command, capture_output=True, text=True, env=CLEAN_ENV, cwd="/",
-                          check=False,
-                          timeout=240)
+    proc = subprocess.run(
+        command, capture_output=True, text=True, env=CLEAN_ENV, cwd="/", check=False, timeout=240
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{command} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
     return proc
@@ -106,8 +110,19 @@ def test_lintian_reports_nothing_neither_fixed_nor_overridden(deb: Path) -> None
     # on failure but do not fail: lintian itself calls them possibly wrong or a matter of
     # taste.
     assert shutil.which("lintian"), "lintian is not installed (./dev test installs it)"
-    proc = run("lintian", "--fail-on", "error,warning,info", "--display-info", "-L", "+pedantic",
-               "--display-experimental", "--tag-display-limit", "0", str(deb), check=False)
+    proc = run(
+        "lintian",
+        "--fail-on",
+        "error,warning,info",
+        "--display-info",
+        "-L",
+        "+pedantic",
+        "--display-experimental",
+        "--tag-display-limit",
+        "0",
+        str(deb),
+        check=False,
+    )
     failing = [line for line in proc.stdout.splitlines() if line[:2] in ("E:", "W:", "I:")]
     assert (proc.returncode, failing) == (0, []), proc.stdout + proc.stderr
 
@@ -116,8 +131,7 @@ def test_the_man_page_names_every_command_and_option() -> None:
     page = (REPO / "packaging" / "man" / "uploaderd.8").read_text().replace("\\-", "-")
     documented = set(re.findall(r"^\.TP\n\.BI? ?R? ?\"?([a-z][a-z-]*)\b", page, re.MULTILINE))
     parser = build_parser({})
-    commands: dict[str, argparse.ArgumentParser] = (
-        parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr,assignment]
+    commands: dict[str, argparse.ArgumentParser] = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr,assignment]
     assert set(commands) <= documented
     for name, sub in commands.items():
         for action in sub._actions:
@@ -127,8 +141,10 @@ def test_the_man_page_names_every_command_and_option() -> None:
 
 def _locked_versions() -> dict[str, str]:
     lock = (REPO / "packaging" / "requirements.lock").read_text()
-    return {_normalized(name): version
-            for name, version in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", lock, re.MULTILINE)}
+    return {
+        _normalized(name): version
+        for name, version in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", lock, re.MULTILINE)
+    }
 
 
 def _normalized(name: str) -> str:
@@ -149,14 +165,20 @@ def test_install_puts_a_working_daemon_in_place(installed: Path) -> None:
     assert run("/opt/uploaderd/bin/python", "-c", "import devstack", check=False).returncode == 1
 
     # Exactly the locked dependencies (and no installer), psycopg2 on Debian's libpq.
-    listing = run("/opt/uploaderd/bin/python", "-c",
-                  "import importlib.metadata as m\n"
-                  "for d in m.distributions(): print(d.metadata['Name'], d.version)").stdout
+    listing = run(
+        "/opt/uploaderd/bin/python",
+        "-c",
+        "import importlib.metadata as m\n"
+        "for d in m.distributions(): print(d.metadata['Name'], d.version)",
+    ).stdout
     installed_versions = dict(line.split() for line in listing.strip().splitlines())
     assert {_normalized(name): v for name, v in installed_versions.items()} == {
-        **_locked_versions(), "uploaderd": __version__}
-    psycopg = run("/opt/uploaderd/bin/python", "-c",
-                  "import psycopg2._psycopg as m; print(m.__file__)").stdout.strip()
+        **_locked_versions(),
+        "uploaderd": __version__,
+    }
+    psycopg = run(
+        "/opt/uploaderd/bin/python", "-c", "import psycopg2._psycopg as m; print(m.__file__)"
+    ).stdout.strip()
     libpq = re.search(r"libpq\.so\.5 => (\S+)", run("ldd", psycopg).stdout)
     assert libpq and not libpq.group(1).startswith("/opt/"), libpq
     depends = run("dpkg-query", "-W", "-f=${Depends}", "uploaderd").stdout
@@ -165,8 +187,11 @@ def test_install_puts_a_working_daemon_in_place(installed: Path) -> None:
     # What lintian asks of any package: changelog, copyright, a manual page.
     doc = Path("/usr/share/doc/uploaderd")
     assert doc.joinpath("changelog.gz").is_file()
-    assert doc.joinpath("copyright").read_text().startswith(
-        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/")
+    assert (
+        doc.joinpath("copyright")
+        .read_text()
+        .startswith("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/")
+    )
     man = run("man", "-P", "cat", "8", "uploaderd", check=False) if shutil.which("man") else None
     assert Path("/usr/share/man/man8/uploaderd.8.gz").is_file()
     assert man is None or "uploaderd migrate" in man.stdout
@@ -174,15 +199,19 @@ def test_install_puts_a_working_daemon_in_place(installed: Path) -> None:
     # The unit, the config and the system integration files.
     unit = Path("/lib/systemd/system/uploaderd.service")
     assert unit.read_text() == (REPO / "systemd" / "uploaderd.service").read_text()
-    assert Path("/etc/uploaderd/uploaderd.yaml").read_text() == (
-        REPO / "etc" / "uploaderd" / "uploaderd.yaml").read_text()
+    assert (
+        Path("/etc/uploaderd/uploaderd.yaml").read_text()
+        == (REPO / "etc" / "uploaderd" / "uploaderd.yaml").read_text()
+    )
     assert Path("/etc/uploaderd/jobs.d/example.yaml.sample").is_file()
     assert Path("/usr/lib/sysusers.d/uploaderd.conf").is_file()
     assert Path("/usr/lib/tmpfiles.d/uploaderd.conf").is_file()
     assert Path("/usr/share/doc/uploaderd/install.md").is_file()
     conffiles = run("dpkg-query", "-W", "-f=${Conffiles}", "uploaderd").stdout
     assert {line.split()[0] for line in conffiles.strip().splitlines()} == {
-        "/etc/uploaderd/uploaderd.yaml", "/etc/uploaderd/jobs.d/example.yaml.sample"}
+        "/etc/uploaderd/uploaderd.yaml",
+        "/etc/uploaderd/jobs.d/example.yaml.sample",
+    }
     assert "python3 (>= 3.11)" in depends
 
     # The service user and its directories.

@@ -101,8 +101,10 @@ class FaultProxy:
                 _reset(client)
             elif mode == "http500":
                 _read_head(client)
-                client.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
-                               b"Connection: close\r\n\r\n")
+                client.sendall(
+                    b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
+                    b"Connection: close\r\n\r\n"
+                )
             elif mode == "blackhole":
                 self._pump(client, None, forward_answer=False)
             else:
@@ -123,8 +125,9 @@ class FaultProxy:
                         sock.close()
             self._slots.release()
 
-    def _pump(self, client: socket.socket, upstream: socket.socket | None, *,
-              forward_answer: bool) -> None:
+    def _pump(
+        self, client: socket.socket, upstream: socket.socket | None, *, forward_answer: bool
+    ) -> None:
         peers = [s for s in (client, upstream) if s is not None]
         quiet_since = time.monotonic()
         while not self._closed.is_set() and time.monotonic() - quiet_since < _IDLE_LIMIT:
@@ -160,8 +163,9 @@ def can_be_another_host() -> bool:
     """Root and ``unshare -u``: a daemon with a host name of its own."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         return False
-    return subprocess.run(["unshare", "-u", "true"], capture_output=True,
-                          check=False).returncode == 0
+    return (
+        subprocess.run(["unshare", "-u", "true"], capture_output=True, check=False).returncode == 0
+    )
 
 
 class HostDaemon(DaemonProcess):
@@ -172,8 +176,21 @@ class HostDaemon(DaemonProcess):
         self.hostname = hostname
 
     def command(self) -> list[str]:
-        return ["unshare", "-u", "--", "sh", "-c", 'hostname "$0" && exec "$@"', self.hostname,
-                sys.executable, "-m", "uploaderd", "run", "-c", str(self.config_path)]
+        return [
+            "unshare",
+            "-u",
+            "--",
+            "sh",
+            "-c",
+            'hostname "$0" && exec "$@"',
+            self.hostname,
+            sys.executable,
+            "-m",
+            "uploaderd",
+            "run",
+            "-c",
+            str(self.config_path),
+        ]
 
 
 class TricklingEndpoint:

@@ -83,20 +83,34 @@ def rewrite_keeping_mtime(path: Path, data: bytes) -> None:
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     after = path.stat()
     assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
-        before.st_size, before.st_mtime_ns, before.st_ino), "only the ctime tells"
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    ), "only the ctime tells"
 
 
 def versions(sql: Sql, job: str, relpath: str) -> list[tuple[Any, ...]]:
     """(state, sha256, last_error, key) of every version of a path, oldest first."""
-    return sql("SELECT state, sha256, last_error, key FROM file_versions "
-               "WHERE job = %s AND relpath = %s ORDER BY id", job, relpath)
+    return sql(
+        "SELECT state, sha256, last_error, key FROM file_versions "
+        "WHERE job = %s AND relpath = %s ORDER BY id",
+        job,
+        relpath,
+    )
 
 
-def wait_state(sql: Sql, job: str, relpath: str, state: str, timeout: float = 30.0,
-               daemon: DaemonProcess | None = None) -> tuple[Any, ...]:
+def wait_state(
+    sql: Sql,
+    job: str,
+    relpath: str,
+    state: str,
+    timeout: float = 30.0,
+    daemon: DaemonProcess | None = None,
+) -> tuple[Any, ...]:
     def newest() -> tuple[Any, ...] | None:
         rows = versions(sql, job, relpath)
         return rows[-1] if rows and rows[-1][0] == state else None
+
     try:
         return wait_for(newest, timeout=timeout, message=f"{job}/{relpath} {state}")
     except AssertionError as exc:
@@ -120,9 +134,15 @@ def metric(port: int, name: str, **labels: str) -> float | None:
 
 def lab_job(root: Path, **source: Any) -> Job:
     return parse_job_text(
-        yaml.safe_dump({"source": {"paths": [str(root)], "settle": "0.2s", **source},
-                        "destination": {"bucket": "lab-raw", "key": "${relpath}"}}),
-        name="lab", defaults=S3Settings())
+        yaml.safe_dump(
+            {
+                "source": {"paths": [str(root)], "settle": "0.2s", **source},
+                "destination": {"bucket": "lab-raw", "key": "${relpath}"},
+            }
+        ),
+        name="lab",
+        defaults=S3Settings(),
+    )
 
 
 @pytest.fixture
@@ -139,8 +159,12 @@ def tmpfs_dir() -> Iterator[Path]:
 
 
 def test_poison_mtimes_fail_alone_and_discovery_lives_on_across_a_restart(
-    make_daemon: Callable[..., DaemonProcess], tmp_path: Path, tmpfs_dir: Path, bucket: str,
-    s3_server: S3Server, sql: Sql,
+    make_daemon: Callable[..., DaemonProcess],
+    tmp_path: Path,
+    tmpfs_dir: Path,
+    bucket: str,
+    s3_server: S3Server,
+    sql: Sql,
 ) -> None:
     dated, plain = tmp_path / "dated", tmpfs_dir / "plain"
     this_year = datetime.now(UTC).strftime("%Y")
@@ -160,13 +184,18 @@ def test_poison_mtimes_fail_alone_and_discovery_lives_on_across_a_restart(
     # with a reason an operator can act on; its neighbours upload.
     error = wait_state(sql, "dated", "in-2300.txt", "failed", daemon=daemon)[2]
     assert error.startswith("mtime out of range: ") and "touch it" in error
-    for relpath, key, data in [("normal.txt", f"dated/{this_year}/normal.txt", b"normal"),
-                               ("in-2100.txt", "dated/2100/in-2100.txt", b"from 2100")]:
+    for relpath, key, data in [
+        ("normal.txt", f"dated/{this_year}/normal.txt", b"normal"),
+        ("in-2100.txt", "dated/2100/in-2100.txt", b"from 2100"),
+    ]:
         assert wait_state(sql, "dated", relpath, "uploaded", daemon=daemon)[3] == key
         assert s3_body(s3_server, bucket, key) == data
     # Without a date in the key, the same mtimes are no obstacle.
-    for relpath, data in [("normal.txt", b"plain normal"), ("in-2300.txt", b"plain 2300"),
-                          ("in-10000.txt", b"plain 10000")]:
+    for relpath, data in [
+        ("normal.txt", b"plain normal"),
+        ("in-2300.txt", b"plain 2300"),
+        ("in-10000.txt", b"plain 10000"),
+    ]:
         wait_state(sql, "plain", relpath, "uploaded", daemon=daemon)
         assert s3_body(s3_server, bucket, f"plain/{relpath}") == data
 
@@ -178,8 +207,10 @@ def test_poison_mtimes_fail_alone_and_discovery_lives_on_across_a_restart(
     write(plain / "after-restart.txt", b"still alive")
     wait_state(sql, "plain", "after-restart.txt", "uploaded", daemon=daemon)
     assert s3_body(s3_server, bucket, "plain/after-restart.txt") == b"still alive"
-    assert sql("SELECT job, relpath FROM file_versions GROUP BY job, relpath "
-               "HAVING count(*) > 1") == [], "a restart queues nothing twice"
+    assert (
+        sql("SELECT job, relpath FROM file_versions GROUP BY job, relpath HAVING count(*) > 1")
+        == []
+    ), "a restart queues nothing twice"
     assert [row[0] for row in versions(sql, "dated", "in-2300.txt")] == ["failed"]
     assert "Traceback" not in daemon.log()
 
@@ -219,7 +250,10 @@ def test_a_file_the_ledger_refuses_is_failed_alone_and_its_batch_is_kept(
 
 
 def test_a_rewrite_with_the_mtime_put_back_is_uploaded_again(
-    make_daemon: Callable[..., DaemonProcess], tmp_path: Path, bucket: str, s3_server: S3Server,
+    make_daemon: Callable[..., DaemonProcess],
+    tmp_path: Path,
+    bucket: str,
+    s3_server: S3Server,
     sql: Sql,
 ) -> None:
     root = tmp_path / "root"
@@ -231,18 +265,27 @@ def test_a_rewrite_with_the_mtime_put_back_is_uploaded_again(
     wait_state(sql, "lab", "data.bin", "uploaded", daemon=daemon)
 
     rewrite_keeping_mtime(path, new)
-    wait_for(lambda: [r[:2] for r in versions(sql, "lab", "data.bin")] == [
-        ("uploaded", sha(old)), ("uploaded", sha(new))], timeout=30,
-        message="the rewrite uploaded as a second version")
+    wait_for(
+        lambda: (
+            [r[:2] for r in versions(sql, "lab", "data.bin")]
+            == [("uploaded", sha(old)), ("uploaded", sha(new))]
+        ),
+        timeout=30,
+        message="the rewrite uploaded as a second version",
+    )
     assert s3_body(s3_server, bucket, "data.bin") == new
     [(signatures, ctimes)] = sql(
         "SELECT count(DISTINCT (size, mtime_ns, inode)), count(DISTINCT ctime_ns) "
-        "FROM file_versions WHERE relpath = 'data.bin'")
+        "FROM file_versions WHERE relpath = 'data.bin'"
+    )
     assert (signatures, ctimes) == (1, 2), "one (size, mtime, inode), two ctimes"
 
 
 def test_a_rewrite_during_the_upload_is_uploaded_and_only_then_deleted(
-    make_daemon: Callable[..., DaemonProcess], tmp_path: Path, bucket: str, s3_server: S3Server,
+    make_daemon: Callable[..., DaemonProcess],
+    tmp_path: Path,
+    bucket: str,
+    s3_server: S3Server,
     sql: Sql,
 ) -> None:
     root = tmp_path / "root"
@@ -250,19 +293,29 @@ def test_a_rewrite_during_the_upload_is_uploaded_and_only_then_deleted(
     path = write(root / "big.bin", old, 1_700_000_000 * NS)
     daemon = make_daemon()
     # A bandwidth cap holds the multipart upload open for a few seconds.
-    daemon.write_job("lab", job_spec(root, bucket, after_upload="delete",
-                                     destination={"bandwidth": "5MB/s"}))
+    daemon.write_job(
+        "lab", job_spec(root, bucket, after_upload="delete", destination={"bandwidth": "5MB/s"})
+    )
     daemon.start()
-    wait_for(lambda: sql("SELECT 1 FROM file_versions WHERE relpath = 'big.bin' AND "
-                         "state = 'uploading' AND multipart_upload_id IS NOT NULL"),
-             timeout=30, message="the multipart upload under way")
+    wait_for(
+        lambda: sql(
+            "SELECT 1 FROM file_versions WHERE relpath = 'big.bin' AND "
+            "state = 'uploading' AND multipart_upload_id IS NOT NULL"
+        ),
+        timeout=30,
+        message="the multipart upload under way",
+    )
     rewrite_keeping_mtime(path, new)
 
     wait_for(lambda: not path.exists(), timeout=60, message="the new version deleted")
-    rows = sql("SELECT state, sha256, disposition, uploaded_at <= disposed_at, last_error "
-               "FROM file_versions WHERE relpath = 'big.bin' ORDER BY id")
-    assert [row[:4] for row in rows] == [("superseded", None, None, None),
-                                         ("uploaded", sha(new), "deleted", True)], rows
+    rows = sql(
+        "SELECT state, sha256, disposition, uploaded_at <= disposed_at, last_error "
+        "FROM file_versions WHERE relpath = 'big.bin' ORDER BY id"
+    )
+    assert [row[:4] for row in rows] == [
+        ("superseded", None, None, None),
+        ("uploaded", sha(new), "deleted", True),
+    ], rows
     assert rows[0][4].startswith("the file changed since it was queued")
     assert sha(s3_body(s3_server, bucket, "big.bin")) == sha(new)
 
@@ -270,28 +323,47 @@ def test_a_rewrite_during_the_upload_is_uploaded_and_only_then_deleted(
 def test_disposal_leaves_a_rewrite_alone_until_it_is_uploaded(
     ledger: Ledger, tmp_path: Path, sql: Sql
 ) -> None:
-    job = parse_job_text(f"source: {{paths: [{tmp_path}]}}\ndestination: {{bucket: lab-raw}}\n"
-                         "after_upload: delete\n", name="lab", defaults=S3Settings())
+    job = parse_job_text(
+        f"source: {{paths: [{tmp_path}]}}\ndestination: {{bucket: lab-raw}}\n"
+        "after_upload: delete\n",
+        name="lab",
+        defaults=S3Settings(),
+    )
     path = write(tmp_path / "data.bin", b"uploaded bytes", 1_700_000_000 * NS)
-    ledger.enqueue("lab", scope="host-a", host="host-a", bucket="lab-raw", versions=[
-        NewVersion.of(Candidate(str(tmp_path), "data.bin", Signature.of(path.stat())),
-                      key="lab/data.bin", session_id=None)])
-    [claim] = ledger.claim(worker="w", host="host-a", jobs=["lab"], scopes=["host-a"],
-                           limit=1, lease_seconds=60)
+    ledger.enqueue(
+        "lab",
+        scope="host-a",
+        host="host-a",
+        bucket="lab-raw",
+        versions=[
+            NewVersion.of(
+                Candidate(str(tmp_path), "data.bin", Signature.of(path.stat())),
+                key="lab/data.bin",
+                session_id=None,
+            )
+        ],
+    )
+    [claim] = ledger.claim(
+        worker="w", host="host-a", jobs=["lab"], scopes=["host-a"], limit=1, lease_seconds=60
+    )
     ledger.complete("w", [Outcome(claim, State.UPLOADED, "uploaded", sha(b"uploaded bytes"))])
 
     rewrite_keeping_mtime(path, b"other bytes!!!")
     assert Disposer(ledger, host="host-a").sweep(job) == 1
     assert path.read_bytes() == b"other bytes!!!", "content never uploaded stays on disk"
     assert sql("SELECT disposition FROM file_versions") == [
-        ("skipped: the file changed after its upload",)]
+        ("skipped: the file changed after its upload",)
+    ]
 
 
 # --- item 8: lost watches and inotify overflow ---------------------------------------------------
 
 
 def test_a_deleted_and_recreated_root_is_watched_again_at_once(
-    make_daemon: Callable[..., DaemonProcess], tmp_path: Path, bucket: str, s3_server: S3Server,
+    make_daemon: Callable[..., DaemonProcess],
+    tmp_path: Path,
+    bucket: str,
+    s3_server: S3Server,
     sql: Sql,
 ) -> None:
     root = tmp_path / "root"
@@ -305,16 +377,24 @@ def test_a_deleted_and_recreated_root_is_watched_again_at_once(
     assert metric(port, "uploaderd_watches", job="lab") == 1
 
     shutil.rmtree(root)
-    wait_for(lambda: metric(port, "uploaderd_watches", job="lab") == 0, timeout=10,
-             message="the gauge says the root is not watched")
+    wait_for(
+        lambda: metric(port, "uploaderd_watches", job="lab") == 0,
+        timeout=10,
+        message="the gauge says the root is not watched",
+    )
     assert (metric(port, "uploaderd_watch_errors_total", job="lab") or 0) >= 1
     root.mkdir()
     write(root / "dropped-early.txt", b"maybe before the new watch")
-    wait_for(lambda: metric(port, "uploaderd_watches", job="lab") == 1, timeout=10,
-             message="the new root watched")
+    wait_for(
+        lambda: metric(port, "uploaderd_watches", job="lab") == 1,
+        timeout=10,
+        message="the new root watched",
+    )
     write(root / "dropped-late.txt", b"after the new watch")
-    for name, data in [("dropped-early.txt", b"maybe before the new watch"),
-                       ("dropped-late.txt", b"after the new watch")]:
+    for name, data in [
+        ("dropped-early.txt", b"maybe before the new watch"),
+        ("dropped-late.txt", b"after the new watch"),
+    ]:
         wait_state(sql, "lab", name, "uploaded", timeout=20, daemon=daemon)
         assert s3_body(s3_server, bucket, name) == data
     log = daemon.log()
@@ -363,18 +443,24 @@ def test_an_inotify_overflow_rescans_the_job_at_once(
         observer = watcher.watches["lab"].observer
         assert observer is not None
         observer._inotify_fd.handle_event(  # type: ignore[attr-defined]
-            InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b""))
+            InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b"")
+        )
         wait_state(sql, "lab", "missed.txt", "pending", timeout=10)
-        assert errors == [f"the inotify queue overflowed and events under {root} were lost "
-                          "(raise fs.inotify.max_queued_events); scanning it now"]
+        assert errors == [
+            f"the inotify queue overflowed and events under {root} were lost "
+            "(raise fs.inotify.max_queued_events); scanning it now"
+        ]
     finally:
         watcher.stop(time.monotonic() + 5)
         discovery.stop(time.monotonic() + 10)
 
 
 def _mount_tmpfs(path: Path) -> None:
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "uploaderd-test",
-                             str(path)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "uploaderd-test", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
 
@@ -394,10 +480,16 @@ def test_a_remounted_root_is_watched_again(migrated_dsn: str, tmp_path: Path, sq
         subprocess.run(["umount", str(root)], check=True)
         _mount_tmpfs(root)
         # The main loop refreshes every second; here the test is the main loop.
-        wait_for(lambda: watcher.refresh() or any("lost the watch" in e for e in errors),
-                 timeout=10, message="the lost watch noticed")
-        wait_for(lambda: watcher.count("lab") == 1 and not watcher.refresh(), timeout=10,
-                 message="watched again")
+        wait_for(
+            lambda: watcher.refresh() or any("lost the watch" in e for e in errors),
+            timeout=10,
+            message="the lost watch noticed",
+        )
+        wait_for(
+            lambda: watcher.count("lab") == 1 and not watcher.refresh(),
+            timeout=10,
+            message="watched again",
+        )
         write(root / "after-remount.txt", b"on the new filesystem")
         wait_state(sql, "lab", "after-remount.txt", "pending", timeout=10)
     finally:
@@ -420,25 +512,42 @@ def test_hostile_file_names_print_escaped_and_undecodable_ones_are_named(
     write(Path(os.fsdecode(os.fsencode(data) + b"/bad\xff\xfe.txt")), b"not UTF-8")
     (jobs / "lab.yaml").write_text(yaml.safe_dump(job_spec(data, bucket)))
     config = tmp_path / "uploaderd.yaml"
-    config.write_text(yaml.safe_dump({
-        "database": {"dsn": migrated_dsn}, "jobs_dir": str(jobs), "workers": 2,
-        "s3": {"endpoint_url": s3_server.endpoint_url, "region": "us-east-1"}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "database": {"dsn": migrated_dsn},
+                "jobs_dir": str(jobs),
+                "workers": 2,
+                "s3": {"endpoint_url": s3_server.endpoint_url, "region": "us-east-1"},
+            }
+        )
+    )
 
     def uploaderd(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "uploaderd", *args, "-c", str(config)],
-                              capture_output=True, text=True, errors="surrogateescape",
-                              timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "uploaderd", *args, "-c", str(config)],
+            capture_output=True,
+            text=True,
+            errors="surrogateescape",
+            timeout=120,
+        )
 
     upload = uploaderd("upload", "lab", "--no-progress")
     # The control characters make an unsafe key: recorded failed, the name escaped.
     assert upload.returncode == 1, upload.stdout + upload.stderr
     assert f"skipping {data}/bad\\xff\\xfe.txt: its name is not valid UTF-8" in upload.stderr
     assert sql("SELECT relpath, state FROM file_versions ORDER BY relpath") == [
-        (evil, "failed"), ("plain.txt", "uploaded")]
+        (evil, "failed"),
+        ("plain.txt", "uploaded"),
+    ]
     escaped = "evil\\x1b[2J\\x1b[31mred\\nFAKE LINE.txt"
     outputs = {"upload": upload.stdout}
-    for command in (["status"], ["files"], ["explain", str(data / evil)],
-                    ["explain", os.fsdecode(os.fsencode(data) + b"/bad\xff\xfe.txt")]):
+    for command in (
+        ["status"],
+        ["files"],
+        ["explain", str(data / evil)],
+        ["explain", os.fsdecode(os.fsencode(data) + b"/bad\xff\xfe.txt")],
+    ):
         result = uploaderd(*command)
         outputs[command[0] + str(len(outputs))] = result.stdout + result.stderr
     for name, output in outputs.items():
@@ -481,12 +590,20 @@ def test_a_yaml_alias_bomb_is_refused_with_its_file_and_line(
     bomb = daemon.write_job("bomb", BOMB)  # the auto-reload reads it at once
     check = subprocess.run(
         [sys.executable, "-m", "uploaderd", "check", "-c", str(daemon.config_path)],
-        capture_output=True, text=True, timeout=60, preexec_fn=_limit_memory)
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_limit_memory,
+    )
     assert check.returncode == 2, check.stdout + check.stderr
-    assert (f"{bomb}:7: aliases (*name) here stand for more than 10,000 values once "
-            "expanded") in check.stdout
-    wait_for(lambda: f"job file error: {bomb}:7: aliases" in daemon.log(), timeout=10,
-             message="the reload refused the file")
+    assert (
+        f"{bomb}:7: aliases (*name) here stand for more than 10,000 values once expanded"
+    ) in check.stdout
+    wait_for(
+        lambda: f"job file error: {bomb}:7: aliases" in daemon.log(),
+        timeout=10,
+        message="the reload refused the file",
+    )
     write(root / "still.txt", b"the daemon runs on")
     wait_state(sql, "lab", "still.txt", "uploaded", daemon=daemon)
     assert daemon.alive()
@@ -497,6 +614,14 @@ def _no_leaked_threads() -> Iterator[None]:
     """In-process scenarios stop what they start: no observer or discovery thread survives."""
     before = set(threading.enumerate())
     yield
-    wait_for(lambda: not [t for t in set(threading.enumerate()) - before
-                          if t.name == "discovery" or "Observer" in type(t).__name__],
-             timeout=10, message="the test's threads stopped")
+    wait_for(
+        lambda: (
+            not [
+                t
+                for t in set(threading.enumerate()) - before
+                if t.name == "discovery" or "Observer" in type(t).__name__
+            ]
+        ),
+        timeout=10,
+        message="the test's threads stopped",
+    )

@@ -174,7 +174,10 @@ def start_devstack(command: str, directory: Path) -> subprocess.Popen[bytes]:
     with (directory / "stderr.log").open("wb") as stderr:
         return subprocess.Popen(
             [sys.executable, "-m", "devstack", command, "--dir", str(directory)],
-            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
             start_new_session=True,
         )
 
@@ -218,12 +221,16 @@ def test_demo_interrupted_through_a_closed_pipe_leaves_no_process(demo_dir: Path
     endpoint = found.group(1).decode()
     assert f"AWS_ENDPOINT_URL={endpoint}".encode() in banner
     assert f"UPLOADERD_CONFIG={demo_dir / 'uploaderd.yaml'}".encode() in banner
-    wait_for(lambda: metrics_answer(demo_dir / "uploaderd.yaml"), timeout=60,
-             message="the daemon's metrics")
+    wait_for(
+        lambda: metrics_answer(demo_dir / "uploaderd.yaml"),
+        timeout=60,
+        message="the daemon's metrics",
+    )
     running = processes_under(demo_dir).values()
     assert any(" uploaderd run " in cmd for cmd in running), running
     assert any("postgres" in cmd for cmd in running) and any(
-        "moto_server" in cmd for cmd in running), running
+        "moto_server" in cmd for cmd in running
+    ), running
 
     demo.stdout.close()  # type: ignore[union-attr]
     os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's foreground group
@@ -239,7 +246,8 @@ def test_services_stop_when_the_terminal_hangs_up(demo_dir: Path) -> None:
     assert b"export AWS_ENDPOINT_URL=http://127.0.0.1:" in exports
     running = processes_under(demo_dir).values()
     assert any("postgres" in cmd for cmd in running) and any(
-        "moto_server" in cmd for cmd in running), running
+        "moto_server" in cmd for cmd in running
+    ), running
 
     services.stdout.close()  # type: ignore[union-attr]  # the terminal is gone ...
     os.killpg(services.pid, signal.SIGHUP)  # ... and its foreground group hears of it

@@ -19,17 +19,27 @@ def delete_job(root: Path, *, shared: bool) -> Job:
     return parse_job_text(
         f"source: {{paths: [{root}], shared: {str(shared).lower()}}}\n"
         "destination: {bucket: lab-raw}\nafter_upload: delete\n",
-        name="lab", defaults=S3Settings())
+        name="lab",
+        defaults=S3Settings(),
+    )
 
 
 def uploaded_file(ledger: Ledger, root: Path, name: str, *, scope: str) -> Path:
     path = root / name
     path.write_bytes(b"uploaded content")
     sig = Signature.of(path.stat())
-    ledger.enqueue("lab", scope=scope, host="host-a", bucket="lab-raw", versions=[
-        NewVersion.of(Candidate(str(root), name, sig), key=f"lab/{name}", session_id=None)])
-    [claim] = ledger.claim(worker="w", host="host-a", jobs=["lab"], scopes=[scope], limit=1,
-                           lease_seconds=60)
+    ledger.enqueue(
+        "lab",
+        scope=scope,
+        host="host-a",
+        bucket="lab-raw",
+        versions=[
+            NewVersion.of(Candidate(str(root), name, sig), key=f"lab/{name}", session_id=None)
+        ],
+    )
+    [claim] = ledger.claim(
+        worker="w", host="host-a", jobs=["lab"], scopes=[scope], limit=1, lease_seconds=60
+    )
     ledger.complete("w", [Outcome(claim, State.UPLOADED, "uploaded", "ab" * 32)])
     return path
 
@@ -60,4 +70,5 @@ def test_a_file_changed_after_its_upload_is_left_alone(
     assert Disposer(ledger, host="host-a").sweep(delete_job(tmp_path, shared=False)) == 1
     assert path.read_bytes() == b"a newer version, not uploaded yet"
     assert sql("SELECT disposition FROM file_versions") == [
-        ("skipped: the file changed after its upload",)]
+        ("skipped: the file changed after its upload",)
+    ]

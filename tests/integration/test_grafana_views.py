@@ -34,33 +34,103 @@ WORKER = "host-a:1:w"
 
 COLUMNS = {
     "grafana_throughput_hourly": ["hour", "job", "files", "bytes"],
-    "grafana_queue_by_state": ["job", "state", "files", "bytes", "oldest_discovered_at",
-                               "oldest_age_seconds"],
-    "grafana_upload_latency_hourly": ["hour", "job", "files", "p50_seconds", "p90_seconds",
-                                      "p99_seconds", "max_seconds"],
-    "grafana_failures": ["job", "state", "reason", "files", "bytes", "max_attempts",
-                         "first_seen", "last_seen"],
+    "grafana_queue_by_state": [
+        "job",
+        "state",
+        "files",
+        "bytes",
+        "oldest_discovered_at",
+        "oldest_age_seconds",
+    ],
+    "grafana_upload_latency_hourly": [
+        "hour",
+        "job",
+        "files",
+        "p50_seconds",
+        "p90_seconds",
+        "p99_seconds",
+        "max_seconds",
+    ],
+    "grafana_failures": [
+        "job",
+        "state",
+        "reason",
+        "files",
+        "bytes",
+        "max_attempts",
+        "first_seen",
+        "last_seen",
+    ],
     "grafana_attempts_hourly": ["hour", "job", "outcome", "attempts", "bytes"],
-    "grafana_sessions": ["session_id", "job", "host", "origin", "group_key", "state",
-                         "closed_reason", "opened_at", "last_activity_at", "completed_at",
-                         "duration_seconds", "files", "bytes", "uploaded", "pending", "failed",
-                         "trigger_state"],
-    "grafana_triggers": ["trigger_id", "job", "session_id", "state", "attempts", "last_status",
-                         "last_error", "created_at", "sent_at", "delay_seconds", "files",
-                         "calls"],
+    "grafana_sessions": [
+        "session_id",
+        "job",
+        "host",
+        "origin",
+        "group_key",
+        "state",
+        "closed_reason",
+        "opened_at",
+        "last_activity_at",
+        "completed_at",
+        "duration_seconds",
+        "files",
+        "bytes",
+        "uploaded",
+        "pending",
+        "failed",
+        "trigger_state",
+    ],
+    "grafana_triggers": [
+        "trigger_id",
+        "job",
+        "session_id",
+        "state",
+        "attempts",
+        "last_status",
+        "last_error",
+        "created_at",
+        "sent_at",
+        "delay_seconds",
+        "files",
+        "calls",
+    ],
     "grafana_trigger_calls_hourly": ["hour", "job", "result", "calls"],
-    "grafana_destination_health": ["job", "host", "kind", "consecutive_failures",
-                                   "paused_until", "paused", "last_error", "updated_at"],
-    "grafana_job_summary": ["job", "pending", "uploading", "uploaded", "failed",
-                            "backlog_bytes", "oldest_pending_age_seconds", "last_uploaded_at"],
+    "grafana_destination_health": [
+        "job",
+        "host",
+        "kind",
+        "consecutive_failures",
+        "paused_until",
+        "paused",
+        "last_error",
+        "updated_at",
+    ],
+    "grafana_job_summary": [
+        "job",
+        "pending",
+        "uploading",
+        "uploaded",
+        "failed",
+        "backlog_bytes",
+        "oldest_pending_age_seconds",
+        "last_uploaded_at",
+    ],
 }
 
 Query = Callable[[str], list[dict[str, Any]]]
 
 
 def version(relpath: str, size: int, session_id: int | None) -> NewVersion:
-    return NewVersion("/data", relpath, size, 1_700_000_000_000_000_000, 1,
-                      key=f"k/{relpath}", session_id=session_id)
+    return NewVersion(
+        "/data",
+        relpath,
+        size,
+        1_700_000_000_000_000_000,
+        1,
+        key=f"k/{relpath}",
+        session_id=session_id,
+    )
 
 
 @pytest.fixture
@@ -84,40 +154,59 @@ def populated(ledger: Ledger) -> Ledger:
     """lab: run1 (2 files uploaded, session closed and registered), run2 (1 failed for
     good, 1 retrying); other: 1 pending. lab's bucket is paused on host-a."""
     sessions = ledger.open_sessions("lab", HOST, ["run1", "run2"])
-    ledger.enqueue("lab", scope=HOST, host=HOST, bucket="b", versions=[
-        version("run1/a", 100, sessions["run1"]),
-        version("run1/b", 300, sessions["run1"]),
-        version("run2/c", 50, sessions["run2"]),
-        version("run2/d", 70, sessions["run2"]),
-    ])
-    ledger.enqueue("other", scope=HOST, host=HOST, bucket="b",
-                   versions=[version("x", 5, None)])
-    claims = {c.relpath: c for c in ledger.claim(
-        worker=WORKER, host=HOST, jobs=["lab"], scopes=[HOST], limit=10, lease_seconds=60)}
-    ledger.complete(WORKER, [
-        Outcome(claims["run1/a"], State.UPLOADED, "uploaded", "a" * 64, bytes=100),
-        Outcome(claims["run1/b"], State.UPLOADED, "uploaded", "b" * 64, bytes=300),
-        Outcome(claims["run2/c"], State.FAILED, "failed", error="S3 NoSuchBucket: gone"),
-        Outcome(claims["run2/d"], State.PENDING, "failed", error="S3 SlowDown: slow",
-                retry_in=3600),
-    ])
+    ledger.enqueue(
+        "lab",
+        scope=HOST,
+        host=HOST,
+        bucket="b",
+        versions=[
+            version("run1/a", 100, sessions["run1"]),
+            version("run1/b", 300, sessions["run1"]),
+            version("run2/c", 50, sessions["run2"]),
+            version("run2/d", 70, sessions["run2"]),
+        ],
+    )
+    ledger.enqueue("other", scope=HOST, host=HOST, bucket="b", versions=[version("x", 5, None)])
+    claims = {
+        c.relpath: c
+        for c in ledger.claim(
+            worker=WORKER, host=HOST, jobs=["lab"], scopes=[HOST], limit=10, lease_seconds=60
+        )
+    }
+    ledger.complete(
+        WORKER,
+        [
+            Outcome(claims["run1/a"], State.UPLOADED, "uploaded", "a" * 64, bytes=100),
+            Outcome(claims["run1/b"], State.UPLOADED, "uploaded", "b" * 64, bytes=300),
+            Outcome(claims["run2/c"], State.FAILED, "failed", error="S3 NoSuchBucket: gone"),
+            Outcome(
+                claims["run2/d"], State.PENDING, "failed", error="S3 SlowDown: slow", retry_in=3600
+            ),
+        ],
+    )
     with ledger.transaction() as cursor:  # quiet for a while: the sweep may close them
         cursor.execute("UPDATE sessions SET last_activity_at = now() - interval '1 minute'")
-    assert ledger.complete_sessions("lab", idle_seconds=0, marker=None,
-                                    register=True) == [sessions["run1"]]
+    assert ledger.complete_sessions("lab", idle_seconds=0, marker=None, register=True) == [
+        sessions["run1"]
+    ]
     [due] = ledger.due_triggers("lab", 10)
     started = ledger.start_trigger_call(due.id, HOST)
     assert started is not None
-    ledger.finish_trigger_call(due.id, started[0], state="sent", status=201, error=None,
-                               excerpt="ok", retry_in=None)
-    ledger.set_destination_health("lab", HOST, "upload", failures=5, pause_seconds=600,
-                                  error="S3 NoSuchBucket: gone")
+    ledger.finish_trigger_call(
+        due.id, started[0], state="sent", status=201, error=None, excerpt="ok", retry_in=None
+    )
+    ledger.set_destination_health(
+        "lab", HOST, "upload", failures=5, pause_seconds=600, error="S3 NoSuchBucket: gone"
+    )
     return ledger
 
 
 def test_every_view_of_the_migrations_is_covered_here() -> None:
-    created = {name for path in MIGRATIONS.glob("*.sql") for name in re.findall(
-        r"CREATE (?:OR REPLACE )?VIEW (grafana_\w+)", path.read_text())}
+    created = {
+        name
+        for path in MIGRATIONS.glob("*.sql")
+        for name in re.findall(r"CREATE (?:OR REPLACE )?VIEW (grafana_\w+)", path.read_text())
+    }
     assert sorted(created) == sorted(COLUMNS)
 
 
@@ -136,10 +225,15 @@ def test_throughput_and_latency_count_uploaded_files(populated: Ledger, view: Qu
 
 
 def test_queue_and_job_summary(populated: Ledger, view: Query) -> None:
-    queue = {(r["job"], r["state"]): (r["files"], r["bytes"])
-             for r in view("grafana_queue_by_state")}
-    assert queue == {("lab", "uploaded"): (2, 400), ("lab", "failed"): (1, 50),
-                     ("lab", "pending"): (1, 70), ("other", "pending"): (1, 5)}
+    queue = {
+        (r["job"], r["state"]): (r["files"], r["bytes"]) for r in view("grafana_queue_by_state")
+    }
+    assert queue == {
+        ("lab", "uploaded"): (2, 400),
+        ("lab", "failed"): (1, 50),
+        ("lab", "pending"): (1, 70),
+        ("other", "pending"): (1, 5),
+    }
     summary = {r["job"]: r for r in view("grafana_job_summary")}
     lab = summary["lab"]
     assert (lab["pending"], lab["uploading"], lab["uploaded"], lab["failed"]) == (1, 0, 2, 1)
@@ -149,11 +243,11 @@ def test_queue_and_job_summary(populated: Ledger, view: Query) -> None:
 
 
 def test_failures_group_reasons_and_attempts_count_outcomes(
-    populated: Ledger, view: Query,
+    populated: Ledger,
+    view: Query,
 ) -> None:
     failures = {(r["state"], r["reason"]): r["files"] for r in view("grafana_failures")}
-    assert failures == {("failed", "S3 NoSuchBucket: gone"): 1,
-                        ("pending", "S3 SlowDown: slow"): 1}
+    assert failures == {("failed", "S3 NoSuchBucket: gone"): 1, ("pending", "S3 SlowDown: slow"): 1}
     attempts = {r["outcome"]: (r["attempts"], r["bytes"]) for r in view("grafana_attempts_hourly")}
     assert attempts == {"uploaded": (2, 400), "failed": (2, 0)}
 
@@ -162,25 +256,39 @@ def test_sessions_triggers_and_destinations(populated: Ledger, view: Query) -> N
     sessions = {r["group_key"]: r for r in view("grafana_sessions")}
     run1, run2 = sessions["run1"], sessions["run2"]
     assert (run1["state"], run1["closed_reason"], run1["trigger_state"]) == (
-        "complete", "idle", "sent")
+        "complete",
+        "idle",
+        "sent",
+    )
     assert (run1["files"], run1["bytes"], run1["uploaded"]) == (2, 400, 2)
     assert (run2["state"], run2["pending"], run2["failed"], run2["trigger_state"]) == (
-        "open", 1, 1, None)
+        "open",
+        1,
+        1,
+        None,
+    )
     [trigger] = view("grafana_triggers")
     assert (trigger["state"], trigger["last_status"], trigger["files"], trigger["calls"]) == (
-        "sent", 201, 2, 1)
+        "sent",
+        201,
+        2,
+        1,
+    )
     assert trigger["delay_seconds"] >= 0
     [calls] = view("grafana_trigger_calls_hourly")
     assert (calls["job"], calls["result"], calls["calls"]) == ("lab", "2xx", 1)
     [health] = view("grafana_destination_health")
-    assert (health["kind"], health["paused"], health["consecutive_failures"]) == (
-        "upload", True, 5)
+    assert (health["kind"], health["paused"], health["consecutive_failures"]) == ("upload", True, 5)
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
-    return [(panel["title"], target["rawSql"]) for panel in dashboard["panels"]
-            for target in panel.get("targets", []) if "rawSql" in target]
+    return [
+        (panel["title"], target["rawSql"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        if "rawSql" in target
+    ]
 
 
 def test_every_dashboard_sql_query_runs(populated: Ledger, migrated_dsn: str) -> None:
@@ -189,20 +297,38 @@ def test_every_dashboard_sql_query_runs(populated: Ledger, migrated_dsn: str) ->
     assert queries
     with contextlib.closing(psycopg2.connect(migrated_dsn)) as conn, conn.cursor() as cursor:
         for title, query in queries:
-            query = re.sub(r"\$__timeFilter\((\w+)\)",
-                           r"\1 BETWEEN now() - interval '1 day' AND now() + interval '1 hour'",
-                           query).replace("${job:regex}", ".*")
+            query = re.sub(
+                r"\$__timeFilter\((\w+)\)",
+                r"\1 BETWEEN now() - interval '1 day' AND now() + interval '1 hour'",
+                query,
+            ).replace("${job:regex}", ".*")
             cursor.execute(query)
             assert cursor.fetchall(), title
 
 
 def test_grafana_reader_reads_the_views_and_nothing_else(
-    populated: Ledger, migrated_dsn: str, pg_cluster: PostgresCluster,
+    populated: Ledger,
+    migrated_dsn: str,
+    pg_cluster: PostgresCluster,
 ) -> None:
     def psql(*args: str) -> None:
-        subprocess.run([str(pg_cluster.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
-                        "-v", "reader_password=s3cret", *args, "-d", migrated_dsn],
-                       check=True, capture_output=True, text=True)
+        subprocess.run(
+            [
+                str(pg_cluster.bindir / "psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-v",
+                "reader_password=s3cret",
+                *args,
+                "-d",
+                migrated_dsn,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
 
     psql("-f", str(READER_SQL))
     psql("-f", str(READER_SQL))  # idempotent: run again after an upgrade adds views
@@ -299,8 +425,7 @@ ANALYZE;
 def grafana_sql(query: str, start: datetime, end: datetime) -> str:
     """A panel's SQL with its macros expanded as Grafana's PostgreSQL datasource does."""
     window = f"BETWEEN '{start:%Y-%m-%dT%H:%M:%SZ}' AND '{end:%Y-%m-%dT%H:%M:%SZ}'"
-    return re.sub(r"\$__timeFilter\((\w+)\)", rf"\1 {window}", query).replace(
-        "${job:regex}", ".*")
+    return re.sub(r"\$__timeFilter\((\w+)\)", rf"\1 {window}", query).replace("${job:regex}", ".*")
 
 
 def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -314,9 +439,11 @@ def history_reads(cursor: Any, query: str) -> list[str]:
     sequential scan, or a scan of a full (not partial) index with no condition on it."""
     cursor.execute("EXPLAIN (FORMAT JSON) " + query)
     [explained] = cursor.fetchone()[0]
-    cursor.execute("SELECT indexrelid::regclass::text FROM pg_index"
-                   " WHERE indrelid::regclass::text = ANY(%s) AND indpred IS NULL",
-                   (sorted(HISTORY_TABLES),))
+    cursor.execute(
+        "SELECT indexrelid::regclass::text FROM pg_index"
+        " WHERE indrelid::regclass::text = ANY(%s) AND indpred IS NULL",
+        (sorted(HISTORY_TABLES),),
+    )
     whole = {name for (name,) in cursor.fetchall()}  # the full indexes of history tables
     found = []
     for node in plan_nodes(explained["Plan"]):
@@ -342,46 +469,71 @@ def test_dashboard_queries_read_only_their_window_or_live_rows(generated_ledger:
     """The planner's own choice on realistic statistics: no enable_seqscan games."""
     end = datetime.now(UTC)
     start = end - timedelta(hours=6)
-    queries = {f"panel {title!r}": grafana_sql(sql, start, end)
-               for title, sql in dashboard_queries()}
+    queries = {
+        f"panel {title!r}": grafana_sql(sql, start, end) for title, sql in dashboard_queries()
+    }
     for name, column in TIME_COLUMN.items():
         where = "" if column is None else f" WHERE $__timeFilter({column})"
-        queries[name] = grafana_sql(f"SELECT * FROM {name}{where}",  # noqa: S608 - our names
-                                    start, end)
+        queries[name] = grafana_sql(
+            f"SELECT * FROM {name}{where}",  # noqa: S608 - our names
+            start,
+            end,
+        )
     with contextlib.closing(psycopg2.connect(generated_ledger)) as conn, conn.cursor() as cursor:
-        reads = {name: found for name, query in queries.items()
-                 if (found := history_reads(cursor, query))}
+        reads = {
+            name: found
+            for name, query in queries.items()
+            if (found := history_reads(cursor, query))
+        }
     assert not reads, "reads the history outside its window:\n" + "\n".join(
-        f"{name}: {'; '.join(found)}" for name, found in reads.items())
+        f"{name}: {'; '.join(found)}" for name, found in reads.items()
+    )
 
 
 def test_views_at_scale_agree_with_the_tables(generated_ledger: str) -> None:
     """What the views read from counters and indexes equals a count of the table itself."""
+
     def rows(cursor: Any, query: str) -> set[tuple[Any, ...]]:
         cursor.execute(query)
         return set(cursor.fetchall())
 
     with contextlib.closing(psycopg2.connect(generated_ledger)) as conn, conn.cursor() as cursor:
         assert rows(cursor, "SELECT job, state, files, bytes FROM grafana_queue_by_state") == rows(
-            cursor, "SELECT job, state, count(*), sum(size) FROM file_versions GROUP BY 1, 2")
-        assert rows(cursor, "SELECT job, pending, uploading, uploaded, failed, backlog_bytes,"
-                            " last_uploaded_at FROM grafana_job_summary") == rows(cursor, """
+            cursor, "SELECT job, state, count(*), sum(size) FROM file_versions GROUP BY 1, 2"
+        )
+        assert rows(
+            cursor,
+            "SELECT job, pending, uploading, uploaded, failed, backlog_bytes,"
+            " last_uploaded_at FROM grafana_job_summary",
+        ) == rows(
+            cursor,
+            """
             SELECT job, count(*) FILTER (WHERE state = 'pending'),
                    count(*) FILTER (WHERE state = 'uploading'),
                    count(*) FILTER (WHERE state = 'uploaded'),
                    count(*) FILTER (WHERE state = 'failed'),
                    coalesce(sum(size) FILTER (WHERE state IN ('pending', 'uploading')), 0),
                    max(uploaded_at)
-            FROM file_versions GROUP BY job""")
-        assert rows(cursor, "SELECT session_id, files, bytes, uploaded, pending, failed"
-                            " FROM grafana_sessions") == rows(cursor, """
+            FROM file_versions GROUP BY job""",
+        )
+        assert rows(
+            cursor,
+            "SELECT session_id, files, bytes, uploaded, pending, failed FROM grafana_sessions",
+        ) == rows(
+            cursor,
+            """
             SELECT s.id, count(f.id), coalesce(sum(f.size), 0),
                    count(f.id) FILTER (WHERE f.state = 'uploaded'),
                    count(f.id) FILTER (WHERE f.state IN ('pending', 'uploading')),
                    count(f.id) FILTER (WHERE f.state = 'failed')
-            FROM sessions s LEFT JOIN file_versions f ON f.session_id = s.id GROUP BY s.id""")
-        assert rows(cursor, "SELECT hour, job, files, bytes FROM grafana_throughput_hourly"
-                    ) == rows(cursor, """
+            FROM sessions s LEFT JOIN file_versions f ON f.session_id = s.id GROUP BY s.id""",
+        )
+        assert rows(
+            cursor, "SELECT hour, job, files, bytes FROM grafana_throughput_hourly"
+        ) == rows(
+            cursor,
+            """
             SELECT date_trunc('hour', uploaded_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', job,
                    count(*), sum(size)
-            FROM file_versions WHERE state = 'uploaded' GROUP BY 1, 2""")
+            FROM file_versions WHERE state = 'uploaded' GROUP BY 1, 2""",
+        )

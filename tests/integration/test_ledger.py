@@ -18,24 +18,45 @@ Sql = Callable[..., list[tuple[Any, ...]]]
 
 
 def version(relpath: str, size: int = 10, inode: int = 1, error: str | None = None) -> NewVersion:
-    return NewVersion("/data", relpath, size, 1_700_000_000_000_000_000, inode,
-                      key=f"k/{relpath}", session_id=None, error=error)
+    return NewVersion(
+        "/data",
+        relpath,
+        size,
+        1_700_000_000_000_000_000,
+        inode,
+        key=f"k/{relpath}",
+        session_id=None,
+        error=error,
+    )
 
 
 def enqueue(ledger: Ledger, *versions: NewVersion, scope: str = "host-a") -> tuple[int, int]:
     return ledger.enqueue("lab", scope=scope, host="host-a", bucket="b", versions=versions)
 
 
-def claim(ledger: Ledger, worker: str = "host-a:1:w", limit: int = 10, lease: float = 60.0,
-          scopes: tuple[str, ...] = ("host-a", "")) -> list[Any]:
-    return ledger.claim(worker=worker, host="host-a", jobs=["lab"], scopes=list(scopes),
-                        limit=limit, lease_seconds=lease)
+def claim(
+    ledger: Ledger,
+    worker: str = "host-a:1:w",
+    limit: int = 10,
+    lease: float = 60.0,
+    scopes: tuple[str, ...] = ("host-a", ""),
+) -> list[Any]:
+    return ledger.claim(
+        worker=worker,
+        host="host-a",
+        jobs=["lab"],
+        scopes=list(scopes),
+        limit=limit,
+        lease_seconds=lease,
+    )
 
 
 def test_migrate_is_idempotent_and_safe_in_parallel(database_dsn: str) -> None:
     results: list[list[str]] = []
-    threads = [threading.Thread(target=lambda: results.append(schema.migrate(database_dsn)))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(schema.migrate(database_dsn)))
+        for _ in range(3)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -49,9 +70,11 @@ def test_enqueue_is_one_statement_for_a_batch_and_ignores_known_versions(ledger:
     batch = [version(f"f{i}") for i in range(300)]
     assert enqueue(ledger, *batch) == (300, 0)
     assert enqueue(ledger, *batch) == (0, 0)
-    seen = [Candidate("/data", "f7", Signature(10, 1_700_000_000_000_000_000, 1)),
-            Candidate("/data", "f8", Signature(11, 1_700_000_000_000_000_000, 1)),
-            Candidate("/data", "new", Signature(10, 1_700_000_000_000_000_000, 1))]
+    seen = [
+        Candidate("/data", "f7", Signature(10, 1_700_000_000_000_000_000, 1)),
+        Candidate("/data", "f8", Signature(11, 1_700_000_000_000_000_000, 1)),
+        Candidate("/data", "new", Signature(10, 1_700_000_000_000_000_000, 1)),
+    ]
     assert ledger.known_paths("lab", "host-a", seen) == {("/data", "f7")}
     assert ledger.known_paths("lab", "other-host", seen) == set()
 
@@ -60,13 +83,16 @@ def test_a_new_version_supersedes_the_pending_one(ledger: Ledger, sql: Sql) -> N
     enqueue(ledger, version("a", size=1))
     assert enqueue(ledger, version("a", size=2)) == (1, 1)
     assert sql("SELECT size, state FROM file_versions ORDER BY id") == [
-        (1, "superseded"), (2, "pending")]
+        (1, "superseded"),
+        (2, "pending"),
+    ]
 
 
 def test_unsafe_key_is_recorded_failed_at_once(ledger: Ledger, sql: Sql) -> None:
     enqueue(ledger, version("bad\x01name", error="unsafe key: control character"))
     assert sql("SELECT state, last_error FROM file_versions") == [
-        ("failed", "unsafe key: control character")]
+        ("failed", "unsafe key: control character")
+    ]
     assert claim(ledger) == []
 
 
@@ -107,28 +133,31 @@ def test_completion_is_fenced_on_claimer_and_attempt(ledger: Ledger, sql: Sql) -
     assert ledger.complete("host-a:1:old", [late]) == set(), "the old claimer is fenced out"
     done = Outcome(second, State.UPLOADED, "uploaded", "1" * 64, bytes=10)
     assert ledger.complete("host-a:2:new", [done]) == {second.id}
-    assert sql("SELECT state, sha256, attempts FROM file_versions") == [
-        ("uploaded", "1" * 64, 2)]
+    assert sql("SELECT state, sha256, attempts FROM file_versions") == [("uploaded", "1" * 64, 2)]
     assert sql("SELECT attempt, outcome FROM upload_attempts ORDER BY attempt") == [
-        (1, "expired"), (2, "uploaded")]
+        (1, "expired"),
+        (2, "uploaded"),
+    ]
 
 
 def test_failed_attempt_waits_for_its_backoff(ledger: Ledger, sql: Sql) -> None:
     enqueue(ledger, version("a"))
     [held] = claim(ledger)
-    ledger.complete("host-a:1:w", [Outcome(held, State.PENDING, "failed", error="S3 Slow",
-                                           retry_in=3600)])
+    ledger.complete(
+        "host-a:1:w", [Outcome(held, State.PENDING, "failed", error="S3 Slow", retry_in=3600)]
+    )
     assert claim(ledger) == [], "not due for an hour"
-    assert sql("SELECT state, last_error, next_attempt_at > now() + interval '59 minutes' "
-               "FROM file_versions") == [("pending", "S3 Slow", True)]
+    assert sql(
+        "SELECT state, last_error, next_attempt_at > now() + interval '59 minutes' "
+        "FROM file_versions"
+    ) == [("pending", "S3 Slow", True)]
 
 
 def test_release_hands_back_without_charging_an_attempt(ledger: Ledger, sql: Sql) -> None:
     enqueue(ledger, version("a"))
     [held] = claim(ledger)
     ledger.release("host-a:1:w", [held.id], "daemon stopping")
-    assert sql("SELECT state, attempts, claimed_by FROM file_versions") == [
-        ("pending", 0, None)]
+    assert sql("SELECT state, attempts, claimed_by FROM file_versions") == [("pending", 0, None)]
     assert sql("SELECT outcome FROM upload_attempts") == [("released",)]
     assert claim(ledger)[0].attempt == 1
 
@@ -139,8 +168,7 @@ def test_dead_workers_on_this_host_are_reclaimed_before_their_lease_ends(
     enqueue(ledger, version("a"), version("b"))
     claim(ledger, worker="host-a:999999999:gone", limit=1)
     claim(ledger, worker="host-a:1:alive", limit=1)
-    assert sorted(ledger.workers_on_host("host-a")) == ["host-a:1:alive",
-                                                       "host-a:999999999:gone"]
+    assert sorted(ledger.workers_on_host("host-a")) == ["host-a:1:alive", "host-a:999999999:gone"]
     assert ledger.reclaim_leases(["host-a:999999999:gone"]) == 1
     assert len(claim(ledger)) == 1
 
@@ -158,8 +186,13 @@ def test_sessions_are_shared_per_group(ledger: Ledger) -> None:
 
 
 def test_dead_workers_are_those_whose_process_is_gone_on_this_host() -> None:
-    holders = ["host-a:999999999:gone", f"host-a:{os.getppid()}:alive", "host-b:999999999:far",
-               f"host-a:{os.getpid()}:me", f"host-a:{os.getpid()}:before"]
+    holders = [
+        "host-a:999999999:gone",
+        f"host-a:{os.getppid()}:alive",
+        "host-b:999999999:far",
+        f"host-a:{os.getpid()}:me",
+        f"host-a:{os.getpid()}:before",
+    ]
     dead = dead_workers("host-a", holders, me=f"host-a:{os.getpid()}:me")
     # Our own pid with another token is a predecessor whose pid we inherited (a container).
     assert dead == ["host-a:999999999:gone", f"host-a:{os.getpid()}:before"]
@@ -172,7 +205,8 @@ def test_a_version_whose_worker_dies_three_times_fails(ledger: Ledger, sql: Sql)
         assert held.attempt == attempt
         assert ledger.reclaim_leases([f"host-a:{attempt}:w"]) == 1
     assert sql("SELECT state, last_error FROM file_versions") == [
-        ("failed", "the worker died or lost its lease during 3 attempts")]
+        ("failed", "the worker died or lost its lease during 3 attempts")
+    ]
     assert claim(ledger) == []
 
 
@@ -198,7 +232,9 @@ def _old_daemon_row(dsn: str, relpath: str, sig: Signature, state: str) -> None:
         cursor.execute(
             "INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inode, "
             "bucket, key, state) VALUES ('lab', 'host-a', 'host-a', '/data', %s, %s, %s, %s, "
-            "'b', %s, %s)", (relpath, sig.size, sig.mtime_ns, sig.inode, f"k/{relpath}", state))
+            "'b', %s, %s)",
+            (relpath, sig.size, sig.mtime_ns, sig.inode, f"k/{relpath}", state),
+        )
     conn.close()
 
 
@@ -210,9 +246,12 @@ def test_versions_from_before_0008_match_their_unchanged_files(database_dsn: str
     import psycopg2
 
     with psycopg2.connect(database_dsn) as conn, conn.cursor() as cursor:  # pruned before
-        cursor.execute("INSERT INTO path_signatures (job, scope, root, relpath, size, mtime_ns, "
-                       "inode, version_id) VALUES ('lab', 'host-a', '/data', 'pruned.dat', "
-                       "%s, %s, %s, 1)", (on_disk.size, on_disk.mtime_ns, on_disk.inode))
+        cursor.execute(
+            "INSERT INTO path_signatures (job, scope, root, relpath, size, mtime_ns, "
+            "inode, version_id) VALUES ('lab', 'host-a', '/data', 'pruned.dat', "
+            "%s, %s, %s, 1)",
+            (on_disk.size, on_disk.mtime_ns, on_disk.inode),
+        )
     conn.close()
     assert schema.migrate(database_dsn)[0] == "0008_ctime_in_signature.sql"
 
@@ -221,18 +260,30 @@ def test_versions_from_before_0008_match_their_unchanged_files(database_dsn: str
         names = ("uploaded.dat", "pending.dat", "pruned.dat")
         unchanged = [Candidate("/data", name, on_disk) for name in names]
         assert ledger.known_paths("lab", "host-a", unchanged) == {
-            ("/data", name) for name in names}, "no upload again after the upgrade"
-        assert enqueue(ledger, *(NewVersion.of(c, key="k", session_id=None) for c in unchanged
-                                 if c.relpath != "pruned.dat")) == (0, 0)
+            ("/data", name) for name in names
+        }, "no upload again after the upgrade"
+        assert enqueue(
+            ledger,
+            *(
+                NewVersion.of(c, key="k", session_id=None)
+                for c in unchanged
+                if c.relpath != "pruned.dat"
+            ),
+        ) == (0, 0)
         [claimed] = claim(ledger)
         assert claimed.relpath == "pending.dat" and claimed.ctime_ns == on_disk.ctime_ns, (
-            "the first look gave the old rows the ctime of their unchanged file")
+            "the first look gave the old rows the ctime of their unchanged file"
+        )
         assert on_disk.ctime_ns is not None
-        rewritten = Candidate("/data", "uploaded.dat", Signature(10, on_disk.mtime_ns, 1,
-                                                                 ctime_ns=on_disk.ctime_ns + 1))
+        rewritten = Candidate(
+            "/data",
+            "uploaded.dat",
+            Signature(10, on_disk.mtime_ns, 1, ctime_ns=on_disk.ctime_ns + 1),
+        )
         pruned_rewrite = Candidate("/data", "pruned.dat", rewritten.signature)
         assert ledger.known_paths("lab", "host-a", [rewritten, pruned_rewrite]) == set(), (
-            "from then on a rewrite that puts the mtime back is a new version")
+            "from then on a rewrite that puts the mtime back is a new version"
+        )
     finally:
         ledger.close()
 
@@ -245,13 +296,21 @@ def test_the_0008_index_can_be_built_beforehand_concurrently(database_dsn: str) 
     conn.autocommit = True  # CREATE INDEX CONCURRENTLY runs outside a transaction
     with conn.cursor() as cursor:
         cursor.execute("ALTER TABLE file_versions ADD COLUMN IF NOT EXISTS ctime_ns bigint")
-        cursor.execute("CREATE UNIQUE INDEX CONCURRENTLY file_versions_one_row_per_version_0008 "
-                       "ON file_versions (job, scope, root, relpath, size, mtime_ns, inode, "
-                       "ctime_ns)")
+        cursor.execute(
+            "CREATE UNIQUE INDEX CONCURRENTLY file_versions_one_row_per_version_0008 "
+            "ON file_versions (job, scope, root, relpath, size, mtime_ns, inode, "
+            "ctime_ns)"
+        )
     assert schema.migrate(database_dsn)[0] == "0008_ctime_in_signature.sql"
     with conn.cursor() as cursor:
-        cursor.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-                       "WHERE conrelid = 'file_versions'::regclass AND contype = 'u'")
-        assert cursor.fetchall() == [("file_versions_one_row_per_version", "UNIQUE (job, scope, "
-                                      "root, relpath, size, mtime_ns, inode, ctime_ns)")]
+        cursor.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = 'file_versions'::regclass AND contype = 'u'"
+        )
+        assert cursor.fetchall() == [
+            (
+                "file_versions_one_row_per_version",
+                "UNIQUE (job, scope, root, relpath, size, mtime_ns, inode, ctime_ns)",
+            )
+        ]
     conn.close()

@@ -52,8 +52,12 @@ class Wire:
         for chunk in bytes(self.sent).split(b"\r\n\r\n"):
             lines = chunk.decode("latin-1").split("\r\n")
             if lines and lines[0].split(" ")[0] in ("PUT", "GET", "HEAD", "POST"):
-                blocks.append({name.lower(): value.strip() for name, _, value in
-                               (line.partition(":") for line in lines[1:])})
+                blocks.append(
+                    {
+                        name.lower(): value.strip()
+                        for name, _, value in (line.partition(":") for line in lines[1:])
+                    }
+                )
         return blocks
 
 
@@ -65,8 +69,7 @@ def wire(s3_backend: S3Server) -> Iterator[tuple[Wire, Relay]]:
 
 
 def requests(op: str, code: str) -> float:
-    return REGISTRY.get_sample_value("uploaderd_s3_requests_total",
-                                     {"op": op, "code": code}) or 0.0
+    return REGISTRY.get_sample_value("uploaderd_s3_requests_total", {"op": op, "code": code}) or 0.0
 
 
 def upload(root: Path, bucket: str, endpoint: Any, data: bytes, **destination: Any) -> Any:
@@ -84,13 +87,24 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("setting", ["when_supported", "when_required"])
 def test_the_sha256_travels_as_checksum_and_metadata_without_100_continue(
-    root: Path, s3_backend: S3Server, backend_bucket: str, wire: tuple[Wire, Relay],
+    root: Path,
+    s3_backend: S3Server,
+    backend_bucket: str,
+    wire: tuple[Wire, Relay],
     setting: str,
 ) -> None:
     tap, relay = wire
     data = b"checked by the server" * 50
-    result = upload(root, backend_bucket, relay, data, checksum=setting, storage_class="STANDARD",
-                    tags="{project: x y}", metadata="{instrument: scope-a}")
+    result = upload(
+        root,
+        backend_bucket,
+        relay,
+        data,
+        checksum=setting,
+        storage_class="STANDARD",
+        tags="{project: x y}",
+        metadata="{instrument: scope-a}",
+    )
     assert result.outcome == "uploaded"
     [put] = [h for h in tap.headers() if "x-amz-meta-sha256" in h]
     digest = hashlib.sha256(data)
@@ -108,8 +122,9 @@ def test_the_sha256_travels_as_checksum_and_metadata_without_100_continue(
     assert got["Body"].read() == data
 
 
-@pytest.mark.parametrize("sse", [{"sse": "AES256"},
-                                 {"sse": "aws:kms", "kms_key_id": "alias/lab"}], ids=str)
+@pytest.mark.parametrize(
+    "sse", [{"sse": "AES256"}, {"sse": "aws:kms", "kms_key_id": "alias/lab"}], ids=str
+)
 def test_server_side_encryption_is_requested(
     root: Path, s3_server: S3Server, bucket: str, sse: dict[str, str]
 ) -> None:
@@ -140,7 +155,8 @@ def test_a_body_damaged_in_flight_is_refused_by_a_server_that_checks(
         return Response("", status=200, headers={"ETag": '"ok"'})
 
     httpserver.expect_request("/lab-bucket/up/f.bin", method="PUT").respond_with_handler(
-        checking_server)
+        checking_server
+    )
     data = b"A" * 1000 + b"good-bytes" + b"B" * 1000
     with Relay(httpserver.port, tamper=lambda chunk: chunk.replace(b"good", b"evil")) as relay:
         damaged = upload(root, "lab-bucket", relay, data)
@@ -164,8 +180,7 @@ def test_if_none_match_is_sent_and_a_412_is_a_precondition_failure(
     relay = Relay(s3_server.port, tamper=tap)
     relay.start()
     storage = Storage(4)
-    target = Target(S3Settings(endpoint_url=relay.endpoint_url, region=REGION), bucket, None,
-                    None)
+    target = Target(S3Settings(endpoint_url=relay.endpoint_url, region=REGION), bucket, None, None)
     storage.puts.put(target, "k", b"first", args={}, if_absent=True)
     before = requests("PutObject", "412")
     with pytest.raises(ClientError) as caught:
@@ -206,13 +221,18 @@ def test_overwrite_never_refuses_a_key_taken_between_look_and_put(
 
 
 def test_credentials_come_from_a_shared_credentials_file(
-    root: Path, s3_backend: S3Server, backend_bucket: str, tmp_path: Path,
+    root: Path,
+    s3_backend: S3Server,
+    backend_bucket: str,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As with LoadCredential=: only the file holds the keys (rclone checks signatures)."""
     credentials = tmp_path / "credentials"
-    credentials.write_text(f"[lab]\naws_access_key_id = {s3_backend.access_key}\n"
-                           f"aws_secret_access_key = {s3_backend.secret_key}\n")
+    credentials.write_text(
+        f"[lab]\naws_access_key_id = {s3_backend.access_key}\n"
+        f"aws_secret_access_key = {s3_backend.secret_key}\n"
+    )
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
@@ -238,20 +258,26 @@ def test_a_connection_reset_mid_body_is_retried(
     assert got["Body"].read() == data
 
 
-_BAD_DIGEST = ("<?xml version='1.0' encoding='UTF-8'?><Error><Code>BadDigest</Code>"
-               "<Message>The SHA256 you specified did not match the calculated "
-               "checksum.</Message></Error>")
-_SLOW_DOWN = ("<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
-              "<Message>Please reduce your request rate.</Message></Error>")
+_BAD_DIGEST = (
+    "<?xml version='1.0' encoding='UTF-8'?><Error><Code>BadDigest</Code>"
+    "<Message>The SHA256 you specified did not match the calculated "
+    "checksum.</Message></Error>"
+)
+_SLOW_DOWN = (
+    "<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+    "<Message>Please reduce your request rate.</Message></Error>"
+)
 
 
 def test_a_5xx_is_retried_and_each_attempt_counted(root: Path, httpserver: HTTPServer) -> None:
     """A fake endpoint: the real servers cannot be told to answer 503 once."""
     path = "/lab-bucket/up/f.bin"
     httpserver.expect_ordered_request(path, method="PUT").respond_with_data(
-        _SLOW_DOWN, status=503, content_type="application/xml")
+        _SLOW_DOWN, status=503, content_type="application/xml"
+    )
     httpserver.expect_ordered_request(path, method="PUT").respond_with_data(
-        "", status=200, headers={"ETag": '"abc"'})
+        "", status=200, headers={"ETag": '"abc"'}
+    )
 
     class Fake:
         endpoint_url = httpserver.url_for("/").rstrip("/")
@@ -264,9 +290,7 @@ def test_a_5xx_is_retried_and_each_attempt_counted(root: Path, httpserver: HTTPS
     httpserver.check_assertions()
 
 
-def test_a_4xx_is_a_destination_failure_with_its_code(
-    root: Path, s3_backend: S3Server
-) -> None:
+def test_a_4xx_is_a_destination_failure_with_its_code(root: Path, s3_backend: S3Server) -> None:
     if s3_backend.creates_buckets_on_put:
         pytest.skip("this server creates a missing bucket on the first PUT")
     result = upload(root, "no-such-bucket-here", s3_backend, b"x")
@@ -279,16 +303,21 @@ def test_both_stacks_see_one_endpoint_region_addressing_and_credentials(
 ) -> None:
     """One S3Settings: boto3 and obstore agree, for a custom endpoint and for AWS itself."""
     config = tmp_path / "config"
-    config.write_text("[profile lab]\nregion = eu-west-3\n"
-                      "aws_access_key_id = AKIAFROMPROFILE\naws_secret_access_key = s3cr3t\n")
+    config.write_text(
+        "[profile lab]\nregion = eu-west-3\n"
+        "aws_access_key_id = AKIAFROMPROFILE\naws_secret_access_key = s3cr3t\n"
+    )
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     storage = Storage(4)
     for settings, endpoint, virtual in [
-        (S3Settings(endpoint_url=moto_server.endpoint_url, profile="lab"),
-         moto_server.endpoint_url, False),
+        (
+            S3Settings(endpoint_url=moto_server.endpoint_url, profile="lab"),
+            moto_server.endpoint_url,
+            False,
+        ),
         (S3Settings(profile="lab"), "https://lab-bucket.s3.eu-west-3.amazonaws.com", True),
     ]:
         client = storage.client(settings)
@@ -303,8 +332,11 @@ def test_both_stacks_see_one_endpoint_region_addressing_and_credentials(
         credentials = storage.session(settings).get_credentials()
         assert credentials is not None
         frozen = credentials.get_frozen_credentials()
-        assert (given["access_key_id"], given["secret_access_key"]) == (
-            frozen.access_key, frozen.secret_key) == ("AKIAFROMPROFILE", "s3cr3t")
+        assert (
+            (given["access_key_id"], given["secret_access_key"])
+            == (frozen.access_key, frozen.secret_key)
+            == ("AKIAFROMPROFILE", "s3cr3t")
+        )
 
 
 def test_keys_obstore_would_rewrite_go_through_boto3() -> None:

@@ -28,13 +28,25 @@ from uploaderd.scanner import Candidate
 from uploaderd.settle import Signature
 
 Sql = Callable[..., list[tuple[Any, ...]]]
-HISTORY = {"file_versions", "upload_attempts", "sessions", "triggers", "trigger_calls",
-           "path_signatures"}
+HISTORY = {
+    "file_versions",
+    "upload_attempts",
+    "sessions",
+    "triggers",
+    "trigger_calls",
+    "path_signatures",
+}
 SHA = "a" * 64
 # Indexes over every row of a history table (the partial ones hold live work only).
-WHOLE_HISTORY_INDEXES = {"file_versions_pkey", "file_versions_one_row_per_version",
-                         "file_versions_by_session", "file_versions_by_trigger",
-                         "upload_attempts_pkey", "sessions_pkey", "triggers_pkey"}
+WHOLE_HISTORY_INDEXES = {
+    "file_versions_pkey",
+    "file_versions_one_row_per_version",
+    "file_versions_by_session",
+    "file_versions_by_trigger",
+    "upload_attempts_pkey",
+    "sessions_pkey",
+    "triggers_pkey",
+}
 JOBS = ["scope-a", "scope-b", "scope-c"]
 
 # 100,000 versions over 50 days in 3 jobs, 50 per session (and the signatures of 50,000
@@ -106,31 +118,84 @@ def timer_queries() -> Iterator[tuple[str, dict[str, Any]]]:
     """Every query the daemon runs on a timer or per batch, with typical parameters."""
     now = datetime.now(UTC)
     jobs, scopes = JOBS, ["host-a", ""]
-    paths = {"roots": ["/data"] * 3, "relpaths": ["run-1/f50", "run-9/new", "run-3/f170"],
-             "sizes": [1050, 1, 1170], "mtimes": [50, 1, 170], "inodes": [50, 1, 170],
-             "ctimes": [50, 1, 170]}
-    yield "claim_batch", {"worker": "host-a:1:w", "host": "host-a", "jobs": jobs,
-                          "scopes": scopes, "limit": 16, "lease_seconds": 60}
+    paths = {
+        "roots": ["/data"] * 3,
+        "relpaths": ["run-1/f50", "run-9/new", "run-3/f170"],
+        "sizes": [1050, 1, 1170],
+        "mtimes": [50, 1, 170],
+        "inodes": [50, 1, 170],
+        "ctimes": [50, 1, 170],
+    }
+    yield (
+        "claim_batch",
+        {
+            "worker": "host-a:1:w",
+            "host": "host-a",
+            "jobs": jobs,
+            "scopes": scopes,
+            "limit": 16,
+            "lease_seconds": 60,
+        },
+    )
     yield "renew_leases", {"worker": "host-a:1:w", "ids": [99800], "lease_seconds": 60}
-    yield "complete_batch", {
-        "worker": "host-a:1:w", "keeping": ["scope-a", "scope-c"], "ids": [99800], "attempts": [1],
-        "states": ["uploaded"], "outcomes": ["uploaded"], "sha256s": [SHA], "etags": ["e"],
-        "errors": [None], "delays": [None], "bytes": [1]}
-    yield "release_claims", {"worker": "host-a:1:w", "ids": [99800],
-                             "reason": "daemon stopping"}
+    yield (
+        "complete_batch",
+        {
+            "worker": "host-a:1:w",
+            "keeping": ["scope-a", "scope-c"],
+            "ids": [99800],
+            "attempts": [1],
+            "states": ["uploaded"],
+            "outcomes": ["uploaded"],
+            "sha256s": [SHA],
+            "etags": ["e"],
+            "errors": [None],
+            "delays": [None],
+            "bytes": [1],
+        },
+    )
+    yield "release_claims", {"worker": "host-a:1:w", "ids": [99800], "reason": "daemon stopping"}
     batch = range(50, 50 + 2000 * 3, 3)  # a discovery batch of scope-a's paths
-    yield "known_paths", {"job": "scope-a", "scope": "host-a", "roots": ["/data"] * 2000,
-                          "relpaths": [f"run-{i // 50}/f{i}" for i in batch],
-                          "sizes": [1000 + i for i in batch], "mtimes": list(batch),
-                          "inodes": list(batch), "ctimes": list(batch)}
-    yield "adopt_ctimes", {"job": "scope-a", "scope": "host-a", "ids": [50, 53],
-                           "ctimes": [1, 2], "roots": ["/data"], "relpaths": ["old/f1"],
-                           "signature_ctimes": [3]}
+    yield (
+        "known_paths",
+        {
+            "job": "scope-a",
+            "scope": "host-a",
+            "roots": ["/data"] * 2000,
+            "relpaths": [f"run-{i // 50}/f{i}" for i in batch],
+            "sizes": [1000 + i for i in batch],
+            "mtimes": list(batch),
+            "inodes": list(batch),
+            "ctimes": list(batch),
+        },
+    )
+    yield (
+        "adopt_ctimes",
+        {
+            "job": "scope-a",
+            "scope": "host-a",
+            "ids": [50, 53],
+            "ctimes": [1, 2],
+            "roots": ["/data"],
+            "relpaths": ["old/f1"],
+            "signature_ctimes": [3],
+        },
+    )
     yield "open_sessions", {"job": "scope-a", "host": "host-a", "group_keys": ["run-9"]}
-    yield "enqueue_versions", {
-        "job": "scope-a", "scope": "host-a", "host": "host-a", "bucket": "lab-raw",
-        "marker": "DONE", "keys": ["k/a"] * 3, "sessions": [1998] * 3, "errors": [None] * 3,
-        **paths}
+    yield (
+        "enqueue_versions",
+        {
+            "job": "scope-a",
+            "scope": "host-a",
+            "host": "host-a",
+            "bucket": "lab-raw",
+            "marker": "DONE",
+            "keys": ["k/a"] * 3,
+            "sessions": [1998] * 3,
+            "errors": [None] * 3,
+            **paths,
+        },
+    )
     yield "job_counts", {"job": None}
     yield "compact_counts", {}
     yield "recent_errors", {"job": None, "limit": 10}
@@ -140,26 +205,42 @@ def timer_queries() -> Iterator[tuple[str, dict[str, Any]]]:
     yield "reclaim_leases", {"dead_workers": ["host-a:2:x"]}
     for job in jobs:
         yield "remember_markers", {"job": job, "marker": "DONE"}
-        yield "complete_sessions", {"job": job, "idle_seconds": 600.0, "marker": "DONE",
-                                    "register": True}
+        yield (
+            "complete_sessions",
+            {"job": job, "idle_seconds": 600.0, "marker": "DONE", "register": True},
+        )
         yield "batch_uploaded_files", {"job": job, "batch_size": 500}
         yield "due_triggers", {"job": job, "limit": 50, "session_id": None}
-        yield "undisposed_files", {"job": job, "scopes": scopes, "registered_only": False,
-                                   "limit": 500}
+        yield (
+            "undisposed_files",
+            {"job": job, "scopes": scopes, "registered_only": False, "limit": 500},
+        )
     yield "open_session_summaries", {"job": None}
     yield "session_progress", {"session_id": 1998}
     yield "selection_progress", {"session_id": 1998, "job": None, "all": False, "jobs": jobs}
-    yield "selection_progress", {"session_id": None, "job": "scope-a", "all": False,
-                                 "jobs": jobs}
-    yield "path_versions", {"job": "scope-a", "scope": "host-a", "root": "/data",
-                            "relpath": "run-1/f50"}
+    yield "selection_progress", {"session_id": None, "job": "scope-a", "all": False, "jobs": jobs}
+    yield (
+        "path_versions",
+        {"job": "scope-a", "scope": "host-a", "root": "/data", "relpath": "run-1/f50"},
+    )
     yield "list_files", {"job": None, "state": "failed", "session_id": None, "limit": 1000}
     old = now - timedelta(days=49)  # an hourly prune's share: the oldest day of 50
-    yield "prune_versions", {"after": 0, "cutoff": old, "jobs": jobs,
-                             "keeping": ["scope-a", "scope-c"], "registering": ["scope-a"],
-                             "limit": 2000, "dry_run": False}
-    yield "prune_attempts", {"after": 0, "cutoff": old, "jobs": jobs, "limit": 2000,
-                             "dry_run": False}
+    yield (
+        "prune_versions",
+        {
+            "after": 0,
+            "cutoff": old,
+            "jobs": jobs,
+            "keeping": ["scope-a", "scope-c"],
+            "registering": ["scope-a"],
+            "limit": 2000,
+            "dry_run": False,
+        },
+    )
+    yield (
+        "prune_attempts",
+        {"after": 0, "cutoff": old, "jobs": jobs, "limit": 2000, "dry_run": False},
+    )
     yield "prune_triggers", {"cutoff": old, "jobs": jobs, "limit": 2000}
     yield "prune_sessions", {"cutoff": old, "jobs": jobs, "limit": 2000}
 
@@ -172,8 +253,12 @@ def seq_scans(plan: dict[str, Any]) -> Iterator[str]:
     table = plan.get("Relation Name")
     if table in HISTORY and plan.get("Node Type") == "Seq Scan":
         yield table
-    if (table in HISTORY and plan.get("Node Type") in ("Index Scan", "Index Only Scan")
-            and "Index Cond" not in plan and plan.get("Index Name") in WHOLE_HISTORY_INDEXES):
+    if (
+        table in HISTORY
+        and plan.get("Node Type") in ("Index Scan", "Index Only Scan")
+        and "Index Cond" not in plan
+        and plan.get("Index Name") in WHOLE_HISTORY_INDEXES
+    ):
         yield f"{table} (all of {plan['Index Name']})"
     for child in plan.get("Plans", []):
         yield from seq_scans(child)
@@ -202,8 +287,10 @@ def test_no_timer_query_reads_the_history(history: str) -> None:
 def test_the_check_catches_a_whole_history_aggregate(history: str) -> None:
     """The test above can fail: the pre-0005 job_counts is a Seq Scan here."""
     with psycopg2.connect(history) as conn, conn.cursor() as cursor:
-        cursor.execute("EXPLAIN (FORMAT JSON) SELECT job, state, count(*) FROM file_versions "
-                       "GROUP BY job, state")
+        cursor.execute(
+            "EXPLAIN (FORMAT JSON) SELECT job, state, count(*) FROM file_versions "
+            "GROUP BY job, state"
+        )
         (plan,) = cursor.fetchone()[0]
     assert list(seq_scans(plan["Plan"])) == ["file_versions"]
 
@@ -212,17 +299,23 @@ def test_the_check_catches_a_whole_history_aggregate(history: str) -> None:
 
 
 def recount(sql: Sql) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
-    jobs = set(sql("SELECT job, state, count(*), sum(size)::bigint FROM file_versions "
-                   "GROUP BY job, state"))
-    sessions = set(sql("SELECT session_id, state, count(*), sum(size)::bigint FROM file_versions "
-                       "WHERE session_id IS NOT NULL GROUP BY session_id, state"))
+    jobs = set(
+        sql("SELECT job, state, count(*), sum(size)::bigint FROM file_versions GROUP BY job, state")
+    )
+    sessions = set(
+        sql(
+            "SELECT session_id, state, count(*), sum(size)::bigint FROM file_versions "
+            "WHERE session_id IS NOT NULL GROUP BY session_id, state"
+        )
+    )
     return jobs, sessions
 
 
 def counted(sql: Sql) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
     jobs = set(sql("SELECT job, state, files, bytes FROM ledger_job_counts WHERE files <> 0"))
-    sessions = set(sql("SELECT session_id, state, files, bytes FROM ledger_session_counts "
-                       "WHERE files <> 0"))
+    sessions = set(
+        sql("SELECT session_id, state, files, bytes FROM ledger_session_counts WHERE files <> 0")
+    )
     return jobs, sessions
 
 
@@ -234,32 +327,61 @@ def test_counts_equal_a_recount_across_every_transition(
     sessions = ledger.open_sessions("lab", "host-a", ["run-1", "run-2"])
 
     def enqueue() -> None:
-        versions = [NewVersion("/d", f"f{rng.randrange(30)}", rng.randrange(1, 100), 1,
-                               rng.randrange(3), f"k{i}", rng.choice(list(sessions.values())))
-                    for i in range(rng.randrange(1, 8))]
+        versions = [
+            NewVersion(
+                "/d",
+                f"f{rng.randrange(30)}",
+                rng.randrange(1, 100),
+                1,
+                rng.randrange(3),
+                f"k{i}",
+                rng.choice(list(sessions.values())),
+            )
+            for i in range(rng.randrange(1, 8))
+        ]
         ledger.enqueue("lab", scope="host-a", host="host-a", bucket="b", versions=versions)
 
     def work() -> None:
-        claims = ledger.claim(worker="host-a:1:w", host="host-a", jobs=["lab"],
-                              scopes=["host-a"], limit=rng.randrange(1, 6), lease_seconds=60)
-        outcomes = [Outcome(c, *rng.choice([(State.UPLOADED, "uploaded", SHA),
-                                            (State.FAILED, "failed", None),
-                                            (State.PENDING, "failed", None),
-                                            (State.SUPERSEDED, "changed", None)]))
-                    for c in claims]
+        claims = ledger.claim(
+            worker="host-a:1:w",
+            host="host-a",
+            jobs=["lab"],
+            scopes=["host-a"],
+            limit=rng.randrange(1, 6),
+            lease_seconds=60,
+        )
+        outcomes = [
+            Outcome(
+                c,
+                *rng.choice(
+                    [
+                        (State.UPLOADED, "uploaded", SHA),
+                        (State.FAILED, "failed", None),
+                        (State.PENDING, "failed", None),
+                        (State.SUPERSEDED, "changed", None),
+                    ]
+                ),
+            )
+            for c in claims
+        ]
         finished = [o for o in outcomes if rng.random() < 0.8]
         ledger.complete("host-a:1:w", finished, keeping=["lab"])
-        ledger.release("host-a:1:w", [o.claim.id for o in outcomes if o not in finished],
-                       "daemon stopping")
+        ledger.release(
+            "host-a:1:w", [o.claim.id for o in outcomes if o not in finished], "daemon stopping"
+        )
 
     def retry() -> None:
         ledger.requeue_failed(job="lab")
 
     def prune() -> None:
-        sql("UPDATE file_versions SET uploaded_at = uploaded_at - interval '100 days', "
-            "updated_at = updated_at - interval '100 days' WHERE id %% 3 = 0")
-        sql("UPDATE sessions SET state = 'complete', completed_at = now() WHERE id = %s",
-            sessions["run-1"])
+        sql(
+            "UPDATE file_versions SET uploaded_at = uploaded_at - interval '100 days', "
+            "updated_at = updated_at - interval '100 days' WHERE id %% 3 = 0"
+        )
+        sql(
+            "UPDATE sessions SET state = 'complete', completed_at = now() WHERE id = %s",
+            sessions["run-1"],
+        )
         Pruner(ledger, rest=lambda seconds: False).run(Retention(), {"lab": job("/d")})
 
     steps = [enqueue, work, work, retry, ledger.compact_counts, prune]
@@ -270,8 +392,9 @@ def test_counts_equal_a_recount_across_every_transition(
 
 
 def test_recount_rebuilds_the_counts(ledger: Ledger, sql: Sql) -> None:
-    ledger.enqueue("lab", scope="h", host="h", bucket="b",
-                   versions=[NewVersion("/d", "a", 5, 1, 1, "k", None)])
+    ledger.enqueue(
+        "lab", scope="h", host="h", bucket="b", versions=[NewVersion("/d", "a", 5, 1, 1, "k", None)]
+    )
     ledger.compact_counts()
     sql("UPDATE job_state_counts SET files = 99")
     assert counted(sql) != recount(sql)
@@ -283,23 +406,39 @@ def test_recount_rebuilds_the_counts(ledger: Ledger, sql: Sql) -> None:
 
 
 def job(root: str | Path, extra: str = "") -> Any:
-    return parse_job_text(f"source: {{paths: [{root}], settle: 0s}}\n"
-                          f"destination: {{bucket: lab-raw}}\n{extra}", name="lab",
-                          defaults=S3Settings())
+    return parse_job_text(
+        f"source: {{paths: [{root}], settle: 0s}}\ndestination: {{bucket: lab-raw}}\n{extra}",
+        name="lab",
+        defaults=S3Settings(),
+    )
 
 
 def age(sql: Sql, days: int = 200) -> None:
-    sql("UPDATE file_versions SET discovered_at = discovered_at - make_interval(days => %s), "
+    sql(
+        "UPDATE file_versions SET discovered_at = discovered_at - make_interval(days => %s), "
         "uploaded_at = uploaded_at - make_interval(days => %s), "
-        "updated_at = updated_at - make_interval(days => %s)", days, days, days)
+        "updated_at = updated_at - make_interval(days => %s)",
+        days,
+        days,
+        days,
+    )
     sql("UPDATE sessions SET completed_at = completed_at - make_interval(days => %s)", days)
 
 
 def upload_everything(ledger: Ledger) -> None:
-    while claims := ledger.claim(worker="host-a:1:w", host="host-a", jobs=["lab"],
-                                 scopes=["host-a"], limit=100, lease_seconds=60):
-        ledger.complete("host-a:1:w", [Outcome(c, State.UPLOADED, "uploaded", SHA)
-                                       for c in claims], keeping=["lab"])
+    while claims := ledger.claim(
+        worker="host-a:1:w",
+        host="host-a",
+        jobs=["lab"],
+        scopes=["host-a"],
+        limit=100,
+        lease_seconds=60,
+    ):
+        ledger.complete(
+            "host-a:1:w",
+            [Outcome(c, State.UPLOADED, "uploaded", SHA) for c in claims],
+            keeping=["lab"],
+        )
 
 
 def discover(migrated_dsn: str, lab: Any, sql: Sql, expected: int) -> None:
@@ -308,8 +447,11 @@ def discover(migrated_dsn: str, lab: Any, sql: Sql, expected: int) -> None:
     discovery.start()
     try:
         discovery.set_jobs({"lab": lab})
-        wait_for(lambda: sql("SELECT count(*) FROM file_versions")[0][0] >= expected,
-                 timeout=30, message=f"{expected} versions")
+        wait_for(
+            lambda: sql("SELECT count(*) FROM file_versions")[0][0] >= expected,
+            timeout=30,
+            message=f"{expected} versions",
+        )
         wait_for(discovery.settled, timeout=30, message="discovery idle")
     finally:
         discovery.stop(time.monotonic() + 10)
@@ -328,7 +470,9 @@ def test_pruning_never_queues_an_unchanged_file_again(
     assert (report.versions, report.attempts) == (2, 2)
     assert sql("SELECT count(*) FROM file_versions") == [(0,)]
     assert sql("SELECT relpath FROM path_signatures ORDER BY 1") == [
-        ("changed.dat",), ("same.dat",)]
+        ("changed.dat",),
+        ("same.dat",),
+    ]
     (tmp_path / "changed.dat").write_bytes(b"second, longer")
     discover(migrated_dsn, lab, sql, expected=1)
     assert sql("SELECT relpath, state FROM file_versions") == [("changed.dat", "pending")]
@@ -340,48 +484,95 @@ def test_pruning_keeps_live_work_unsent_registrations_and_open_sessions(
     ledger: Ledger, sql: Sql
 ) -> None:
     closed, still_open = ledger.open_sessions("lab", "host-a", ["closed", "open"]).values()
-    ledger.enqueue("lab", scope="host-a", host="host-a", bucket="b", versions=[
-        NewVersion("/d", name, 1, 1, i, f"k/{name}", session)
-        for i, (name, session) in enumerate([
-            ("done", closed), ("failed", closed), ("pending", closed), ("in-open", still_open),
-            ("undisposed", closed), ("unregistered", closed)])])
-    claims = {c.relpath: c for c in ledger.claim(
-        worker="w", host="host-a", jobs=["lab"], scopes=["host-a"], limit=10,
-        lease_seconds=60)}
+    ledger.enqueue(
+        "lab",
+        scope="host-a",
+        host="host-a",
+        bucket="b",
+        versions=[
+            NewVersion("/d", name, 1, 1, i, f"k/{name}", session)
+            for i, (name, session) in enumerate(
+                [
+                    ("done", closed),
+                    ("failed", closed),
+                    ("pending", closed),
+                    ("in-open", still_open),
+                    ("undisposed", closed),
+                    ("unregistered", closed),
+                ]
+            )
+        ],
+    )
+    claims = {
+        c.relpath: c
+        for c in ledger.claim(
+            worker="w", host="host-a", jobs=["lab"], scopes=["host-a"], limit=10, lease_seconds=60
+        )
+    }
     ledger.release("w", [claims.pop("pending").id], "daemon stopping")
     failed_upload = claims.pop("failed")
-    ledger.complete("w", [Outcome(c, State.UPLOADED, "uploaded", SHA) for c in claims.values()]
-                    + [Outcome(failed_upload, State.FAILED, "failed", error="AccessDenied")])
+    ledger.complete(
+        "w",
+        [Outcome(c, State.UPLOADED, "uploaded", SHA) for c in claims.values()]
+        + [Outcome(failed_upload, State.FAILED, "failed", error="AccessDenied")],
+    )
     sql("UPDATE file_versions SET disposed_at = now() WHERE relpath <> 'undisposed'")
     # The closed session's registration was sent; "unregistered" waits in a failed one.
     sent = ledger.create_session_trigger("lab", closed)
     sql("UPDATE triggers SET state = 'sent', sent_at = now() WHERE id = %s", sent)
     sql("INSERT INTO triggers (job, state) VALUES ('lab', 'failed')")
-    sql("UPDATE file_versions SET trigger_id = (SELECT max(id) FROM triggers) "
-        "WHERE relpath = 'unregistered'")
+    sql(
+        "UPDATE file_versions SET trigger_id = (SELECT max(id) FROM triggers) "
+        "WHERE relpath = 'unregistered'"
+    )
     sql("UPDATE sessions SET state = 'complete', completed_at = now() WHERE id = %s", closed)
     age(sql)
     lab = job("/d", "trigger: {url: 'http://127.0.0.1:1/r'}\nafter_upload: delete\n")
     Pruner(ledger, rest=lambda seconds: False).run(Retention(), {"lab": lab})
     left: dict[str, str] = dict(sql("SELECT relpath, state FROM file_versions"))
-    assert left == {"failed": "failed", "pending": "pending", "in-open": "uploaded",
-                    "undisposed": "uploaded", "unregistered": "uploaded"}
+    assert left == {
+        "failed": "failed",
+        "pending": "pending",
+        "in-open": "uploaded",
+        "undisposed": "uploaded",
+        "unregistered": "uploaded",
+    }
     assert sql("SELECT id FROM sessions ORDER BY id") == [(closed,), (still_open,)]
     assert sql("SELECT state FROM triggers ORDER BY id") == [("sent",), ("failed",)], (
-        "the sent one still carries files of the closed session")
+        "the sent one still carries files of the closed session"
+    )
 
 
 def test_a_dry_run_changes_nothing_and_a_job_not_configured_is_left_alone(
     ledger: Ledger, sql: Sql
 ) -> None:
-    ledger.enqueue("other", scope="host-a", host="host-a", bucket="b",
-                   versions=[NewVersion("/d", "x", 1, 1, 1, "k/x", None)])
-    ledger.enqueue("lab", scope="host-a", host="host-a", bucket="b",
-                   versions=[NewVersion("/d", "y", 1, 1, 1, "k/y", None)])
-    while claims := ledger.claim(worker="w", host="host-a", jobs=["lab", "other"],
-                                 scopes=["host-a"], limit=10, lease_seconds=60):
-        ledger.complete("w", [Outcome(c, State.UPLOADED, "uploaded", SHA) for c in claims],
-                        keeping=["lab", "other"])
+    ledger.enqueue(
+        "other",
+        scope="host-a",
+        host="host-a",
+        bucket="b",
+        versions=[NewVersion("/d", "x", 1, 1, 1, "k/x", None)],
+    )
+    ledger.enqueue(
+        "lab",
+        scope="host-a",
+        host="host-a",
+        bucket="b",
+        versions=[NewVersion("/d", "y", 1, 1, 1, "k/y", None)],
+    )
+    while claims := ledger.claim(
+        worker="w",
+        host="host-a",
+        jobs=["lab", "other"],
+        scopes=["host-a"],
+        limit=10,
+        lease_seconds=60,
+    ):
+        ledger.complete(
+            "w",
+            [Outcome(c, State.UPLOADED, "uploaded", SHA) for c in claims],
+            keeping=["lab", "other"],
+        )
     age(sql)
     pruner = Pruner(ledger, rest=lambda seconds: False)
     dry = pruner.run(Retention(), {"lab": job("/d")}, dry_run=True)
@@ -402,8 +593,9 @@ def test_explain_tells_a_pruned_path_from_a_changed_one(
     age(sql)
     Pruner(ledger, rest=lambda seconds: False).run(Retention(), {"lab": lab})
     lines = list(explain(str(tmp_path / "a.dat"), {"lab": lab}, ledger, host="host-a"))
-    assert lines[-1] == ("why: uploaded (its history was pruned); unchanged, so it is not "
-                         "uploaded again")
+    assert lines[-1] == (
+        "why: uploaded (its history was pruned); unchanged, so it is not uploaded again"
+    )
     assert any(line.startswith("versions: pruned by retention") for line in lines)
     (tmp_path / "a.dat").write_bytes(b"second, longer")
     lines = list(explain(str(tmp_path / "a.dat"), {"lab": lab}, ledger, host="host-a"))

@@ -44,11 +44,21 @@ def _database(cluster: PostgresCluster) -> Iterator[str]:
 
 def _schema_dump(cluster: PostgresCluster, dsn: str) -> list[str]:
     proc = subprocess.run(
-        [str(cluster.bindir / "pg_dump"), "--schema-only", "--no-owner", "--no-privileges",
-         f"--dbname={dsn}"],
-        capture_output=True, text=True, timeout=TIMEOUT, check=True)
-    return [line for line in proc.stdout.splitlines()
-            if line.strip() and not line.startswith(_NOISE)]
+        [
+            str(cluster.bindir / "pg_dump"),
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            f"--dbname={dsn}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+    )
+    return [
+        line for line in proc.stdout.splitlines() if line.strip() and not line.startswith(_NOISE)
+    ]
 
 
 def _recorded(dsn: str) -> list[tuple[int, str]]:
@@ -60,15 +70,31 @@ def _recorded(dsn: str) -> list[tuple[int, str]]:
 def _apply(cluster: PostgresCluster, dsn: str, sql_file: Path) -> None:
     """As a DBA would: psql, one transaction, stop at the first error."""
     proc = subprocess.run(
-        [str(cluster.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1",
-         "-f", str(sql_file), dsn],
-        capture_output=True, text=True, timeout=TIMEOUT, check=False)
+        [
+            str(cluster.bindir / "psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-1",
+            "-f",
+            str(sql_file),
+            dsn,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
     assert proc.returncode == 0, f"psql -f {sql_file} failed:\n{proc.stderr}"
 
 
 def _diff(migrated: list[str], from_file: list[str]) -> list[str]:
-    return list(difflib.unified_diff(migrated, from_file, "migrations 0001..", "sql/schema.sql",
-                                     lineterm="", n=2))
+    return list(
+        difflib.unified_diff(
+            migrated, from_file, "migrations 0001..", "sql/schema.sql", lineterm="", n=2
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +113,8 @@ def _from_file(cluster: PostgresCluster, sql_file: Path) -> list[str]:
 
 
 def test_schema_sql_equals_the_migrations_applied_in_order(
-    pg_cluster: PostgresCluster, migrated: tuple[list[str], list[tuple[int, str]]],
+    pg_cluster: PostgresCluster,
+    migrated: tuple[list[str], list[tuple[int, str]]],
 ) -> None:
     migrated_dump, migrated_recorded = migrated
     with _database(pg_cluster) as dsn:
@@ -102,21 +129,39 @@ def test_schema_sql_equals_the_migrations_applied_in_order(
 # Each edit of a copy of schema.sql, and a name the resulting diff must mention.
 EDITS = {
     "column": (("    etag                text,\n", ""), "etag text"),
-    "index": (("CREATE INDEX file_versions_uploaded_key ON file_versions (bucket, key, id)\n"
-               "    WHERE state = 'uploaded';\n", ""), "file_versions_uploaded_key"),
+    "index": (
+        (
+            "CREATE INDEX file_versions_uploaded_key ON file_versions (bucket, key, id)\n"
+            "    WHERE state = 'uploaded';\n",
+            "",
+        ),
+        "file_versions_uploaded_key",
+    ),
     "constraint": (("NOT NULL CHECK (size >= 0)", "NOT NULL"), "file_versions_size_check"),
-    "trigger": (("CREATE TRIGGER file_versions_count_deletes AFTER DELETE ON file_versions\n"
-                 "    REFERENCING OLD TABLE AS old_rows\n"
-                 "    FOR EACH STATEMENT EXECUTE FUNCTION ledger_count_changes();\n", ""),
-                "file_versions_count_deletes"),
-    "view": (("WHERE last_error IS NOT NULL AND state IN ('failed', 'pending')",
-              "WHERE last_error IS NOT NULL AND state IN ('failed')"), "last_error IS NOT NULL"),
+    "trigger": (
+        (
+            "CREATE TRIGGER file_versions_count_deletes AFTER DELETE ON file_versions\n"
+            "    REFERENCING OLD TABLE AS old_rows\n"
+            "    FOR EACH STATEMENT EXECUTE FUNCTION ledger_count_changes();\n",
+            "",
+        ),
+        "file_versions_count_deletes",
+    ),
+    "view": (
+        (
+            "WHERE last_error IS NOT NULL AND state IN ('failed', 'pending')",
+            "WHERE last_error IS NOT NULL AND state IN ('failed')",
+        ),
+        "last_error IS NOT NULL",
+    ),
 }
 
 
 @pytest.mark.parametrize("what", EDITS)
 def test_the_comparison_sees_an_edit_of_schema_sql(
-    what: str, tmp_path: Path, pg_cluster: PostgresCluster,
+    what: str,
+    tmp_path: Path,
+    pg_cluster: PostgresCluster,
     migrated: tuple[list[str], list[tuple[int, str]]],
 ) -> None:
     (old, new), named = EDITS[what]

@@ -39,10 +39,12 @@ class HeldUploader(Uploader):
 
 
 def make_job(root: Path, bucket: str, server: S3Server, max_attempts: int = 3) -> Job:
-    text = (f"source:\n  paths: [{root}]\ndestination:\n  bucket: {bucket}\n"
-            f"  endpoint_url: {server.endpoint_url}\n"
-            f"retry:\n  max_attempts: {max_attempts}\n"
-            "  backoff: {initial: 0.05s, max: 0.1s, jitter: false}\n")
+    text = (
+        f"source:\n  paths: [{root}]\ndestination:\n  bucket: {bucket}\n"
+        f"  endpoint_url: {server.endpoint_url}\n"
+        f"retry:\n  max_attempts: {max_attempts}\n"
+        "  backoff: {initial: 0.05s, max: 0.1s, jitter: false}\n"
+    )
     return parse_job_text(text, name="lab", defaults=S3Settings(region="us-east-1"))
 
 
@@ -51,8 +53,15 @@ def queue_file(dsn: str, root: Path, name: str, data: bytes, bucket: str) -> Non
     path.write_bytes(data)
     sig = Signature.of(path.stat())
     ledger = Ledger(dsn).connect()
-    ledger.enqueue("lab", scope="host-a", host="host-a", bucket=bucket, versions=[
-        NewVersion.of(Candidate(str(root), name, sig), key=f"lab/{name}", session_id=None)])
+    ledger.enqueue(
+        "lab",
+        scope="host-a",
+        host="host-a",
+        bucket=bucket,
+        versions=[
+            NewVersion.of(Candidate(str(root), name, sig), key=f"lab/{name}", session_id=None)
+        ],
+    )
     ledger.close()
 
 
@@ -66,8 +75,14 @@ def start_pool(migrated_dsn: str) -> Iterator[Callable[..., UploadPool]]:
     pools: list[UploadPool] = []
 
     def start(job: Job, uploader: Uploader, lease_seconds: float = 60.0) -> UploadPool:
-        pool = UploadPool(Ledger(migrated_dsn), uploader, lambda: {job.name: job}, workers=2,
-                          host="host-a", lease_seconds=lease_seconds)
+        pool = UploadPool(
+            Ledger(migrated_dsn),
+            uploader,
+            lambda: {job.name: job},
+            workers=2,
+            host="host-a",
+            lease_seconds=lease_seconds,
+        )
         pool.start()
         pools.append(pool)
         return pool
@@ -78,7 +93,11 @@ def start_pool(migrated_dsn: str) -> Iterator[Callable[..., UploadPool]]:
 
 
 def test_lease_is_renewed_while_a_long_upload_runs(
-    migrated_dsn: str, root: Path, s3_server: S3Server, bucket: str, sql: Sql,
+    migrated_dsn: str,
+    root: Path,
+    s3_server: S3Server,
+    bucket: str,
+    sql: Sql,
     start_pool: Callable[..., UploadPool],
 ) -> None:
     uploader = HeldUploader()
@@ -94,20 +113,29 @@ def test_lease_is_renewed_while_a_long_upload_runs(
     assert reaper.reclaim_leases([]) == 0
     reaper.close()
     uploader.go.set()
-    wait_for(lambda: sql("SELECT state, attempts FROM file_versions") == [("uploaded", 1)],
-             timeout=10, message="uploaded on the first attempt")
+    wait_for(
+        lambda: sql("SELECT state, attempts FROM file_versions") == [("uploaded", 1)],
+        timeout=10,
+        message="uploaded on the first attempt",
+    )
 
 
 def test_failures_back_off_then_fail_with_the_reason(
-    migrated_dsn: str, root: Path, s3_server: S3Server, sql: Sql,
+    migrated_dsn: str,
+    root: Path,
+    s3_server: S3Server,
+    sql: Sql,
     start_pool: Callable[..., UploadPool],
 ) -> None:
     missing = "no-such-bucket-for-this-test"
     uploader = Uploader(Storage(4))
     start_pool(make_job(root, missing, s3_server, max_attempts=3), uploader)
     queue_file(migrated_dsn, root, "doomed.txt", b"nowhere to go", missing)
-    wait_for(lambda: sql("SELECT state FROM file_versions") == [("failed",)], timeout=20,
-             message="failed after max attempts")
+    wait_for(
+        lambda: sql("SELECT state FROM file_versions") == [("failed",)],
+        timeout=20,
+        message="failed after max attempts",
+    )
     [(attempts, error)] = sql("SELECT attempts, last_error FROM file_versions")
     assert attempts == 3 and error.startswith("S3 NoSuchBucket")
     outcomes = sql("SELECT attempt, outcome FROM upload_attempts ORDER BY attempt")
@@ -115,28 +143,48 @@ def test_failures_back_off_then_fail_with_the_reason(
 
 
 def test_a_sick_bucket_pauses_the_job_instead_of_burning_attempts(
-    migrated_dsn: str, root: Path, s3_server: S3Server, sql: Sql,
-    start_pool: Callable[..., UploadPool], request: pytest.FixtureRequest,
+    migrated_dsn: str,
+    root: Path,
+    s3_server: S3Server,
+    sql: Sql,
+    start_pool: Callable[..., UploadPool],
+    request: pytest.FixtureRequest,
 ) -> None:
     bucket = f"appears-later-{abs(hash(request.node.name)) % 10**8}"
     job = make_job(root, bucket, s3_server, max_attempts=3)
-    pool = UploadPool(Ledger(migrated_dsn), Uploader(Storage(4)), lambda: {job.name: job},
-                      workers=2, host="host-a",
-                      breaker=lambda: Breaker(threshold=2, first_pause=1.0, max_pause=1.0))
+    pool = UploadPool(
+        Ledger(migrated_dsn),
+        Uploader(Storage(4)),
+        lambda: {job.name: job},
+        workers=2,
+        host="host-a",
+        breaker=lambda: Breaker(threshold=2, first_pause=1.0, max_pause=1.0),
+    )
     pool.start()
     try:
         for i in range(6):
             queue_file(migrated_dsn, root, f"f{i}.txt", b"x", bucket)
-        wait_for(lambda: sql("SELECT paused_until > now() FROM destination_health "
-                             "WHERE kind = 'upload'") == [(True,)], timeout=20,
-                 message="the job paused")
+        wait_for(
+            lambda: (
+                sql("SELECT paused_until > now() FROM destination_health WHERE kind = 'upload'")
+                == [(True,)]
+            ),
+            timeout=20,
+            message="the job paused",
+        )
         tried = sql("SELECT count(*) FROM file_versions WHERE attempts > 0")[0][0]
         assert tried < 6, "files behind the pause keep their attempts"
         s3_server.create_bucket(bucket)
-        wait_for(lambda: sql("SELECT count(*) FROM file_versions WHERE state = 'uploaded'")
-                 == [(6,)], timeout=30, message="resumed and uploaded")
+        wait_for(
+            lambda: sql("SELECT count(*) FROM file_versions WHERE state = 'uploaded'") == [(6,)],
+            timeout=30,
+            message="resumed and uploaded",
+        )
         assert sql("SELECT count(*) FROM file_versions WHERE state = 'failed'") == [(0,)]
-        wait_for(lambda: sql("SELECT paused_until FROM destination_health") == [(None,)],
-                 timeout=5, message="the pause cleared")
+        wait_for(
+            lambda: sql("SELECT paused_until FROM destination_health") == [(None,)],
+            timeout=5,
+            message="the pause cleared",
+        )
     finally:
         pool.stop(time.monotonic() + 5)

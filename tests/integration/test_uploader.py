@@ -29,21 +29,47 @@ SMALL_MULTIPART = TransferSettings(multipart_threshold=6 * MiB, part_size=5 * Mi
 
 def make_job(root: Path, bucket: str, server: S3Server, **destination: Any) -> Any:
     extra = "".join(f"  {k}: {v}\n" for k, v in destination.items())
-    text = (f"source:\n  paths: [{root}]\ndestination:\n  bucket: {bucket}\n"
-            f"  key: 'up/${{relpath}}'\n  endpoint_url: {server.endpoint_url}\n{extra}")
+    text = (
+        f"source:\n  paths: [{root}]\ndestination:\n  bucket: {bucket}\n"
+        f"  key: 'up/${{relpath}}'\n  endpoint_url: {server.endpoint_url}\n{extra}"
+    )
     return parse_job_text(text, name="lab", defaults=S3Settings(region="us-east-1"))
 
 
 def claim_for(path: Path, root: Path, attempt: int = 1) -> Claim:
     sig = Signature.of(path.stat())
     relpath = str(path.relative_to(root))
-    return Claim(1, "lab", str(root), relpath, sig.size, sig.mtime_ns, sig.inode, "",
-                 f"up/{relpath}", attempt, None, attempt)
+    return Claim(
+        1,
+        "lab",
+        str(root),
+        relpath,
+        sig.size,
+        sig.mtime_ns,
+        sig.inode,
+        "",
+        f"up/{relpath}",
+        attempt,
+        None,
+        attempt,
+    )
 
 
 def with_bucket(claim: Claim, bucket: str) -> Claim:
-    return Claim(claim.id, claim.job, claim.root, claim.relpath, claim.size, claim.mtime_ns,
-                 claim.inode, bucket, claim.key, claim.attempt, claim.session_id, claim.tries)
+    return Claim(
+        claim.id,
+        claim.job,
+        claim.root,
+        claim.relpath,
+        claim.size,
+        claim.mtime_ns,
+        claim.inode,
+        bucket,
+        claim.key,
+        claim.attempt,
+        claim.session_id,
+        claim.tries,
+    )
 
 
 @pytest.fixture
@@ -59,8 +85,14 @@ def test_upload_carries_content_and_sha256(
 ) -> None:
     data = os.urandom(size)
     (root / "sample.bin").write_bytes(data)
-    job = make_job(root, backend_bucket, s3_backend, storage_class="STANDARD",
-                   metadata="{instrument: scope-a}", tags="{project: x}")
+    job = make_job(
+        root,
+        backend_bucket,
+        s3_backend,
+        storage_class="STANDARD",
+        metadata="{instrument: scope-a}",
+        tags="{project: x}",
+    )
     claim = with_bucket(claim_for(root / "sample.bin", root), backend_bucket)
     result = Uploader(Storage(4), SMALL_MULTIPART).upload(claim, job)
     digest = hashlib.sha256(data).hexdigest()
@@ -171,16 +203,24 @@ def test_an_interrupted_multipart_upload_resumes_from_its_parts(
     broken.client(job.destination.s3).meta.events.register("before-send.s3.UploadPart", cut_off)
     started: list[tuple[str, int]] = []
     first = Uploader(broken, SMALL_MULTIPART).upload(
-        claim, job, lambda upload_id, part_size: started.append((upload_id, part_size)))
+        claim, job, lambda upload_id, part_size: started.append((upload_id, part_size))
+    )
     assert (first.outcome, first.retryable) == ("failed", True)
     [(upload_id, part_size)] = started
 
     healthy = Storage(4)
     sent: list[str] = []
     healthy.client(job.destination.s3).meta.events.register(
-        "before-send.s3.UploadPart", lambda request, **_: sent.append(request.url))
-    resumed = Claim(**{**claim.__dict__, "attempt": 2, "multipart_upload_id": upload_id,
-                       "multipart_part_size": part_size})
+        "before-send.s3.UploadPart", lambda request, **_: sent.append(request.url)
+    )
+    resumed = Claim(
+        **{
+            **claim.__dict__,
+            "attempt": 2,
+            "multipart_upload_id": upload_id,
+            "multipart_part_size": part_size,
+        }
+    )
     second = Uploader(healthy, SMALL_MULTIPART).upload(resumed, job)
     assert second.outcome == "uploaded"
     numbers = [re.search(r"partNumber=(\d+)", url) for url in sent]
@@ -189,7 +229,8 @@ def test_an_interrupted_multipart_upload_resumes_from_its_parts(
     got = s3_backend.client().get_object(Bucket=backend_bucket, Key="up/big.bin")
     assert got["Body"].read() == data
     assert {k.lower(): v for k, v in got["Metadata"].items()}["sha256"] == (
-        hashlib.sha256(data).hexdigest())
+        hashlib.sha256(data).hexdigest()
+    )
 
 
 def test_a_vanished_multipart_upload_starts_over(
@@ -199,11 +240,17 @@ def test_a_vanished_multipart_upload_starts_over(
     (root / "big.bin").write_bytes(data)
     job = make_job(root, bucket, s3_server)
     claim = with_bucket(claim_for(root / "big.bin", root), bucket)
-    gone = Claim(**{**claim.__dict__, "multipart_upload_id": "no-such-upload",
-                    "multipart_part_size": 5 * MiB})
+    gone = Claim(
+        **{
+            **claim.__dict__,
+            "multipart_upload_id": "no-such-upload",
+            "multipart_part_size": 5 * MiB,
+        }
+    )
     started: list[str] = []
     result = Uploader(Storage(4), SMALL_MULTIPART).upload(
-        gone, job, lambda upload_id, _: started.append(upload_id))
+        gone, job, lambda upload_id, _: started.append(upload_id)
+    )
     assert result.outcome == "uploaded" and len(started) == 1
     body = s3_server.client().get_object(Bucket=bucket, Key="up/big.bin")["Body"].read()
     assert body == data
@@ -252,7 +299,8 @@ def test_overwrite_never_completes_a_large_upload_only_if_the_key_is_still_free(
         other.put_object(Bucket=backend_bucket, Key="up/big.bin", Body=b"the other writer's")
 
     storage.client(job.destination.s3).meta.events.register(
-        "before-call.s3.CompleteMultipartUpload", race)
+        "before-call.s3.CompleteMultipartUpload", race
+    )
     claim = with_bucket(claim_for(root / "big.bin", root), backend_bucket)
     result = Uploader(storage, SMALL_MULTIPART).upload(claim, job)
     assert (result.outcome, result.retryable) == ("failed", False)

@@ -12,15 +12,55 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "uploaderd"
 S3 = {"storage", "objectput", "uploader", "multipart", "verify"}
-ONLY = {"psycopg2": {"ledger"}, "watchdog": {"watcher"}, "boto3": S3, "botocore": S3,
-        "obstore": S3, "mypy_boto3_s3": S3}  # a library → the modules that may import it
-POLICIES = {"settle", "retry", "health", "bandwidth", "sessions", "units", "windows", "filters",
-            "keys", "printable", "inflight"}
-IO = {"psycopg2", "boto3", "botocore", "obstore", "watchdog", "apscheduler", "urllib3",
-      "prometheus_client", "rich", "sdnotify", "socket", "subprocess"}
+ONLY = {
+    "psycopg2": {"ledger"},
+    "watchdog": {"watcher"},
+    "boto3": S3,
+    "botocore": S3,
+    "obstore": S3,
+    "mypy_boto3_s3": S3,
+}  # a library → the modules that may import it
+POLICIES = {
+    "settle",
+    "retry",
+    "health",
+    "bandwidth",
+    "sessions",
+    "units",
+    "windows",
+    "filters",
+    "keys",
+    "printable",
+    "inflight",
+}
+IO = {
+    "psycopg2",
+    "boto3",
+    "botocore",
+    "obstore",
+    "watchdog",
+    "apscheduler",
+    "urllib3",
+    "prometheus_client",
+    "rich",
+    "sdnotify",
+    "socket",
+    "subprocess",
+}
 # What the command line runs; imported by the command line only (``uploaderd run`` included).
-COMMANDS = {"cli", "adhoc", "checks", "collect", "explain", "importer", "oneshot", "progress",
-            "register", "service", "verify"}
+COMMANDS = {
+    "cli",
+    "adhoc",
+    "checks",
+    "collect",
+    "explain",
+    "importer",
+    "oneshot",
+    "progress",
+    "register",
+    "service",
+    "verify",
+}
 
 
 def imports(module: str) -> set[str]:
@@ -28,12 +68,17 @@ def imports(module: str) -> set[str]:
     ``x``, anything else by its top-level name."""
     found: set[str] = set()
     for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
-        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                 [f"{node.module}.{a.name}" if node.module == "uploaderd" else node.module
-                  for a in node.names] if isinstance(node, ast.ImportFrom) and node.module
-                 else [])
-        found |= {n.split(".")[1] if n.startswith("uploaderd.") else n.split(".")[0]
-                  for n in names}
+        names = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [
+                f"{node.module}.{a.name}" if node.module == "uploaderd" else node.module
+                for a in node.names
+            ]
+            if isinstance(node, ast.ImportFrom) and node.module
+            else []
+        )
+        found |= {n.split(".")[1] if n.startswith("uploaderd.") else n.split(".")[0] for n in names}
     return found
 
 
@@ -75,8 +120,7 @@ def ledger_names() -> set[str]:
     for node in ast.walk(ast.parse((PACKAGE / "ledger.py").read_text())):
         if isinstance(node, ast.Subscript) and ast.unparse(node.value) == "queries()":
             names.add(node.slice)
-        elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("self._all",
-                                                                        "self._dicts"):
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("self._all", "self._dicts"):
             names.add(node.args[0])
     literal = {str(n.value) for n in names if isinstance(n, ast.Constant)}
     assert {ast.unparse(n) for n in names if not isinstance(n, ast.Constant)} == {"name"}
@@ -84,11 +128,15 @@ def ledger_names() -> set[str]:
 
 
 def test_named_queries_are_one_set() -> None:
-    sql = set(re.findall(r"^-- name: (\w+)\s*$", (REPO / "sql/queries.sql").read_text(),
-                         re.MULTILINE))
+    sql = set(
+        re.findall(r"^-- name: (\w+)\s*$", (REPO / "sql/queries.sql").read_text(), re.MULTILINE)
+    )
     section = (REPO / "docs/database.md").read_text().split("## Named queries")[1]
-    rows = [line.split("|")[1] for line in section.split("\n## ")[0].splitlines()
-            if line.startswith("| `")]
+    rows = [
+        line.split("|")[1]
+        for line in section.split("\n## ")[0].splitlines()
+        if line.startswith("| `")
+    ]
     documented = {name for cell in rows for name in re.findall(r"`(\w+)`", cell)}
     assert sql == ledger_names()
     assert sql == documented

@@ -129,7 +129,9 @@ def test_full_job_parses_into_typed_values() -> None:
     assert dest.key.text == "scope-a/${relpath}"
     assert dest.key.variables() == frozenset({"relpath"})
     assert dest.s3 == S3Settings(
-        endpoint_url="http://127.0.0.1:9000", region="eu-west-1", profile="lab",
+        endpoint_url="http://127.0.0.1:9000",
+        region="eu-west-1",
+        profile="lab",
         checksum="when_required",
     )
     assert dest.storage_class == "STANDARD_IA"
@@ -206,16 +208,15 @@ def test_job_inherits_the_daemon_s3_block_and_overrides_parts_of_it() -> None:
     inherited = parse_job_text(MINIMAL_JOB, name="a", defaults=defaults)
     assert inherited.destination.s3 == defaults
 
-    overridden = parse_job_text(with_destination("region: eu-central-1"), name="a",
-                                defaults=defaults)
+    overridden = parse_job_text(
+        with_destination("region: eu-central-1"), name="a", defaults=defaults
+    )
     assert overridden.destination.s3 == S3Settings(
         endpoint_url="http://minio:9000", region="eu-central-1", profile="p"
     )
 
 
-@pytest.mark.parametrize(
-    ("value", "action"), [("keep", "keep"), ("delete", "delete")]
-)
+@pytest.mark.parametrize(("value", "action"), [("keep", "keep"), ("delete", "delete")])
 def test_after_upload_keep_and_delete(value: str, action: str) -> None:
     parsed = job(MINIMAL_JOB + f"after_upload: {value}\n")
     assert parsed.after_upload.action == action
@@ -236,8 +237,9 @@ def test_polling_true_false_and_idle_session_and_cron_trigger() -> None:
     assert parsed.trigger is not None
     assert parsed.trigger.on == "file_uploaded"
     assert parsed.trigger.cron == "*/5 * * * *"
-    assert job(MINIMAL_JOB.replace("/data/in]", "/data/in]\n  polling: false")).source.polling \
-        is False
+    assert (
+        job(MINIMAL_JOB.replace("/data/in]", "/data/in]\n  polling: false")).source.polling is False
+    )
 
 
 def test_source_paths_are_normalised() -> None:
@@ -266,7 +268,9 @@ def test_daemon_config_defaults_without_a_file() -> None:
 
 
 def test_daemon_config_every_key(tmp_path: Path) -> None:
-    file = write(tmp_path / "uploaderd.yaml", """\
+    file = write(
+        tmp_path / "uploaderd.yaml",
+        """\
 database:
   dsn: postgresql://uploaderd@db.local/uploaderd
 jobs_dir: /srv/jobs.d
@@ -282,7 +286,8 @@ log:
   level: debug
   format: json
 shutdown_grace: 2m
-""")
+""",
+    )
     config = load_daemon_config(file, env={})
     assert config == DaemonConfig(
         file=file,
@@ -318,21 +323,25 @@ def test_password_in_dsn_is_refused(tmp_path: Path, dsn: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_daemon_config(file, env={})
     assert caught.value.problems == [
-        ConfigProblem(file, 2, "database.dsn",
-                      "must not contain a password: use PGPASSFILE or libpq's env")
+        ConfigProblem(
+            file, 2, "database.dsn", "must not contain a password: use PGPASSFILE or libpq's env"
+        )
     ]
     assert "hunter2" not in str(caught.value)
 
 
 def test_daemon_config_reports_every_problem_with_line_and_key(tmp_path: Path) -> None:
-    file = write(tmp_path / "uploaderd.yaml", """\
+    file = write(
+        tmp_path / "uploaderd.yaml",
+        """\
 workers: 0
 metrics: {listen: 9464}
 jobs_dir: jobs.d
 log: {level: loud}
 shutdown_grace: soon
 wrokers: 2
-""")
+""",
+    )
     with pytest.raises(ConfigError) as caught:
         load_daemon_config(file, env={})
     found = {(p.line, p.key): p.message for p in caught.value.problems}
@@ -342,11 +351,13 @@ wrokers: 2
         (2, "metrics.listen"): 'expected host:port or "" to disable, got 9464',
         (3, "jobs_dir"): "'jobs.d' is not an absolute path",
         (4, "log.level"): "expected one of debug, info, warning, error, got 'loud'",
-        (5, "shutdown_grace"):
-            "expected a duration such as 30s, 15m, 1h, 1d or a number of seconds, got 'soon'",
+        (
+            5,
+            "shutdown_grace",
+        ): "expected a duration such as 30s, 15m, 1h, 1d or a number of seconds, got 'soon'",
         (6, "wrokers"): "unknown key; did you mean 'workers'? (known here: allowed_buckets, "
-                        "allowed_roots, database, jobs_dir, ledger, log, metrics, s3, "
-                        "shutdown_grace, workers)",
+        "allowed_roots, database, jobs_dir, ledger, log, metrics, s3, "
+        "shutdown_grace, workers)",
     }
     # The message a person reads names file, line and key.
     assert f"{file}:1: workers: must be at least 1, got 0" in str(caught.value).splitlines()
@@ -385,7 +396,9 @@ def test_unclosed_flow_list_is_invalid_yaml() -> None:
 def test_top_level_list_is_one_clear_problem() -> None:
     assert problems_of("- source\n- destination\n") == [
         ConfigProblem(
-            None, None, None,
+            None,
+            None,
+            None,
             "expected a mapping of keys at the top, got a list (['source', 'destination'])",
         )
     ]
@@ -427,8 +440,7 @@ def test_duplicate_key_is_reported_at_its_second_line() -> None:
 
 def test_duplicate_nested_key() -> None:
     problem = only_problem(
-        "source:\n  paths: [/data/in]\n  settle: 1s\n  settle: 2s\n"
-        "destination: {bucket: lab-raw}\n"
+        "source:\n  paths: [/data/in]\n  settle: 1s\n  settle: 2s\ndestination: {bucket: lab-raw}\n"
     )
     assert (problem.line, problem.key, problem.message) == (4, "source.settle", "duplicate key")
 
@@ -540,14 +552,16 @@ def test_unsafe_key_templates(template: str, message: str) -> None:
 def test_key_template_must_be_a_string() -> None:
     problem = only_problem(with_destination("key: [a]"))
     assert (problem.key, problem.message) == (
-        "destination.key", "expected a key template string, got ['a']"
+        "destination.key",
+        "expected a key template string, got ['a']",
     )
 
 
 def test_missing_bucket() -> None:
     problem = only_problem("source:\n  paths: [/data/in]\ndestination:\n  key: '${relpath}'\n")
     assert (problem.key, problem.message) == (
-        "destination.bucket", "is required (a non-empty string)"
+        "destination.bucket",
+        "is required (a non-empty string)",
     )
     assert problem.line == 3  # the closest line: its section
 
@@ -573,12 +587,18 @@ def test_bad_durations_and_sizes() -> None:
         "retry:\n  backoff: {initial: 1w}\n"
     )
     assert [(p.line, p.key, p.message) for p in problems] == [
-        (3, "source.settle",
-         "expected a duration such as 30s, 15m, 1h, 1d or a number of seconds, got '10x'"),
+        (
+            3,
+            "source.settle",
+            "expected a duration such as 30s, 15m, 1h, 1d or a number of seconds, got '10x'",
+        ),
         (4, "source.rescan", "must be longer than zero"),
         (7, "destination.bandwidth", "expected a size such as 512, 8MiB or 50MB/s, got 'lots'"),
-        (9, "retry.backoff.initial",
-         "expected a duration such as 30s, 15m, 1h, 1d or a number of seconds, got '1w'"),
+        (
+            9,
+            "retry.backoff.initial",
+            "expected a duration such as 30s, 15m, 1h, 1d or a number of seconds, got '1w'",
+        ),
     ]
 
 
@@ -601,9 +621,7 @@ def test_literal_secret_in_trigger_header_is_refused() -> None:
     assert problem.message == "secrets never live in YAML: use ${env:NAME} or ${file:/path}"
 
 
-@pytest.mark.parametrize(
-    "value", ["Bearer ${env:TOKEN}", "${file:/etc/uploaderd/token}"]
-)
+@pytest.mark.parametrize("value", ["Bearer ${env:TOKEN}", "${file:/etc/uploaderd/token}"])
 def test_secret_reference_in_trigger_header_is_accepted(value: str) -> None:
     parsed = job(
         MINIMAL_JOB + "trigger:\n  url: https://catalog.example/api\n"
@@ -618,7 +636,8 @@ def test_trigger_url_with_password_or_wrong_scheme() -> None:
     assert (problem.key, problem.message) == ("trigger.url", "must not contain a password")
     problem = only_problem(MINIMAL_JOB + "trigger:\n  url: ftp://catalog.example/\n")
     assert (problem.key, problem.message) == (
-        "trigger.url", "expected an http:// or https:// URL, got 'ftp://catalog.example/'"
+        "trigger.url",
+        "expected an http:// or https:// URL, got 'ftp://catalog.example/'",
     )
 
 
@@ -631,7 +650,8 @@ def test_kms_key_id_without_aws_kms() -> None:
 def test_bad_sse() -> None:
     problem = only_problem(with_destination("sse: rot13"))
     assert (problem.key, problem.message) == (
-        "destination.sse", "expected AES256 or aws:kms, got 'rot13'"
+        "destination.sse",
+        "expected AES256 or aws:kms, got 'rot13'",
     )
 
 
@@ -640,8 +660,11 @@ def test_bad_window_strings() -> None:
         with_destination("windows:\n  - Mon-Fri 19:00-07:00\n  - Funday\n  - Mon 25:00-07:00")
     )
     assert [(p.line, p.key, p.message) for p in problems] == [
-        (7, "destination.windows.1",
-         "'Funday': expected e.g. 'Mon-Fri 19:00-07:00', 'Sat-Sun' or '22:00-06:00'"),
+        (
+            7,
+            "destination.windows.1",
+            "'Funday': expected e.g. 'Mon-Fri 19:00-07:00', 'Sat-Sun' or '22:00-06:00'",
+        ),
         (8, "destination.windows.2", "'25:00' is not a time of day"),
     ]
 
@@ -665,14 +688,16 @@ def test_invalid_job_name_from_the_file_stem(tmp_path: Path) -> None:
 def test_metadata_sha256_is_reserved() -> None:
     problem = only_problem(with_destination("metadata: {SHA256: abc}"))
     assert (problem.key, problem.message) == (
-        "destination.metadata.SHA256", "sha256 is set by uploaderd itself"
+        "destination.metadata.SHA256",
+        "sha256 is set by uploaderd itself",
     )
 
 
 def test_marker_must_be_a_file_name() -> None:
     problem = only_problem(MINIMAL_JOB + "session:\n  complete_when: {marker: done/x}\n")
     assert (problem.key, problem.message) == (
-        "session.complete_when.marker", "expected a file name such as RunComplete.txt"
+        "session.complete_when.marker",
+        "expected a file name such as RunComplete.txt",
     )
 
 
@@ -687,14 +712,17 @@ def test_bad_exclude_pattern() -> None:
 
 
 def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
-    file = write(tmp_path / "three.yaml", """\
+    file = write(
+        tmp_path / "three.yaml",
+        """\
 source:
   paths: [relative/dir]
 destination:
   bucket: Lab_Raw
 retry:
   max_atempts: 3
-""")
+""",
+    )
     with pytest.raises(ConfigError) as caught:
         load_job(file, S3Settings())
     problems = caught.value.problems
@@ -772,7 +800,8 @@ def test_load_jobs_missing_directory(tmp_path: Path) -> None:
 def test_after_upload_registered_needs_a_trigger() -> None:
     [problem] = problems_of(
         "source: {paths: [/data/in]}\ndestination: {bucket: lab-raw}\n"
-        "after_upload: delete\nafter_upload_when: registered\n")
+        "after_upload: delete\nafter_upload_when: registered\n"
+    )
     assert (problem.line, problem.key) == (4, "after_upload_when")
     assert problem.message == "registered needs a trigger block to register with"
 
@@ -780,7 +809,8 @@ def test_after_upload_registered_needs_a_trigger() -> None:
 def test_move_to_inside_a_root_is_refused() -> None:
     [problem] = problems_of(
         "source: {paths: [/data/in]}\ndestination: {bucket: lab-raw}\n"
-        "after_upload: {move_to: /data/in/done}\n")
+        "after_upload: {move_to: /data/in/done}\n"
+    )
     assert (problem.line, problem.key) == (3, "after_upload.move_to")
     assert problem.message == "/data/in/done is inside a watched root; move files out of it"
 
@@ -796,9 +826,14 @@ x: &x [a, b]
 """
     YamlDocument(None, headers + "y: [*x, *x]\n")  # no problem: a few aliases
     bomb = headers + "".join(
-        f"l{n}: &l{n} [{', '.join([f'*l{n - 1}' if n else '*x'] * 10)}]\n" for n in range(5))
+        f"l{n}: &l{n} [{', '.join([f'*l{n - 1}' if n else '*x'] * 10)}]\n" for n in range(5)
+    )
     document = YamlDocument(None, bomb)
     assert [(p.line, p.message) for p in document.problems] == [
-        (10, "aliases (*name) here stand for more than 10,000 values once expanded; refusing "
-             "the file (write the values out, or use fewer aliases)")]
+        (
+            10,
+            "aliases (*name) here stand for more than 10,000 values once expanded; refusing "
+            "the file (write the values out, or use fewer aliases)",
+        )
+    ]
     assert document.data is None, "nothing was built"

@@ -76,7 +76,7 @@ class Instruction:
         """The JSON array of an exec-form ENTRYPOINT/CMD (after HEALTHCHECK's options)."""
         text = self.arguments
         if self.keyword == "HEALTHCHECK":
-            text = text[text.index("CMD") + 3:]
+            text = text[text.index("CMD") + 3 :]
         value = json.loads(text)
         assert isinstance(value, list) and all(isinstance(v, str) for v in value), self
         return value
@@ -155,13 +155,14 @@ def test_the_image_is_built_in_one_stage_and_runs_from_another_without_compilers
     name = build[0].arguments.split()[-1]
     copies = [i.arguments for i in only(final, "COPY") if i.arguments.startswith("--from=")]
     assert copies == [f"--from={name} /opt/uploaderd /opt/uploaderd"], (
-        "the final stage takes the virtualenv and nothing else from the build")
-    installs = " ".join(i.arguments for i in only(final, "RUN") if "apt-get install" in
-                        i.arguments)
+        "the final stage takes the virtualenv and nothing else from the build"
+    )
+    installs = " ".join(i.arguments for i in only(final, "RUN") if "apt-get install" in i.arguments)
     assert "libpq5" in installs
     assert not BUILD_TOOLS.search(installs.replace("--no-install-recommends", "")), installs
     assert not [i for i in only(final, "RUN") if "pip install" in i.arguments], (
-        "nothing is built or fetched from PyPI in the final stage")
+        "nothing is built or fetched from PyPI in the final stage"
+    )
 
 
 def test_the_build_installs_the_hash_pinned_lock_files() -> None:
@@ -182,7 +183,8 @@ def test_base_images_are_pinned_release_tags_and_the_same_for_both_stages() -> N
         assert not digest or DIGEST.match(digest), image
     assert len(set(images)) == 1, "the venv links to the base image's python: one base"
     assert labels_of(final_stage())["org.opencontainers.image.base.name"].endswith(
-        images[-1].partition("@")[0])
+        images[-1].partition("@")[0]
+    )
 
 
 def test_the_daemon_runs_as_an_unprivileged_user() -> None:
@@ -193,7 +195,8 @@ def test_the_daemon_runs_as_an_unprivileged_user() -> None:
     setup = " ".join(i.arguments for i in only(final, "RUN"))
     assert f"--uid {uid}" in setup and f"--gid {gid}" in setup
     assert final.index(user) > max(final.index(i) for i in only(final, "RUN")), (
-        "nothing runs as root after USER")
+        "nothing runs as root after USER"
+    )
 
 
 def test_the_daemon_is_pid_1_in_exec_form() -> None:
@@ -263,14 +266,23 @@ def test_the_build_context_holds_what_copy_needs_and_nothing_private() -> None:
     assert {"uploaderd/", "sql/", "setup.cfg"} <= set(sources)
     for source in sources:
         assert (REPO / source).exists(), source
-        files = [p for p in (REPO / source).rglob("*") if p.is_file()] if source.endswith(
-            "/") else [REPO / source]
+        files = (
+            [p for p in (REPO / source).rglob("*") if p.is_file()]
+            if source.endswith("/")
+            else [REPO / source]
+        )
         for file in files:
             relative = file.relative_to(REPO).as_posix()
             if "__pycache__" not in relative:
                 assert dockerignore_allows(relative), relative
-    for private in (".git/config", ".venv/bin/python", ".demo/x", "tests/conftest.py",
-                    "uploaderd/__pycache__/cli.cpython-311.pyc", "dist/uploaderd.deb"):
+    for private in (
+        ".git/config",
+        ".venv/bin/python",
+        ".demo/x",
+        "tests/conftest.py",
+        "uploaderd/__pycache__/cli.cpython-311.pyc",
+        "dist/uploaderd.deb",
+    ):
         assert not dockerignore_allows(private), private
 
 
@@ -312,7 +324,8 @@ def test_the_daemon_runs_from_the_image_after_the_migration(compose: dict[str, A
     assert "healthcheck" not in daemon, "the image's HEALTHCHECK"
     assert migrate["command"] == ["migrate"]
     assert daemon["depends_on"]["uploaderd-migrate"]["condition"] == (
-        "service_completed_successfully")
+        "service_completed_successfully"
+    )
     grace = load_daemon_config(COMPOSE_CONFIG, env={}).shutdown_grace
     assert int(daemon["stop_grace_period"].removesuffix("s")) > grace
 
@@ -327,15 +340,18 @@ def test_the_daemon_reaches_the_s3_service_with_its_keys(compose: dict[str, Any]
     env = services["uploaderd"]["environment"]
     assert env["AWS_ACCESS_KEY_ID"] == s3["environment"]["S3_ACCESS_KEY"]
     assert env["AWS_SECRET_ACCESS_KEY"] == s3["environment"]["S3_SECRET_KEY"]
-    buckets = {parse_job_text(p.read_text(), name=p.stem, defaults=s3_settings).destination.bucket
-               for p in COMPOSE_JOBS.glob("*.yaml")}
+    buckets = {
+        parse_job_text(p.read_text(), name=p.stem, defaults=s3_settings).destination.bucket
+        for p in COMPOSE_JOBS.glob("*.yaml")
+    }
     assert buckets
     init = services["seaweedfs-init"]
     assert init["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
     for bucket in buckets:
         assert f"s3.bucket.create -name {bucket}'" in init["command"][0], bucket
     assert services["uploaderd"]["depends_on"]["seaweedfs-init"]["condition"] == (
-        "service_completed_successfully")
+        "service_completed_successfully"
+    )
 
 
 def test_every_port_is_published_on_loopback_only(compose: dict[str, Any]) -> None:
@@ -356,7 +372,8 @@ def test_prometheus_sends_alerts_to_the_alertmanager_service(compose: dict[str, 
     alertmanager = services[host]
     assert any(p.endswith(f":{port}") for p in alertmanager["ports"])
     assert not any(a.startswith("--web.listen-address") for a in alertmanager["command"]), (
-        "Alertmanager listens on its default :9093")
+        "Alertmanager listens on its default :9093"
+    )
     assert port == "9093"
     mounts = dict(reversed(v.split(":")[:2]) for v in alertmanager["volumes"])
     config_flag = next(a for a in alertmanager["command"] if a.startswith("--config.file="))
@@ -393,14 +410,20 @@ def test_amtool_accepts_the_config_and_its_webhook_example(tmp_path: Path) -> No
     [ops] = [r for r in yaml.safe_load(example.read_text())["receivers"] if r["name"] == "ops"]
     assert ops["webhook_configs"][0]["send_resolved"] is True
     for config, receiver in ((ALERTMANAGER_CONFIG, "null"), (example, "ops")):
-        result = run(amtool, "config", "routes", "test", f"--config.file={config}",
-                     "alertname=UploaderdDown", "severity=critical")
+        result = run(
+            amtool,
+            "config",
+            "routes",
+            "test",
+            f"--config.file={config}",
+            "alertname=UploaderdDown",
+            "severity=critical",
+        )
         assert result.stdout.split() == [receiver], result.stdout + result.stderr
 
 
 def test_the_inhibition_names_existing_alerts() -> None:
-    rules = yaml.safe_load((REPO / "monitoring" / "prometheus" /
-                            "uploaderd-rules.yml").read_text())
+    rules = yaml.safe_load((REPO / "monitoring" / "prometheus" / "uploaderd-rules.yml").read_text())
     alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
     severities = {r["labels"]["severity"] for r in alerts.values()}
     for rule in yaml.safe_load(ALERTMANAGER_CONFIG.read_text())["inhibit_rules"]:
@@ -427,8 +450,9 @@ def stub(bin_dir: Path, name: str, body: str) -> None:
     path.chmod(0o755)
 
 
-def test_seaweedfs_gets_one_identity_from_the_environment(compose: dict[str, Any],
-                                                          tmp_path: Path) -> None:
+def test_seaweedfs_gets_one_identity_from_the_environment(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
     service = compose["services"]["seaweedfs"]
     text = script(service)
     config = tmp_path / "s3.json"
@@ -436,8 +460,12 @@ def test_seaweedfs_gets_one_identity_from_the_environment(compose: dict[str, Any
     stub(tmp_path, "entrypoint.sh", f'printf "%s\\n" "$@" > {tmp_path}/argv')
     text = text.replace("/tmp/s3.json", str(config)).replace("/entrypoint.sh", str(entrypoint))
     secret = 'se"cr\\et'
-    result = run("sh", "-ec", text,
-                 env={"PATH": os.environ["PATH"], "S3_ACCESS_KEY": "key", "S3_SECRET_KEY": secret})
+    result = run(
+        "sh",
+        "-ec",
+        text,
+        env={"PATH": os.environ["PATH"], "S3_ACCESS_KEY": "key", "S3_SECRET_KEY": secret},
+    )
     assert result.returncode == 0, result.stderr
     [identity] = json.loads(config.read_text())["identities"]
     assert identity["credentials"] == [{"accessKey": "key", "secretKey": secret}]
@@ -447,14 +475,17 @@ def test_seaweedfs_gets_one_identity_from_the_environment(compose: dict[str, Any
     assert "-ip.bind=0.0.0.0" in argv, "the healthcheck reaches it on 127.0.0.1"
 
 
-@pytest.mark.parametrize(("answer", "status", "expected"), [
-    ("created bucket lab-raw", 0, 0),
-    ("error: bucket lab-raw already exists", 1, 0),
-    ("error: no filer yet", 1, 1),
-])
-def test_the_bucket_init_is_idempotent_and_fails_loudly(compose: dict[str, Any], tmp_path: Path,
-                                                        answer: str, status: int,
-                                                        expected: int) -> None:
+@pytest.mark.parametrize(
+    ("answer", "status", "expected"),
+    [
+        ("created bucket lab-raw", 0, 0),
+        ("error: bucket lab-raw already exists", 1, 0),
+        ("error: no filer yet", 1, 1),
+    ],
+)
+def test_the_bucket_init_is_idempotent_and_fails_loudly(
+    compose: dict[str, Any], tmp_path: Path, answer: str, status: int, expected: int
+) -> None:
     text = script(compose["services"]["seaweedfs-init"])
     stub(tmp_path, "weed", f'cat >> {tmp_path}/stdin; echo "{answer}"; exit {status}')
     stub(tmp_path, "sleep", "exit 0")

@@ -38,8 +38,14 @@ def test_parse_splits_literals_and_variables() -> None:
     template = KeyTemplate.parse("raw/${job}/${yyyy}-${mm}/${relpath}")
     assert template.text == "raw/${job}/${yyyy}-${mm}/${relpath}"
     assert template.parts == (
-        (False, "raw/"), (True, "job"), (False, "/"), (True, "yyyy"), (False, "-"),
-        (True, "mm"), (False, "/"), (True, "relpath"),
+        (False, "raw/"),
+        (True, "job"),
+        (False, "/"),
+        (True, "yyyy"),
+        (False, "-"),
+        (True, "mm"),
+        (False, "/"),
+        (True, "relpath"),
     )
     assert template.variables() == frozenset({"job", "yyyy", "mm", "relpath"})
 
@@ -93,12 +99,20 @@ def test_render_refuses_a_control_character_from_the_path() -> None:
             "unknown variable ${nope}; known: ${dd}, ${dirname}, ${ext}, ${hostname}, ${job}, "
             "${mm}, ${name}, ${relpath}, ${session}, ${stem}, ${yyyy}",
         ),
-        ("${}/${relpath}", "unknown variable ${}; known: " + ", ".join(
-            f"${{{v}}}" for v in sorted(VARIABLES))),
-        ("${job}/${yyyy}", "the key must contain ${relpath}, ${name} or ${stem}, or every file "
-                           "would overwrite the same object"),
-        ("static-key", "the key must contain ${relpath}, ${name} or ${stem}, or every file "
-                       "would overwrite the same object"),
+        (
+            "${}/${relpath}",
+            "unknown variable ${}; known: " + ", ".join(f"${{{v}}}" for v in sorted(VARIABLES)),
+        ),
+        (
+            "${job}/${yyyy}",
+            "the key must contain ${relpath}, ${name} or ${stem}, or every file "
+            "would overwrite the same object",
+        ),
+        (
+            "static-key",
+            "the key must contain ${relpath}, ${name} or ${stem}, or every file "
+            "would overwrite the same object",
+        ),
         ("a$b/${relpath}", "a '$' must start a ${variable} reference"),
         ("${relpath}$", "a '$' must start a ${variable} reference"),
         ("$name/${relpath}", "a '$' must start a ${variable} reference"),
@@ -132,8 +146,7 @@ def test_parse_accepts_templates_naming_the_file(text: str) -> None:
         ("dir.d/file", "file", "file", "", "dir.d"),
     ],
 )
-def test_name_stem_ext_dirname(relpath: str, name: str, stem: str, ext: str,
-                               dirname: str) -> None:
+def test_name_stem_ext_dirname(relpath: str, name: str, stem: str, ext: str, dirname: str) -> None:
     got = values(relpath)
     assert (got["name"], got["stem"], got["ext"], got["dirname"]) == (name, stem, ext, dirname)
     assert got["relpath"] == relpath

@@ -114,15 +114,22 @@ def _queue_value(job: str, state: str) -> float | None:
 
 def test_queue_gauges_reset_states_that_drained_and_drop_vanished_jobs() -> None:
     now = datetime.now(UTC)
-    metrics.set_queue([JobStateCount("qa", "pending", 3, 30, 120.0, None),
-                       JobStateCount("qb", "uploaded", 1, 10, 5.0, now)])
+    metrics.set_queue(
+        [
+            JobStateCount("qa", "pending", 3, 30, 120.0, None),
+            JobStateCount("qb", "uploaded", 1, 10, 5.0, now),
+        ]
+    )
     assert _queue_value("qa", "pending") == 3 and _queue_value("qa", "failed") == 0
-    assert REGISTRY.get_sample_value("uploaderd_queue_oldest_pending_age_seconds",
-                                     {"job": "qa"}) == 120
+    assert (
+        REGISTRY.get_sample_value("uploaderd_queue_oldest_pending_age_seconds", {"job": "qa"})
+        == 120
+    )
     metrics.set_queue([JobStateCount("qa", "uploaded", 3, 30, 60.0, now)])
     assert _queue_value("qa", "pending") == 0 and _queue_value("qa", "uploaded") == 3
-    assert REGISTRY.get_sample_value("uploaderd_queue_oldest_pending_age_seconds",
-                                     {"job": "qa"}) == 0
+    assert (
+        REGISTRY.get_sample_value("uploaderd_queue_oldest_pending_age_seconds", {"job": "qa"}) == 0
+    )
     assert _queue_value("qb", "uploaded") is None, "a job gone from the ledger loses its series"
     metrics.set_queue([])
 
@@ -130,19 +137,34 @@ def test_queue_gauges_reset_states_that_drained_and_drop_vanished_jobs() -> None
 def test_declared_jobs_export_zeroed_counters() -> None:
     metrics.declare_jobs(["fresh-job"])
     for outcome in ("uploaded", "failed"):
-        assert REGISTRY.get_sample_value(
-            "uploaderd_uploads_total", {"job": "fresh-job", "outcome": outcome}) == 0
-    assert REGISTRY.get_sample_value(
-        "uploaderd_files_discovered_total", {"job": "fresh-job", "source": "scan"}) == 0
+        assert (
+            REGISTRY.get_sample_value(
+                "uploaderd_uploads_total", {"job": "fresh-job", "outcome": outcome}
+            )
+            == 0
+        )
+    assert (
+        REGISTRY.get_sample_value(
+            "uploaderd_files_discovered_total", {"job": "fresh-job", "source": "scan"}
+        )
+        == 0
+    )
 
 
 # --- alert rules ---------------------------------------------------------------------------
 
 REQUIRED_ALERTS = {
-    "UploaderdDown", "UploaderdTargetMissing", "UploaderdBacklogOld",
-    "UploaderdNoSuccessWhilePending", "UploaderdUploadFailuresRising", "UploaderdFilesFailed",
-    "UploaderdS3Throttled", "UploaderdRescanFoundMissedFiles", "UploaderdConfigReloadFailed",
-    "UploaderdDestinationPaused", "UploaderdDatabaseDown",
+    "UploaderdDown",
+    "UploaderdTargetMissing",
+    "UploaderdBacklogOld",
+    "UploaderdNoSuccessWhilePending",
+    "UploaderdUploadFailuresRising",
+    "UploaderdFilesFailed",
+    "UploaderdS3Throttled",
+    "UploaderdRescanFoundMissedFiles",
+    "UploaderdConfigReloadFailed",
+    "UploaderdDestinationPaused",
+    "UploaderdDatabaseDown",
 }
 
 
@@ -170,14 +192,20 @@ def test_every_rule_has_a_firing_and_a_quiet_test() -> None:
 
 
 def test_promtool_checks_the_rules(promtool: str) -> None:
-    result = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_rule_unit_tests_pass(promtool: str) -> None:
-    result = subprocess.run([promtool, "test", "rules", RULE_TESTS.name], cwd=PROMETHEUS,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [promtool, "test", "rules", RULE_TESTS.name],
+        cwd=PROMETHEUS,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -186,8 +214,12 @@ def test_promtool_accepts_the_prometheus_config(promtool: str, tmp_path: Path) -
     config = load_yaml(PROMETHEUS / "prometheus.yml")
     config["rule_files"] = [str(RULES)]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    result = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -230,9 +262,14 @@ def test_every_dashboard_query_names_an_existing_view_or_metric() -> None:
     assert set(METRIC.findall(variable)) <= uploaderd_series()
     assert seen_views == views(), "every view has a panel"
     # The ones the issue asks for: backlog and its age, throughput, errors, pauses.
-    assert {"uploaderd_queue_files", "uploaderd_queue_oldest_pending_age_seconds",
-            "uploaderd_upload_bytes_total", "uploaderd_uploads_total",
-            "uploaderd_s3_requests_total", "uploaderd_destination_paused"} <= seen_metrics
+    assert {
+        "uploaderd_queue_files",
+        "uploaderd_queue_oldest_pending_age_seconds",
+        "uploaderd_upload_bytes_total",
+        "uploaderd_uploads_total",
+        "uploaderd_s3_requests_total",
+        "uploaderd_destination_paused",
+    } <= seen_metrics
 
 
 # A datasource is named through a variable, never by the uid one Grafana gave it, so the
@@ -267,8 +304,18 @@ def test_every_datasource_is_a_variable_of_its_type() -> None:
 # The grafana_* views name their columns by what they hold (docs/observability.md):
 # *bytes in bytes, *_seconds in seconds, *_at (and the time column) timestamps. Text
 # columns need no unit; every other column is a count or an identifier.
-TEXT_COLUMNS = {"job", "state", "reason", "host", "kind", "last_error", "group_key",
-                "closed_reason", "trigger_state", "metric"}
+TEXT_COLUMNS = {
+    "job",
+    "state",
+    "reason",
+    "host",
+    "kind",
+    "last_error",
+    "group_key",
+    "closed_reason",
+    "trigger_state",
+    "metric",
+}
 IDENTIFIERS = {"session_id", "trigger_id", "last_status"}
 
 
@@ -288,16 +335,19 @@ def expected_units(column: str) -> set[str]:
 
 def sql_columns(sql: str) -> list[str]:
     """The output column names of a panel's ``SELECT a, b AS c, ... FROM``."""
-    select = sql[sql.index("SELECT") + len("SELECT"):sql.index("FROM")]
+    select = sql[sql.index("SELECT") + len("SELECT") : sql.index("FROM")]
     return [re.split(r"\s+AS\s+|\.", part.strip())[-1] for part in select.split(",")]
 
 
 def field_units(panel: dict[str, Any]) -> dict[str, str]:
     """Units set by name in the panel's overrides."""
-    return {override["matcher"]["options"]: prop["value"]
-            for override in panel["fieldConfig"]["overrides"]
-            if override["matcher"]["id"] == "byName"
-            for prop in override["properties"] if prop["id"] == "unit"}
+    return {
+        override["matcher"]["options"]: prop["value"]
+        for override in panel["fieldConfig"]["overrides"]
+        if override["matcher"]["id"] == "byName"
+        for prop in override["properties"]
+        if prop["id"] == "unit"
+    }
 
 
 def test_every_numeric_field_has_a_unit() -> None:
@@ -314,8 +364,11 @@ def test_every_numeric_field_has_a_unit() -> None:
                 if column in TEXT_COLUMNS or (column == "time" and panel["type"] != "table"):
                     continue
                 # A table mixes bytes, seconds and counts: each column names its own unit.
-                unit = by_name.get(column) if panel["type"] == "table" else (
-                    by_name.get(column, default))
+                unit = (
+                    by_name.get(column)
+                    if panel["type"] == "table"
+                    else (by_name.get(column, default))
+                )
                 assert unit in expected_units(column), (panel["title"], column, unit)
         tables += panel["type"] == "table"
     assert tables == 6
@@ -337,8 +390,10 @@ def test_prometheus_panels_show_seconds_and_bytes_as_such() -> None:
 
 def test_dashboard_provider_points_at_the_mounted_dashboards() -> None:
     provider = load_yaml(PROVISIONING / "dashboards" / "uploaderd.yaml")["providers"][0]
-    mounts = dict(volume.split(":")[:2][::-1] for volume in
-                  load_yaml(COMPOSE)["services"]["grafana"]["volumes"])
+    mounts = dict(
+        volume.split(":")[:2][::-1]
+        for volume in load_yaml(COMPOSE)["services"]["grafana"]["volumes"]
+    )
     host = mounts[provider["options"]["path"]]
     assert (REPO / host / DASHBOARD.name).is_file()
 
@@ -364,8 +419,16 @@ def bind_mounts(service: dict[str, Any]) -> dict[str, str]:
 
 def test_compose_has_the_whole_picture(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"postgres", "seaweedfs", "seaweedfs-init", "uploaderd-migrate", "uploaderd",
-            "prometheus", "alertmanager", "grafana"} <= set(services)
+    assert {
+        "postgres",
+        "seaweedfs",
+        "seaweedfs-init",
+        "uploaderd-migrate",
+        "uploaderd",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+    } <= set(services)
     for name, service in services.items():
         for volume in service.get("volumes", []):
             host = volume.split(":")[0]
@@ -383,7 +446,7 @@ def test_prometheus_scrapes_uploaderd_and_loads_the_rules(compose: dict[str, Any
     services = compose["services"]
     config = load_yaml(PROMETHEUS / "prometheus.yml")
     [scrape] = config["scrape_configs"]
-    assert scrape["job_name"] == "uploaderd", "the rules match up{job=\"uploaderd\"}"
+    assert scrape["job_name"] == "uploaderd", 'the rules match up{job="uploaderd"}'
     assert scrape["honor_labels"] is True, "keeps the daemon's own job label"
     [target] = scrape["static_configs"][0]["targets"]
     host, port = target.split(":")
@@ -408,12 +471,13 @@ def test_grafana_datasources_reach_the_compose_services(compose: dict[str, Any])
     reader = services["grafana-reader"]
     assert "/grafana_reader.sql" in bind_mounts(reader)
     assert reader["depends_on"]["uploaderd"]["condition"] == "service_healthy", (
-        "the views exist only once uploaderd has migrated")
+        "the views exist only once uploaderd has migrated"
+    )
 
 
 def test_docs_describe_and_grant_every_view() -> None:
     docs = (REPO / "docs" / "observability.md").read_text()
-    grant = docs[docs.index("GRANT SELECT ON grafana_"):]
-    grant = grant[:grant.index(";")]
+    grant = docs[docs.index("GRANT SELECT ON grafana_") :]
+    grant = grant[: grant.index(";")]
     for view in views():
         assert f"### `{view}`" in docs and view in grant, view

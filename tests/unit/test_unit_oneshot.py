@@ -70,8 +70,12 @@ def test_fresh_files_wait_for_settle(tmp_path: Path) -> None:
     write(tmp_path, "fresh.txt", b"new", NOW)
     time = FakeTime()
     waits: list[int] = []
-    found = collect(job_for(tmp_path), nothing_known, clock=time.clock(),
-                    on_wait=lambda files, left: waits.append(files))
+    found = collect(
+        job_for(tmp_path),
+        nothing_known,
+        clock=time.clock(),
+        on_wait=lambda files, left: waits.append(files),
+    )
     assert [c.relpath for c in found.complete] == ["fresh.txt"]
     assert 10 <= time.slept < settle_budget(10)
     assert set(waits) == {1}
@@ -96,8 +100,11 @@ def test_known_versions_are_skipped_and_vanished_files_dropped(tmp_path: Path) -
 
     def ledger_holds(seen: Sequence[Candidate]) -> set[tuple[str, str]]:
         asked.append(sorted(c.relpath for c in seen))
-        return {(c.root, c.relpath) for c in seen
-                if c.relpath == "known.txt" and c.signature == signature}
+        return {
+            (c.root, c.relpath)
+            for c in seen
+            if c.relpath == "known.txt" and c.signature == signature
+        }
 
     found = collect(job_for(tmp_path), ledger_holds, clock=time.clock())
     assert (found.known, found.complete, found.unsettled) == (1, [], [])
@@ -106,8 +113,11 @@ def test_known_versions_are_skipped_and_vanished_files_dropped(tmp_path: Path) -
 
 def test_progress_counts_what_this_run_finished() -> None:
     baseline = {"uploaded": StateTally(10, 1000, None), "pending": StateTally(3, 300, 0.0)}
-    now = {"uploaded": StateTally(11, 1100, None), "failed": StateTally(1, 100, None),
-           "pending": StateTally(1, 100, 4.0)}
+    now = {
+        "uploaded": StateTally(11, 1100, None),
+        "failed": StateTally(1, 100, None),
+        "pending": StateTally(1, 100, 4.0),
+    }
     progress = run_progress(baseline, now)
     assert (progress.done_files, progress.total_files) == (2, 3)
     assert (progress.done_bytes, progress.total_bytes) == (200, 300)
@@ -124,9 +134,15 @@ def test_verify_lists_under_the_literal_prefix_with_the_job_name() -> None:
 
 def test_the_why_of_each_version_state() -> None:
     when = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-    version = {"state": "uploaded", "uploaded_at": when, "bucket": "b", "key": "k/a.txt",
-               "attempts": 2, "last_error": "S3 SlowDown: x",
-               "next_attempt_at": datetime.now(UTC) + timedelta(seconds=90)}
+    version = {
+        "state": "uploaded",
+        "uploaded_at": when,
+        "bucket": "b",
+        "key": "k/a.txt",
+        "attempts": 2,
+        "last_error": "S3 SlowDown: x",
+        "next_attempt_at": datetime.now(UTC) + timedelta(seconds=90),
+    }
     assert version_why(version) == "uploaded at 2024-05-01 12:00:00 UTC as s3://b/k/a.txt"
     assert version_why({**version, "state": "failed"}) == "failed after 2 attempts: S3 SlowDown: x"
     pending = version_why({**version, "state": "pending"})
@@ -136,13 +152,21 @@ def test_the_why_of_each_version_state() -> None:
 def test_a_registration_call_is_described_with_its_status() -> None:
     row = {"state": "sent", "last_status": 201, "last_error": None}
     assert describe_call(row) == "sent (HTTP 201)"
-    assert describe_call({**row, "state": "failed", "last_status": 400,
-                          "last_error": "HTTP 400"}) == "failed (HTTP 400): HTTP 400"
-    assert describe_call({"state": "pending", "last_status": None,
-                          "last_error": "no response: NewConnectionError"}) == (
-        "not sent: no response: NewConnectionError; queued for retry")
-    assert describe_call({"state": "pending", "last_status": None,
-                          "last_error": "configuration error: header A names ${env:T}, and "
-                                        "the environment variable T is not set"}) == (
+    assert (
+        describe_call({**row, "state": "failed", "last_status": 400, "last_error": "HTTP 400"})
+        == "failed (HTTP 400): HTTP 400"
+    )
+    assert describe_call(
+        {"state": "pending", "last_status": None, "last_error": "no response: NewConnectionError"}
+    ) == ("not sent: no response: NewConnectionError; queued for retry")
+    assert describe_call(
+        {
+            "state": "pending",
+            "last_status": None,
+            "last_error": "configuration error: header A names ${env:T}, and "
+            "the environment variable T is not set",
+        }
+    ) == (
         "not sent: configuration error: header A names ${env:T}, and the environment "
-        "variable T is not set; queued for retry")
+        "variable T is not set; queued for retry"
+    )

@@ -51,15 +51,32 @@ def test_every_line_of_a_record_gets_its_priority() -> None:
 
 
 def test_json_lines_carry_job_session_path_and_key_as_fields() -> None:
-    line = json.loads(JsonFormatter().format(record(
-        "uploaded", **logs.fields("lab", 42, "run1/a.tif", "lab/run1/a.tif"))))
+    line = json.loads(
+        JsonFormatter().format(
+            record("uploaded", **logs.fields("lab", 42, "run1/a.tif", "lab/run1/a.tif"))
+        )
+    )
     assert {k: line[k] for k in ("job", "session", "path", "key")} == {
-        "job": "lab", "session": 42, "path": "run1/a.tif", "key": "lab/run1/a.tif"}
+        "job": "lab",
+        "session": 42,
+        "path": "run1/a.tif",
+        "key": "lab/run1/a.tif",
+    }
 
 
 def attempt(index: int, error: str | None = None) -> Attempt:
-    return Attempt("lab", 7, f"f{index}.bin", "b", f"lab/f{index}.bin", 1024, 0.5, 1, error,
-                   30.0 if error else None)
+    return Attempt(
+        "lab",
+        7,
+        f"f{index}.bin",
+        "b",
+        f"lab/f{index}.bin",
+        1024,
+        0.5,
+        1,
+        error,
+        30.0 if error else None,
+    )
 
 
 def test_a_burst_is_limited_per_job_then_summarised(caplog: pytest.LogCaptureFixture) -> None:
@@ -72,17 +89,21 @@ def test_a_burst_is_limited_per_job_then_summarised(caplog: pytest.LogCaptureFix
     activity.flush()
     assert len(caplog.records) == logs.BURST, "nothing summarised before its period is over"
     assert caplog.records[0].getMessage() == (
-        "job lab: uploaded f0.bin as s3://b/lab/f0.bin (1.0 KiB in 0.5s, attempt 1)")
+        "job lab: uploaded f0.bin as s3://b/lab/f0.bin (1.0 KiB in 0.5s, attempt 1)"
+    )
     clock.now += logs.SUMMARY_SECONDS
     activity.flush()
     summary = caplog.records[-1]
-    assert summary.getMessage() == (f"job lab: {100_000 - logs.BURST} more files uploaded "
-                                    "(97.6 MiB) and 1 more failed attempt in the last 10s")
+    assert summary.getMessage() == (
+        f"job lab: {100_000 - logs.BURST} more files uploaded "
+        "(97.6 MiB) and 1 more failed attempt in the last 10s"
+    )
     assert summary.levelno == logging.WARNING
     activity.record(attempt(1, "S3 SlowDown"))  # tokens came back with the time
     assert caplog.records[-1].getMessage() == (
         "job lab: attempt 1 of f1.bin to s3://b/lab/f1.bin failed after 0.5s (1.0 KiB): "
-        "S3 SlowDown; retry in 30s")
+        "S3 SlowDown; retry in 30s"
+    )
 
 
 def test_a_body_counts_only_what_is_read_to_send_and_each_byte_once() -> None:
@@ -109,8 +130,17 @@ def test_stats_lines_come_every_interval_and_at_the_end() -> None:
     clock = Clock()
     stream = io.StringIO()
     display = StatsDisplay(stream, interval=10.0, clock=clock)
-    moving = RunProgress(0, 1, 12 * 2**20, 100 * 2**20, 1, None,
-                         (Active("big.bin", 12 * 2**20, 100 * 2**20),), None, 4 * 2**20)
+    moving = RunProgress(
+        0,
+        1,
+        12 * 2**20,
+        100 * 2**20,
+        1,
+        None,
+        (Active("big.bin", 12 * 2**20, 100 * 2**20),),
+        None,
+        4 * 2**20,
+    )
     display.update(moving)
     assert stream.getvalue() == ""
     clock.now += 10
@@ -121,5 +151,5 @@ def test_stats_lines_come_every_interval_and_at_the_end() -> None:
     assert stream.getvalue().splitlines() == [
         "stats: 12.0 MiB/100.0 MiB (12%), 4.0 MiB/s, ETA 0:00:22, 0/1 file; uploading big.bin "
         "(12.0 MiB/100.0 MiB)",
-        "stats: 0 B/100 B (0%), -, ETA -, 0/1 file; waiting 8s to retry after big.bin: S3 "
-        "SlowDown"]
+        "stats: 0 B/100 B (0%), -, ETA -, 0/1 file; waiting 8s to retry after big.bin: S3 SlowDown",
+    ]

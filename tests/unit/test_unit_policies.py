@@ -240,8 +240,9 @@ def test_group_key_day_of_an_mtime_out_of_range_is_undated() -> None:
 
 def stat_of(size: int = 1, mtime: int = 5, ino: int = 7, ctime: int = 9) -> os.stat_result:
     # mode, ino, dev, nlink, uid, gid, size, 3 times in s, 3 as floats, atime/mtime/ctime in ns
-    return os.stat_result((0o100644, ino, 1, 1, 0, 0, size, 0, 0, 0, 0.0, 0.0, 0.0, 0, mtime,
-                           ctime))
+    return os.stat_result(
+        (0o100644, ino, 1, 1, 0, 0, size, 0, 0, 0, 0.0, 0.0, 0.0, 0, mtime, ctime)
+    )
 
 
 def test_a_signature_holds_the_ctime_and_clamps_mtimes_to_bigint() -> None:
@@ -261,6 +262,7 @@ def test_a_signature_without_a_ctime_matches_any_ctime() -> None:
 
 
 # --- windows -----------------------------------------------------------------------------------
+
 
 # 2025-06-02 is a Monday.
 def at(day: int, hour: int, minute: int = 0) -> datetime:
@@ -309,16 +311,22 @@ def test_parse_whole_day_as_00_to_24() -> None:
     [
         ("", "'': expected e.g. 'Mon-Fri 19:00-07:00', 'Sat-Sun' or '22:00-06:00'"),
         ("Funday", "'Funday': expected e.g. 'Mon-Fri 19:00-07:00', 'Sat-Sun' or '22:00-06:00'"),
-        ("Mon-Fri 19:00",
-         "'Mon-Fri 19:00': expected e.g. 'Mon-Fri 19:00-07:00', 'Sat-Sun' or '22:00-06:00'"),
-        ("19:00-07:00 Mon",
-         "'19:00-07:00 Mon': expected e.g. 'Mon-Fri 19:00-07:00', 'Sat-Sun' or '22:00-06:00'"),
+        (
+            "Mon-Fri 19:00",
+            "'Mon-Fri 19:00': expected e.g. 'Mon-Fri 19:00-07:00', 'Sat-Sun' or '22:00-06:00'",
+        ),
+        (
+            "19:00-07:00 Mon",
+            "'19:00-07:00 Mon': expected e.g. 'Mon-Fri 19:00-07:00', 'Sat-Sun' or '22:00-06:00'",
+        ),
         ("Mon-Xyz", "'Mon-Xyz': days are Mon, Tue, Wed, Thu, Fri, Sat, Sun"),
         ("Mon 25:00-07:00", "'25:00' is not a time of day"),
         ("Mon 19:60-07:00", "'19:60' is not a time of day"),
         ("Mon 09:00-24:30", "'24:30' is not a time of day"),
-        ("Mon 09:00-09:00",
-         "'Mon 09:00-09:00': the range starts where it ends; use 00:00-24:00 for whole days"),
+        (
+            "Mon 09:00-09:00",
+            "'Mon 09:00-09:00': the range starts where it ends; use 00:00-24:00 for whole days",
+        ),
     ],
 )
 def test_parse_errors(text: str, message: str) -> None:
@@ -329,16 +337,16 @@ def test_parse_errors(text: str, message: str) -> None:
 
 def test_overnight_window_across_midnight() -> None:
     w = Window.parse("Mon-Fri 19:00-07:00")
-    assert w.contains(at(FRI, 23))          # Friday night
-    assert w.contains(at(SAT, 6, 59))       # the tail of Friday's window
-    assert not w.contains(at(SAT, 7))       # end is exclusive
+    assert w.contains(at(FRI, 23))  # Friday night
+    assert w.contains(at(SAT, 6, 59))  # the tail of Friday's window
+    assert not w.contains(at(SAT, 7))  # end is exclusive
     assert not w.contains(at(SAT, 8))
-    assert not w.contains(at(SAT, 23))      # Saturday night is not in Mon-Fri
-    assert not w.contains(at(MON, 6, 59))   # Sunday night is not in Mon-Fri
-    assert w.contains(at(MON, 19))          # start is inclusive
+    assert not w.contains(at(SAT, 23))  # Saturday night is not in Mon-Fri
+    assert not w.contains(at(MON, 6, 59))  # Sunday night is not in Mon-Fri
+    assert w.contains(at(MON, 19))  # start is inclusive
     assert not w.contains(at(MON, 18, 59))
     assert not w.contains(at(WED, 12))
-    assert w.contains(at(TUE, 3))           # the tail of Monday's window
+    assert w.contains(at(TUE, 3))  # the tail of Monday's window
 
 
 def test_daytime_window() -> None:
@@ -379,9 +387,20 @@ def test_in_any_window() -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("30s", 30.0), ("15m", 900.0), ("1h", 3600.0), ("1d", 86400.0), ("250ms", 0.25),
-     ("1.5h", 5400.0), ("10", 10.0), (" 2m ", 120.0), ("1 h", 3600.0), (45, 45.0),
-     (1.5, 1.5), (0, 0.0)],
+    [
+        ("30s", 30.0),
+        ("15m", 900.0),
+        ("1h", 3600.0),
+        ("1d", 86400.0),
+        ("250ms", 0.25),
+        ("1.5h", 5400.0),
+        ("10", 10.0),
+        (" 2m ", 120.0),
+        ("1 h", 3600.0),
+        (45, 45.0),
+        (1.5, 1.5),
+        (0, 0.0),
+    ],
 )
 def test_parse_duration(value: object, seconds: float) -> None:
     assert parse_duration(value) == seconds
@@ -409,9 +428,22 @@ def test_parse_duration_refuses_negative_and_bool() -> None:
 
 @pytest.mark.parametrize(
     ("value", "size"),
-    [(512, 512), ("512", 512), ("8MiB", 8 * 2**20), ("50MB", 50_000_000),
-     ("50MB/s", 50_000_000), ("1k", 1000), ("1KB", 1000), ("1KiB", 1024), ("2GiB", 2 * 2**30),
-     ("1.5GB", 1_500_000_000), ("10 MB/s", 10_000_000), ("1TB", 10**12), ("1b", 1), (0, 0)],
+    [
+        (512, 512),
+        ("512", 512),
+        ("8MiB", 8 * 2**20),
+        ("50MB", 50_000_000),
+        ("50MB/s", 50_000_000),
+        ("1k", 1000),
+        ("1KB", 1000),
+        ("1KiB", 1024),
+        ("2GiB", 2 * 2**30),
+        ("1.5GB", 1_500_000_000),
+        ("10 MB/s", 10_000_000),
+        ("1TB", 10**12),
+        ("1b", 1),
+        (0, 0),
+    ],
 )
 def test_parse_size(value: object, size: int) -> None:
     assert parse_size(value) == size
@@ -426,9 +458,16 @@ def test_parse_size_refuses(value: object) -> None:
 
 @pytest.mark.parametrize(
     ("count", "text"),
-    [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"),
-     (5 * 2**20, "5.0 MiB"), (1.5 * 2**30, "1.5 GiB"), (2**40, "1.0 TiB"),
-     (2048 * 2**40, "2048.0 TiB")],
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (5 * 2**20, "5.0 MiB"),
+        (1.5 * 2**30, "1.5 GiB"),
+        (2**40, "1.0 TiB"),
+        (2048 * 2**40, "2048.0 TiB"),
+    ],
 )
 def test_format_bytes(count: float, text: str) -> None:
     assert format_bytes(count) == text
@@ -436,8 +475,9 @@ def test_format_bytes(count: float, text: str) -> None:
 
 def test_settle_due_lists_only_what_could_be_complete() -> None:
     mono, wall = [100.0], [1_000.0]
-    tracker: SettleTracker[str] = SettleTracker(10.0, monotonic=lambda: mono[0],
-                                                wall=lambda: wall[0])
+    tracker: SettleTracker[str] = SettleTracker(
+        10.0, monotonic=lambda: mono[0], wall=lambda: wall[0]
+    )
     fresh = Signature(1, int(1_000.0 * 1e9), 1)  # written just now
     aged = Signature(1, int(996.0 * 1e9), 2)  # written 4 s ago: 6 s of settle left
     old = Signature(1, int(900.0 * 1e9), 3)  # long complete: due at the next look

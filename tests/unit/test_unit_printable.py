@@ -13,25 +13,27 @@ from uploaderd.logs import JsonFormatter, TextFormatter
 from uploaderd.printable import printable
 
 
-@pytest.mark.parametrize(("raw", "shown"), [
-    ("plain/ünïcödé 日本.txt", "plain/ünïcödé 日本.txt"),
-    ("evil\x1b[2J\x1b[31m.txt", "evil\\x1b[2J\\x1b[31m.txt"),
-    ("two\nlines\r\tand a tab", "two\\nlines\\r\\tand a tab"),
-    ("bell\x07 del\x7f c1\x9b", "bell\\x07 del\\x7f c1\\x9b"),
-    ("right-to-left\u202etxt.exe", "right-to-left\\u202etxt.exe"),
-    ("line\u2028separator", "line\\u2028separator"),
-    (os.fsdecode(b"latin1-\xe9t\xe9.txt"), "latin1-\\xe9t\\xe9.txt"),
-    ("a\\x1b is four characters", "a\\\\x1b is four characters"),
-    ("no\u00a0break space", "no\u00a0break space"),
-])
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("plain/ünïcödé 日本.txt", "plain/ünïcödé 日本.txt"),
+        ("evil\x1b[2J\x1b[31m.txt", "evil\\x1b[2J\\x1b[31m.txt"),
+        ("two\nlines\r\tand a tab", "two\\nlines\\r\\tand a tab"),
+        ("bell\x07 del\x7f c1\x9b", "bell\\x07 del\\x7f c1\\x9b"),
+        ("right-to-left\u202etxt.exe", "right-to-left\\u202etxt.exe"),
+        ("line\u2028separator", "line\\u2028separator"),
+        (os.fsdecode(b"latin1-\xe9t\xe9.txt"), "latin1-\\xe9t\\xe9.txt"),
+        ("a\\x1b is four characters", "a\\\\x1b is four characters"),
+        ("no\u00a0break space", "no\u00a0break space"),
+    ],
+)
 def test_unsafe_characters_become_backslash_escapes(raw: str, shown: str) -> None:
     assert printable(raw) == shown
     assert printable(raw).isprintable() or "\u00a0" in raw
 
 
 def record(message: str, *args: object) -> logging.LogRecord:
-    return logging.LogRecord("uploaderd.scanner", logging.WARNING, __file__, 1, message, args,
-                             None)
+    return logging.LogRecord("uploaderd.scanner", logging.WARNING, __file__, 1, message, args, None)
 
 
 def test_log_lines_escape_file_names_in_both_formats() -> None:

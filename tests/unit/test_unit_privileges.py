@@ -92,7 +92,9 @@ def test_both_problems_of_one_file_are_reported(jobs_dir: Path) -> None:
     os.chown(bad, pwd.getpwnam("nobody").pw_uid, -1)
     loaded = load_jobs(jobs_dir, S3Settings(), strict())
     assert [("chmod go-w" in p.message, "chown root" in p.message) for p in loaded.problems] == [
-        (True, False), (False, True)]
+        (True, False),
+        (False, True),
+    ]
 
 
 @needs_root
@@ -150,8 +152,9 @@ def test_load_jobs_without_a_policy_is_strict(jobs_dir: Path) -> None:
 # --- the development flag ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "allowed"), [("1", True), ("yes", True), ("0", False),
-                                                 ("", False), (None, False)])
+@pytest.mark.parametrize(
+    ("value", "allowed"), [("1", True), ("yes", True), ("0", False), ("", False), (None, False)]
+)
 def test_the_env_flag_reaches_load_jobs_through_the_daemon_config(
     jobs_dir: Path, value: str | None, allowed: bool
 ) -> None:
@@ -173,8 +176,9 @@ def config_with(tmp_path: Path, text: str) -> JobPolicy:
 
 
 def test_allow_lists_are_read_from_the_daemon_config(tmp_path: Path) -> None:
-    policy = config_with(tmp_path, "allowed_roots: [/data, /srv/x/]\n"
-                                   "allowed_buckets: [lab-raw, 'lab-*']\n")
+    policy = config_with(
+        tmp_path, "allowed_roots: [/data, /srv/x/]\nallowed_buckets: [lab-raw, 'lab-*']\n"
+    )
     assert policy.allowed_roots == (Path("/data"), Path("/srv/x"))
     assert policy.allowed_buckets == ("lab-raw", "lab-*")
     unrestricted = config_with(tmp_path, "workers: 2\n")
@@ -186,7 +190,9 @@ def test_allowed_roots_must_be_absolute(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_daemon_config(file, env={})
     assert [(p.line, p.key) for p in caught.value.problems] == [
-        (1, "allowed_roots.0"), (1, "allowed_roots.2")]
+        (1, "allowed_roots.0"),
+        (1, "allowed_roots.2"),
+    ]
 
 
 def load_one(jobs_dir: Path, text: str, policy: JobPolicy) -> tuple[list[str], list[ConfigProblem]]:
@@ -210,8 +216,9 @@ def test_a_root_outside_allowed_roots_is_refused_on_its_key(jobs_dir: Path) -> N
     assert names == []
     [problem] = problems
     assert (problem.line, problem.key) == (4, "source.paths.1")
-    assert problem.message == ("/database/x is not allowed: it is outside the daemon config's "
-                               "allowed_roots (/data)")
+    assert problem.message == (
+        "/database/x is not allowed: it is outside the daemon config's allowed_roots (/data)"
+    )
 
 
 def test_a_move_to_outside_allowed_roots_is_refused(jobs_dir: Path) -> None:
@@ -241,8 +248,10 @@ def test_a_symlink_out_of_an_allowed_root_is_refused(jobs_dir: Path, tmp_path: P
     assert f"resolves to {outside}, outside" in problems[0].message
 
 
-@pytest.mark.parametrize(("bucket", "ok"), [("lab-raw", True), ("lab-archive", True),
-                                            ("lab", False), ("other-raw", False)])
+@pytest.mark.parametrize(
+    ("bucket", "ok"),
+    [("lab-raw", True), ("lab-archive", True), ("lab", False), ("other-raw", False)],
+)
 def test_buckets_must_match_allowed_buckets(jobs_dir: Path, bucket: str, ok: bool) -> None:
     policy = JobPolicy(allowed_buckets=("lab-raw", "lab-*"))
     names, problems = load_one(jobs_dir, job_text(bucket=bucket), policy)
@@ -250,8 +259,10 @@ def test_buckets_must_match_allowed_buckets(jobs_dir: Path, bucket: str, ok: boo
     if not ok:
         [problem] = problems
         assert (problem.line, problem.key) == (4, "destination.bucket")
-        assert problem.message == (f"{bucket!r} is not allowed: the daemon config's "
-                                   "allowed_buckets (lab-raw, lab-*) does not match it")
+        assert problem.message == (
+            f"{bucket!r} is not allowed: the daemon config's "
+            "allowed_buckets (lab-raw, lab-*) does not match it"
+        )
 
 
 # --- credential files named by the environment ----------------------------------------------------

@@ -59,7 +59,8 @@ def test_scan_candidates_carry_root_and_signature(tree: Path) -> None:
     candidate = found["run 1/sub ü/ファイル 1.tif"]
     info = os.stat(tree / "run 1" / "sub ü" / "ファイル 1.tif")
     assert candidate == Candidate(
-        str(tree), "run 1/sub ü/ファイル 1.tif",
+        str(tree),
+        "run 1/sub ü/ファイル 1.tif",
         Signature(info.st_size, info.st_mtime_ns, info.st_ino),
     )
     assert candidate.signature.size == len("image")
@@ -73,8 +74,13 @@ def test_scan_applies_include_patterns(tree: Path) -> None:
 def test_scan_without_excludes_sees_temp_and_hidden_files(tree: Path) -> None:
     rules = ScanRules(PathFilter((), ()), True, False)
     found = relpaths(tree, rules)
-    for relpath in (".hidden", ".git/config", "run 1/.cache/c.bin", "run 1/copying.tmp",
-                    "run 1/upload.part"):
+    for relpath in (
+        ".hidden",
+        ".git/config",
+        "run 1/.cache/c.bin",
+        "run 1/copying.tmp",
+        "run 1/upload.part",
+    ):
         assert relpath in found
 
 
@@ -125,7 +131,10 @@ def test_scan_with_follow_never_leaves_the_root(links: Path) -> None:
     assert "in-file" in found
     assert ("in-dir/er/x.bin" in found) != ("run 1/deep/er/x.bin" in found)
     assert sorted(p for p in found if not p.endswith("x.bin")) == [
-        "in-file", "run 1/a b.json", "run 1/sub ü/ファイル 1.tif", "top.txt",
+        "in-file",
+        "run 1/a b.json",
+        "run 1/sub ü/ファイル 1.tif",
+        "top.txt",
     ]
 
 
@@ -147,9 +156,7 @@ def test_scan_of_a_root_that_is_itself_a_link(tree: Path) -> None:
     assert found == relpaths(tree, NO_LINKS)
 
 
-@pytest.mark.parametrize(
-    "relpath", ["out-file", "out-dir/s2.txt", "run 1/out-rel", "dangling"]
-)
+@pytest.mark.parametrize("relpath", ["out-file", "out-dir/s2.txt", "run 1/out-rel", "dangling"])
 @pytest.mark.parametrize("rules", [NO_LINKS, FOLLOW], ids=["no-follow", "follow"])
 def test_check_path_never_leaves_the_root(links: Path, relpath: str, rules: ScanRules) -> None:
     assert check_path(str(links), str(links / relpath), rules) is None
@@ -168,7 +175,8 @@ def test_check_path_ordinary_file(tree: Path) -> None:
     candidate = check_path(str(tree), str(path), NO_LINKS)
     info = os.stat(path)
     assert candidate == Candidate(
-        str(tree), "run 1/sub ü/ファイル 1.tif",
+        str(tree),
+        "run 1/sub ü/ファイル 1.tif",
         Signature(info.st_size, info.st_mtime_ns, info.st_ino),
     )
 
@@ -176,13 +184,13 @@ def test_check_path_ordinary_file(tree: Path) -> None:
 @pytest.mark.parametrize(
     "relpath",
     [
-        "run 1/copying.tmp",      # excluded
-        ".hidden",                # dotfile
-        ".git/config",            # inside a dot-directory
+        "run 1/copying.tmp",  # excluded
+        ".hidden",  # dotfile
+        ".git/config",  # inside a dot-directory
         "run 1/.cache/c.bin",
-        "run 1",                  # a directory
+        "run 1",  # a directory
         "empty dir",
-        "run 1/gone.txt",         # does not exist (deleted before the event was handled)
+        "run 1/gone.txt",  # does not exist (deleted before the event was handled)
     ],
 )
 def test_check_path_refuses(tree: Path, relpath: str) -> None:

@@ -15,16 +15,26 @@ from uploaderd.scheduler import Scheduler
 
 
 def job_with_rescan(root: Path, rescan: str, name: str = "lab") -> Job:
-    return parse_job_text(f"source: {{paths: [{root}], rescan: {rescan}}}\n"
-                          "destination: {bucket: lab-raw}\n", name=name, defaults=S3Settings())
+    return parse_job_text(
+        f"source: {{paths: [{root}], rescan: {rescan}}}\ndestination: {{bucket: lab-raw}}\n",
+        name=name,
+        defaults=S3Settings(),
+    )
 
 
 @pytest.fixture
 def scheduler() -> Iterator[Scheduler]:
     # Nothing listens on that port: the database tasks fail fast and are logged.
     ledger = Ledger(f"postgresql://nobody@127.0.0.1:{free_port()}/none")
-    sched = Scheduler(ledger, lambda: ledger, ledger, host="h", me="h:1:x",
-                      rescan=lambda name: None, retention=Retention())
+    sched = Scheduler(
+        ledger,
+        lambda: ledger,
+        ledger,
+        host="h",
+        me="h:1:x",
+        rescan=lambda name: None,
+        retention=Retention(),
+    )
     sched.start()
     yield sched
     sched.stop(time.monotonic() + 5)
@@ -40,8 +50,9 @@ def test_reload_keeps_an_unchanged_rescan_timer(scheduler: Scheduler, tmp_path: 
 
 
 def test_removed_jobs_lose_their_rescan(scheduler: Scheduler, tmp_path: Path) -> None:
-    scheduler.apply({"a": job_with_rescan(tmp_path, "1m", "a"),
-                     "b": job_with_rescan(tmp_path, "1m", "b")})
+    scheduler.apply(
+        {"a": job_with_rescan(tmp_path, "1m", "a"), "b": job_with_rescan(tmp_path, "1m", "b")}
+    )
     scheduler.apply({"b": job_with_rescan(tmp_path, "1m", "b")})
     rescans = sorted(t.id for t in scheduler.scheduler.get_jobs() if t.id.startswith("rescan:"))
     assert rescans == ["rescan:b"]

@@ -18,7 +18,8 @@ UNIT = REPO / "systemd" / "uploaderd.service"
 MAX_EXPOSURE = 2.0
 
 needs_systemd_analyze = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
 
 
 def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -79,12 +80,20 @@ def test_user_directories_and_umask(service: dict[str, list[str]]) -> None:
 
 def test_hardening(service: dict[str, list[str]]) -> None:
     expected = {
-        "ProtectSystem": "strict", "ProtectHome": "read-only", "PrivateTmp": "yes",
-        "PrivateDevices": "yes", "NoNewPrivileges": "yes", "CapabilityBoundingSet": "",
-        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6", "RestrictNamespaces": "yes",
-        "MemoryDenyWriteExecute": "yes", "SystemCallArchitectures": "native",
-        "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
-        "ProtectControlGroups": "yes", "LockPersonality": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "read-only",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "NoNewPrivileges": "yes",
+        "CapabilityBoundingSet": "",
+        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+        "RestrictNamespaces": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "SystemCallArchitectures": "native",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectControlGroups": "yes",
+        "LockPersonality": "yes",
     }
     assert {key: one(service, key) for key in expected} == expected
     assert service["SystemCallFilter"][0] == "@system-service"
@@ -124,8 +133,12 @@ def test_the_shipped_config_and_sample_load() -> None:
 
 @needs_systemd_analyze
 def test_systemd_analyze_verify_is_clean() -> None:
-    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(UNIT)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(UNIT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     if not Path("/usr/bin/uploaderd").exists():
         # The one complaint allowed before the package is installed (the package test
@@ -136,8 +149,12 @@ def test_systemd_analyze_verify_is_clean() -> None:
 
 @needs_systemd_analyze
 def test_systemd_analyze_security_exposure_is_at_most_2() -> None:
-    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager",
-                           str(UNIT)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNIT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     found = re.search(r"Overall exposure level for uploaderd\.service: (\d+\.\d+)", proc.stdout)
     assert found, proc.stdout + proc.stderr
     assert float(found.group(1)) <= MAX_EXPOSURE
