@@ -249,7 +249,7 @@ def test_check_on_the_shipped_config(installed: Path) -> None:
     assert f"chmod go-w {job}" in refused.stdout + refused.stderr
     job.chmod(0o644)
     accepted = run("uploaderd", "check", user="uploaderd", check=False)
-    assert "1 valid jobs, 0 problems" in accepted.stdout
+    assert "1 valid job, 0 problems" in accepted.stdout
 
 
 @on_this_machine

@@ -79,12 +79,12 @@ class FaultProxy:
 
     def _accept(self, listener: socket.socket) -> None:
         while not self._closed.is_set() and self._listener is listener:
-            ready, _, _ = select.select([listener], [], [], 0.2)
-            if not ready:
-                continue
-            try:
+            try:  # down() may close the listener under us: then this thread is done
+                ready, _, _ = select.select([listener], [], [], 0.2)
+                if not ready:
+                    continue
                 client, _ = listener.accept()
-            except OSError:
+            except (OSError, ValueError):
                 return
             if not self._slots.acquire(blocking=False):
                 _reset(client)  # bounded: beyond MAX_CONNECTIONS, refuse
