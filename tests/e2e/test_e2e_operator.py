@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from daemon import DaemonProcess
 from helpers import wait_for
 from pytest_httpserver import HTTPServer
+from test_e2e_commands import Workspace as CommandsWorkspace
 
 from devstack import S3Server
 from uploaderd.cli import build_parser
@@ -34,49 +34,22 @@ MiB = 1024 * 1024
 FAST_RETRY = {"max_attempts": 2, "backoff": {"initial": "0.2s", "max": "0.2s", "jitter": False}}
 
 
-class Workspace:
+class Workspace(CommandsWorkspace):
+    """test_e2e_commands' workspace, whose commands may also get environment variables."""
+
     def __init__(self, tmp: Path, dsn: str, endpoint_url: str) -> None:
-        self.tmp = tmp
+        super().__init__(tmp, dsn, endpoint_url)
         self.dsn = dsn
-        self.data = tmp / "data"
-        self.data.mkdir()
-        self.jobs = tmp / "jobs.d"
-        self.jobs.mkdir()
-        self.config = tmp / "uploaderd.yaml"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "database": {"dsn": dsn},
-                    "jobs_dir": str(self.jobs),
-                    "workers": 2,
-                    "s3": {"endpoint_url": endpoint_url, "region": "us-east-1"},
-                    "shutdown_grace": "5s",
-                }
-            )
-        )
-
-    def job(self, bucket: str, name: str = "lab", **extra: Any) -> None:
-        job = {
-            "source": {"paths": [str(self.data)], "settle": 0},
-            "destination": {"bucket": bucket, "key": "lab/${relpath}"},
-            **extra,
-        }
-        (self.jobs / f"{name}.yaml").write_text(yaml.safe_dump(job))
-
-    def write(self, relpath: str, data: bytes) -> Path:
-        path = self.data / relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        return path
 
     def run(
-        self, *args: str, env: dict[str, str] | None = None
+        self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "uploaderd", *args, "-c", str(self.config)],
             capture_output=True,
             text=True,
             timeout=120,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
         )
 
