@@ -153,6 +153,9 @@ CREATE INDEX file_versions_live ON file_versions (job, state, discovered_at)
     WHERE state IN ('pending', 'uploading', 'failed');
 CREATE INDEX file_versions_live_by_session ON file_versions (session_id)
     WHERE state IN ('pending', 'uploading', 'failed');
+-- The newest errors, read newest first ten at a time however many files failed.
+CREATE INDEX file_versions_errors ON file_versions (updated_at)
+    WHERE last_error IS NOT NULL AND state IN ('pending', 'failed');
 -- The older pending or failed versions of a path that enqueue_versions supersedes. The
 -- predicate is written so that only this index can serve that query, which repeats it to
 -- the letter (the reason is in 0005_live_work.sql).

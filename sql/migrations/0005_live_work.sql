@@ -150,6 +150,10 @@ CREATE INDEX file_versions_live ON file_versions (job, state, discovered_at)
     WHERE state IN ('pending', 'uploading', 'failed');
 CREATE INDEX file_versions_live_by_session ON file_versions (session_id)
     WHERE state IN ('pending', 'uploading', 'failed');
+-- The newest errors (`status`, the recent-errors list): a backlog of failed files is still
+-- read newest first, ten rows, not sorted whole.
+CREATE INDEX file_versions_errors ON file_versions (updated_at)
+    WHERE last_error IS NOT NULL AND state IN ('pending', 'failed');
 -- The older pending or failed versions of a path a batch queues anew (superseded by it): a
 -- probe per new row. Before a table's first ANALYZE (or with statistics from before a big
 -- backlog) the planner prefers walking file_versions_live, smaller and as "selective" by its
