@@ -127,14 +127,6 @@ def timer_queries() -> Iterator[tuple[str, dict[str, Any]]]:
     """Every query the daemon runs on a timer or per batch, with typical parameters."""
     now = datetime.now(UTC)
     jobs, scopes = JOBS, ["host-a", ""]
-    paths = {
-        "roots": ["/data"] * 3,
-        "relpaths": ["run-1/f50", "run-9/new", "run-3/f170"],
-        "sizes": [1050, 1, 1170],
-        "mtimes": [50, 1, 170],
-        "inodes": [50, 1, 170],
-        "ctimes": [50, 1, 170],
-    }
     yield (
         "claim_batch",
         {
