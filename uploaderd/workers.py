@@ -33,6 +33,7 @@ from uploaderd.health import Breaker
 from uploaderd.ledger import Claim, Ledger, MultipartStarted, Outcome, State
 from uploaderd.lifecycle import join, remaining
 from uploaderd.logs import ActivityLog, Attempt
+from uploaderd.printable import printable
 from uploaderd.retry import next_attempt_in
 from uploaderd.storage import Storage
 from uploaderd.transfers import Transfers
@@ -525,7 +526,8 @@ def build_pool(
 def outcome_of(claim: Claim, job: Job, result: UploadResult, seconds: float = 0.0) -> Outcome:
     """What the ledger records for one attempt's result, by the job's retry policy."""
     if result.error is not None:
-        result = replace(result, error=_printable(result.error))
+        # No NUL for the database, one line for a terminal: the shared escaping, capped.
+        result = replace(result, error=printable(result.error)[:500])
     if result.outcome == "uploaded":
         return Outcome(
             claim,
@@ -572,8 +574,3 @@ def _attempt(outcome: Outcome) -> Attempt:
         None if outcome.outcome == "uploaded" else outcome.error or "failed",
         outcome.retry_in,
     )
-
-
-def _printable(error: str) -> str:
-    """An error text the database takes (no NUL) and a terminal shows as one line."""
-    return "".join(ch if ch.isprintable() else " " for ch in error)[:500]
