@@ -113,9 +113,10 @@ def _look_again(
     result: Collected,
 ) -> None:
     """Re-stat every waiting file: gone ones are dropped, settled ones move to complete."""
+    inside: dict[str, bool] = {}  # this round's directories found free of links
     for key in list(waiting):
         root, relpath = key
-        candidate = recheck(root, relpath, rules)
+        candidate = recheck(root, relpath, rules, inside)
         if candidate is None:
             del waiting[key]
             tracker.forget(key)

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 
 from uploaderd import metrics
 from uploaderd.config import Job
+from uploaderd.enqueuer import Chunk, Enqueuer, Item, Written
 from uploaderd.errors import DatabaseUnavailable
-from uploaderd.ledger import Ledger, NewVersion
+from uploaderd.ledger import Ledger
 from uploaderd.lifecycle import join
 from uploaderd.scanner import Candidate, ScanRules, check_path, recheck, scan
-from uploaderd.sessions import group_key
 from uploaderd.settle import SettleTracker, Signature
-from uploaderd.versions import failed_version, new_version, scope_of
+from uploaderd.versions import scope_of
 from uploaderd.watcher import PathEvent
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,9 @@ class ScanRequest:
     job: str
 
 
+_Inbox = PathEvent | ScanRequest | dict[str, Job] | Written
+
+
 @dataclass(frozen=True)
 class _Scan:
     job: str
@@ -65,9 +68,11 @@ class _JobState:
     job: Job
     tracker: SettleTracker[PathKey]
     # Seen, not yet checked against the ledger: (candidate, source).
-    unchecked: list[tuple[Candidate, str]] = field(default_factory=list)
+    unchecked: list[Item] = field(default_factory=list)
     recent: OrderedDict[PathKey, Signature] = field(default_factory=OrderedDict)
-    batch: list[tuple[Candidate, str]] = field(default_factory=list)
+    # Complete, not yet written; the first ``sent`` of them are with the writer.
+    batch: list[Item] = field(default_factory=list)
+    sent: int = 0
 
     def remember(self, candidate: Candidate) -> None:
         key = (candidate.root, candidate.relpath)
@@ -95,9 +100,7 @@ class Discovery:
         self.ledger = ledger
         self.host = host or socket.gethostname()
         self.on_db = on_db
-        self.inbox: queue.SimpleQueue[PathEvent | ScanRequest | dict[str, Job]] = (
-            queue.SimpleQueue()
-        )
+        self.inbox: queue.SimpleQueue[_Inbox] = queue.SimpleQueue()
         self._jobs: dict[str, _JobState] = {}
         self._scans: deque[_Scan] = deque()
         self._stop = threading.Event()
@@ -106,6 +109,10 @@ class Discovery:
         self._retry_at = 0.0
         self._backoff = 0.5
         self._idle = threading.Event()
+        self._writer = Enqueuer(
+            ledger.clone(f"{ledger.application_name} writer"), host=self.host, report=self.inbox.put
+        )
+        self._halted = False  # an outage's chunks are coming back: write nothing until then
 
     # --- called from other threads ---------------------------------------------------------
 
@@ -119,15 +126,17 @@ class Discovery:
         self.inbox.put(ScanRequest(job))
 
     def start(self) -> None:
+        self._writer.start()
         self._thread.start()
 
     def stop(self, deadline: float) -> None:
         """Stop after a last attempt to write what is complete (by ``deadline``)."""
         self._stop.set()
         join(self._thread, deadline)
+        self._writer.stop(deadline)
 
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.is_alive() and self._writer.alive()
 
     def settled(self) -> bool:
         """True when nothing is waiting: no request in the inbox or being handled, no scan,
@@ -190,8 +199,10 @@ class Discovery:
             except queue.Empty:
                 return
 
-    def _handle(self, item: PathEvent | ScanRequest | dict[str, Job]) -> None:
-        if isinstance(item, dict):
+    def _handle(self, item: _Inbox) -> None:
+        if isinstance(item, Written):
+            self._written(item)
+        elif isinstance(item, dict):
             self._apply_jobs(item)
         elif isinstance(item, ScanRequest):
             self._start_scan(item.job)
@@ -206,8 +217,10 @@ class Discovery:
 
     def _apply_jobs(self, jobs: dict[str, Job]) -> None:
         for name in list(self._jobs):
-            if name not in jobs:
-                self._flush_job(self._jobs.pop(name))
+            if name not in jobs and not self._halted:
+                self._submit(self._jobs.pop(name), force=True)
+            elif name not in jobs:
+                del self._jobs[name]
         for name, job in jobs.items():
             state = self._jobs.get(name)
             if state is None or state.job.source != job.source:
@@ -305,9 +318,10 @@ class Discovery:
     def _recheck_tracked(self) -> None:
         for state in self._jobs.values():
             rules = state.rules
+            inside: dict[str, bool] = {}  # per round: directories found free of links
             for root, relpath in state.tracker.due():
                 try:
-                    candidate = recheck(root, relpath, rules)
+                    candidate = recheck(root, relpath, rules, inside)
                     if candidate is not None:
                         self._observe(state, candidate, "watch")
                         continue
@@ -321,107 +335,43 @@ class Discovery:
                     )
                 state.tracker.forget((root, relpath))
 
-    # --- writing to the ledger -------------------------------------------------------------
+    # --- writing to the ledger (on the writer's thread) --------------------------------------
 
     def _flush(self, *, force: bool) -> None:
         if time.monotonic() < self._retry_at:
             return
+        if self._halted:
+            if any(state.sent for state in self._jobs.values()):
+                return  # chunks of the outage are still coming back
+            self._halted = False
+            self._writer.resume()
         for state in list(self._jobs.values()):
-            due = state.batch and (force or len(state.batch) >= BATCH_SIZE)
-            if due and not self._flush_job(state):
-                return
+            self._submit(state, force=force)
 
-    def _flush_job(self, state: _JobState) -> bool:
-        job = state.job
-        try:
-            while state.batch:
-                chunk = state.batch[:BATCH_SIZE]
-                written = self._write_chunk(job, chunk)
-                del state.batch[: len(chunk)]
-                for candidate, _ in written:
-                    state.remember(candidate)
-                for source, count in Tally(source for _, source in written).items():
-                    metrics.files_discovered.labels(job.name, source).inc(count)
-        except DatabaseUnavailable as exc:
-            self._db_down(exc)
-            return False
+    def _submit(self, state: _JobState, *, force: bool) -> None:
+        """Hand the batch's unsent files to the writer, a chunk at a time; they stay at the
+        front of the batch until their result comes back."""
+        while (unsent := len(state.batch) - state.sent) and (force or unsent >= BATCH_SIZE):
+            chunk = state.batch[state.sent : state.sent + BATCH_SIZE]
+            state.sent += len(chunk)
+            self._writer.submit(Chunk(state.job, chunk, state))
+
+    def _written(self, result: Written) -> None:
+        """A chunk's result (in the order the chunks were given)."""
+        state = result.chunk.owner
+        assert isinstance(state, _JobState)
+        count = len(result.chunk.items)
+        state.sent -= count
+        if result.outage is not None:  # kept at the front of the batch, in order
+            self._halted = True
+            self._db_down(result.outage)
+            return
+        del state.batch[:count]
+        for candidate, _ in result.written:
+            state.remember(candidate)
+        for source, number in Tally(source for _, source in result.written).items():
+            metrics.files_discovered.labels(state.job.name, source).inc(number)
         self._db_up()
-        return True
-
-    def _write_chunk(
-        self, job: Job, chunk: list[tuple[Candidate, str]]
-    ) -> list[tuple[Candidate, str]]:
-        """Write a chunk; on an error that is not an outage, find the file it belongs to.
-
-        The whole chunk in one round trip first. If that fails, each file alone: one that
-        still fails is recorded ``failed`` with the error, or if even that cannot be written,
-        logged and left to the next rescan. The other files of the chunk are never lost.
-        """
-        try:
-            self._write(job, [candidate for candidate, _ in chunk])
-            return chunk
-        except DatabaseUnavailable:
-            raise
-        except Exception:
-            log.exception(
-                "discovery: job %s: writing %d versions failed; writing them one by "
-                "one to find the culprit",
-                job.name,
-                len(chunk),
-            )
-        return [item for item in chunk if self._write_alone(job, item[0])]
-
-    def _write_alone(self, job: Job, candidate: Candidate) -> bool:
-        path = f"{candidate.root}/{candidate.relpath}"
-        try:
-            self._write(job, [candidate])
-            return True
-        except DatabaseUnavailable:
-            raise
-        except Exception as exc:
-            reason = f"cannot queue this file: {type(exc).__name__}: {exc}"[:500]
-            log.exception("discovery: job %s: %s", job.name, path)
-        try:
-            self._enqueue(job, [failed_version(candidate, None, reason)])
-            return True
-        except DatabaseUnavailable:
-            raise
-        except Exception:
-            log.exception(
-                "discovery: job %s: cannot record %s as failed either; the next rescan tries again",
-                job.name,
-                path,
-            )
-            return False
-
-    def _write(self, job: Job, candidates: list[Candidate]) -> None:
-        groups = {
-            c.relpath: group_key(job.session.group_by, c.relpath, c.signature.mtime_ns)
-            for c in candidates
-        }
-        sessions = self.ledger.open_sessions(job.name, self.host, sorted(set(groups.values())))
-        self._enqueue(job, [self._version(job, c, sessions[groups[c.relpath]]) for c in candidates])
-
-    def _version(self, job: Job, candidate: Candidate, session_id: int) -> NewVersion:
-        """The version to queue; one that cannot even be built is recorded failed."""
-        try:
-            return new_version(job, candidate, session_id=session_id, host=self.host)
-        except Exception as exc:
-            log.exception("discovery: job %s: %s/%s", job.name, candidate.root, candidate.relpath)
-            return failed_version(
-                candidate, session_id, f"cannot queue this file: {type(exc).__name__}: {exc}"[:500]
-            )
-
-    def _enqueue(self, job: Job, versions: list[NewVersion]) -> None:
-        inserted, superseded = self.ledger.enqueue(
-            job.name,
-            scope=self._scope(job),
-            host=self.host,
-            bucket=job.destination.bucket,
-            versions=versions,
-            marker=job.session.marker,
-        )
-        log.debug("job %s: queued %d new versions (%d superseded)", job.name, inserted, superseded)
 
     def _scope(self, job: Job) -> str:
         return scope_of(job, self.host)
@@ -444,7 +394,11 @@ class Discovery:
         self._backoff = 0.5
 
 
-def _describe(item: PathEvent | ScanRequest | dict[str, Job]) -> str:
+def _describe(item: _Inbox) -> str:
+    if isinstance(item, Written):
+        return (
+            f"the result of writing {len(item.chunk.items)} versions of job {item.chunk.job.name}"
+        )
     if isinstance(item, dict):
         return "a change of the job set"
     if isinstance(item, ScanRequest):

@@ -10,6 +10,7 @@ caller decides whether to back off and reconnect (the daemon) or to exit 3 (a co
 
 from __future__ import annotations
 
+import copy
 import re
 import select
 from collections.abc import Iterator, Sequence
@@ -183,6 +184,13 @@ class Ledger:
                     f"cannot connect to PostgreSQL ({describe_dsn(self.dsn)}): {_first_line(exc)}"
                 ) from exc
         return self
+
+    def clone(self, application_name: str) -> Ledger:
+        """The same ledger (same class and DSN) on a connection of its own."""
+        twin = copy.copy(self)
+        twin.application_name = application_name
+        twin._conn = None
+        return twin
 
     def close(self) -> None:
         if self._conn is not None and not self._conn.closed:

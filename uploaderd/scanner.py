@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,12 +90,16 @@ def check_path(root: str, path: str, rules: ScanRules) -> Candidate | None:
     return Candidate(root, relpath, Signature.of(info))
 
 
-def recheck(root: str, relpath: str, rules: ScanRules) -> Candidate | None:
+def recheck(
+    root: str, relpath: str, rules: ScanRules, inside: dict[str, bool] | None = None
+) -> Candidate | None:
     """A candidate found before, looked at again while it settles.
 
     Its relative path passed the filters already; what can have changed is the file (gone,
     now a link or not a file: the full ``check_path`` decides) or a directory above it
-    (replaced by a link leading out of the root: ``_stays_inside`` still checks that).
+    (replaced by a link leading out of the root). ``inside`` remembers, for one round of
+    re-checks, which directories (by path) were found free of links: a burst of thousands
+    of files in one directory costs one ``realpath`` of it, not one of every file.
     """
     path = f"{root}/{relpath}"
     try:
@@ -103,9 +108,14 @@ def recheck(root: str, relpath: str, rules: ScanRules) -> Candidate | None:
         return None
     if not stat.S_ISREG(info.st_mode) or rules.follow_symlinks:
         return check_path(root, path, rules)
-    if not _stays_inside(root, path, relpath, rules):
-        return None
-    return Candidate(root, relpath, Signature.of(info))
+    parent = posixpath.dirname(relpath)
+    directory = f"{root}/{parent}"
+    ok = inside.get(directory) if inside is not None else None
+    if ok is None:
+        ok = not parent or _stays_inside(root, directory, parent, rules)
+        if inside is not None:
+            inside[directory] = ok
+    return Candidate(root, relpath, Signature.of(info)) if ok else None
 
 
 def scan(root: str, rules: ScanRules, start: str | None = None) -> Iterator[Candidate]:

@@ -621,3 +621,21 @@ def test_explain_tells_a_pruned_path_from_a_changed_one(
     (tmp_path / "a.dat").write_bytes(b"second, longer")
     lines = list(explain(str(tmp_path / "a.dat"), {"lab": lab}, ledger, host="host-a"))
     assert lines[-1].startswith("why: changed since the pruned version")
+
+
+@pytest.mark.parametrize(("step", "expected"), [(0.25, 0.5), (5.0, 2.0)])
+def test_the_prune_rests_twice_as_long_as_each_batch_took_at_most_2s(
+    ledger: Ledger, step: float, expected: float
+) -> None:
+    ticks = iter(range(1000))
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rests: list[float] = []
+
+    def rest(seconds: float) -> bool:
+        rests.append(seconds)
+        return False
+
+    pruner = Pruner(ledger, now=lambda: start + timedelta(seconds=step * next(ticks)), rest=rest)
+    pruner.run(Retention(), {"lab": job("/d")})
+    # One batch each: attempts, versions, registrations, sessions (an empty ledger).
+    assert rests == [expected] * 4

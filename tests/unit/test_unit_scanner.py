@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from uploaderd.filters import DEFAULT_EXCLUDE, PathFilter
-from uploaderd.scanner import Candidate, ScanRules, check_path, relative_path, scan
+from uploaderd.scanner import Candidate, ScanRules, check_path, recheck, relative_path, scan
 from uploaderd.settle import Signature
 
 DEFAULT = PathFilter((), DEFAULT_EXCLUDE)
@@ -216,6 +216,27 @@ def test_check_path_a_path_through_a_linked_directory_without_follow(tree: Path)
     # The link itself is inside the root, but the file is reached through it.
     (tree / "alias").symlink_to(tree / "run 1")
     assert check_path(str(tree), str(tree / "alias" / "a b.json"), NO_LINKS) is None
+
+
+def test_recheck_finds_a_directory_above_replaced_by_a_link_out_of_the_root(tree: Path) -> None:
+    inside: dict[str, bool] = {}
+    found = recheck(str(tree), "run 1/deep/er/x.bin", NO_LINKS, inside)
+    assert found is not None and found.relpath == "run 1/deep/er/x.bin"
+    assert inside == {f"{tree}/run 1/deep/er": True}  # one look at the directory per round
+    outside = tree.parent / "outside"
+    make(outside / "er" / "x.bin", "not ours")
+    (tree / "run 1" / "deep" / "er").rename(tree.parent / "moved")
+    (tree / "run 1" / "deep" / "er").symlink_to(outside / "er")
+    assert recheck(str(tree), "run 1/deep/er/x.bin", NO_LINKS, {}) is None  # a new round
+    assert recheck(str(tree), "run 1/deep/er/x.bin", NO_LINKS) is None  # no memo at all
+
+
+def test_recheck_of_a_file_at_the_top_and_of_a_file_now_a_link(tree: Path) -> None:
+    assert recheck(str(tree), "top.txt", NO_LINKS, {}) is not None
+    (tree / "top.txt").unlink()
+    (tree / "top.txt").symlink_to(tree.parent / "outside" / "secret.txt")
+    assert recheck(str(tree), "top.txt", NO_LINKS, {}) is None
+    assert recheck(str(tree), "top.txt", FOLLOW, {}) is None
 
 
 # --- relative_path -----------------------------------------------------------------------------
