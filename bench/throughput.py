@@ -12,10 +12,16 @@ the ledger shows every version ``uploaded``; the settle time is part of that lat
 the figure minus the settle time is reported too. Peers are timed from process start to
 exit, which includes their start-up (about 0.5 s of Python imports for ``aws``).
 
+The sustained mode (``--sustained-rate``) measures latency instead of throughput: files
+renamed in at a steady rate, each one's time from rename to ``uploaded_at`` in the ledger,
+reported as p50/p99/max against settle + 0.5 s. uploaderd alone: the peers only copy a
+finished batch.
+
 Every measurement is checked by listing the destination prefix: a tool that "finished"
 without uploading every file fails the run instead of producing a flattering number.
 
     .venv/bin/python bench/throughput.py [--s3 rclone moto] [--small 2000] [--medium 200]
+        [--sustained-rate 100]
 """
 
 from __future__ import annotations
@@ -121,13 +127,15 @@ class Sample:
 
 @dataclass(frozen=True)
 class SustainedSample:
-    """One sustained run: each file's seconds from its rename to ``uploaded`` in the ledger.
+    """One sustained run: each file's seconds from its rename to ``uploaded`` in the ledger,
+    and the part of them after it was queued (its ``discovered_at``: the settle is over).
 
     ``late`` is how far the feeder fell behind its own schedule at worst: a feeder that
     could not keep the rate would measure a lighter load than it claims.
     """
 
     latencies: tuple[float, ...]
+    queued: tuple[float, ...]  # discovered_at -> uploaded_at: claim, read, hash, PUT, record
     late: float
     sample: Sample  # first rename to last upload, and the CPU split
 
@@ -786,26 +794,35 @@ class UploaderdUnderTest:
                 base_uploaded + workload.count, base_failed, started, sustained.seconds + timeout
             )
         verify_upload(self.s3, f"uploaderd/{label}/", workload, "uploaderd")
-        latencies = self._latencies(label, feeder.renamed)
+        times = self._ledger_times(label, feeder.renamed)
         for name in feeder.renamed:  # the disk footprint stays one run deep
             (self.watched / label / name).unlink()
-        return SustainedSample(latencies, feeder.late, Sample(elapsed, *cpu))
+        return SustainedSample(
+            tuple(uploaded - feeder.renamed[name] for name, (_, uploaded) in times.items()),
+            tuple(uploaded - queued for queued, uploaded in times.values()),
+            feeder.late,
+            Sample(elapsed, *cpu),
+        )
 
-    def _latencies(self, label: str, renamed: dict[str, float]) -> tuple[float, ...]:
-        """Seconds from each rename to the ``uploaded_at`` the ledger recorded for the file
-        (``now()`` of the transaction that marked it uploaded)."""
+    def _ledger_times(
+        self, label: str, renamed: dict[str, float]
+    ) -> dict[str, tuple[float, float]]:
+        """File name -> (``discovered_at``, ``uploaded_at``) in seconds since the epoch: when
+        the settled version was queued, and ``now()`` of the transaction that marked it
+        uploaded."""
         assert self._db is not None
         with self._db.cursor() as cursor:
             cursor.execute(
-                "SELECT relpath, extract(epoch FROM uploaded_at) FROM file_versions "
+                "SELECT relpath, extract(epoch FROM discovered_at), "
+                "extract(epoch FROM uploaded_at) FROM file_versions "
                 "WHERE state = 'uploaded' AND relpath LIKE %s",
                 (f"{label}/%",),
             )
-            uploaded = {str(relpath): float(at) for relpath, at in cursor.fetchall()}
-        missing = [name for name in renamed if f"{label}/{name}" not in uploaded]
+            rows = {str(path): (float(queued), float(up)) for path, queued, up in cursor.fetchall()}
+        missing = [name for name in renamed if f"{label}/{name}" not in rows]
         if missing:
             raise BenchError(f"no uploaded_at in the ledger for {len(missing)} files: {missing[0]}")
-        return tuple(uploaded[f"{label}/{name}"] - at for name, at in renamed.items())
+        return {name: rows[f"{label}/{name}"] for name in renamed}
 
     def _raise_if_broken(self, failed: int, base_failed: int) -> None:
         """A failed version or a dead daemon ends the measurement with the reason."""
@@ -1056,6 +1073,7 @@ def _sustained_rows(plan: Plan, runs: Sequence[SustainedSample]) -> list[str]:
     if not plan.sustained or not runs:
         return []
     figures = latencies_of([latency for run in runs for latency in run.latencies])
+    queued = latencies_of([latency for run in runs for latency in run.queued])
     target = sustained_target(plan)
     samples = [run.sample for run in runs]
     header = (
@@ -1073,12 +1091,15 @@ def _sustained_rows(plan: Plan, runs: Sequence[SustainedSample]) -> list[str]:
         f"sustained: seconds from each file's rename to its uploaded_at in the ledger, "
         f"{len(runs)} run(s) pooled; uploaderd alone (the peers copy a finished batch: "
         "s5cmd, rclone copy and aws s3 cp have no watching mode); late = how far the feeder "
-        "fell behind its schedule at worst; cpu = medians per run",
+        "fell behind its schedule at worst; cpu = medians per run; the second row is the "
+        "part after the settle: from discovered_at (queued) to uploaded_at",
         header,
         "-" * len(header),
         f"{'uploaderd':<10} {plan.sustained.describe():<26} {figures.count:>6} "
         f"{figures.p50:>6.3f} {figures.p99:>6.3f} {figures.max:>6.3f} "
         f"{f'<= {target:g} {verdict}':>14} {max(run.late for run in runs) * 1000:>7.1f} {cpu}",
+        f"{'':<10} {'  queued -> uploaded':<26} {queued.count:>6} "
+        f"{queued.p50:>6.3f} {queued.p99:>6.3f} {queued.max:>6.3f}",
     ]
 
 
@@ -1102,6 +1123,7 @@ def results_json(plan: Plan, results: Results) -> dict[str, object]:
                 {
                     "server": server,
                     **latencies_of(run.latencies).__dict__,
+                    "queued_to_uploaded": latencies_of(run.queued).__dict__,
                     "late_seconds": run.late,
                     **run.sample.__dict__,
                 }
