@@ -47,7 +47,9 @@ from typing import IO, Any, cast
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
-from throughput import (
+
+import uploaderd
+from bench.throughput import (
     BenchError,
     NotifySocket,
     _interrupt,
@@ -57,8 +59,6 @@ from throughput import (
     tail,
     terminate,
 )
-
-import uploaderd
 from devstack import REGION, S3_SERVERS, PostgresCluster, S3Server
 from uploaderd.ledger import Ledger, queries
 

@@ -12,10 +12,16 @@ the ledger shows every version ``uploaded``; the settle time is part of that lat
 the figure minus the settle time is reported too. Peers are timed from process start to
 exit, which includes their start-up (about 0.5 s of Python imports for ``aws``).
 
+The sustained mode (``--sustained-rate``) measures latency instead of throughput: files
+renamed in at a steady rate, each one's time from rename to ``uploaded_at`` in the ledger,
+reported as p50/p99/max against settle + 0.5 s. uploaderd alone: the peers only copy a
+finished batch.
+
 Every measurement is checked by listing the destination prefix: a tool that "finished"
 without uploading every file fails the run instead of producing a flattering number.
 
     .venv/bin/python bench/throughput.py [--s3 rclone moto] [--small 2000] [--medium 200]
+        [--sustained-rate 100]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import resource
 import shlex
@@ -46,6 +53,7 @@ import psycopg2.extensions
 
 from devstack import REGION, S3_SERVERS, PostgresCluster, S3Server
 from devstack.relay import Relay
+from uploaderd.units import parse_size
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
@@ -59,6 +67,8 @@ STOP_TIMEOUT = 30.0
 SHUTDOWN_GRACE = 10.0
 PEERS = ("s5cmd", "rclone", "aws")
 RCLONE_TRANSFERS = 8  # rclone's --transfers when --workers is not given
+SUSTAINED_POLL_SECONDS = 0.5  # the ledger keeps each upload's time: polling only watches health
+SUSTAINED_MARGIN = 0.5  # the target: close-to-uploaded p99 <= settle + this
 
 
 class BenchError(RuntimeError):
@@ -85,6 +95,23 @@ class Workload:
 
 
 @dataclass(frozen=True)
+class Sustained:
+    """``rate`` files per second of ``size`` bytes for ``seconds``: an instrument's steady feed."""
+
+    rate: float
+    size: int
+    seconds: float
+
+    @property
+    def workload(self) -> Workload:
+        """The files it amounts to, for the listing check."""
+        return Workload("sustained", round(self.rate * self.seconds), self.size)
+
+    def describe(self) -> str:
+        return f"{self.rate:g}/s x {_size_text(self.size)} for {self.seconds:g}s"
+
+
+@dataclass(frozen=True)
 class Sample:
     """One measurement: wall seconds, and the CPU seconds each party burnt meanwhile.
 
@@ -98,11 +125,59 @@ class Sample:
     db_cpu: float
 
 
+@dataclass(frozen=True)
+class SustainedSample:
+    """One sustained run: each file's seconds from its rename to ``uploaded`` in the ledger,
+    and the part of them after it was queued (its ``discovered_at``: the settle is over).
+
+    ``late`` is how far the feeder fell behind its own schedule at worst: a feeder that
+    could not keep the rate would measure a lighter load than it claims.
+    """
+
+    latencies: tuple[float, ...]
+    queued: tuple[float, ...]  # discovered_at -> uploaded_at: claim, read, hash, PUT, record
+    late: float
+    sample: Sample  # first rename to last upload, and the CPU split
+
+
+@dataclass(frozen=True)
+class Latencies:
+    """The figures of the sustained table."""
+
+    count: int
+    p50: float
+    p99: float
+    max: float
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest rank: the smallest value with at least ``fraction`` of all values at or below
+    it. No interpolation, so a p99 is always a latency some file really had."""
+    if not values or not 0 < fraction <= 1:
+        raise ValueError("percentile of no values, or a fraction outside (0, 1]")
+    ordered = sorted(values)
+    return ordered[math.ceil(fraction * len(ordered)) - 1]
+
+
+def latencies_of(values: Sequence[float]) -> Latencies:
+    return Latencies(len(values), percentile(values, 0.5), percentile(values, 0.99), max(values))
+
+
+def due_offset(index: int, rate: float) -> float:
+    """Seconds after the feed's start at which file ``index`` is due.
+
+    Computed from the index, not by adding a period to the previous due time, so a late
+    file delays nobody after it and no rounding accumulates: the schedule does not drift.
+    """
+    return index / rate
+
+
 @dataclass
 class Results:
-    """Every repetition, by (S3 server, tool, workload)."""
+    """Every repetition, by (S3 server, tool, workload); sustained runs by S3 server."""
 
     samples: dict[tuple[str, str, str], list[Sample]] = field(default_factory=dict)
+    sustained: dict[str, list[SustainedSample]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # tool -> why
 
     def add(self, server: str, tool: str, workload: str, sample: Sample) -> None:
@@ -137,6 +212,63 @@ def make_files(directory: Path, workload: Workload, seed: int) -> list[Path]:
             out.write(os.urandom(workload.size))
         paths.append(path)
     return paths
+
+
+class Feeder:
+    """Writes files to a staging directory and renames each into the watched one on a fixed
+    schedule, in a thread of its own; records the wall-clock time of every rename.
+
+    Paced on the monotonic clock. The renames are stamped with ``time.time()`` because the
+    ledger's ``uploaded_at`` they are compared with is PostgreSQL's wall clock, on this
+    same machine. The file's mtime is its write, just before the rename, as for an
+    instrument that closes a file and moves it in.
+    """
+
+    def __init__(self, staging: Path, target: Path, sustained: Sustained, seed: int) -> None:
+        self.staging = staging
+        self.target = target
+        self.sustained = sustained
+        self.seed = seed
+        self.renamed: dict[str, float] = {}  # file name -> wall-clock time of its rename
+        self.late = 0.0  # the furthest behind schedule a file was written, seconds
+        self.error: Exception | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
+
+    def start(self) -> None:
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+
+    def running(self, wait: float) -> bool:
+        """Whether the feed is still going after waiting up to ``wait`` seconds for its end."""
+        self._thread.join(wait)
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            self._feed()
+        except Exception as exc:  # the measuring thread reports it
+            self.error = exc
+
+    def _feed(self) -> None:
+        start = time.monotonic()
+        for index in range(self.sustained.workload.count):
+            wait = start + due_offset(index, self.sustained.rate) - time.monotonic()
+            if self._stop.wait(max(0.0, wait)):
+                return
+            self.late = max(self.late, -wait)
+            self._deliver(f"s{self.seed}-f{index:06d}.bin")
+
+    def _deliver(self, name: str) -> None:
+        staged = self.staging / name
+        with staged.open("wb") as out:
+            out.write(os.urandom(self.sustained.size))
+        os.rename(staged, self.target / name)
+        self.renamed[name] = time.time()
 
 
 def settle_disk() -> None:
@@ -638,6 +770,69 @@ class UploaderdUnderTest:
             (target / path.name).unlink()
         return Sample(elapsed, *cpu)
 
+    def measure_sustained(
+        self, sustained: Sustained, label: str, seed: int, timeout: float
+    ) -> SustainedSample:
+        """Feed ``sustained`` into the watched directory; each file's rename-to-uploaded time.
+
+        ``timeout`` runs from the end of the feed.
+        """
+        workload = sustained.workload
+        base_uploaded, base_failed = self._ledger_counts()
+        feeder = Feeder(self.staging / label, self.watched / label, sustained, seed)
+        with self.meter.measuring() as cpu:
+            started = time.perf_counter()
+            feeder.start()
+            try:
+                while feeder.running(SUSTAINED_POLL_SECONDS):
+                    self._raise_if_broken(self._ledger_counts()[1], base_failed)
+            finally:
+                feeder.stop()
+            if feeder.error is not None:
+                raise BenchError(f"the sustained feed stopped: {feeder.error}")
+            elapsed = self._wait_uploaded(
+                base_uploaded + workload.count, base_failed, started, sustained.seconds + timeout
+            )
+        verify_upload(self.s3, f"uploaderd/{label}/", workload, "uploaderd")
+        times = self._ledger_times(label, feeder.renamed)
+        for name in feeder.renamed:  # the disk footprint stays one run deep
+            (self.watched / label / name).unlink()
+        return SustainedSample(
+            tuple(uploaded - feeder.renamed[name] for name, (_, uploaded) in times.items()),
+            tuple(uploaded - queued for queued, uploaded in times.values()),
+            feeder.late,
+            Sample(elapsed, *cpu),
+        )
+
+    def _ledger_times(
+        self, label: str, renamed: dict[str, float]
+    ) -> dict[str, tuple[float, float]]:
+        """File name -> (``discovered_at``, ``uploaded_at``) in seconds since the epoch: when
+        the settled version was queued, and ``now()`` of the transaction that marked it
+        uploaded."""
+        assert self._db is not None
+        with self._db.cursor() as cursor:
+            cursor.execute(
+                "SELECT relpath, extract(epoch FROM discovered_at), "
+                "extract(epoch FROM uploaded_at) FROM file_versions "
+                "WHERE state = 'uploaded' AND relpath LIKE %s",
+                (f"{label}/%",),
+            )
+            rows = {str(path): (float(queued), float(up)) for path, queued, up in cursor.fetchall()}
+        missing = [name for name in renamed if f"{label}/{name}" not in rows]
+        if missing:
+            raise BenchError(f"no uploaded_at in the ledger for {len(missing)} files: {missing[0]}")
+        return {name: rows[f"{label}/{name}"] for name in renamed}
+
+    def _raise_if_broken(self, failed: int, base_failed: int) -> None:
+        """A failed version or a dead daemon ends the measurement with the reason."""
+        if failed > base_failed:
+            raise BenchError(
+                f"uploaderd failed {failed - base_failed} versions: {self._first_error()}"
+            )
+        if self._proc is not None and self._proc.poll() is not None:
+            raise BenchError(f"uploaderd died ({self._proc.returncode}):\n{tail(self.log_path)}")
+
     def _wait_uploaded(
         self, target: int, base_failed: int, started: float, timeout: float
     ) -> float:
@@ -645,14 +840,7 @@ class UploaderdUnderTest:
             uploaded, failed = self._ledger_counts()
             if uploaded >= target:
                 return time.perf_counter() - started
-            if failed > base_failed:
-                raise BenchError(
-                    f"uploaderd failed {failed - base_failed} versions: {self._first_error()}"
-                )
-            if self._proc is not None and self._proc.poll() is not None:
-                raise BenchError(
-                    f"uploaderd died ({self._proc.returncode}):\n{tail(self.log_path)}"
-                )
+            self._raise_if_broken(failed, base_failed)
             if time.perf_counter() - started > timeout:
                 raise BenchError(
                     f"uploaderd: {uploaded} of {target} uploaded after "
@@ -691,10 +879,12 @@ class Plan:
     timeout: float
     daemon: DaemonSettings
     wan: float = 0.0  # seconds of delay each way through a relay; 0: straight to the server
+    sustained: Sustained | None = None  # uploaderd alone, after the batch workloads
 
 
 def labels_for(plan: Plan) -> list[str]:
-    return [f"{w.name}-r{rep}" for w in plan.workloads for rep in range(1, plan.repeat + 1)]
+    names = [w.name for w in plan.workloads] + (["sustained"] if plan.sustained else [])
+    return [f"{name}-r{rep}" for name in names for rep in range(1, plan.repeat + 1)]
 
 
 def run_server(server: str, plan: Plan, work: Path, pg: PostgresCluster, results: Results) -> None:
@@ -733,6 +923,28 @@ def run_server(server: str, plan: Plan, work: Path, pg: PostgresCluster, results
                     )
                     _record(results, server, peer.name, workload, rep, sample)
             shutil.rmtree(src)
+        if plan.sustained:
+            run_sustained(server, plan, plan.sustained, daemon, results)
+
+
+def run_sustained(
+    server: str, plan: Plan, sustained: Sustained, daemon: UploaderdUnderTest, results: Results
+) -> None:
+    """uploaderd alone: the peers are batch copiers (s5cmd has no watching mode), so there
+    is no close-to-uploaded latency of theirs to set beside it."""
+    for rep in range(1, plan.repeat + 1):
+        label = f"sustained-r{rep}"
+        run = daemon.measure_sustained(sustained, label, rep, plan.timeout)
+        results.sustained.setdefault(server, []).append(run)
+        delete_prefix(daemon.s3, f"uploaderd/{label}/")
+        figures = latencies_of(run.latencies)
+        print(
+            f"  uploaderd  sustained {sustained.describe()} rep {rep}: p50 {figures.p50:.3f}s, "
+            f"p99 {figures.p99:.3f}s, max {figures.max:.3f}s over {figures.count} files; "
+            f"feeder at most {run.late * 1000:.1f} ms late; CPU s: tool "
+            f"{run.sample.tool_cpu:.2f}, s3 {run.sample.s3_cpu:.2f}, db {run.sample.db_cpu:.2f}",
+            flush=True,
+        )
 
 
 def measure_peer(
@@ -800,9 +1012,12 @@ def report(plan: Plan, results: Results, command: str, load: tuple[float, float]
         + (f"WAN relay: {plan.wan * 1000:g} ms each way" if plan.wan else "no WAN relay"),
     ]
     for server in plan.servers:
-        lines += ["", f"S3 server: {server}", header, "-" * len(header)]
+        lines += ["", f"S3 server: {server}"]
+        if plan.workloads:
+            lines += [header, "-" * len(header)]
         for workload in plan.workloads:
             lines += _workload_rows(plan, results, server, workload)
+        lines += _sustained_rows(plan, results.sustained.get(server, []))
     for tool, why in results.skipped.items():
         lines.append(f"skipped {tool}: {why}")
     lines += ["", f"reproduce: {command}"]
@@ -848,6 +1063,46 @@ def _row(
     )
 
 
+def sustained_target(plan: Plan) -> float:
+    """The issue's target for the p99 of close-to-uploaded: the settle time plus 0.5 s."""
+    return plan.daemon.settle + SUSTAINED_MARGIN
+
+
+def _sustained_rows(plan: Plan, runs: Sequence[SustainedSample]) -> list[str]:
+    """Latency percentiles over every file of every run, against the target."""
+    if not plan.sustained or not runs:
+        return []
+    figures = latencies_of([latency for run in runs for latency in run.latencies])
+    queued = latencies_of([latency for run in runs for latency in run.queued])
+    target = sustained_target(plan)
+    samples = [run.sample for run in runs]
+    header = (
+        f"{'tool':<10} {'sustained feed':<26} {'files':>6} {'p50 s':>6} {'p99 s':>6} "
+        f"{'max s':>6} {'target p99':>14} {'late ms':>7} {'cpu tool':>8} {'cpu s3':>7} "
+        f"{'cpu db':>7}"
+    )
+    cpu = " ".join(
+        f"{median_of(samples, name):>{width}.2f}"
+        for name, width in (("tool_cpu", 8), ("s3_cpu", 7), ("db_cpu", 7))
+    )
+    verdict = "met" if figures.p99 <= target else "MISSED"
+    return [
+        "",
+        f"sustained: seconds from each file's rename to its uploaded_at in the ledger, "
+        f"{len(runs)} run(s) pooled; uploaderd alone (the peers copy a finished batch: "
+        "s5cmd, rclone copy and aws s3 cp have no watching mode); late = how far the feeder "
+        "fell behind its schedule at worst; cpu = medians per run; the second row is the "
+        "part after the settle: from discovered_at (queued) to uploaded_at",
+        header,
+        "-" * len(header),
+        f"{'uploaderd':<10} {plan.sustained.describe():<26} {figures.count:>6} "
+        f"{figures.p50:>6.3f} {figures.p99:>6.3f} {figures.max:>6.3f} "
+        f"{f'<= {target:g} {verdict}':>14} {max(run.late for run in runs) * 1000:>7.1f} {cpu}",
+        f"{'':<10} {'  queued -> uploaded':<26} {queued.count:>6} "
+        f"{queued.p50:>6.3f} {queued.p99:>6.3f} {queued.max:>6.3f}",
+    ]
+
+
 def _ratio(value: float | None) -> str:
     return f"{value:.2f}" if value is not None else ""
 
@@ -861,6 +1116,21 @@ def results_json(plan: Plan, results: Results) -> dict[str, object]:
             for (s, t, w), samples in results.samples.items()
             for sample in samples
         ],
+        "sustained": {
+            "feed": plan.sustained.__dict__ if plan.sustained else None,
+            "target_p99_seconds": sustained_target(plan),
+            "runs": [
+                {
+                    "server": server,
+                    **latencies_of(run.latencies).__dict__,
+                    "queued_to_uploaded": latencies_of(run.queued).__dict__,
+                    "late_seconds": run.late,
+                    **run.sample.__dict__,
+                }
+                for server, runs in results.sustained.items()
+                for run in runs
+            ],
+        },
         "skipped": results.skipped,
     }
 
@@ -878,11 +1148,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="S3 server(s), one after the other (default: rclone)",
     )
     parser.add_argument("--small", type=int, default=2000, help="small files (default 2000)")
-    parser.add_argument("--small-size", type=int, default=4 * KiB, help="bytes (default 4 KiB)")
+    parser.add_argument(
+        "--small-size", type=parse_size, default=4 * KiB, help="bytes or 4KiB (default 4 KiB)"
+    )
     parser.add_argument("--medium", type=int, default=200, help="medium files (default 200)")
-    parser.add_argument("--medium-size", type=int, default=MiB, help="bytes (default 1 MiB)")
+    parser.add_argument(
+        "--medium-size", type=parse_size, default=MiB, help="bytes or 1MiB (default 1 MiB)"
+    )
     parser.add_argument("--large", type=int, default=0, help="large files (default 0)")
-    parser.add_argument("--large-size", type=int, default=256 * MiB, help="bytes (default 256 MiB)")
+    parser.add_argument(
+        "--large-size", type=parse_size, default=256 * MiB, help="bytes (default 256 MiB)"
+    )
+    parser.add_argument(
+        "--sustained-rate",
+        type=float,
+        default=0.0,
+        metavar="FILES_PER_S",
+        help="after the batches, feed uploaderd this many files per second and report "
+        "close-to-uploaded latencies (default 0: off; the issue's target: 100)",
+    )
+    parser.add_argument(
+        "--sustained-size", type=parse_size, default=64 * KiB, help="bytes (default 64 KiB)"
+    )
+    parser.add_argument(
+        "--sustained-seconds", type=float, default=60.0, help="feed duration (default 60)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
     parser.add_argument(
         "--workers",
@@ -936,8 +1226,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         or args.repeat < 1
         or (args.workers is not None and args.workers < 1)
         or not 0 <= args.wan <= 1000
+        or args.sustained_rate < 0
+        or (args.sustained_rate and args.sustained_rate * args.sustained_seconds < 1)
     ):
-        parser.error("counts must be >= 0, --repeat and --workers >= 1, --wan 0-1000")
+        parser.error(
+            "counts must be >= 0, --repeat and --workers >= 1, --wan 0-1000, and a "
+            "sustained feed at least one file"
+        )
     return args
 
 
@@ -960,6 +1255,11 @@ def plan_of(args: argparse.Namespace) -> Plan:
         args.timeout,
         DaemonSettings(args.workers, args.settle, args.log_level, py_spy, args.py_spy_gil),
         wan=args.wan / 1000,
+        sustained=(
+            Sustained(args.sustained_rate, args.sustained_size, args.sustained_seconds)
+            if args.sustained_rate
+            else None
+        ),
     )
 
 
@@ -982,6 +1282,12 @@ def reproduce_command(args: argparse.Namespace) -> str:
         str(args.large),
         "--large-size",
         str(args.large_size),
+        "--sustained-rate",
+        f"{args.sustained_rate:g}",
+        "--sustained-size",
+        str(args.sustained_size),
+        "--sustained-seconds",
+        f"{args.sustained_seconds:g}",
         "--repeat",
         str(args.repeat),
         *(["--workers", str(args.workers)] if args.workers else []),
@@ -1022,8 +1328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     load_before = os.getloadavg()[0]
+    feeds = [w.describe() for w in plan.workloads]
+    if plan.sustained:
+        feeds.append(f"sustained {plan.sustained.describe()} (uploaderd only)")
     print(
-        f"uploaderd throughput: {', '.join(w.describe() for w in plan.workloads)}; "
+        f"uploaderd throughput: {', '.join(feeds)}; "
         f"{plan.repeat} repetitions; {os.cpu_count()} CPUs",
         flush=True,
     )
