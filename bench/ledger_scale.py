@@ -47,6 +47,7 @@ from typing import IO, Any, cast
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
+from psycopg2 import sql as pgsql
 
 import uploaderd
 from bench.throughput import (
@@ -247,6 +248,17 @@ SELECT setval(pg_get_serial_sequence(%(table)s, 'id'),
 def _feature(cursor: psycopg2.extensions.cursor, kind: str, name: str) -> bool:
     """Whether the schema has ``name``: kind is ``regproc`` (a function) or ``regclass``."""
     cursor.execute(f"SELECT to_{kind}(%s) IS NOT NULL", (name,))  # kind: a fixed literal
+    row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def _column(cursor: psycopg2.extensions.cursor, table: str, column: str) -> bool:
+    """Whether ``table`` has ``column`` (a schema before or after a migration)."""
+    cursor.execute(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns "
+        "WHERE table_name = %s AND column_name = %s)",
+        (table, column),
+    )
     row = cursor.fetchone()
     return bool(row and row[0])
 
@@ -1339,19 +1351,29 @@ class LedgerRun:
     def _insert_known(
         self, conn: psycopg2.extensions.connection, tree_files: list[tuple[str, os.stat_result]]
     ) -> None:
-        """The tree's files as uploaded versions of the tree job (exact size, mtime, inode),
-        one completed session per top directory and one attempt row each."""
+        """The tree's files as uploaded versions of the tree job (exact size, mtime, inode
+        and, on a schema with migration 0008, ctime: as this daemon records them), one
+        completed session per top directory and one attempt row each.
+
+        Without the ctime every file would be a version recorded before 0008, and the scan
+        would measure the one-time adoption of the ctimes (``adopt_ctimes``) instead."""
         started = time.perf_counter()
         buffer = io.StringIO()
         for relpath, info in tree_files:
-            buffer.write(f"{relpath}\t{info.st_size}\t{info.st_mtime_ns}\t{info.st_ino}\n")
+            buffer.write(
+                f"{relpath}\t{info.st_size}\t{info.st_mtime_ns}\t{info.st_ino}\t"
+                f"{info.st_ctime_ns}\n"
+            )
         buffer.seek(0)
         root = str(self.layout.tree)
         with conn.cursor() as cursor:
             cursor.execute(
                 "CREATE TEMP TABLE tree_files (relpath text, size bigint, "
-                "mtime_ns bigint, inode bigint)"
+                "mtime_ns bigint, inode bigint, ctime_ns bigint)"
             )
+            recorded = _column(cursor, "file_versions", "ctime_ns")
+            ctime = pgsql.SQL("ctime_ns, " if recorded else "")
+            t_ctime = pgsql.SQL("t.ctime_ns, " if recorded else "")
             cursor.copy_expert("COPY tree_files FROM STDIN", buffer)
             cursor.execute(
                 "INSERT INTO sessions (job, host, origin, group_key, state, opened_at, "
@@ -1361,16 +1383,19 @@ class LedgerRun:
                 "now() - interval '1 day', 'idle' FROM tree_files",
                 (TREE_JOB, self.shape.host),
             )
-            cursor.execute(
+            insert = pgsql.SQL(
                 "INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, "
-                "inode, bucket, key, state, attempts, sha256, etag, session_id, discovered_at, "
-                "first_attempt_at, uploaded_at, updated_at) "
+                "inode, {ctime}bucket, key, state, attempts, sha256, etag, session_id, "
+                "discovered_at, first_attempt_at, uploaded_at, updated_at) "
                 "SELECT %(job)s, %(host)s, %(host)s, %(root)s, t.relpath, t.size, t.mtime_ns, "
-                "t.inode, %(bucket)s, %(job)s || '/' || t.relpath, 'uploaded', 1, "
+                "t.inode, {t_ctime}%(bucket)s, %(job)s || '/' || t.relpath, 'uploaded', 1, "
                 "md5(t.relpath) || md5(t.inode::text), md5(t.relpath), s.id, "
                 "now() - interval '1 day', now() - interval '1 day', now() - interval '1 day', "
                 "now() - interval '1 day' FROM tree_files t JOIN sessions s ON s.job = "
-                "%(job)s AND s.group_key = split_part(t.relpath, '/', 1)",
+                "%(job)s AND s.group_key = split_part(t.relpath, '/', 1)"
+            )
+            cursor.execute(
+                insert.format(ctime=ctime, t_ctime=t_ctime),
                 {"job": TREE_JOB, "host": self.shape.host, "root": root, "bucket": BUCKET},
             )
             cursor.execute(
