@@ -339,6 +339,13 @@ LIMIT %(limit)s;
 -- name: ping
 SELECT 1;
 
+-- name: session_settings
+-- Once per connection. No JIT: every statement here reads or writes a few rows through an
+-- index, but on a ledger of 20 M versions the planner's estimate for a prune batch (its id
+-- range is a parameter) passes jit_optimize_above_cost, and compiling took 400 ms of a
+-- batch that runs in 4.
+SET jit = off;
+
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS uploaderd_migrations (
     version    integer     PRIMARY KEY,
@@ -403,7 +410,9 @@ WITH candidates AS (
         closed_reason = CASE WHEN c.origin = 'upload' THEN 'run'
                              WHEN c.found THEN 'marker' ELSE 'idle' END
     FROM candidates c
-    WHERE s.id = c.id
+    -- The job and state again, so the sessions updated are read through sessions_open too:
+    -- joined by id alone, PostgreSQL chose a seq scan of every session ever opened.
+    WHERE s.id = c.id AND s.job = %(job)s AND s.state = 'open'
       AND (c.origin = 'upload' OR c.found OR (%(idle_seconds)s::float8 IS NOT NULL
                             AND c.last_activity_at < now() - make_interval(
                                 secs => %(idle_seconds)s::float8)))

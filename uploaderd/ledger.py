@@ -183,6 +183,8 @@ class Ledger:
                 raise DatabaseUnavailable(
                     f"cannot connect to PostgreSQL ({describe_dsn(self.dsn)}): {_first_line(exc)}"
                 ) from exc
+            with self.transaction() as cursor:
+                cursor.execute(queries()["session_settings"])
         return self
 
     def clone(self, application_name: str) -> Ledger:

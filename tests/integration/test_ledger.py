@@ -66,6 +66,18 @@ def test_migrate_is_idempotent_and_safe_in_parallel(database_dsn: str) -> None:
     assert schema.migrate(database_dsn) == []
 
 
+def test_every_connection_runs_without_jit_and_so_does_a_clone(ledger: Ledger) -> None:
+    # A prune batch's estimate grows with the table; on 20 M versions JIT took 400 ms a batch.
+    twin = ledger.clone("uploaderd test twin").connect()
+    try:
+        for each in (ledger, twin):
+            with each.transaction() as cursor:
+                cursor.execute("SELECT current_setting('jit'), current_setting('application_name')")
+                assert cursor.fetchone() == ("off", each.application_name)
+    finally:
+        twin.close()
+
+
 def test_enqueue_is_one_statement_for_a_batch_and_ignores_known_versions(ledger: Ledger) -> None:
     batch = [version(f"f{i}") for i in range(300)]
     assert enqueue(ledger, *batch) == (300, 0)
