@@ -183,7 +183,8 @@ class Ledger:
                 raise DatabaseUnavailable(
                     f"cannot connect to PostgreSQL ({describe_dsn(self.dsn)}): {_first_line(exc)}"
                 ) from exc
-            with self.transaction() as cursor:
+            conn = self._conn  # the session's settings, committed whatever transaction() does
+            with self._mapped(), conn, conn.cursor() as cursor:
                 cursor.execute(queries()["session_settings"])
         return self
 
