@@ -5,9 +5,10 @@ the batches not yet written. Whether a path's signature is already in the ledger
 the ledger, a batch of candidates per round trip (a bounded cache remembers the paths just
 written), so memory follows the files in flight, never the ledger's history. Watchdog threads and
 the scheduler only put requests on its queue. Scans advance a slice at a time between
-events, so a long rescan never stalls event handling. Complete versions are written in
-batches (one round trip for many files); while PostgreSQL is away they wait in memory and
-the next successful write is followed by a full rescan.
+events, so a long rescan never stalls event handling. Complete versions are handed in
+batches to a writer thread with a connection of its own (``enqueuer``: one round trip for
+many files, while the scan goes on); while PostgreSQL is away they wait in memory, and the
+next successful write is followed by a full rescan.
 
 Nothing ends the thread but ``stop()``: a problem with one file becomes that version's
 ``failed`` row with the reason, and anything unexpected is logged with the job and path it
