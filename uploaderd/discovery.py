@@ -113,7 +113,6 @@ class Discovery:
         self._writer = Enqueuer(
             ledger.clone(f"{ledger.application_name} writer"), host=self.host, report=self.inbox.put
         )
-        self._halted = False  # an outage's chunks are coming back: write nothing until then
 
     # --- called from other threads ---------------------------------------------------------
 
@@ -217,11 +216,8 @@ class Discovery:
                     self._observe(state, candidate, "watch")
 
     def _apply_jobs(self, jobs: dict[str, Job]) -> None:
-        for name in list(self._jobs):
-            if name not in jobs and not self._halted:
-                self._submit(self._jobs.pop(name), force=True)
-            elif name not in jobs:
-                del self._jobs[name]
+        for name in [name for name in self._jobs if name not in jobs]:
+            self._submit(self._jobs.pop(name), force=True)  # a last write of what is complete
         for name, job in jobs.items():
             state = self._jobs.get(name)
             if state is None or state.job.source != job.source:
@@ -341,11 +337,8 @@ class Discovery:
     def _flush(self, *, force: bool) -> None:
         if time.monotonic() < self._retry_at:
             return
-        if self._halted:
-            if any(state.sent for state in self._jobs.values()):
-                return  # chunks of the outage are still coming back
-            self._halted = False
-            self._writer.resume()
+        if not any(state.sent for state in self._jobs.values()):
+            self._writer.resume()  # nothing in flight: after an outage, safe to write again
         for state in list(self._jobs.values()):
             self._submit(state, force=force)
 
@@ -364,7 +357,6 @@ class Discovery:
         count = len(result.chunk.items)
         state.sent -= count
         if result.outage is not None:  # kept at the front of the batch, in order
-            self._halted = True
             self._db_down(result.outage)
             return
         del state.batch[:count]

@@ -27,7 +27,7 @@ from uploaderd.ledger import Ledger, NewVersion
 from uploaderd.lifecycle import join
 from uploaderd.scanner import Candidate
 from uploaderd.sessions import group_key
-from uploaderd.versions import failed_version, new_version, scope_of
+from uploaderd.versions import enqueue, failed_version, new_version
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class Enqueuer:
         except DatabaseUnavailable:
             raise
         except Exception as exc:
-            reason = f"cannot queue this file: {type(exc).__name__}: {exc}"[:500]
+            reason = _cannot_queue(exc)
             log.exception("discovery: job %s: %s", job.name, path)
         try:
             self._enqueue(job, [failed_version(candidate, None, reason)])
@@ -166,17 +166,13 @@ class Enqueuer:
             return new_version(job, candidate, session_id=session_id, host=self.host)
         except Exception as exc:
             log.exception("discovery: job %s: %s/%s", job.name, candidate.root, candidate.relpath)
-            return failed_version(
-                candidate, session_id, f"cannot queue this file: {type(exc).__name__}: {exc}"[:500]
-            )
+            return failed_version(candidate, session_id, _cannot_queue(exc))
 
     def _enqueue(self, job: Job, versions: list[NewVersion]) -> None:
-        inserted, superseded = self.ledger.enqueue(
-            job.name,
-            scope=scope_of(job, self.host),
-            host=self.host,
-            bucket=job.destination.bucket,
-            versions=versions,
-            marker=job.session.marker,
-        )
+        inserted, superseded = enqueue(self.ledger, job, self.host, versions)
         log.debug("job %s: queued %d new versions (%d superseded)", job.name, inserted, superseded)
+
+
+def _cannot_queue(exc: Exception) -> str:
+    """The ``failed`` reason of a file that could not be queued (capped like every reason)."""
+    return f"cannot queue this file: {type(exc).__name__}: {exc}"[:500]

@@ -34,7 +34,7 @@ from uploaderd.storage import Storage
 from uploaderd.transfers import Snapshot
 from uploaderd.units import format_bytes, plural
 from uploaderd.verify import listing_prefix
-from uploaderd.versions import new_version, render_key, scope_of
+from uploaderd.versions import enqueue, new_version, render_key, scope_of
 from uploaderd.workers import UploadPool, build_pool
 
 Out = Callable[[str], None]
@@ -298,14 +298,7 @@ class OneShot:
         versions = [
             new_version(job, c, session_id=session_id, host=self.host) for c in found.complete
         ]
-        queued, _ = self.ledger.enqueue(
-            job.name,
-            scope=scope_of(job, self.host),
-            host=self.host,
-            bucket=job.destination.bucket,
-            versions=versions,
-            marker=job.session.marker,
-        )
+        queued, _ = enqueue(self.ledger, job, self.host, versions)
         report["queued"] = queued
         if not queued:
             self.ledger.drop_empty_run_session(session_id)

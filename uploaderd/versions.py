@@ -9,7 +9,7 @@ from __future__ import annotations
 from uploaderd.config import Job
 from uploaderd.errors import KeyTemplateError, MtimeOutOfRange
 from uploaderd.keys import key_variables
-from uploaderd.ledger import NewVersion
+from uploaderd.ledger import Ledger, NewVersion
 from uploaderd.scanner import Candidate
 
 
@@ -43,6 +43,18 @@ def new_version(job: Job, candidate: Candidate, *, session_id: int, host: str) -
 def failed_version(candidate: Candidate, session_id: int | None, reason: str) -> NewVersion:
     """A version that can never upload, recorded ``failed`` at once with why."""
     return NewVersion.of(candidate, key="", session_id=session_id, error=reason)
+
+
+def enqueue(ledger: Ledger, job: Job, host: str, versions: list[NewVersion]) -> tuple[int, int]:
+    """Queue ``versions`` of ``job`` as found on ``host``: (inserted, superseded)."""
+    return ledger.enqueue(
+        job.name,
+        scope=scope_of(job, host),
+        host=host,
+        bucket=job.destination.bucket,
+        versions=versions,
+        marker=job.session.marker,
+    )
 
 
 def scope_of(job: Job, host: str) -> str:

@@ -23,11 +23,13 @@ DEADLINE = 10.0
 class _OutageOnce(Ledger):
     """PostgreSQL away for the first write, back for every later one."""
 
-    outages = 1
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self.outages = 1
 
     def enqueue(self, job: str, **kwargs: Any) -> tuple[int, int]:
-        if _OutageOnce.outages:
-            _OutageOnce.outages -= 1
+        if self.outages:
+            self.outages -= 1
             raise DatabaseUnavailable("PostgreSQL is away (test)")
         return super().enqueue(job, **kwargs)
 
