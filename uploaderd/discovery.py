@@ -189,9 +189,10 @@ class Discovery:
         except queue.Empty:
             return
         self._idle.clear()  # busy with it until the loop looks again
+        inside: dict[str, dict[str, bool]] = {}  # per job: recheck's memo, for this burst
         for _ in range(10_000):  # bounded, so a flood of events cannot starve the rest
             try:
-                self._handle(item)
+                self._handle(item, inside)
             except Exception:
                 log.exception("discovery: unexpected error on %s; going on", _describe(item))
             try:
@@ -199,7 +200,7 @@ class Discovery:
             except queue.Empty:
                 return
 
-    def _handle(self, item: _Inbox) -> None:
+    def _handle(self, item: _Inbox, inside: dict[str, dict[str, bool]]) -> None:
         if isinstance(item, Written):
             self._written(item)
         elif isinstance(item, dict):
@@ -211,7 +212,8 @@ class Discovery:
             if item.is_dir:
                 self._add_scan(item.job, item.root, start=item.path)
             else:
-                candidate = check_path(item.root, item.path, state.rules)
+                memo = inside.setdefault(item.job, {})
+                candidate = check_path(item.root, item.path, state.rules, memo)
                 if candidate is not None:
                     self._observe(state, candidate, "watch")
 

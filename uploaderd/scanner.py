@@ -70,44 +70,48 @@ def not_utf8(name: str) -> bool:
     return False
 
 
-def check_path(root: str, path: str, rules: ScanRules) -> Candidate | None:
-    """A single path from an event: a candidate, or None (gone, filtered, link, not a file)."""
+def check_path(
+    root: str, path: str, rules: ScanRules, inside: dict[str, bool] | None = None
+) -> Candidate | None:
+    """A single path from an event: a candidate, or None (gone, filtered, link, not a file).
+
+    ``inside`` is ``recheck``'s memo of directories free of links, for a burst of events.
+    """
     relpath = relative_path(root, path)
     if relpath is None or (not rules.recursive and "/" in relpath):
         return None
     if not rules.filter.matches(relpath) or _in_pruned_dir(relpath, rules.filter):
         return None
-    try:
-        info = os.lstat(path)
-        if stat.S_ISLNK(info.st_mode):
-            if not rules.follow_symlinks:
-                return None
-            info = os.stat(path)
-    except OSError:
-        return None
-    if not stat.S_ISREG(info.st_mode) or not _stays_inside(root, path, relpath, rules):
-        return None
-    return Candidate(root, relpath, Signature.of(info))
+    return recheck(root, relpath, rules, inside)
 
 
 def recheck(
     root: str, relpath: str, rules: ScanRules, inside: dict[str, bool] | None = None
 ) -> Candidate | None:
-    """A candidate found before, looked at again while it settles.
+    """A candidate found before, looked at again while it settles (or first seen, by
+    ``check_path``, once its relative path passed the filters).
 
-    Its relative path passed the filters already; what can have changed is the file (gone,
-    now a link or not a file: the full ``check_path`` decides) or a directory above it
-    (replaced by a link leading out of the root). ``inside`` remembers, for one round of
-    re-checks, which directories (by path) were found free of links: a burst of thousands
-    of files in one directory costs one ``realpath`` of it, not one of every file.
+    What can have changed is the file (gone, now a link or not a file) or a directory above
+    it (replaced by a link leading out of the root). ``inside`` remembers, for one round of
+    looks at one job's files, which directories (by path) were found free of links (or,
+    when following links, leading inside): a burst of thousands of files in one directory
+    costs one ``realpath`` of it, not one of every file.
     """
     path = f"{root}/{relpath}"
     try:
         info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            if not rules.follow_symlinks:
+                return None
+            # The link's target decides, wherever it is: no memo.
+            info = os.stat(path)
+            if not stat.S_ISREG(info.st_mode) or not _stays_inside(root, path, relpath, rules):
+                return None
+            return Candidate(root, relpath, Signature.of(info))
     except OSError:
         return None
-    if not stat.S_ISREG(info.st_mode) or rules.follow_symlinks:
-        return check_path(root, path, rules)
+    if not stat.S_ISREG(info.st_mode):
+        return None
     parent = posixpath.dirname(relpath)
     directory = f"{root}/{parent}"
     ok = inside.get(directory) if inside is not None else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -79,14 +81,38 @@ class UnmountEvent(FileSystemEvent):
     event_type = "unmount"
 
 
+# Where a named file's content may have changed: the only file events the daemon acts on.
+_FILE_CHANGED = (
+    InotifyConstants.IN_CREATE
+    | InotifyConstants.IN_MODIFY
+    | InotifyConstants.IN_CLOSE_WRITE
+    | InotifyConstants.IN_MOVED_TO
+)
+
+# (root, path) of a file that may have changed, from watchdog's inotify thread.
+FileChanged = Callable[[str, str], None]
+
+
 class _ReportingEmitter(InotifyEmitter):
-    """An inotify emitter that also tells the handlers what watchdog keeps to itself.
+    """An inotify emitter that tells the handlers what watchdog keeps to itself, and hands
+    file events straight over.
 
     watchdog 7 reacts to IN_Q_OVERFLOW by rebuilding its recursive watches and logging a
     warning, and drops IN_UNMOUNT; it delivers an event for neither. This wraps the two
     callbacks of the emitter's watch group (``on_queue_overflow``, ``on_event``) so that our
     handler hears of both: the job is rescanned, the unmounted root watched again.
+
+    An event on a file (not a directory) needs none of watchdog's bookkeeping: no watch
+    to add or move. Yet each would pass its move grouper (a linear search of its queue per
+    IN_MOVED_TO, quadratic when files are renamed in by the thousand), this emitter's
+    thread and the observer's. ``file_changed`` gets it at once instead, from the thread
+    that read it. Directory events, and files found inside a directory that appeared, still
+    take watchdog's way to ``_Forward``.
     """
+
+    def __init__(self, *args: Any, file_changed: FileChanged, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.file_changed = file_changed
 
     def on_thread_start(self) -> None:
         super().on_thread_start()
@@ -94,28 +120,41 @@ class _ReportingEmitter(InotifyEmitter):
         if group is None:
             return
         rebuild, handle = group.on_queue_overflow, group.on_event
+        root = self.watch.path
 
         def overflowed() -> None:
             rebuild()
-            self.queue_event(QueueOverflowEvent(self.watch.path))
+            self.queue_event(QueueOverflowEvent(root))
 
         def on_event(event: InotifyEvent) -> None:
+            if event.name and not event.is_directory:
+                # A file's event. Those that only say where a file left are of no use.
+                if event.mask & _FILE_CHANGED and group.is_active:
+                    path = group._build_event_source_path(event)
+                    if path is not None:
+                        self.file_changed(root, os.fsdecode(path))
+                return
             handle(event)
             if event.mask & InotifyConstants.IN_UNMOUNT:
-                self.queue_event(UnmountEvent(self.watch.path))
+                self.queue_event(UnmountEvent(root))
 
         group.on_queue_overflow = overflowed  # type: ignore[method-assign]
         group.on_event = on_event  # type: ignore[method-assign]
 
 
 class _InotifyObserver(InotifyObserver):
-    def __init__(self) -> None:
+    def __init__(self, file_changed: FileChanged) -> None:
         super().__init__()
-        self._emitter_class = _ReportingEmitter
+        # A factory in place of the class: watchdog only ever calls it.
+        self._emitter_class = functools.partial(  # type: ignore[assignment]
+            _ReportingEmitter, file_changed=file_changed
+        )
 
 
 class _Forward(FileSystemEventHandler):
-    """Hands every interesting event of one root to the sink, from watchdog's thread."""
+    """Hands the rest of one root's interesting events to the sink, from watchdog's thread:
+    directories, the files of a directory that appeared, and every event of the polling
+    observer."""
 
     def __init__(self, watch: JobWatch, root: str) -> None:
         self.watch, self.job, self.root, self.sink = watch, watch.job.name, root, watch.sink
@@ -138,6 +177,23 @@ class _Forward(FileSystemEventHandler):
             self.sink(PathEvent(self.job, self.root, os.fsdecode(event.dest_path), True))
         elif isinstance(event, DirDeletedEvent) and os.fsdecode(event.src_path) == self.root:
             self.watch.root_changed(self.root)
+
+
+# The events _Forward acts on; watchdog drops the rest. Naming them also keeps the kernel
+# from queueing IN_OPEN and IN_CLOSE_NOWRITE, which every read of a file (the daemon's own
+# hashing and upload among them) would otherwise add to each file's events. Overflow and
+# unmount come from the kernel whatever the mask.
+_WANTED: list[type[FileSystemEvent]] = [
+    QueueOverflowEvent,
+    UnmountEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+]
 
 
 @dataclass(frozen=True)
@@ -189,11 +245,16 @@ class JobWatch:
         return bool(remote)
 
     def start(self) -> None:
-        self.observer = PollingObserver(timeout=1.0) if self.polling else _InotifyObserver()
+        self.observer = (
+            PollingObserver(timeout=1.0) if self.polling else _InotifyObserver(self._file_changed)
+        )
         self.observer.daemon = True
         self.observer.start()
         self.ensure_watches()
         self._started = True
+
+    def _file_changed(self, root: str, path: str) -> None:
+        self.sink(PathEvent(self.job.name, root, path, False))
 
     def refresh(self) -> bool:
         """Drop lost watches and watch every root that can be watched; True if any changed."""
@@ -245,7 +306,10 @@ class JobWatch:
             return f"root {root} is not a directory"
         try:
             watch = self.observer.schedule(
-                _Forward(self, root), root, recursive=self.job.source.recursive
+                _Forward(self, root),
+                root,
+                recursive=self.job.source.recursive,
+                event_filter=_WANTED,
             )
         except OSError as exc:
             self.refused.add(root)

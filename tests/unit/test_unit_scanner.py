@@ -218,6 +218,24 @@ def test_check_path_a_path_through_a_linked_directory_without_follow(tree: Path)
     assert check_path(str(tree), str(tree / "alias" / "a b.json"), NO_LINKS) is None
 
 
+@pytest.mark.parametrize("rules", [NO_LINKS, FOLLOW], ids=["no-follow", "follow"])
+def test_check_path_looks_at_each_directory_once_per_burst(links: Path, rules: ScanRules) -> None:
+    inside: dict[str, bool] = {}
+    assert check_path(str(links), str(links / "out-dir" / "s2.txt"), rules, inside) is None
+    assert inside == {f"{links}/out-dir": False}  # a link leading out: refused, remembered
+    assert check_path(str(links), str(links / "run 1" / "a b.json"), rules, inside) is not None
+    assert inside[f"{links}/run 1"] is True
+    following = rules is FOLLOW
+    found = check_path(str(links), str(links / "in-dir" / "er" / "x.bin"), rules, inside)
+    assert (found is not None) == following  # a link to a directory inside: only if following
+    assert inside[f"{links}/in-dir/er"] == following
+    # The memo answers for the directory, the file is still looked at: a link is a link.
+    (links / "run 1" / "later").symlink_to(links / "top.txt")
+    assert (check_path(str(links), str(links / "run 1" / "later"), rules, inside) is not None) == (
+        following
+    )
+
+
 def test_recheck_finds_a_directory_above_replaced_by_a_link_out_of_the_root(tree: Path) -> None:
     inside: dict[str, bool] = {}
     found = recheck(str(tree), "run 1/deep/er/x.bin", NO_LINKS, inside)
