@@ -64,6 +64,9 @@ class _Scan:
     candidates: Iterator[Candidate]
 
 
+_SOONEST_TICK = 0.01  # seconds: re-checks never spin, whatever the due times say
+
+
 @dataclass
 class _JobState:
     job: Job
@@ -110,6 +113,7 @@ class Discovery:
         self._retry_at = 0.0
         self._backoff = 0.5
         self._idle = threading.Event()
+        self._newly_tracked = False  # a file started settling since the last look at dues
         self._writer = Enqueuer(
             ledger.clone(f"{ledger.application_name} writer"), host=self.host, report=self.inbox.put
         )
@@ -169,19 +173,27 @@ class Discovery:
             self._idle.clear()
         else:
             self._idle.set()
-        self._drain(timeout=0.0 if self._scans else self._tick_interval() if busy else 0.5)
+        wait = max(0.0, next_tick - time.monotonic()) if busy else 0.5
+        self._drain(timeout=0.0 if self._scans else wait)
         self._advance_scan()
         self._check_unchecked()
         now = time.monotonic()
+        if self._newly_tracked:  # one may be due sooner (an old mtime: at once)
+            self._newly_tracked = False
+            next_tick = min(next_tick, self._next_tick(now))
         if now >= next_tick:
             self._recheck_tracked()
-            next_tick = now + self._tick_interval()
+            next_tick = self._next_tick(now)
         self._flush(force=not self._scans)
         return next_tick
 
-    def _tick_interval(self) -> float:
+    def _next_tick(self, now: float) -> float:
+        """When to re-check settling files: as soon as the first can be complete, and every
+        quarter of the shortest settle time to see changes that came without an event."""
         settles = [s.job.source.settle for s in self._jobs.values()] or [1.0]
-        return min(0.5, max(0.05, min(settles) / 4))
+        tick = now + min(0.5, max(0.05, min(settles) / 4))
+        dues = [d for s in self._jobs.values() if (d := s.tracker.next_due()) is not None]
+        return max(now + _SOONEST_TICK, min([tick, *dues]))
 
     def _drain(self, timeout: float) -> None:
         try:
@@ -279,6 +291,8 @@ class Discovery:
         )
         if first_source is not None:
             state.batch.append((candidate, first_source))
+        else:
+            self._newly_tracked = True
 
     def _check_unchecked(self) -> None:
         for state in list(self._jobs.values()):

@@ -106,6 +106,10 @@ class SettleTracker(Generic[K]):
         now = self._monotonic()
         return [key for key, seen in self._watching.items() if seen.due <= now]
 
+    def next_due(self) -> float | None:
+        """The monotonic time the first tracked file can be complete; None if none is tracked."""
+        return min((seen.due for seen in self._watching.values()), default=None)
+
     def observe(self, key: K, signature: Signature, source: str) -> str | None:
         """Record an observation; returns the first source that saw it once it is complete."""
         seen = self._watching.get(key)

@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 60.0
 HAND_BACK_SECONDS = 5.0
 POLL_SECONDS = 2.0
+# Outcomes of a busy pool are written together: a batch once this many are in, or once the
+# oldest has waited this long (a commit and a plan of the statement per batch, not per
+# file). Written at once when every claim held has its outcome in: none could join them.
+WRITE_BATCH = 32
+WRITE_LINGER = 0.02
 _MAX_BACKOFF = 30.0
 # An attempt running longer than the S3 read timeout plus its size at the slowest expected
 # rate is stalled (a blackholed endpoint, say): logged once and counted; the S3 timeouts end
@@ -109,8 +114,10 @@ class UploadPool:
         on_db: Callable[[bool], None] = lambda up: None,
         breaker: Callable[[], Breaker] = Breaker,
         activity: ActivityLog | None = None,
+        write_linger: float = WRITE_LINGER,
     ) -> None:
         self.ledger = ledger
+        self.write_linger = write_linger
         self._new_breaker = breaker
         self.activity = activity  # the daemon's per-file log lines; one-shot runs show a bar
         self.transfers = Transfers()
@@ -125,6 +132,7 @@ class UploadPool:
         self._done: queue.SimpleQueue[Outcome | MultipartStarted] = queue.SimpleQueue()
         self._held: dict[int, Claim] = {}  # claimed and not yet written back (dispatcher only)
         self._unwritten: list[Outcome] = []
+        self._unwritten_since = 0.0  # monotonic time the oldest unwritten outcome came in
         self._multiparts: list[MultipartStarted] = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -358,7 +366,8 @@ class UploadPool:
             self.ledger.listen()
             self._listening = True
         self._collect()
-        self._write_outcomes()
+        if stopping or self._batch_ready():
+            self._write_outcomes()
         self._write_health()
         if self.activity is not None:
             self.activity.flush(force=stopping)
@@ -371,11 +380,26 @@ class UploadPool:
             self._next_renewal = time.monotonic() + self.lease_seconds / 3
         self._report_stalls()
         if not self._claim_more():
-            # Wake for new work, finished work, a poll, or a lease renewal coming due.
-            until_renewal = max(0.0, self._next_renewal - time.monotonic())
-            self.ledger.wait_for_notify(min(POLL_SECONDS, until_renewal), self._wake_r)
+            # Wake for new work, finished work, a poll, a batch of outcomes or a lease
+            # renewal coming due.
+            now = time.monotonic()
+            timeout = min(POLL_SECONDS, max(0.0, self._next_renewal - now))
+            if self._unwritten:
+                timeout = min(timeout, max(0.0, self._unwritten_since + self.write_linger - now))
+            self.ledger.wait_for_notify(timeout, self._wake_r)
             self._drain_wake_pipe()
         return False
+
+    def _batch_ready(self) -> bool:
+        """Whether to write the outcomes in hand now, or wait for more to join them."""
+        if self._multiparts:
+            return True
+        if not self._unwritten:
+            return False
+        # Every claim held is in ``_unwritten`` once its outcome is: then none can join.
+        if len(self._unwritten) >= min(WRITE_BATCH, len(self._held)):
+            return True
+        return time.monotonic() >= self._unwritten_since + self.write_linger
 
     def _collect(self) -> None:
         while True:
@@ -386,6 +410,8 @@ class UploadPool:
             if isinstance(item, MultipartStarted):
                 self._multiparts.append(item)
             else:
+                if not self._unwritten:
+                    self._unwritten_since = time.monotonic()
                 self._unwritten.append(item)
 
     def _write_outcomes(self) -> None:

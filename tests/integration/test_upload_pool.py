@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from helpers import wait_for
 from devstack import S3Server
 from uploaderd.config import Job, S3Settings, parse_job_text
 from uploaderd.health import Breaker
-from uploaderd.ledger import Claim, Ledger, NewVersion
+from uploaderd.ledger import Claim, Ledger, NewVersion, Outcome
 from uploaderd.scanner import Candidate
 from uploaderd.settle import Signature
 from uploaderd.storage import Storage
@@ -48,21 +48,33 @@ def make_job(root: Path, bucket: str, server: S3Server, max_attempts: int = 3) -
     return parse_job_text(text, name="lab", defaults=S3Settings(region="us-east-1"))
 
 
-def queue_file(dsn: str, root: Path, name: str, data: bytes, bucket: str) -> None:
-    path = root / name
-    path.write_bytes(data)
-    sig = Signature.of(path.stat())
+def queue_files(dsn: str, root: Path, files: dict[str, bytes], bucket: str) -> None:
+    """Write the files and queue them in one statement: one claim can take them all."""
+    versions = []
+    for name, data in files.items():
+        path = root / name
+        path.write_bytes(data)
+        candidate = Candidate(str(root), name, Signature.of(path.stat()))
+        versions.append(NewVersion.of(candidate, key=f"lab/{name}", session_id=None))
     ledger = Ledger(dsn).connect()
-    ledger.enqueue(
-        "lab",
-        scope="host-a",
-        host="host-a",
-        bucket=bucket,
-        versions=[
-            NewVersion.of(Candidate(str(root), name, sig), key=f"lab/{name}", session_id=None)
-        ],
-    )
+    ledger.enqueue("lab", scope="host-a", host="host-a", bucket=bucket, versions=versions)
     ledger.close()
+
+
+def queue_file(dsn: str, root: Path, name: str, data: bytes, bucket: str) -> None:
+    queue_files(dsn, root, {name: data}, bucket)
+
+
+class CountingLedger(Ledger):
+    """A real ledger that also notes how many outcomes each write carried."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self.batches: list[int] = []
+
+    def complete(self, worker: str, outcomes: Sequence[Outcome], **kwargs: Any) -> set[int]:
+        self.batches.append(len(outcomes))
+        return super().complete(worker, outcomes, **kwargs)
 
 
 @pytest.fixture
@@ -74,14 +86,17 @@ def root(tmp_path: Path) -> Path:
 def start_pool(migrated_dsn: str) -> Iterator[Callable[..., UploadPool]]:
     pools: list[UploadPool] = []
 
-    def start(job: Job, uploader: Uploader, lease_seconds: float = 60.0) -> UploadPool:
+    def start(
+        job: Job, uploader: Uploader, lease_seconds: float = 60.0, **options: Any
+    ) -> UploadPool:
         pool = UploadPool(
-            Ledger(migrated_dsn),
+            options.pop("ledger", None) or Ledger(migrated_dsn),
             uploader,
             lambda: {job.name: job},
-            workers=2,
+            workers=options.pop("workers", 2),
             host="host-a",
             lease_seconds=lease_seconds,
+            **options,
         )
         pool.start()
         pools.append(pool)
@@ -117,6 +132,65 @@ def test_lease_is_renewed_while_a_long_upload_runs(
         lambda: sql("SELECT state, attempts FROM file_versions") == [("uploaded", 1)],
         timeout=10,
         message="uploaded on the first attempt",
+    )
+
+
+def test_outcomes_are_written_together_and_a_lone_one_at_once(
+    migrated_dsn: str,
+    root: Path,
+    s3_server: S3Server,
+    bucket: str,
+    sql: Sql,
+    start_pool: Callable[..., UploadPool],
+) -> None:
+    # No outcome waits for company that cannot come: with a linger far past the test's
+    # deadlines, the eight are written once all eight are in, and a ninth on its own.
+    ledger = CountingLedger(migrated_dsn)
+    queue_files(migrated_dsn, root, {f"f{i}.txt": b"x" * i for i in range(8)}, bucket)
+    job = make_job(root, bucket, s3_server)
+    start_pool(job, Uploader(Storage(8)), ledger=ledger, workers=4, write_linger=3600.0)
+    wait_for(
+        lambda: sql("SELECT count(*) FROM file_versions WHERE state = 'uploaded'") == [(8,)],
+        message="eight uploaded",
+    )
+    assert ledger.batches == [8]
+    queue_file(migrated_dsn, root, "alone.txt", b"alone", bucket)
+    wait_for(
+        lambda: sql("SELECT count(*) FROM file_versions WHERE state = 'uploaded'") == [(9,)],
+        message="the ninth uploaded",
+    )
+    assert ledger.batches == [8, 1]
+
+
+def test_a_finished_outcome_does_not_wait_for_a_long_upload(
+    migrated_dsn: str,
+    root: Path,
+    s3_server: S3Server,
+    bucket: str,
+    sql: Sql,
+    start_pool: Callable[..., UploadPool],
+) -> None:
+    class OneHeld(HeldUploader):
+        def upload(self, claim: Claim, job: Job, *args: Any) -> UploadResult:
+            if claim.relpath == "slow.bin":
+                return super().upload(claim, job, *args)
+            return Uploader.upload(self, claim, job, *args)
+
+    uploader = OneHeld()
+    queue_files(migrated_dsn, root, {"slow.bin": b"s" * 100, "quick.txt": b"q"}, bucket)
+    start_pool(make_job(root, bucket, s3_server), uploader, write_linger=0.05)
+    assert uploader.started.wait(10)
+    wait_for(
+        lambda: (
+            sql("SELECT relpath, state FROM file_versions ORDER BY relpath")
+            == [("quick.txt", "uploaded"), ("slow.bin", "uploading")]
+        ),
+        message="quick.txt written while slow.bin still runs",
+    )
+    uploader.go.set()
+    wait_for(
+        lambda: sql("SELECT count(*) FROM file_versions WHERE state = 'uploaded'") == [(2,)],
+        message="both uploaded",
     )
 
 

@@ -481,9 +481,16 @@ def test_settle_due_lists_only_what_could_be_complete() -> None:
     fresh = Signature(1, int(1_000.0 * 1e9), 1)  # written just now
     aged = Signature(1, int(996.0 * 1e9), 2)  # written 4 s ago: 6 s of settle left
     old = Signature(1, int(900.0 * 1e9), 3)  # long complete: due at the next look
-    for key, sig in (("fresh", fresh), ("aged", aged), ("old", old)):
+    assert tracker.next_due() is None
+    for key, sig in (("fresh", fresh), ("aged", aged)):
         tracker.observe(key, sig, "scan")
+    assert tracker.next_due() == 106.0  # when "aged" can first be complete
+    tracker.observe("old", old, "scan")
+    assert tracker.next_due() == 100.0  # at once
     assert tracker.due() == ["old"]
+    tracker.forget("old")
+    assert tracker.next_due() == 106.0
+    tracker.observe("old", old, "scan")
     mono[0], wall[0] = 106.0, 1_006.0
     assert sorted(tracker.due()) == ["aged", "old"]
     assert tracker.observe("aged", aged, "scan") == "scan"
