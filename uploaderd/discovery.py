@@ -64,7 +64,10 @@ class _Scan:
     candidates: Iterator[Candidate]
 
 
-_SOONEST_TICK = 0.01  # seconds: re-checks never spin, whatever the due times say
+# Seconds between two ticks (ledger look-ups and re-checks) at least, whatever the due times
+# say: files arriving one by one are looked up and written a few at a time, not one
+# statement each.
+_SOONEST_TICK = 0.05
 
 
 @dataclass
@@ -113,7 +116,9 @@ class Discovery:
         self._retry_at = 0.0
         self._backoff = 0.5
         self._idle = threading.Event()
-        self._newly_tracked = False  # a file started settling since the last look at dues
+        # Files that joined ``unchecked`` or the tracker since the last tick, and its time.
+        self._newly_seen = False
+        self._last_tick = 0.0
         self._writer = Enqueuer(
             ledger.clone(f"{ledger.application_name} writer"), host=self.host, report=self.inbox.put
         )
@@ -176,12 +181,15 @@ class Discovery:
         wait = max(0.0, next_tick - time.monotonic()) if busy else 0.5
         self._drain(timeout=0.0 if self._scans else wait)
         self._advance_scan()
-        self._check_unchecked()
         now = time.monotonic()
-        if self._newly_tracked:  # one may be due sooner (an old mtime: at once)
-            self._newly_tracked = False
-            next_tick = min(next_tick, self._next_tick(now))
+        if self._newly_seen:
+            # A new file waits for its "already known?" (and, with an old mtime, for its
+            # completion) no longer than the shortest tick after the last.
+            self._newly_seen = False
+            next_tick = min(next_tick, self._last_tick + _SOONEST_TICK)
         if now >= next_tick:
+            self._last_tick = now
+            self._check_unchecked()
             self._recheck_tracked()
             next_tick = self._next_tick(now)
         self._flush(force=not self._scans)
@@ -282,6 +290,7 @@ class Discovery:
             self._track(state, candidate, source)
         else:
             state.unchecked.append((candidate, source))
+            self._newly_seen = True
             if len(state.unchecked) >= LOOKUP_BATCH:
                 self._check_known(state)
 
@@ -292,7 +301,7 @@ class Discovery:
         if first_source is not None:
             state.batch.append((candidate, first_source))
         else:
-            self._newly_tracked = True
+            self._newly_seen = True
 
     def _check_unchecked(self) -> None:
         for state in list(self._jobs.values()):

@@ -359,11 +359,14 @@ class Ledger:
     def wait_for_notify(self, timeout: float, *extra_fds: int) -> bool:
         """Block until a notification, readable ``extra_fds`` or ``timeout``; True on a notify."""
         conn = self.connection
-        ready, _, _ = select.select([conn, *extra_fds], [], [], timeout)
-        if conn not in ready:
-            return False
-        with self._mapped():
-            conn.poll()
+        # A notification can also arrive with the result of any statement (a claim, say),
+        # and then the socket has nothing more to read: such a one counts at once.
+        if not conn.notifies:
+            ready, _, _ = select.select([conn, *extra_fds], [], [], timeout)
+            if conn not in ready:
+                return False
+            with self._mapped():
+                conn.poll()
         notified = bool(conn.notifies)
         conn.notifies.clear()
         return notified

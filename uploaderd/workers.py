@@ -115,9 +115,11 @@ class UploadPool:
         breaker: Callable[[], Breaker] = Breaker,
         activity: ActivityLog | None = None,
         write_linger: float = WRITE_LINGER,
+        poll_seconds: float = POLL_SECONDS,
     ) -> None:
         self.ledger = ledger
         self.write_linger = write_linger
+        self.poll_seconds = poll_seconds
         self._new_breaker = breaker
         self.activity = activity  # the daemon's per-file log lines; one-shot runs show a bar
         self.transfers = Transfers()
@@ -149,6 +151,12 @@ class UploadPool:
         self._busy_lock = threading.Lock()
         self._running: dict[int, _Running] = {}  # guarded by _busy_lock
         self._listening = False  # dispatcher only
+        # When a claim can find something (dispatcher only): after a notification, a claim
+        # that filled all its room, a change in which jobs may claim, and at each poll;
+        # not after one that found the queue empty, whatever number of workers finish.
+        self._work_may_wait = True
+        self._claimed_for: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+        self._next_poll = 0.0
         self._next_renewal = 0.0
         # Destination health per job: fed by the workers, written to the ledger by the
         # dispatcher (the only thread with a connection).
@@ -365,6 +373,7 @@ class UploadPool:
         if not self._listening:
             self.ledger.listen()
             self._listening = True
+            self._work_may_wait = True  # notifications sent while not listening are lost
         self._collect()
         if stopping or self._batch_ready():
             self._write_outcomes()
@@ -383,10 +392,13 @@ class UploadPool:
             # Wake for new work, finished work, a poll, a batch of outcomes or a lease
             # renewal coming due.
             now = time.monotonic()
-            timeout = min(POLL_SECONDS, max(0.0, self._next_renewal - now))
+            # An overdue poll means no claim had room: a finishing worker wakes us then.
+            poll_in = self._next_poll - now if self._next_poll > now else self.poll_seconds
+            timeout = max(0.0, min(poll_in, self._next_renewal - now))
             if self._unwritten:
                 timeout = min(timeout, max(0.0, self._unwritten_since + self.write_linger - now))
-            self.ledger.wait_for_notify(timeout, self._wake_r)
+            if self.ledger.wait_for_notify(timeout, self._wake_r):
+                self._work_may_wait = True
             self._drain_wake_pipe()
         return False
 
@@ -456,10 +468,13 @@ class UploadPool:
         if room < max(1, self.workers // 2):
             return False
         jobs = self._claimable_jobs()
-        if not jobs:
-            return False
         # A job whose pause just ended sends one probe, not a batch that could all fail.
         probing = {name for name in jobs if self._probing(name)}
+        claiming_for = (frozenset(jobs), frozenset(probing))
+        now = time.monotonic()
+        if not self._work_may_wait and claiming_for == self._claimed_for and now < self._next_poll:
+            return False
+        self._claimed_for, self._next_poll = claiming_for, now + self.poll_seconds
         claims = self._claim(sorted(set(jobs) - probing), room)
         for name in sorted(probing):
             if not any(held.job == name for held in self._held.values()):
@@ -467,7 +482,8 @@ class UploadPool:
         for claim in claims:
             self._held[claim.id] = claim
             self._todo.put((claim, jobs[claim.job]))
-        return len(claims) == room
+        self._work_may_wait = len(claims) == room
+        return self._work_may_wait
 
     def _claim(self, jobs: list[str], limit: int) -> list[Claim]:
         if not jobs:

@@ -66,11 +66,18 @@ def queue_file(dsn: str, root: Path, name: str, data: bytes, bucket: str) -> Non
 
 
 class CountingLedger(Ledger):
-    """A real ledger that also notes how many outcomes each write carried."""
+    """A real ledger that also notes how many outcomes each write carried, and each claim's
+    size."""
 
     def __init__(self, dsn: str) -> None:
         super().__init__(dsn)
         self.batches: list[int] = []
+        self.claims: list[int] = []
+
+    def claim(self, **kwargs: Any) -> list[Claim]:
+        claims = super().claim(**kwargs)
+        self.claims.append(len(claims))
+        return claims
 
     def complete(self, worker: str, outcomes: Sequence[Outcome], **kwargs: Any) -> set[int]:
         self.batches.append(len(outcomes))
@@ -160,6 +167,33 @@ def test_outcomes_are_written_together_and_a_lone_one_at_once(
         message="the ninth uploaded",
     )
     assert ledger.batches == [8, 1]
+
+
+def test_the_dispatcher_claims_on_news_not_on_every_finished_upload(
+    migrated_dsn: str,
+    root: Path,
+    s3_server: S3Server,
+    bucket: str,
+    sql: Sql,
+    start_pool: Callable[..., UploadPool],
+) -> None:
+    # With the poll out of the way, a claim follows a notification (or a full claim); a
+    # worker finishing after a claim found the queue empty is no reason for another.
+    ledger = CountingLedger(migrated_dsn)
+    start_pool(
+        make_job(root, bucket, s3_server), Uploader(Storage(4)), ledger=ledger, poll_seconds=3600.0
+    )
+    wait_for(lambda: ledger.claims == [0], message="the first claim, of an empty queue")
+    for done, name in enumerate(("a.txt", "b.txt", "c.txt"), start=1):
+        queue_file(migrated_dsn, root, name, name.encode(), bucket)
+        wait_for(
+            lambda done=done: (
+                sql("SELECT count(*) FROM file_versions WHERE state = 'uploaded'") == [(done,)]
+            ),
+            message=f"{name} uploaded",
+        )
+    # One claim per notification, each taking its file; none after the uploads finished.
+    assert ledger.claims == [0, 1, 1, 1]
 
 
 def test_a_finished_outcome_does_not_wait_for_a_long_upload(
