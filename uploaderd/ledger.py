@@ -48,9 +48,11 @@ class State(StrEnum):
 # demoted primary), 40 transaction rollback (serialization failure, deadlock), 53
 # insufficient resources (too many connections, disk full), 57 operator intervention
 # (admin or crash shutdown, cannot connect now, a cancelled statement), 58 system error
-# (I/O), 55P03 lock not available, 55006 object in use.
+# (I/O), 55P03 lock not available, 55006 object in use, 26000 a prepared statement the
+# session no longer has (a pooler handed us another server session): a new connection
+# prepares it again.
 _NOT_NOW_CLASSES = ("08", "40", "53", "57", "58")
-_NOT_NOW_CODES = ("25006", "55P03", "55006")
+_NOT_NOW_CODES = ("25006", "55P03", "55006", "26000")
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,60 @@ def queries() -> dict[str, str]:
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
+_PARAMETER = re.compile(r"%\((\w+)\)s")
+
+# What the daemon runs per batch or on a timer, prepared once per connection: PostgreSQL then
+# plans each once (a generic plan, after five custom ones, when it costs no more) instead of
+# at every call. Planning these was a third of PostgreSQL's CPU for files arriving one by
+# one. Commands, migrations and the hourly prune run their statements as plain text.
+PREPARED = frozenset(
+    {
+        "claim_batch",
+        "renew_leases",
+        "complete_batch",
+        "release_claims",
+        "known_paths",
+        "open_sessions",
+        "enqueue_versions",
+        "notify_work",
+        "job_counts",
+        "compact_counts",
+        "abandoned_uploads",
+        "notify_due_retries",
+        "remember_markers",
+        "complete_sessions",
+        "batch_uploaded_files",
+        "due_triggers",
+        "undisposed_files",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A named query as a prepared statement: its parameters numbered in order of first use."""
+
+    name: str
+    prepare: str  # PREPARE name AS the query (run once per connection)
+    execute: str  # EXECUTE name (...), its arguments bound by psycopg2
+
+
+@cache
+def prepared(name: str) -> Prepared:
+    order: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in order:
+            order.append(match[1])
+        return f"${order.index(match[1]) + 1}"
+
+    # Run without arguments, the PREPARE is not interpolated: a literal % is written once.
+    body = _PARAMETER.sub(number, queries()[name]).replace("%%", "%")
+    statement = f"uploaderd_{name}"
+    arguments = f" ({', '.join(f'%({p})s' for p in order)})" if order else ""
+    return Prepared(statement, f"PREPARE {statement} AS {body}", f"EXECUTE {statement}{arguments}")
+
+
 def describe_dsn(dsn: str) -> str:
     """The DSN without any password, for messages and logs."""
     try:
@@ -164,6 +220,7 @@ class Ledger:
         self.dsn = dsn
         self.application_name = application_name
         self._conn: psycopg2.extensions.connection | None = None
+        self._prepared: set[str] = set()  # statements prepared on this connection
 
     # --- connection ------------------------------------------------------------------------
 
@@ -183,6 +240,7 @@ class Ledger:
                 raise DatabaseUnavailable(
                     f"cannot connect to PostgreSQL ({describe_dsn(self.dsn)}): {_first_line(exc)}"
                 ) from exc
+            self._prepared = set()
             conn = self._conn  # the session's settings, committed whatever transaction() does
             with self._mapped(), conn, conn.cursor() as cursor:
                 cursor.execute(queries()["session_settings"])
@@ -193,6 +251,7 @@ class Ledger:
         twin = copy.copy(self)
         twin.application_name = application_name
         twin._conn = None
+        twin._prepared = set()
         return twin
 
     def close(self) -> None:
@@ -232,9 +291,22 @@ class Ledger:
             self.close()
             raise DatabaseUnavailable(f"PostgreSQL: {_first_line(exc)}") from exc
 
+    def _execute(
+        self, cursor: psycopg2.extensions.cursor, name: str, params: dict[str, Any]
+    ) -> None:
+        """Run a named query; one of ``PREPARED`` through its prepared statement."""
+        if name not in PREPARED:
+            cursor.execute(queries()[name], params)
+            return
+        statement = prepared(name)
+        if statement.name not in self._prepared:
+            cursor.execute(statement.prepare)  # outlives a rollback: it is the session's
+            self._prepared.add(statement.name)
+        cursor.execute(statement.execute, params)
+
     def _all(self, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         with self.transaction() as cursor:
-            cursor.execute(queries()[name], params or {})
+            self._execute(cursor, name, params or {})
             return cursor.fetchall() if cursor.description else []
 
     def ping(self) -> None:
@@ -282,7 +354,7 @@ class Ledger:
             "ctimes": [c.signature.ctime_ns for c in candidates],
         }
         with self.transaction() as cursor:
-            cursor.execute(queries()["known_paths"], params)
+            self._execute(cursor, "known_paths", params)
             rows = cursor.fetchall()
             unstamped = [row for row in rows if row[2] is not None and (row[3] or row[4])]
             if unstamped:
@@ -337,10 +409,10 @@ class Ledger:
             "errors": [v.error for v in versions],
         }
         with self.transaction() as cursor:
-            cursor.execute(queries()["enqueue_versions"], params)
+            self._execute(cursor, "enqueue_versions", params)
             inserted, superseded = cursor.fetchone() or (0, 0)
             if inserted:
-                cursor.execute(queries()["notify_work"], {"job": job})
+                self._execute(cursor, "notify_work", {"job": job})
         return int(inserted), int(superseded)
 
     # --- the upload queue ------------------------------------------------------------------
@@ -543,8 +615,8 @@ class Ledger:
         params = {"job": job, "idle_seconds": idle_seconds, "marker": marker, "register": register}
         with self.transaction() as cursor:
             if marker is not None:
-                cursor.execute(queries()["remember_markers"], params)
-            cursor.execute(queries()["complete_sessions"], params)
+                self._execute(cursor, "remember_markers", params)
+            self._execute(cursor, "complete_sessions", params)
             return [row[0] for row in cursor.fetchall()]
 
     def complete_run_session(self, session_id: int, *, register: bool) -> bool:
@@ -749,7 +821,7 @@ class Ledger:
 
     def _dicts(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         with self.transaction() as cursor:
-            cursor.execute(queries()[name], params)
+            self._execute(cursor, name, params)
             columns = [c.name for c in cursor.description]
             return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 

@@ -8,8 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psycopg2
+import pytest
+
 from uploaderd import schema
-from uploaderd.ledger import Ledger, NewVersion, Outcome, State
+from uploaderd.errors import DatabaseUnavailable
+from uploaderd.ledger import PREPARED, Ledger, NewVersion, Outcome, State, prepared, queries
 from uploaderd.scanner import Candidate
 from uploaderd.settle import Signature
 from uploaderd.workers import dead_workers
@@ -66,16 +70,70 @@ def test_migrate_is_idempotent_and_safe_in_parallel(database_dsn: str) -> None:
     assert schema.migrate(database_dsn) == []
 
 
-def test_every_connection_runs_without_jit_and_so_does_a_clone(ledger: Ledger) -> None:
+def test_every_connection_has_no_jit_and_one_plan_per_prepared_statement_so_a_clone_too(
+    ledger: Ledger,
+) -> None:
     # A prune batch's estimate grows with the table; on 20 M versions JIT took 400 ms a batch.
     twin = ledger.clone("uploaderd test twin").connect()
     try:
         for each in (ledger, twin):
             with each.transaction() as cursor:
-                cursor.execute("SELECT current_setting('jit'), current_setting('application_name')")
-                assert cursor.fetchone() == ("off", each.application_name)
+                cursor.execute(
+                    "SELECT current_setting('jit'), current_setting('plan_cache_mode'), "
+                    "current_setting('application_name')"
+                )
+                assert cursor.fetchone() == ("off", "force_generic_plan", each.application_name)
     finally:
         twin.close()
+
+
+def prepared_here(ledger: Ledger) -> set[str]:
+    with ledger.transaction() as cursor:
+        cursor.execute("SELECT name FROM pg_prepared_statements")
+        return {row[0] for row in cursor.fetchall()}
+
+
+def test_the_daemons_statements_are_prepared_once_per_connection(ledger: Ledger) -> None:
+    assert enqueue(ledger, version("a")) == (1, 0)
+    assert enqueue(ledger, version("b")) == (1, 0)
+    assert prepared_here(ledger) == {"uploaderd_enqueue_versions", "uploaderd_notify_work"}
+    # A statement that fails rolls its transaction back, not the session's statements.
+    with pytest.raises(psycopg2.Error):
+        ledger.claim(
+            worker="w", host="h", jobs=["lab"], scopes=["host-a"], limit=-1, lease_seconds=60
+        )
+    assert "uploaderd_claim_batch" in prepared_here(ledger)
+    # A session that lost them (a pooler's other server session) is replaced, once.
+    with ledger.transaction() as cursor:
+        cursor.execute("DEALLOCATE ALL")
+    with pytest.raises(DatabaseUnavailable, match="does not exist"):
+        enqueue(ledger, version("c"))
+    assert enqueue(ledger, version("c")) == (1, 0)
+    assert prepared_here(ledger) == {"uploaderd_enqueue_versions", "uploaderd_notify_work"}
+    twin = ledger.clone("uploaderd test twin").connect()
+    try:
+        assert prepared_here(twin) == set()
+    finally:
+        twin.close()
+
+
+def test_every_prepared_statement_is_a_query_of_its_own() -> None:
+    assert set(queries()) >= PREPARED
+    for name in PREPARED:
+        statement = prepared(name)
+        assert statement.prepare.startswith(f"PREPARE uploaderd_{name} AS ")
+        assert "%(" not in statement.prepare and "%%" not in statement.prepare
+    notify = prepared("notify_work")
+    assert (
+        notify.prepare == "PREPARE uploaderd_notify_work AS SELECT pg_notify('uploaderd_work', $1);"
+    )
+    assert notify.execute == "EXECUTE uploaderd_notify_work (%(job)s)"
+    # Numbered in order of first use; a parameter used twice keeps its number.
+    renew = prepared("renew_leases")
+    assert (
+        renew.execute == "EXECUTE uploaderd_renew_leases (%(lease_seconds)s, %(ids)s, %(worker)s)"
+    )
+    assert "make_interval(secs => $1)" in renew.prepare and "claimed_by = $3" in renew.prepare
 
 
 def test_enqueue_is_one_statement_for_a_batch_and_ignores_known_versions(ledger: Ledger) -> None:

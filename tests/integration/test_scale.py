@@ -22,7 +22,7 @@ from helpers import wait_for
 from uploaderd.config import Retention, S3Settings, parse_job_text
 from uploaderd.discovery import Discovery
 from uploaderd.explain import explain
-from uploaderd.ledger import Ledger, NewVersion, Outcome, State, queries
+from uploaderd.ledger import PREPARED, Ledger, NewVersion, Outcome, State, prepared, queries
 from uploaderd.retention import Pruner
 from uploaderd.scanner import Candidate
 from uploaderd.settle import Signature
@@ -183,6 +183,7 @@ def timer_queries() -> Iterator[tuple[str, dict[str, Any]]]:
         },
     )
     yield "open_sessions", {"job": "scope-a", "host": "host-a", "group_keys": ["run-9"]}
+    yield "notify_work", {"job": "fresh"}
     yield (
         "enqueue_versions",
         {
@@ -297,6 +298,26 @@ def test_no_timer_query_reads_the_history(history: str) -> None:
     with psycopg2.connect(history) as conn, conn.cursor() as cursor:
         for name, params in timer_queries():
             cursor.execute("EXPLAIN (FORMAT JSON) " + queries()[name], params)
+            (plan,) = cursor.fetchone()[0]
+            found = sorted(set(seq_scans(plan["Plan"])))
+            found += [table for init in plan.get("Plans", []) for table in seq_scans(init)]
+            if found:
+                scans[name] = found
+    assert scans == {}, "these read a history table from end to end:\n" + json.dumps(scans)
+
+
+def test_no_prepared_statement_reads_the_history_in_its_generic_plan(history: str) -> None:
+    """What the daemon runs prepared may switch to one plan for all arguments (after five
+    calls, when it looks no dearer): that plan must not read the history either."""
+    params = dict(timer_queries())
+    assert set(params) >= PREPARED, "a prepared statement without a plan check"
+    scans = {}
+    with psycopg2.connect(history) as conn, conn.cursor() as cursor:
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+        for name in sorted(PREPARED):
+            statement = prepared(name)
+            cursor.execute(statement.prepare)
+            cursor.execute("EXPLAIN (FORMAT JSON) " + statement.execute, params[name])
             (plan,) = cursor.fetchone()[0]
             found = sorted(set(seq_scans(plan["Plan"])))
             found += [table for init in plan.get("Plans", []) for table in seq_scans(init)]
