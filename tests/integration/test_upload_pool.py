@@ -184,14 +184,15 @@ def test_the_dispatcher_claims_on_news_not_on_every_finished_upload(
         make_job(root, bucket, s3_server), Uploader(Storage(4)), ledger=ledger, poll_seconds=3600.0
     )
     wait_for(lambda: ledger.claims == [0], message="the first claim, of an empty queue")
-    for done, name in enumerate(("a.txt", "b.txt", "c.txt"), start=1):
-        queue_file(migrated_dsn, root, name, name.encode(), bucket)
-        wait_for(
-            lambda done=done: (
-                sql("SELECT count(*) FROM file_versions WHERE state = 'uploaded'") == [(done,)]
-            ),
-            message=f"{name} uploaded",
+
+    def uploaded(name: str) -> Callable[[], bool]:
+        return lambda: (
+            sql("SELECT state FROM file_versions WHERE relpath = %s", name) == [("uploaded",)]
         )
+
+    for name in ("a.txt", "b.txt", "c.txt"):
+        queue_file(migrated_dsn, root, name, name.encode(), bucket)
+        wait_for(uploaded(name), message=f"{name} uploaded")
     # One claim per notification, each taking its file; none after the uploads finished.
     assert ledger.claims == [0, 1, 1, 1]
 
