@@ -344,7 +344,7 @@ SELECT 1;
 -- index, but on a ledger of 20 M versions the planner's estimate for a prune batch (its id
 -- range is a parameter) passes jit_optimize_above_cost, and compiling took 400 ms of a
 -- batch that runs in 4.
--- One plan for each prepared statement (Ledger.PREPARED), made once: left to choose,
+-- One plan for each prepared statement (PREPARED in ledger.py), made once: left to choose,
 -- PostgreSQL planned enqueue_versions and known_paths at every call, the generic plan of
 -- a statement over an array looking dearer than a custom plan for a batch of five files.
 -- Each such generic plan is checked for whole-history reads (tests/integration/test_scale).

@@ -115,13 +115,16 @@ def test_only_the_command_line_imports_the_commands() -> None:
 
 def ledger_names() -> set[str]:
     """The query names ledger.py uses: ``queries()["x"]``, ``self._all("x")``,
-    ``self._dicts("x")``; anything but a literal name is refused."""
+    ``self._dicts("x")``, ``self._execute(cursor, "x", ...)``; anything but a literal name is
+    refused."""
     names = set()
     for node in ast.walk(ast.parse((PACKAGE / "ledger.py").read_text())):
         if isinstance(node, ast.Subscript) and ast.unparse(node.value) == "queries()":
             names.add(node.slice)
         elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("self._all", "self._dicts"):
             names.add(node.args[0])
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) == "self._execute":
+            names.add(node.args[1])
     literal = {str(n.value) for n in names if isinstance(n, ast.Constant)}
     assert {ast.unparse(n) for n in names if not isinstance(n, ast.Constant)} == {"name"}
     return literal
