@@ -852,12 +852,25 @@ def seq_scans(plan: Any) -> list[str]:
 
 
 def explain(conn: psycopg2.extensions.connection, statements: Sequence[bytes]) -> list[str]:
-    """Plan every statement a call ran (rolled back: EXPLAIN without ANALYZE runs nothing)."""
+    """Plan every statement a call ran (rolled back: EXPLAIN without ANALYZE runs nothing).
+
+    The daemon's prepared statements are prepared here too, and their EXECUTE explained
+    with the one plan the daemon uses (``plan_cache_mode = force_generic_plan``).
+    """
     tables: list[str] = []
     with conn.cursor() as cursor:
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
         for statement in statements:
             text = statement.decode()
             if text.lstrip().upper().startswith(("LISTEN", "SET", "SHOW")):
+                continue
+            if text.startswith("PREPARE "):
+                try:
+                    cursor.execute(text)  # the session's, whatever the rollback below
+                except psycopg2.errors.DuplicatePreparedStatement:
+                    pass  # prepared by an earlier probe's call
+                finally:
+                    conn.rollback()
                 continue
             try:
                 cursor.execute("EXPLAIN (FORMAT JSON) " + text)

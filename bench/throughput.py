@@ -425,6 +425,20 @@ def verify_upload(s3: S3Server, prefix: str, workload: Workload, tool: str) -> N
         )
 
 
+def daemon_package() -> str:
+    """The uploaderd package the daemon runs (as it is started: from a directory of its
+    own, so PYTHONPATH or the installed package decides), named in the report."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import uploaderd; print(uploaderd.__file__)"],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return str(Path(done.stdout.strip()).parent)
+
+
 def credentials_env(s3: Route | S3Server) -> dict[str, str]:
     """The environment every tool runs with: the server's keys, and no user AWS config."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
@@ -673,8 +687,16 @@ class UploaderdUnderTest:
             (self.watched / label).mkdir(parents=True, exist_ok=True)
         config = write_config(self.work, self.dsn, self.route, self.watched, self.settings)
         migrate = [sys.executable, "-m", "uploaderd", "migrate", "-c", str(config)]
+        # Run from the work directory: `-m` puts the current directory first on the path,
+        # and a checkout's there would shadow the tree on PYTHONPATH being measured.
         done = subprocess.run(
-            migrate, env=self.env, capture_output=True, text=True, check=False, timeout=60
+            migrate,
+            env=self.env,
+            cwd=self.work,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
         )
         if done.returncode != 0:
             raise BenchError(f"uploaderd migrate failed: {done.stderr.strip()}")
@@ -683,6 +705,7 @@ class UploaderdUnderTest:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "uploaderd", "run", "-c", str(config)],
             env=self.env | {"NOTIFY_SOCKET": str(self._notify.path)},
+            cwd=self.work,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -990,7 +1013,9 @@ def _record(
 # --- the report ------------------------------------------------------------------------------
 
 
-def report(plan: Plan, results: Results, command: str, load: tuple[float, float]) -> str:
+def report(
+    plan: Plan, results: Results, command: str, load: tuple[float, float], package: str = ""
+) -> str:
     """The table: medians, throughput, uploaderd's time over each tool's and the CPU split.
 
     The load averages are there because a busy machine (other builds, tests) skews every
@@ -1009,7 +1034,8 @@ def report(plan: Plan, results: Results, command: str, load: tuple[float, float]
         f"{os.cpu_count()} CPUs; 1-minute load average {load[0]:.2f} before, "
         f"{load[1]:.2f} after; uploaderd workers: "
         f"{plan.daemon.workers or 'default'}; "
-        + (f"WAN relay: {plan.wan * 1000:g} ms each way" if plan.wan else "no WAN relay"),
+        + (f"WAN relay: {plan.wan * 1000:g} ms each way" if plan.wan else "no WAN relay")
+        + (f"; uploaderd from {package}" if package else ""),
     ]
     for server in plan.servers:
         lines += ["", f"S3 server: {server}"]
@@ -1352,7 +1378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
     load = (load_before, os.getloadavg()[0])
-    print("\n" + report(plan, results, reproduce_command(args), load))
+    print("\n" + report(plan, results, reproduce_command(args), load, daemon_package()))
     if args.json:
         args.json.write_text(json.dumps(results_json(plan, results), indent=2) + "\n")
     return 0
