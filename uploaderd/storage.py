@@ -81,7 +81,18 @@ class Storage:
             # Some S3-compatible stores reject the flexible checksums boto3 sends by default.
             request_checksum_calculation=settings.checksum,
             response_checksum_validation=settings.checksum,
-            s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+            s3={
+                "addressing_style": "path" if settings.endpoint_url else "auto",
+                # With checksums on, every body we send carries a signed SHA-256 checksum
+                # that S3 verifies; over plain http botocore would hash each body once more
+                # for the signature (a third pass over a large file). Without checksums,
+                # botocore's default stands: bodies over http are signed.
+                **(
+                    {"payload_signing_enabled": False}
+                    if settings.checksum == "when_supported"
+                    else {}
+                ),
+            },
         )
         client: S3Client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
         events = client.meta.events

@@ -103,6 +103,31 @@ def test_upload_carries_content_and_sha256(
     assert metadata == {"sha256": digest, "instrument": "scope-a"}
 
 
+@pytest.mark.parametrize("checksum", ["when_supported", "when_required"])
+def test_part_bodies_are_signed_over_http_unless_a_signed_checksum_covers_them(
+    root: Path, s3_server: S3Server, bucket: str, checksum: str
+) -> None:
+    # Hashing each part once more for the signature was a third pass over a large file.
+    (root / "big.bin").write_bytes(os.urandom(13 * MiB))
+    job = make_job(root, bucket, s3_server, checksum=checksum)
+    storage = Storage(4)
+    sent: list[tuple[str, bool]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        value = request.headers["X-Amz-Content-SHA256"]
+        text = value.decode() if isinstance(value, bytes) else value
+        sent.append((text, "x-amz-checksum-sha256" in request.headers))
+
+    storage.client(job.destination.s3).meta.events.register("before-send.s3.UploadPart", record)
+    claim = with_bucket(claim_for(root / "big.bin", root), bucket)
+    assert Uploader(storage, SMALL_MULTIPART).upload(claim, job).outcome == "uploaded"
+    assert len(sent) == 3
+    if checksum == "when_supported":
+        assert set(sent) == {("UNSIGNED-PAYLOAD", True)}
+    else:
+        assert all(re.fullmatch(r"[0-9a-f]{64}", value) and not summed for value, summed in sent)
+
+
 def test_overwrite_never_refuses_different_content_and_accepts_its_own(
     root: Path, s3_backend: S3Server, backend_bucket: str
 ) -> None:
