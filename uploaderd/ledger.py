@@ -152,9 +152,9 @@ def queries() -> dict[str, str]:
 _PARAMETER = re.compile(r"%\((\w+)\)s")
 
 # What the daemon runs per batch or on a timer, prepared once per connection: PostgreSQL then
-# plans each once (a generic plan, after five custom ones, when it costs no more) instead of
-# at every call. Planning these was a third of PostgreSQL's CPU for files arriving one by
-# one. Commands, migrations and the hourly prune run their statements as plain text.
+# plans each once (its generic plan: session_settings asks for it) instead of at every call.
+# Planning these was a third of PostgreSQL's CPU for files arriving one by one. Commands,
+# migrations and the hourly prune run their statements as plain text.
 PREPARED = frozenset(
     {
         "claim_batch",
