@@ -293,22 +293,26 @@ def tables(plan: dict[str, Any]) -> Iterator[str]:
         yield from tables(child)
 
 
+def history_reads(cursor: Any, statement: str, params: dict[str, Any]) -> list[str]:
+    """What ``statement``'s plan reads of the history from end to end (see ``seq_scans``)."""
+    cursor.execute("EXPLAIN (FORMAT JSON) " + statement, params)
+    (plan,) = cursor.fetchone()[0]
+    found = sorted(set(seq_scans(plan["Plan"])))
+    return found + [table for init in plan.get("Plans", []) for table in seq_scans(init)]
+
+
 def test_no_timer_query_reads_the_history(history: str) -> None:
     scans = {}
     with psycopg2.connect(history) as conn, conn.cursor() as cursor:
         for name, params in timer_queries():
-            cursor.execute("EXPLAIN (FORMAT JSON) " + queries()[name], params)
-            (plan,) = cursor.fetchone()[0]
-            found = sorted(set(seq_scans(plan["Plan"])))
-            found += [table for init in plan.get("Plans", []) for table in seq_scans(init)]
-            if found:
+            if found := history_reads(cursor, queries()[name], params):
                 scans[name] = found
     assert scans == {}, "these read a history table from end to end:\n" + json.dumps(scans)
 
 
 def test_no_prepared_statement_reads_the_history_in_its_generic_plan(history: str) -> None:
-    """What the daemon runs prepared may switch to one plan for all arguments (after five
-    calls, when it looks no dearer): that plan must not read the history either."""
+    """The daemon runs its prepared statements with one plan for all arguments (the generic
+    plan, which knows none of them): that plan must not read the history either."""
     params = dict(timer_queries())
     assert set(params) >= PREPARED, "a prepared statement without a plan check"
     scans = {}
@@ -317,11 +321,7 @@ def test_no_prepared_statement_reads_the_history_in_its_generic_plan(history: st
         for name in sorted(PREPARED):
             statement = prepared(name)
             cursor.execute(statement.prepare)
-            cursor.execute("EXPLAIN (FORMAT JSON) " + statement.execute, params[name])
-            (plan,) = cursor.fetchone()[0]
-            found = sorted(set(seq_scans(plan["Plan"])))
-            found += [table for init in plan.get("Plans", []) for table in seq_scans(init)]
-            if found:
+            if found := history_reads(cursor, statement.execute, params[name]):
                 scans[name] = found
     assert scans == {}, "these read a history table from end to end:\n" + json.dumps(scans)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,11 @@ def queue_files(dsn: str, root: Path, files: dict[str, bytes], bucket: str) -> N
 
 def queue_file(dsn: str, root: Path, name: str, data: bytes, bucket: str) -> None:
     queue_files(dsn, root, {name: data}, bucket)
+
+
+def uploaded(sql: Sql) -> int:
+    """How many versions are uploaded."""
+    return int(sql("SELECT count(*) FROM file_versions WHERE state = 'uploaded'")[0][0])
 
 
 class CountingLedger(Ledger):
@@ -157,13 +163,13 @@ def test_outcomes_are_written_together_and_a_lone_one_at_once(
     job = make_job(root, bucket, s3_server)
     start_pool(job, Uploader(Storage(8)), ledger=ledger, workers=4, write_linger=3600.0)
     wait_for(
-        lambda: sql("SELECT count(*) FROM file_versions WHERE state = 'uploaded'") == [(8,)],
+        lambda: uploaded(sql) == 8,
         message="eight uploaded",
     )
     assert ledger.batches == [8]
     queue_file(migrated_dsn, root, "alone.txt", b"alone", bucket)
     wait_for(
-        lambda: sql("SELECT count(*) FROM file_versions WHERE state = 'uploaded'") == [(9,)],
+        lambda: uploaded(sql) == 9,
         message="the ninth uploaded",
     )
     assert ledger.batches == [8, 1]
@@ -185,14 +191,9 @@ def test_the_dispatcher_claims_on_news_not_on_every_finished_upload(
     )
     wait_for(lambda: ledger.claims == [0], message="the first claim, of an empty queue")
 
-    def uploaded(name: str) -> Callable[[], bool]:
-        return lambda: (
-            sql("SELECT state FROM file_versions WHERE relpath = %s", name) == [("uploaded",)]
-        )
-
-    for name in ("a.txt", "b.txt", "c.txt"):
+    for done, name in enumerate(("a.txt", "b.txt", "c.txt"), start=1):
         queue_file(migrated_dsn, root, name, name.encode(), bucket)
-        wait_for(uploaded(name), message=f"{name} uploaded")
+        wait_for(partial(lambda n: uploaded(sql) == n, done), message=f"{name} uploaded")
     # One claim per notification, each taking its file; none after the uploads finished.
     assert ledger.claims == [0, 1, 1, 1]
 
@@ -224,7 +225,7 @@ def test_a_finished_outcome_does_not_wait_for_a_long_upload(
     )
     uploader.go.set()
     wait_for(
-        lambda: sql("SELECT count(*) FROM file_versions WHERE state = 'uploaded'") == [(2,)],
+        lambda: uploaded(sql) == 2,
         message="both uploaded",
     )
 
@@ -285,7 +286,7 @@ def test_a_sick_bucket_pauses_the_job_instead_of_burning_attempts(
         assert tried < 6, "files behind the pause keep their attempts"
         s3_server.create_bucket(bucket)
         wait_for(
-            lambda: sql("SELECT count(*) FROM file_versions WHERE state = 'uploaded'") == [(6,)],
+            lambda: uploaded(sql) == 6,
             timeout=30,
             message="resumed and uploaded",
         )
