@@ -133,10 +133,26 @@ WITH claimed AS (
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
         first_attempt_at = coalesce(first_attempt_at, now()), updated_at = now()
     WHERE id IN (
-        SELECT id FROM file_versions
-        WHERE state = 'pending' AND next_attempt_at <= now()
-          AND job = ANY(%(jobs)s::text[]) AND scope = ANY(%(scopes)s::text[])
-        ORDER BY next_attempt_at, id
+        -- The oldest due first, among the first due of each job and scope: one short walk
+        -- of file_versions_claimable_by_job per pair, never through the backlog of a job
+        -- this claim may not take. Twice the limit is looked at, so a claimer that meets
+        -- the rows another one holds still fills its batch; those are skipped, not awaited.
+        SELECT f.id FROM file_versions f
+        WHERE f.id = ANY (ARRAY(
+                SELECT due.id
+                FROM unnest(%(jobs)s::text[]) j (job)
+                CROSS JOIN unnest(%(scopes)s::text[]) s (scope)
+                CROSS JOIN LATERAL (
+                    SELECT o.id, o.next_attempt_at FROM file_versions o
+                    WHERE o.state = 'pending' AND o.job = j.job AND o.scope = s.scope
+                      AND o.next_attempt_at <= now()
+                    ORDER BY o.next_attempt_at, o.id
+                    LIMIT 2 * %(limit)s
+                ) due
+                ORDER BY due.next_attempt_at, due.id
+                LIMIT 2 * %(limit)s))
+          AND f.state = 'pending' AND f.next_attempt_at <= now()
+        ORDER BY f.next_attempt_at, f.id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     )
@@ -529,10 +545,21 @@ SELECT pg_try_advisory_lock(hashtext('uploaderd'), hashtext(%(name)s));
 SELECT pg_advisory_unlock(hashtext('uploaderd'), hashtext(%(name)s));
 
 -- name: notify_due_retries
--- The retry sweep: wake every daemon for each job whose failed files are due again.
-SELECT pg_notify('uploaderd_work', job)
-FROM (SELECT DISTINCT job FROM file_versions
-      WHERE state = 'pending' AND attempts > 0 AND next_attempt_at <= now()) due;
+-- The retry sweep: wake every daemon for each job whose failed files are due again. Two
+-- probes of file_versions_retrying per job with retries waiting (the next such job, its
+-- earliest due), however many files wait in the queue or for their retry.
+WITH RECURSIVE retrying AS (
+    SELECT min(job) AS job FROM file_versions WHERE state = 'pending' AND attempts > 0
+    UNION ALL
+    SELECT (SELECT min(f.job) FROM file_versions f
+            WHERE f.state = 'pending' AND f.attempts > 0 AND f.job > r.job)
+    FROM retrying r WHERE r.job IS NOT NULL
+)
+SELECT pg_notify('uploaderd_work', r.job)
+FROM retrying r
+WHERE r.job IS NOT NULL
+  AND (SELECT min(f.next_attempt_at) FROM file_versions f
+       WHERE f.state = 'pending' AND f.attempts > 0 AND f.job = r.job) <= now();
 
 -- name: undisposed_files
 -- Uploaded (or, with after_upload_when: registered, registered) versions whose file still
@@ -680,7 +707,8 @@ ORDER BY key, id DESC;
 -- One-shot commands (`upload`, `retry --auto-retry`): files and bytes by state of what they
 -- wait on (a session, a job or everything, among the jobs they can upload), from the
 -- incremental counts, and for pending files the seconds until the earliest next attempt
--- (the claimable index).
+-- its claims (``scopes``) may take: of the session's live files, or of each job and scope
+-- the first in file_versions_claimable_by_job, never a walk of a backlog.
 WITH counts AS (
     SELECT state, files, bytes FROM ledger_session_counts
     WHERE %(session_id)s::bigint IS NOT NULL AND session_id = %(session_id)s
@@ -689,9 +717,22 @@ WITH counts AS (
     WHERE %(session_id)s::bigint IS NULL AND (%(all)s OR job = %(job)s)
       AND job = ANY(%(jobs)s::text[])
 ), next_pending AS (
-    SELECT min(next_attempt_at) AS at FROM file_versions
-    WHERE state = 'pending' AND job = ANY(%(jobs)s::text[])
-      AND (%(all)s OR session_id = %(session_id)s OR job = %(job)s)
+    SELECT min(at) AS at FROM (
+        SELECT min(o.next_attempt_at) AS at FROM file_versions o
+        WHERE %(session_id)s::bigint IS NOT NULL AND o.session_id = %(session_id)s
+          AND o.state = 'pending' AND o.job = ANY(%(jobs)s::text[])
+          AND o.scope = ANY(%(scopes)s::text[])
+        UNION ALL
+        SELECT first.at
+        FROM unnest(%(jobs)s::text[]) j (job)
+        CROSS JOIN unnest(%(scopes)s::text[]) s (scope)
+        CROSS JOIN LATERAL (
+            SELECT o.next_attempt_at AS at FROM file_versions o
+            WHERE o.state = 'pending' AND o.job = j.job AND o.scope = s.scope
+            ORDER BY o.next_attempt_at LIMIT 1
+        ) first
+        WHERE %(session_id)s::bigint IS NULL AND (%(all)s OR j.job = %(job)s)
+    ) n
 )
 SELECT state, sum(files)::bigint AS files, sum(bytes)::bigint AS bytes,
        CASE WHEN state = 'pending' THEN greatest(0, extract(epoch FROM

@@ -141,8 +141,13 @@ CREATE TABLE file_versions (
     CONSTRAINT file_versions_one_row_per_version
         UNIQUE (job, scope, root, relpath, size, mtime_ns, inode, ctime_ns)
 );
--- Claims: pending versions due, oldest due first.
-CREATE INDEX file_versions_claimable ON file_versions (next_attempt_at, id) WHERE state = 'pending';
+-- Claims: the pending versions of each job and scope, oldest due first, so a claim reads
+-- the jobs it may upload and never the backlog of one whose window is closed.
+CREATE INDEX file_versions_claimable_by_job ON file_versions (job, scope, next_attempt_at, id)
+    WHERE state = 'pending';
+-- The retry sweep: pending versions tried before, by job and when they are due.
+CREATE INDEX file_versions_retrying ON file_versions (job, next_attempt_at)
+    WHERE state = 'pending' AND attempts > 0;
 -- Expired leases to take back.
 CREATE INDEX file_versions_leased ON file_versions (lease_expires_at) WHERE state = 'uploading';
 CREATE INDEX file_versions_by_session ON file_versions (session_id);
@@ -554,4 +559,5 @@ INSERT INTO uploaderd_migrations (version, name) VALUES
     (6, '0006_grafana_views_at_scale.sql'),
     (7, '0007_unsent_registrations.sql'),
     (8, '0008_ctime_in_signature.sql'),
-    (9, '0009_gone_and_keys.sql');
+    (9, '0009_gone_and_keys.sql'),
+    (10, '0010_claims_per_job.sql');

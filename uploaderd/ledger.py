@@ -804,14 +804,22 @@ class Ledger:
         self,
         *,
         jobs: Sequence[str],
+        scopes: Sequence[str],
         session_id: int | None = None,
         job: str | None = None,
         everything: bool = False,
     ) -> dict[str, StateTally]:
-        """state → files, bytes (and for pending: seconds to the next attempt) of a selection."""
+        """state → files, bytes (and for pending: seconds to the next attempt that ``scopes``
+        may claim) of a selection."""
         rows = self._all(
             "selection_progress",
-            {"session_id": session_id, "job": job, "all": everything, "jobs": list(jobs)},
+            {
+                "session_id": session_id,
+                "job": job,
+                "all": everything,
+                "jobs": list(jobs),
+                "scopes": list(scopes),
+            },
         )
         return {state: StateTally(files, size, next_in) for state, files, size, next_in in rows}
 

@@ -35,7 +35,7 @@ from uploaderd.transfers import Snapshot
 from uploaderd.units import format_bytes, plural
 from uploaderd.verify import listing_prefix
 from uploaderd.versions import enqueue, new_version, render_key, scope_of
-from uploaderd.workers import UploadPool, build_pool
+from uploaderd.workers import UploadPool, build_pool, claim_scopes
 
 Out = Callable[[str], None]
 ACTIVE = (State.PENDING, State.UPLOADING)
@@ -58,9 +58,13 @@ class Selection:
             return f"session {self.session_id}"
         return f"job {self.job}" if self.job else "all jobs"
 
-    def tallies(self, ledger: Ledger) -> dict[str, StateTally]:
+    def tallies(self, ledger: Ledger, host: str) -> dict[str, StateTally]:
         return ledger.selection_progress(
-            jobs=self.jobs, session_id=self.session_id, job=self.job, everything=self.everything
+            jobs=self.jobs,
+            scopes=claim_scopes(host),
+            session_id=self.session_id,
+            job=self.job,
+            everything=self.everything,
         )
 
     def failures(self, ledger: Ledger) -> list[dict[str, Any]]:
@@ -191,7 +195,7 @@ class Engine:
         self.workers = workers
 
     def run(self, selection: Selection, display: Display) -> RunResult:
-        baseline = selection.tallies(self.ledger)
+        baseline = selection.tallies(self.ledger, self.host)
         breakers = BreakerLog()
         pool = self._pool(selection, breakers)
         pool.start()
@@ -200,7 +204,7 @@ class Engine:
         finally:
             pool.stop(time.monotonic() + self.config.shutdown_grace)
         if stopped is not None:
-            now = selection.tallies(self.ledger)  # the released claims are pending again
+            now = selection.tallies(self.ledger, self.host)  # the released claims are pending again
         display.update(run_progress(baseline, now, pool.transfers.snapshot()))
         return RunResult(
             uploaded=_delta(baseline, now, State.UPLOADED),
@@ -235,7 +239,7 @@ class Engine:
         speed = Speed()
         while True:
             sending = pool.transfers.snapshot()
-            now = selection.tallies(self.ledger)
+            now = selection.tallies(self.ledger, self.host)
             display.update(run_progress(baseline, now, sending, speed.sample(sending.sent_total)))
             if not _files(now, ACTIVE):
                 return now, None

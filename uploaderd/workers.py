@@ -492,7 +492,7 @@ class UploadPool:
             worker=self.worker,
             host=self.host,
             jobs=jobs,
-            scopes=[self.host, ""],
+            scopes=claim_scopes(self.host),
             limit=limit,
             lease_seconds=self.lease_seconds,
         )
@@ -535,6 +535,12 @@ class UploadPool:
                 pass
         except BlockingIOError:
             pass
+
+
+def claim_scopes(host: str) -> list[str]:
+    """The scopes a host's claims take: its own files and those of shared roots (a job's
+    scope follows its ``shared`` setting, and rows of either may be waiting after a change)."""
+    return [host, ""]
 
 
 def build_pool(

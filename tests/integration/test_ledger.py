@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -183,6 +184,41 @@ def test_concurrent_claims_never_share_a_row(migrated_dsn: str, ledger: Ledger) 
         thread.join()
     everything = [i for ids in claimed for i in ids]
     assert len(everything) == len(set(everything)) == 200
+
+
+def test_claims_take_the_oldest_due_across_jobs_and_fill_past_locked_rows(
+    migrated_dsn: str, ledger: Ledger, sql: Sql
+) -> None:
+    """Per job and scope the claim looks at twice its limit: one other claimer holding the
+    first rows leaves it a full batch, in due order across jobs; other jobs are not taken."""
+    for job in ("lab", "night", "other"):
+        ledger.enqueue(
+            job,
+            scope="host-a",
+            host="host-a",
+            bucket="b",
+            versions=[version(f"{job}-{i}") for i in range(6)],
+        )
+    # Due order interleaves the jobs: lab-0, other-0, lab-1, other-1, ...
+    sql(
+        "UPDATE file_versions SET next_attempt_at = now() - interval '1 hour' "
+        "+ (substring(relpath from '[0-9]+$')::int * 2 + (job = 'other')::int) * interval '1 s'"
+    )
+    ordered = [f"{job}-{i}" for i in range(6) for job in ("lab", "other")]
+    with contextlib.closing(psycopg2.connect(migrated_dsn)) as other:
+        with other.cursor() as cursor:  # another claimer, mid-claim: the first two held
+            cursor.execute(
+                "SELECT id FROM file_versions WHERE relpath IN ('lab-0', 'other-0') FOR UPDATE"
+            )
+        batch = ledger.claim(
+            worker="host-a:1:w",
+            host="host-a",
+            jobs=["lab", "other"],
+            scopes=["host-a", ""],
+            limit=4,
+            lease_seconds=60,
+        )
+    assert sorted(c.relpath for c in batch) == sorted(ordered[2:6])
 
 
 def reclaim_once_expired(ledger: Ledger, deadline: float = 5.0) -> int:

@@ -225,8 +225,10 @@ def timer_queries() -> Iterator[tuple[str, dict[str, Any]]]:
         )
     yield "open_session_summaries", {"job": None}
     yield "session_progress", {"session_id": 1998}
-    yield "selection_progress", {"session_id": 1998, "job": None, "all": False, "jobs": jobs}
-    yield "selection_progress", {"session_id": None, "job": "scope-a", "all": False, "jobs": jobs}
+    selection = {"session_id": None, "job": None, "all": False, "jobs": jobs, "scopes": scopes}
+    yield "selection_progress", selection | {"session_id": 1998}
+    yield "selection_progress", selection | {"job": "scope-a"}
+    yield "selection_progress", selection | {"all": True}
     yield (
         "path_versions",
         {"job": "scope-a", "scope": "host-a", "root": "/data", "relpath": "run-1/f50"},
@@ -335,6 +337,64 @@ def test_the_check_catches_a_whole_history_aggregate(history: str) -> None:
         )
         (plan,) = cursor.fetchone()[0]
     assert list(seq_scans(plan["Plan"])) == ["file_versions"]
+
+
+# A job that may not upload now (its window is closed) with a backlog: 40,000 new files, and
+# 10,000 tried once and waiting for their retry in an hour.
+BACKLOG = """
+INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inode, ctime_ns,
+                           bucket, key, state, attempts, next_attempt_at, last_error)
+SELECT 'night-only', 'host-a', 'host-a', '/night', 'f' || i, i, i, i, i, 'lab-raw',
+       'night/' || i, 'pending', CASE WHEN i > 40000 THEN 1 ELSE 0 END,
+       CASE WHEN i > 40000 THEN now() + interval '1 hour' ELSE now() END,
+       CASE WHEN i > 40000 THEN 'SlowDown' END
+FROM generate_series(1, 50000) i;
+ANALYZE file_versions;
+"""
+# Rows a timer query may read of file_versions: its batch (2,000 look-ups, say) and more,
+# but far fewer than the backlog.
+BATCH_READ = 10_000
+
+
+def rows_read(plan: dict[str, Any]) -> int:
+    """Rows of file_versions an analysed plan read: returned or filtered out, every loop."""
+    read = 0
+    if plan.get("Relation Name") == "file_versions":
+        kept = plan.get("Actual Rows", 0) + plan.get("Rows Removed by Filter", 0)
+        read = kept * plan.get("Actual Loops", 1)
+    return read + sum(rows_read(child) for child in plan.get("Plans", []))
+
+
+def test_no_timer_query_reads_the_backlog_of_a_job_it_may_not_serve(history: str, sql: Sql) -> None:
+    """A claim for the other jobs, the retry sweep and every other timer query read their
+    own work only: not the 50,000 pending versions of a job waiting for its window."""
+    sql(BACKLOG)
+    read = {}
+    with psycopg2.connect(history) as conn, conn.cursor() as cursor:
+        for name, params in timer_queries():
+            cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + queries()[name], params)
+            (plan,) = cursor.fetchone()[0]
+            read[name] = max(read.get(name, 0), rows_read(plan["Plan"]))
+            conn.rollback()  # what it changed, and a claim's locks, go
+    too_many = {name: rows for name, rows in read.items() if rows > BATCH_READ}
+    assert too_many == {}, f"these read the backlog: {too_many}"
+    assert read["claim_batch"] > 0, "the claim found the other jobs' pending versions"
+
+
+def test_the_backlog_check_catches_a_claim_through_every_pending_version(
+    history: str, sql: Sql
+) -> None:
+    """The test above can fail: the claim before migration 0010 read the whole backlog."""
+    sql(BACKLOG)
+    before_0010 = (
+        "SELECT id FROM file_versions WHERE state = 'pending' AND next_attempt_at <= now() "
+        "AND job = ANY(%(jobs)s) ORDER BY next_attempt_at, id LIMIT 16"
+    )
+    with psycopg2.connect(history) as conn, conn.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")  # the old index is gone: walk the new one
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + before_0010, {"jobs": JOBS})
+        (plan,) = cursor.fetchone()[0]
+    assert rows_read(plan["Plan"]) > BATCH_READ
 
 
 # --- incremental counts ------------------------------------------------------------------------
