@@ -48,7 +48,7 @@ WITH incoming AS (
     -- which no other partial index can be proved from (see migration 0005).
     UPDATE file_versions old
     SET state = 'superseded', last_error = 'replaced by a newer version', updated_at = now()
-    WHERE old.id IN (
+    WHERE old.id = ANY (ARRAY(
         SELECT earlier.id
         FROM inserted i
         CROSS JOIN LATERAL (
@@ -58,14 +58,14 @@ WITH incoming AS (
               AND o.state NOT IN ('uploading', 'uploaded', 'superseded')
             OFFSET 0
         ) earlier
-    )
+    ))
     RETURNING old.id
 ), marked AS (
     UPDATE sessions SET marker_seen = true
     WHERE %(marker)s::text IS NOT NULL
-      AND id IN (SELECT session_id FROM inserted
-                 WHERE relpath = %(marker)s OR right(relpath, length(%(marker)s) + 1)
-                                               = '/' || %(marker)s)
+      AND id = ANY (ARRAY(SELECT session_id FROM inserted
+                          WHERE relpath = %(marker)s OR right(relpath, length(%(marker)s) + 1)
+                                                        = '/' || %(marker)s))
 )
 SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM superseded);
 -- name: notify_work
@@ -132,7 +132,7 @@ WITH claimed AS (
     SET state = 'uploading', attempts = attempts + 1, claimed_by = %(worker)s,
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
         first_attempt_at = coalesce(first_attempt_at, now()), updated_at = now()
-    WHERE id IN (
+    WHERE id = ANY (ARRAY(
         -- The oldest due first, among the first due of each job and scope: one short walk
         -- of file_versions_claimable_by_job per pair, never through the backlog of a job
         -- this claim may not take. Twice the limit is looked at, so a claimer that meets
@@ -155,7 +155,7 @@ WITH claimed AS (
         ORDER BY f.next_attempt_at, f.id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
-    )
+    ))
     RETURNING id, job, scope, root, relpath, size, mtime_ns, inode, bucket, key, attempts,
               session_id, attempts - retry_base AS tries, multipart_upload_id,
               multipart_part_size, ctime_ns
@@ -240,14 +240,17 @@ WITH outcome AS (
                            THEN 'kept' ELSE fv.disposition END,
         claimed_by = NULL, lease_expires_at = NULL, updated_at = now()
     FROM outcome o
-    WHERE fv.id = o.id AND fv.attempts = o.attempt AND fv.claimed_by = %(worker)s
-      AND fv.state = 'uploading'
+    -- By primary key whatever the table's statistics: the ids as an array too (joined
+    -- alone, a plan made on an empty table walked the whole table for its rows).
+    WHERE fv.id = ANY(%(ids)s::bigint[]) AND fv.id = o.id AND fv.attempts = o.attempt
+      AND fv.claimed_by = %(worker)s AND fv.state = 'uploading'
     RETURNING fv.id, o.attempt, o.outcome, o.error, o.bytes
 ), recorded AS (
     UPDATE upload_attempts a
     SET finished_at = now(), outcome = f.outcome, error = f.error, bytes = f.bytes
     FROM finished f
-    WHERE a.file_version_id = f.id AND a.attempt = f.attempt
+    WHERE a.file_version_id = ANY (ARRAY(SELECT id FROM finished))
+      AND a.file_version_id = f.id AND a.attempt = f.attempt
 )
 SELECT id FROM finished;
 
@@ -365,8 +368,15 @@ SELECT 1;
 -- a statement over an array looking dearer than a custom plan for a batch of five files.
 -- Each such generic plan is checked for whole-history reads (tests/integration/test_scale).
 -- Statements not prepared are planned at every call whatever this says.
+-- No sequential scans where an index can serve: a plan is made once per connection, and a
+-- table may be empty then (a fresh install; path_signatures before the first prune), where
+-- a Seq Scan costs nothing and wins. Kept until an ANALYZE of that table, such a plan made
+-- discovery's look-ups a scan of a million signatures each after a first prune (measured,
+-- bench/README.md). Every statement here is written for an index; tables no index serves
+-- (ledger_deltas, a handful of rows) are still scanned.
 SET jit = off;
 SET plan_cache_mode = force_generic_plan;
+SET enable_seqscan = off;
 
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS uploaderd_migrations (
@@ -434,11 +444,14 @@ WITH candidates AS (
     FROM candidates c
     -- The job and state again, so the sessions updated are read through sessions_open too:
     -- joined by id alone, PostgreSQL chose a seq scan of every session ever opened.
-    WHERE s.id = c.id AND s.job = %(job)s AND s.state = 'open'
+    WHERE s.id = ANY (ARRAY(SELECT id FROM candidates))
+      AND s.id = c.id AND s.job = %(job)s AND s.state = 'open'
       AND (c.origin = 'upload' OR c.found OR (%(idle_seconds)s::float8 IS NOT NULL
                             AND c.last_activity_at < now() - make_interval(
                                 secs => %(idle_seconds)s::float8)))
-      AND EXISTS (SELECT 1 FROM file_versions f WHERE f.session_id = s.id)
+      -- A probe per session (a scalar subquery is never turned into a join, which a plan
+      -- made on an empty ledger did as a walk of the whole index).
+      AND (SELECT true FROM file_versions f WHERE f.session_id = s.id LIMIT 1)
       AND NOT EXISTS (SELECT 1 FROM file_versions f
                       WHERE f.session_id = s.id AND f.state IN ('pending', 'uploading', 'failed'))
     RETURNING s.id
@@ -449,7 +462,8 @@ WITH candidates AS (
 ), carried AS (
     UPDATE file_versions f SET trigger_id = o.id
     FROM outbox o
-    WHERE f.session_id = o.session_id AND f.state = 'uploaded' AND f.trigger_id IS NULL
+    WHERE f.session_id = ANY (ARRAY(SELECT session_id FROM outbox))
+      AND f.session_id = o.session_id AND f.state = 'uploaded' AND f.trigger_id IS NULL
 )
 SELECT id FROM done;
 -- name: complete_run_session
@@ -469,7 +483,8 @@ WITH done AS (
 ), carried AS (
     UPDATE file_versions f SET trigger_id = o.id
     FROM outbox o
-    WHERE f.session_id = o.session_id AND f.state = 'uploaded' AND f.trigger_id IS NULL
+    WHERE f.session_id = ANY (ARRAY(SELECT session_id FROM outbox))
+      AND f.session_id = o.session_id AND f.state = 'uploaded' AND f.trigger_id IS NULL
 )
 SELECT EXISTS (SELECT 1 FROM done)
     OR EXISTS (SELECT 1 FROM sessions WHERE id = %(session_id)s AND state = 'complete');
@@ -489,7 +504,7 @@ WITH batch AS (
 )
 UPDATE file_versions f SET trigger_id = outbox.id
 FROM outbox
-WHERE f.id IN (SELECT id FROM batch)
+WHERE f.id = ANY (ARRAY(SELECT id FROM batch))
 RETURNING f.id;
 
 -- name: due_triggers

@@ -662,9 +662,8 @@ def cmd_prune(args: argparse.Namespace, config: DaemonConfig) -> int:
             args.older_than, args.older_than if attempts is None else min(attempts, args.older_than)
         )
     with _ledger(config, "prune") as ledger:
-        report = Pruner(ledger, rest=lambda seconds: False).run(
-            retention, jobs, dry_run=args.dry_run
-        )
+        # Rests between batches as the daemon's sweep does: the daemons' uploads go on.
+        report = Pruner(ledger).run(retention, jobs, dry_run=args.dry_run)
     if args.json:
         _print_json({"dry_run": args.dry_run, **dataclasses.asdict(report)})
     else:

@@ -328,6 +328,33 @@ def test_no_prepared_statement_reads_the_history_in_its_generic_plan(history: st
     assert scans == {}, "these read a history table from end to end:\n" + json.dumps(scans)
 
 
+def test_plans_made_on_an_empty_ledger_still_read_no_history_once_it_is_full(
+    migrated_dsn: str, sql: Sql
+) -> None:
+    """A connection plans each prepared statement once, maybe on a fresh install's empty
+    ledger, and keeps the plan until an ANALYZE of its tables (autovacuum's is off here, as
+    it may come late): filled with the history since, those plans must not read it."""
+    tables = ", ".join(sorted(HISTORY))
+    for table in sorted(HISTORY):
+        sql(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+    sql(f"ANALYZE {tables}")
+    params = dict(timer_queries())
+    scans = {}
+    with psycopg2.connect(migrated_dsn) as conn, conn.cursor() as cursor:
+        cursor.execute(queries()["session_settings"])
+        for name in sorted(PREPARED):
+            statement = prepared(name)
+            cursor.execute(statement.prepare)
+            cursor.execute("EXPLAIN " + statement.execute, params[name])  # planned now
+        conn.commit()
+        with psycopg2.connect(migrated_dsn) as other, other.cursor() as filling:
+            filling.execute(GENERATE, {"jobs": JOBS, "sha": SHA})
+        for name in sorted(PREPARED):
+            if found := history_reads(cursor, prepared(name).execute, params[name]):
+                scans[name] = found
+    assert scans == {}, "plans made on the empty ledger read the history:\n" + json.dumps(scans)
+
+
 def test_the_check_catches_a_whole_history_aggregate(history: str) -> None:
     """The test above can fail: the pre-0005 job_counts is a Seq Scan here."""
     with psycopg2.connect(history) as conn, conn.cursor() as cursor:
@@ -369,7 +396,7 @@ def test_no_timer_query_reads_the_backlog_of_a_job_it_may_not_serve(history: str
     """A claim for the other jobs, the retry sweep and every other timer query read their
     own work only: not the 50,000 pending versions of a job waiting for its window."""
     sql(BACKLOG)
-    read = {}
+    read: dict[str, int] = {}
     with psycopg2.connect(history) as conn, conn.cursor() as cursor:
         for name, params in timer_queries():
             cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + queries()[name], params)
