@@ -698,13 +698,15 @@ PROBES: tuple[Probe, ...] = (
         "selection_progress(job)",
         "retry --auto-retry poll",
         "selection_progress",
-        lambda lg, c: lg.selection_progress(jobs=list(JOBS), job="scope-c"),
+        lambda lg, c: lg.selection_progress(jobs=list(JOBS), scopes=[c.host], job="scope-c"),
     ),
     Probe(
         "selection_progress(session)",
         "upload progress poll",
         "selection_progress",
-        lambda lg, c: lg.selection_progress(jobs=list(JOBS), session_id=c.open_session),
+        lambda lg, c: lg.selection_progress(
+            jobs=list(JOBS), scopes=[c.host], session_id=c.open_session
+        ),
     ),
     Probe(
         "path_versions",
