@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import re
 import select
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,6 +53,27 @@ class State(StrEnum):
 # prepares it again.
 _NOT_NOW_CLASSES = ("08", "40", "53", "57", "58")
 _NOT_NOW_CODES = ("25006", "55P03", "55006", "26000")
+
+
+def texts(values: Iterable[str | None]) -> str:
+    """``values`` as one PostgreSQL array literal, for a ``%(name)s::text[]`` parameter.
+
+    psycopg2 adapts a list one element at a time, about 1 µs each, holding the GIL:
+    discovery's batches (nine columns of 500 files to queue, six of 2,000 to look up) cost
+    4 µs a file that way, a fifth of that as one literal (measured, bench/README.md). Every
+    element is quoted, so none can read as NULL or end the array; the literal itself is
+    still a bound parameter.
+    """
+    return "{" + ",".join("NULL" if v is None else _quoted(v) for v in values) + "}"
+
+
+def numbers(values: Iterable[int | None]) -> str:
+    """``values`` as one PostgreSQL array literal, for a ``%(name)s::bigint[]`` parameter."""
+    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @dataclass(frozen=True)
@@ -346,12 +367,12 @@ class Ledger:
         params = {
             "job": job,
             "scope": scope,
-            "roots": [c.root for c in candidates],
-            "relpaths": [c.relpath for c in candidates],
-            "sizes": [c.signature.size for c in candidates],
-            "mtimes": [c.signature.mtime_ns for c in candidates],
-            "inodes": [c.signature.inode for c in candidates],
-            "ctimes": [c.signature.ctime_ns for c in candidates],
+            "roots": texts(c.root for c in candidates),
+            "relpaths": texts(c.relpath for c in candidates),
+            "sizes": numbers(c.signature.size for c in candidates),
+            "mtimes": numbers(c.signature.mtime_ns for c in candidates),
+            "inodes": numbers(c.signature.inode for c in candidates),
+            "ctimes": numbers(c.signature.ctime_ns for c in candidates),
         }
         with self.transaction() as cursor:
             self._execute(cursor, "known_paths", params)
@@ -398,15 +419,15 @@ class Ledger:
             "host": host,
             "bucket": bucket,
             "marker": marker,
-            "roots": [v.root for v in versions],
-            "relpaths": [v.relpath for v in versions],
-            "sizes": [v.size for v in versions],
-            "mtimes": [v.mtime_ns for v in versions],
-            "inodes": [v.inode for v in versions],
-            "ctimes": [v.ctime_ns for v in versions],
-            "keys": [v.key for v in versions],
-            "sessions": [v.session_id for v in versions],
-            "errors": [v.error for v in versions],
+            "roots": texts(v.root for v in versions),
+            "relpaths": texts(v.relpath for v in versions),
+            "sizes": numbers(v.size for v in versions),
+            "mtimes": numbers(v.mtime_ns for v in versions),
+            "inodes": numbers(v.inode for v in versions),
+            "ctimes": numbers(v.ctime_ns for v in versions),
+            "keys": texts(v.key for v in versions),
+            "sessions": numbers(v.session_id for v in versions),
+            "errors": texts(v.error for v in versions),
         }
         with self.transaction() as cursor:
             self._execute(cursor, "enqueue_versions", params)

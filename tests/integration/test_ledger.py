@@ -150,6 +150,34 @@ def test_enqueue_is_one_statement_for_a_batch_and_ignores_known_versions(ledger:
     assert ledger.known_paths("lab", "other-host", seen) == set()
 
 
+# Names that mean something in an array literal, sent as the literal the ledger builds.
+AWKWARD_NAMES = [
+    'quote"d',
+    "back\\slash\\",
+    "{braces},comma",
+    "NULL",
+    "",
+    "  spaced  ",
+    "tab\tand\nnewline",
+    "ünïcödé ✓",
+]
+
+
+def test_awkward_names_are_queued_and_looked_up_exactly(ledger: Ledger, sql: Sql) -> None:
+    versions = [
+        NewVersion("/da\\ta", name, i, 1, 2, key=f'k"{name}', session_id=None, ctime_ns=3)
+        for i, name in enumerate(AWKWARD_NAMES)
+    ]
+    versions.append(NewVersion("/data", "err", 9, 1, 2, key="", session_id=None, error='a "b"'))
+    assert enqueue(ledger, *versions) == (len(versions), 0)
+    rows = sql(
+        "SELECT root, relpath, size, key, last_error, ctime_ns FROM file_versions ORDER BY id"
+    )
+    assert rows == [(v.root, v.relpath, v.size, v.key, v.error, v.ctime_ns) for v in versions]
+    seen = [Candidate(v.root, v.relpath, Signature(v.size, 1, 2, 3)) for v in versions[:-1]]
+    assert ledger.known_paths("lab", "host-a", seen) == {(v.root, v.relpath) for v in versions[:-1]}
+
+
 def test_a_new_version_supersedes_the_pending_one(ledger: Ledger, sql: Sql) -> None:
     enqueue(ledger, version("a", size=1))
     assert enqueue(ledger, version("a", size=2)) == (1, 1)
