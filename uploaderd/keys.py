@@ -12,7 +12,8 @@ import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 
 from uploaderd.errors import KeyTemplateError, MtimeOutOfRange
 from uploaderd.settle import MTIME_MAX, MTIME_MIN
@@ -24,6 +25,8 @@ VARIABLES = (
 )
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _MAX_KEY_BYTES = 1024
+_NS_PER_DAY = 86_400 * 10**9
+_EPOCH = date(1970, 1, 1)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # one regex search per key, not a loop per character
 
 
@@ -68,14 +71,14 @@ class KeyTemplate:
 
     def render(self, values: Mapping[str, str]) -> str:
         """The key; ``MtimeOutOfRange`` when it needs a date the file's mtime cannot give."""
-        missing = sorted(self.variables() - values.keys())
-        if missing:
+        try:
+            key = "".join(values[value] if is_var else value for is_var, value in self.parts)
+        except KeyError as exc:  # only the date variables can be missing (key_variables)
             raise MtimeOutOfRange(
                 "mtime out of range: the file's mtime is after 2262-04-11 or before 1677-09-21, "
-                f"so the key's ${{{missing[0]}}} has no value; give the file a real mtime "
+                f"so the key's ${{{exc.args[0]}}} has no value; give the file a real mtime "
                 "(touch it) and it is queued again"
-            )
-        key = "".join(values[value] if is_var else value for is_var, value in self.parts)
+            ) from None
         validate_key(key)
         return key
 
@@ -103,18 +106,32 @@ def key_variables(
         "session": session,
         "hostname": hostname,
     }
-    when = file_date(mtime_ns)
-    if when is not None:
-        values.update(yyyy=f"{when.year:04d}", mm=f"{when.month:02d}", dd=f"{when.day:02d}")
+    day = file_day(mtime_ns)
+    if day is not None:
+        values.update(yyyy=f"{day.year:04d}", mm=f"{day.month:02d}", dd=f"{day.day:02d}")
     return values
 
 
 def file_date(mtime_ns: int) -> datetime | None:
-    """The UTC date of a stored mtime, or None when the mtime was out of range (held at a
+    """The UTC time of a stored mtime, or None when the mtime was out of range (held at a
     bound of the stored range by ``Signature.of``): its true date is unknown."""
     if mtime_ns in (MTIME_MIN, MTIME_MAX):
         return None
     return datetime.fromtimestamp(mtime_ns / 1e9, tz=UTC)
+
+
+def file_day(mtime_ns: int) -> date | None:
+    """The UTC day of a stored mtime, or None as for ``file_date``. Keys and session groups
+    ask it of every file queued, so each day's calendar is worked out once (a tree's files
+    share a handful of days)."""
+    if mtime_ns in (MTIME_MIN, MTIME_MAX):
+        return None
+    return _utc_day(mtime_ns // _NS_PER_DAY)
+
+
+@lru_cache(maxsize=4096)
+def _utc_day(days_since_epoch: int) -> date:
+    return _EPOCH + timedelta(days=days_since_epoch)
 
 
 def validate_key(key: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from uploaderd.keys import file_date
+from uploaderd.keys import file_day
 
 UNDATED = "undated"
 
@@ -15,6 +15,6 @@ def group_key(group_by: str, relpath: str, mtime_ns: int) -> str:
         head, sep, _ = relpath.partition("/")
         return head if sep else ""
     if group_by == "day":
-        when = file_date(mtime_ns)
-        return when.strftime("%Y-%m-%d") if when is not None else UNDATED
+        day = file_day(mtime_ns)
+        return day.isoformat() if day is not None else UNDATED
     return ""

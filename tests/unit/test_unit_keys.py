@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from uploaderd.errors import KeyTemplateError, MtimeOutOfRange
-from uploaderd.keys import VARIABLES, KeyTemplate, file_date, key_variables, validate_key
+from uploaderd.keys import (
+    VARIABLES,
+    KeyTemplate,
+    file_date,
+    file_day,
+    key_variables,
+    validate_key,
+)
 from uploaderd.settle import MTIME_MAX, MTIME_MIN
 
 
@@ -163,6 +170,23 @@ def test_date_from_mtime_in_utc(far_east_timezone: None) -> None:
     got = values("a.txt", mtime_ns(2024, 12, 31, 23, 30))
     assert datetime.fromtimestamp(mtime_ns(2024, 12, 31, 23, 30) / 1e9).year == 2025
     assert (got["yyyy"], got["mm"], got["dd"]) == ("2024", "12", "31")
+
+
+@pytest.mark.parametrize(
+    "mtime",
+    [
+        mtime_ns(2025, 2, 3) - 1,  # the last nanosecond of a day
+        mtime_ns(2025, 2, 3),
+        0,
+        -1,  # 1969-12-31: days before the epoch round down, not towards zero
+        mtime_ns(1900, 3, 1) + 1,
+        MTIME_MIN + 1,
+        MTIME_MAX - 1,
+    ],
+)
+def test_the_day_of_an_mtime_is_its_utc_date(mtime: int) -> None:
+    when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=mtime // 1000)
+    assert file_day(mtime) == when.date()
 
 
 def test_date_is_zero_padded() -> None:
