@@ -60,15 +60,16 @@ def texts(values: Iterable[str | None]) -> str:
 
     psycopg2 adapts a list one element at a time, about 1 µs each, holding the GIL:
     discovery's batches (nine columns of 500 files to queue, six of 2,000 to look up) cost
-    4 µs a file that way, a fifth of that as one literal (measured, bench/README.md). Every
-    element is quoted, so none can read as NULL or end the array; the literal itself is
-    still a bound parameter.
+    4 µs a file that way, a fifth of that as one literal (measured, bench/README.md); the
+    dispatcher's outcomes have nine columns too. Every element is quoted, so none can read
+    as NULL or end the array; the literal itself is still a bound parameter.
     """
     return "{" + ",".join("NULL" if v is None else _quoted(v) for v in values) + "}"
 
 
-def numbers(values: Iterable[int | None]) -> str:
-    """``values`` as one PostgreSQL array literal, for a ``%(name)s::bigint[]`` parameter."""
+def numbers(values: Iterable[float | None]) -> str:
+    """``values`` as one PostgreSQL array literal, for a ``%(name)s::bigint[]`` (or
+    ``int[]``, ``float8[]``) parameter."""
     return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
 
 
@@ -504,15 +505,15 @@ class Ledger:
             {
                 "worker": worker,
                 "keeping": list(keeping),
-                "ids": [o.claim.id for o in outcomes],
-                "attempts": [o.claim.attempt for o in outcomes],
-                "states": [str(o.state) for o in outcomes],
-                "outcomes": [o.outcome for o in outcomes],
-                "sha256s": [o.sha256 for o in outcomes],
-                "etags": [o.etag for o in outcomes],
-                "errors": [o.error for o in outcomes],
-                "delays": [o.retry_in for o in outcomes],
-                "bytes": [o.bytes for o in outcomes],
+                "ids": numbers(o.claim.id for o in outcomes),
+                "attempts": numbers(o.claim.attempt for o in outcomes),
+                "states": texts(o.state for o in outcomes),
+                "outcomes": texts(o.outcome for o in outcomes),
+                "sha256s": texts(o.sha256 for o in outcomes),
+                "etags": texts(o.etag for o in outcomes),
+                "errors": texts(o.error for o in outcomes),
+                "delays": numbers(o.retry_in for o in outcomes),
+                "bytes": numbers(o.bytes for o in outcomes),
             },
         )
         return {row[0] for row in rows}
