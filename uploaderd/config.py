@@ -30,6 +30,9 @@ from uploaderd.yamlfields import Fields, YamlDocument
 
 DEFAULT_CONFIG_PATH = Path("/etc/uploaderd/uploaderd.yaml")
 DEFAULT_JOBS_DIR = Path("/etc/uploaderd/jobs.d")
+# Files in flight: enough to keep a remote S3 busy despite the round trip (docs/configuration.md,
+# "Workers and the round trip").
+DEFAULT_WORKERS = 128
 DEFAULT_DSN = "postgresql://uploaderd@localhost/uploaderd"
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _SECRET_REFERENCE = re.compile(r"\$\{(env|file):[^}]+\}")
@@ -77,7 +80,7 @@ class DaemonConfig:
     file: Path | None
     dsn: str
     jobs_dir: Path
-    workers: int = 64
+    workers: int = DEFAULT_WORKERS
     metrics_listen: str = "127.0.0.1:9464"  # "" disables the endpoint
     s3: S3Settings = field(default_factory=S3Settings)
     log_level: str = "info"
@@ -198,7 +201,7 @@ def _daemon_config(document: YamlDocument, env: Mapping[str, str]) -> DaemonConf
     database.finish()
     dsn = env.get("UPLOADERD_DATABASE_DSN") or dsn
     jobs_dir = root.converted("jobs_dir", _absolute_path, DEFAULT_JOBS_DIR)
-    workers = root.integer("workers", 64, minimum=1)
+    workers = root.integer("workers", DEFAULT_WORKERS, minimum=1)
     metrics = root.section("metrics")
     listen = metrics.converted("listen", _listen_address, "127.0.0.1:9464")
     metrics.finish()

@@ -260,7 +260,7 @@ def test_load_job_names_the_job_after_the_file_and_records_it(tmp_path: Path) ->
 def test_daemon_config_defaults_without_a_file() -> None:
     config = load_daemon_config(None, env={})
     assert config == DaemonConfig(file=None, dsn=DEFAULT_DSN, jobs_dir=DEFAULT_JOBS_DIR)
-    assert config.workers == 64
+    assert config.workers == 128
     assert config.metrics_listen == "127.0.0.1:9464"
     assert config.shutdown_grace == 60.0
     assert config.log_level == "info"
