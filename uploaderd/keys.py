@@ -66,9 +66,6 @@ class KeyTemplate:
         template.render(key_variables("job", "a/b.txt", session="1", hostname="host", mtime_ns=0))
         return template
 
-    def variables(self) -> frozenset[str]:
-        return frozenset(value for is_var, value in self.parts if is_var)
-
     def render(self, values: Mapping[str, str]) -> str:
         """The key; ``MtimeOutOfRange`` when it needs a date the file's mtime cannot give."""
         try:

@@ -127,7 +127,7 @@ def test_full_job_parses_into_typed_values() -> None:
     dest = parsed.destination
     assert dest.bucket == "lab-raw"
     assert dest.key.text == "scope-a/${relpath}"
-    assert dest.key.variables() == frozenset({"relpath"})
+    assert dest.key.parts == ((False, "scope-a/"), (True, "relpath"))
     assert dest.s3 == S3Settings(
         endpoint_url="http://127.0.0.1:9000",
         region="eu-west-1",

@@ -54,7 +54,6 @@ def test_parse_splits_literals_and_variables() -> None:
         (False, "/"),
         (True, "relpath"),
     )
-    assert template.variables() == frozenset({"job", "yyyy", "mm", "relpath"})
 
 
 def test_render_substitutes_every_variable() -> None:
