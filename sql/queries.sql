@@ -151,7 +151,11 @@ WITH claimed AS (
                 ) due
                 ORDER BY due.next_attempt_at, due.id
                 LIMIT 2 * %(limit)s))
-          AND f.state = 'pending' AND f.next_attempt_at <= now()
+          -- 'pending' arrives as a parameter, not a literal: from the literal the planner
+          -- can prove file_versions_claimable_by_job's predicate and walk that whole index
+          -- for these ids, a plan it takes while the pending rows are few and keeps when a
+          -- job's backlog fills it (0.5 s a claim beside a million new files, measured).
+          AND f.state = %(pending)s AND f.next_attempt_at <= now()
         ORDER BY f.next_attempt_at, f.id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED

@@ -484,6 +484,7 @@ class Ledger:
                 "scopes": list(scopes),
                 "limit": limit,
                 "lease_seconds": lease_seconds,
+                "pending": str(State.PENDING),  # a parameter on purpose (queries.sql)
             },
         )
         return [Claim(*row) for row in rows]
