@@ -329,6 +329,17 @@ def test_no_prepared_statement_reads_the_history_in_its_generic_plan(history: st
     assert scans == {}, "these read a history table from end to end:\n" + json.dumps(scans)
 
 
+def plan_now(cursor: Any, params: dict[str, dict[str, Any]]) -> None:
+    """Prepare the daemon's statements on this connection, set up as the daemon's, and make
+    their plans now (a generic plan is made at the first EXECUTE and kept)."""
+    cursor.execute(queries()["session_settings"])
+    for name in sorted(PREPARED & params.keys()):
+        statement = prepared(name)
+        cursor.execute(statement.prepare)
+        cursor.execute("EXPLAIN " + statement.execute, params[name])
+    cursor.connection.commit()
+
+
 def test_plans_made_on_an_empty_ledger_still_read_no_history_once_it_is_full(
     migrated_dsn: str, sql: Sql
 ) -> None:
@@ -342,12 +353,7 @@ def test_plans_made_on_an_empty_ledger_still_read_no_history_once_it_is_full(
     params = dict(timer_queries())
     scans = {}
     with psycopg2.connect(migrated_dsn) as conn, conn.cursor() as cursor:
-        cursor.execute(queries()["session_settings"])
-        for name in sorted(PREPARED):
-            statement = prepared(name)
-            cursor.execute(statement.prepare)
-            cursor.execute("EXPLAIN " + statement.execute, params[name])  # planned now
-        conn.commit()
+        plan_now(cursor, params)
         with psycopg2.connect(migrated_dsn) as other, other.cursor() as filling:
             filling.execute(GENERATE, {"jobs": JOBS, "sha": SHA})
         for name in sorted(PREPARED):
@@ -400,13 +406,7 @@ def backlog_reads(dsn: str, sql: Sql) -> dict[str, int]:
     sql("ALTER TABLE file_versions SET (autovacuum_enabled = false)")
     read: dict[str, int] = {}
     with psycopg2.connect(dsn) as conn, conn.cursor() as cursor:
-        cursor.execute(queries()["session_settings"])
-        params = dict(timer_queries())
-        for name in sorted(PREPARED & params.keys()):
-            statement = prepared(name)
-            cursor.execute(statement.prepare)
-            cursor.execute("EXPLAIN " + statement.execute, params[name])  # planned now
-        conn.commit()
+        plan_now(cursor, dict(timer_queries()))
         sql(BACKLOG)
         runs = list(timer_queries())
         for name, arguments in runs:
@@ -450,9 +450,7 @@ def test_the_backlog_check_catches_a_claim_through_every_pending_version(
     )
     with psycopg2.connect(history) as conn, conn.cursor() as cursor:
         cursor.execute("SET enable_seqscan = off")  # the old index is gone: walk the new one
-        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + before_0010, {"jobs": JOBS})
-        (plan,) = cursor.fetchone()[0]
-    assert rows_read(plan["Plan"]) > BATCH_READ
+        assert _read(cursor, before_0010, {"jobs": JOBS}) > BATCH_READ
 
 
 # --- incremental counts ------------------------------------------------------------------------
