@@ -4,7 +4,8 @@ The dispatcher claims work in batches (``FOR UPDATE SKIP LOCKED`` plus a lease, 
 once), keeps a short queue of claims ahead of the workers, renews the leases of everything it
 holds, and writes outcomes back in batches fenced on claimer and attempt. Workers never touch
 the database, so no transaction is open during an upload. It sleeps on LISTEN/NOTIFY (new work)
-and on a pipe the workers write to (finished work), with a poll as the safety net for lost
+and on a pipe the workers write to when finished work needs it (a batch to write, or nothing
+to bring it back within its write linger), with a poll as the safety net for lost
 notifications and retries coming due.
 
 No exception ends a loop: a worker turns anything unexpected into that attempt's failure
@@ -55,6 +56,7 @@ _MAX_BACKOFF = 30.0
 # rate is stalled (a blackholed endpoint, say): logged once and counted; the S3 timeouts end
 # it soon after.
 STALL_RATE = 1024 * 1024  # bytes per second
+STALL_CHECK_SECONDS = 1.0  # a look at every running attempt: once a second, not every round
 STOPPING = "daemon stopping"
 PAUSED = "released: the job's uploads are paused after S3 failures"
 
@@ -131,7 +133,12 @@ class UploadPool:
         self.lease_seconds = lease_seconds
         self.on_db = on_db
         self._todo: queue.SimpleQueue[tuple[Claim, Job] | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[Outcome | MultipartStarted] = queue.SimpleQueue()
+        # What workers hand in for the dispatcher to write. A worker wakes the dispatcher only
+        # when it would not look soon by itself: a wake-up per file cost the dispatcher a
+        # round and the worker a syscall, a fifth of the daemon's CPU per small file.
+        self._handed_in: list[Outcome | MultipartStarted] = []
+        self._handed_lock = threading.Lock()
+        self._lingering = False  # the dispatcher sleeps no longer than its write linger
         self._held: dict[int, Claim] = {}  # claimed and not yet written back (dispatcher only)
         self._unwritten: list[Outcome] = []
         self._unwritten_since = 0.0  # monotonic time the oldest unwritten outcome came in
@@ -158,6 +165,7 @@ class UploadPool:
         self._claimed_for: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
         self._next_poll = 0.0
         self._next_renewal = 0.0
+        self._next_stall_check = 0.0
         # Destination health per job: fed by the workers, written to the ledger by the
         # dispatcher (the only thread with a connection).
         self._breakers: dict[str, Breaker] = {}
@@ -201,7 +209,7 @@ class UploadPool:
             claim, job = item
             if not self._claiming.is_set() or self._paused(job.name):
                 reason = STOPPING if not self._claiming.is_set() else PAUSED
-                self._finish(Outcome(claim, State.PENDING, "released", error=reason))
+                self._hand_in(Outcome(claim, State.PENDING, "released", error=reason))
                 continue
             now = time.monotonic()
             with self._busy_lock:
@@ -210,7 +218,7 @@ class UploadPool:
                     claim, job.name, now + stall_deadline(claim.size, job.destination), now
                 )
             try:
-                self._finish(self._attempt_guarded(claim, job))
+                self._hand_in(self._attempt_guarded(claim, job))
             finally:
                 with self._busy_lock:
                     self._busy -= 1
@@ -232,8 +240,7 @@ class UploadPool:
         began = time.monotonic()
 
         def multipart_started(upload_id: str, part_size: int) -> None:
-            self._done.put(MultipartStarted(claim, upload_id, part_size))
-            self._wake()
+            self._hand_in(MultipartStarted(claim, upload_id, part_size))
 
         progress = self.transfers.begin(claim.id, claim.relpath, claim.size)
         try:
@@ -321,9 +328,23 @@ class UploadPool:
                 error=states[job].last_error,
             )
 
-    def _finish(self, outcome: Outcome) -> None:
-        self._done.put(outcome)
-        self._wake()
+    def _hand_in(self, item: Outcome | MultipartStarted) -> None:
+        """Give the dispatcher ``item``; wake it if it must write now or is not lingering.
+
+        Waking is needed only when the item is a multipart upload to record at once, when the
+        outcomes in hand make a batch (``_batch_ready``: the count read here may be stale,
+        which costs at most one linger), or when the dispatcher may sleep past its linger.
+        """
+        with self._handed_lock:
+            self._handed_in.append(item)
+            due = len(self._handed_in) + len(self._unwritten)
+            wake = (
+                not self._lingering
+                or isinstance(item, MultipartStarted)
+                or due >= min(WRITE_BATCH, len(self._held))
+            )
+        if wake:
+            self._wake()
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a full pipe: the dispatcher is awake anyway
@@ -387,16 +408,23 @@ class UploadPool:
             if self._held:
                 self.ledger.renew_leases(self.worker, list(self._held), self.lease_seconds)
             self._next_renewal = time.monotonic() + self.lease_seconds / 3
-        self._report_stalls()
+        if time.monotonic() >= self._next_stall_check:
+            self._report_stalls()
+            self._next_stall_check = time.monotonic() + STALL_CHECK_SECONDS
         if not self._claim_more():
             # Wake for new work, finished work, a poll, a batch of outcomes or a lease
             # renewal coming due.
             now = time.monotonic()
-            # An overdue poll means no claim had room: a finishing worker wakes us then.
+            # An overdue poll means no claim had room: writing outcomes makes it, and the
+            # worker whose outcome completes a batch wakes us for that.
             poll_in = self._next_poll - now if self._next_poll > now else self.poll_seconds
             timeout = max(0.0, min(poll_in, self._next_renewal - now))
             if self._unwritten:
                 timeout = min(timeout, max(0.0, self._unwritten_since + self.write_linger - now))
+            with self._handed_lock:
+                if self._handed_in:
+                    timeout = 0.0  # handed in since ``_collect``, perhaps without a wake-up
+                self._lingering = bool(self._unwritten)
             if self.ledger.wait_for_notify(timeout, self._wake_r):
                 self._work_may_wait = True
             self._drain_wake_pipe()
@@ -414,11 +442,9 @@ class UploadPool:
         return time.monotonic() >= self._unwritten_since + self.write_linger
 
     def _collect(self) -> None:
-        while True:
-            try:
-                item = self._done.get_nowait()
-            except queue.Empty:
-                return
+        with self._handed_lock:
+            items, self._handed_in = self._handed_in, []
+        for item in items:
             if isinstance(item, MultipartStarted):
                 self._multiparts.append(item)
             else:

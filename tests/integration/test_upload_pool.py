@@ -72,13 +72,18 @@ def uploaded(sql: Sql) -> int:
 
 
 class CountingLedger(Ledger):
-    """A real ledger that also notes how many outcomes each write carried, and each claim's
-    size."""
+    """A real ledger that also notes how many outcomes each write carried, each claim's
+    size, and how often the dispatcher went to sleep."""
 
     def __init__(self, dsn: str) -> None:
         super().__init__(dsn)
         self.batches: list[int] = []
         self.claims: list[int] = []
+        self.sleeps = 0
+
+    def wait_for_notify(self, timeout: float, *extra_fds: int) -> bool:
+        self.sleeps += 1
+        return super().wait_for_notify(timeout, *extra_fds)
 
     def claim(self, **kwargs: Any) -> list[Claim]:
         claims = super().claim(**kwargs)
@@ -173,6 +178,36 @@ def test_outcomes_are_written_together_and_a_lone_one_at_once(
         message="the ninth uploaded",
     )
     assert ledger.batches == [8, 1]
+
+
+def test_workers_wake_the_dispatcher_for_a_batch_not_for_each_upload(
+    migrated_dsn: str,
+    root: Path,
+    s3_server: S3Server,
+    bucket: str,
+    sql: Sql,
+    start_pool: Callable[..., UploadPool],
+) -> None:
+    # A wake-up per finished upload cost the dispatcher a round each (a fifth of the daemon's
+    # CPU per small file). While it lingers over a batch, only the outcome that completes
+    # the batch wakes it; the first after a write, which it would not see in time, does too.
+    files = {f"f{i:03}.txt": b"x" * i for i in range(128)}
+    ledger = CountingLedger(migrated_dsn)
+    queue_files(migrated_dsn, root, files, bucket)
+    job = make_job(root, bucket, s3_server)
+    start_pool(
+        job,
+        Uploader(Storage(8)),
+        ledger=ledger,
+        workers=8,
+        write_linger=3600.0,
+        poll_seconds=3600.0,
+    )
+    wait_for(lambda: uploaded(sql) == len(files), message="every file uploaded")
+    assert sum(ledger.batches) == len(files)
+    # Each batch of claims (16 at most: twice the workers) takes the dispatcher to sleep
+    # about twice: after its claim, and while it lingers over the batch's first outcomes.
+    assert ledger.sleeps <= len(files) / 4, ledger.sleeps
 
 
 def test_the_dispatcher_claims_on_news_not_on_every_finished_upload(
