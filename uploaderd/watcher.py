@@ -23,6 +23,7 @@ import logging
 import os
 import stat
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,6 +368,14 @@ class Watcher:
         self.on_error = on_error
         self.on_change = on_change
         self.watches: dict[str, JobWatch] = {}
+        # watchdog watches a new directory's subdirectories as it walks it, and again when
+        # their IN_CREATE arrives: a `mkdir -p` racing the walk adds the same callback twice,
+        # harmlessly overwritten, with a RuntimeWarning about watchdog's internals each time.
+        warnings.filterwarnings(
+            "ignore",
+            message=r"Callback with id '.*' already exists for watch",
+            category=RuntimeWarning,
+        )
 
     def apply(self, jobs: dict[str, Job]) -> None:
         """Start, restart or stop observers so that exactly ``jobs`` are watched."""

@@ -12,12 +12,20 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from helpers import wait_for
+from watchdog.observers.inotify_c import (
+    CallbackId,
+    InotifyConstants,
+    InotifyEvent,
+    InotifyFD,
+    WatchDescriptor,
+)
 
 from uploaderd.config import Job, S3Settings, parse_job_text
 from uploaderd.watcher import PathEvent, Watcher
@@ -132,6 +140,38 @@ def test_a_new_directory_and_the_files_in_it_are_reported(
     )
     late = written(deep / "late.dat")
     wait_for(lambda: recorder.seen(late), message="late.dat reported")
+
+
+class Ignored:
+    """An inotify watch's callback that ignores what it is told."""
+
+    def on_event(self, event: InotifyEvent) -> None:
+        pass
+
+    def on_watch_deleted(self, wd: WatchDescriptor) -> None:
+        pass
+
+    def on_queue_overflow(self) -> None:
+        pass
+
+
+def test_watchdogs_warning_of_a_directory_watched_twice_stays_out_of_the_journal(
+    watcher: Watcher, root: Path
+) -> None:
+    # What watchdog does when a `mkdir -p` races its walk of a new directory (above): the
+    # same callback added twice to one watch. Nothing is lost, so nothing is printed.
+    inotify = InotifyFD()
+    inotify.start()
+    one = CallbackId(1)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            for _ in range(2):
+                wd = inotify.add_callback(bytes(root), InotifyConstants.IN_CREATE, Ignored(), one)
+        inotify.remove_callbacks([(wd, one)])
+    finally:
+        inotify.stop()
+        inotify.join(5)
+    assert [str(w.message) for w in caught] == []
 
 
 def test_two_jobs_on_one_root_each_hear_of_a_file(root: Path, recorder: Recorder) -> None:
