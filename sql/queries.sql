@@ -208,9 +208,13 @@ UPDATE file_versions SET multipart_upload_id = NULL, multipart_part_size = NULL
 WHERE id = %(id)s AND multipart_upload_id = %(upload_id)s;
 
 -- name: renew_leases
+-- 'uploading' arrives as a parameter here, in complete_batch and in release_claims, as
+-- 'pending' does in claim_batch: from the literal the planner can prove the predicate of
+-- file_versions_leased and read every claim of every host to find these ids (20,000 rows
+-- for one id beside other hosts' claims, in test_scale.py), instead of probing by key.
 UPDATE file_versions
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker)s AND state = 'uploading';
+WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker)s AND state = %(uploading)s;
 
 -- name: complete_batch
 -- Outcomes of finished attempts, fenced on the claimer and the attempt number: a worker
@@ -247,7 +251,7 @@ WITH outcome AS (
     -- By primary key whatever the table's statistics: the ids as an array too (joined
     -- alone, a plan made on an empty table walked the whole table for its rows).
     WHERE fv.id = ANY(%(ids)s::bigint[]) AND fv.id = o.id AND fv.attempts = o.attempt
-      AND fv.claimed_by = %(worker)s AND fv.state = 'uploading'
+      AND fv.claimed_by = %(worker)s AND fv.state = %(uploading)s
     RETURNING fv.id, o.attempt, o.outcome, o.error, o.bytes
 ), recorded AS (
     UPDATE upload_attempts a
@@ -265,7 +269,7 @@ WITH released AS (
     UPDATE file_versions
     SET state = 'pending', attempts = attempts - 1, claimed_by = NULL, lease_expires_at = NULL,
         next_attempt_at = now(), updated_at = now()
-    WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker)s AND state = 'uploading'
+    WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker)s AND state = %(uploading)s
     RETURNING id, attempts + 1 AS attempt
 )
 UPDATE upload_attempts a

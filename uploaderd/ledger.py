@@ -43,6 +43,12 @@ class State(StrEnum):
     GONE = "gone"  # the queued file vanished (or is no longer a regular file): final
 
 
+# The state of a claim, bound as a parameter where a worker's own claims are looked up by id:
+# as a literal it lets the planner read every host's claims instead (queries.sql,
+# renew_leases).
+_CLAIMED = {"uploading": str(State.UPLOADING)}
+
+
 # SQLSTATE classes and codes that mean "not now, try again": the server or the connection is
 # in trouble, not the statement. 08 connection exception, 25006 read-only transaction (a
 # demoted primary), 40 transaction rollback (serialization failure, deadlock), 53
@@ -491,7 +497,8 @@ class Ledger:
 
     def renew_leases(self, worker: str, ids: Sequence[int], lease_seconds: float) -> None:
         self._all(
-            "renew_leases", {"worker": worker, "ids": list(ids), "lease_seconds": lease_seconds}
+            "renew_leases",
+            {**_CLAIMED, "worker": worker, "ids": list(ids), "lease_seconds": lease_seconds},
         )
 
     def complete(
@@ -504,6 +511,7 @@ class Ledger:
         rows = self._all(
             "complete_batch",
             {
+                **_CLAIMED,
                 "worker": worker,
                 "keeping": list(keeping),
                 "ids": numbers(o.claim.id for o in outcomes),
@@ -539,7 +547,10 @@ class Ledger:
 
     def release(self, worker: str, ids: Sequence[int], reason: str) -> None:
         """Hand claims back without charging an attempt; ``reason`` goes to the attempt row."""
-        self._all("release_claims", {"worker": worker, "ids": list(ids), "reason": reason})
+        self._all(
+            "release_claims",
+            {**_CLAIMED, "worker": worker, "ids": list(ids), "reason": reason},
+        )
 
     def workers_on_host(self, host: str) -> list[str]:
         return [row[0] for row in self._all("workers_on_host", {"prefix": f"{host}:%"})]

@@ -131,8 +131,8 @@ def test_every_prepared_statement_is_a_query_of_its_own() -> None:
     assert notify.execute == "EXECUTE uploaderd_notify_work (%(job)s)"
     # Numbered in order of first use; a parameter used twice keeps its number.
     renew = prepared("renew_leases")
-    assert (
-        renew.execute == "EXECUTE uploaderd_renew_leases (%(lease_seconds)s, %(ids)s, %(worker)s)"
+    assert renew.execute == (
+        "EXECUTE uploaderd_renew_leases (%(lease_seconds)s, %(ids)s, %(worker)s, %(uploading)s)"
     )
     assert "make_interval(secs => $1)" in renew.prepare and "claimed_by = $3" in renew.prepare
 

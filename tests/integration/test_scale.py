@@ -139,13 +139,13 @@ def timer_queries() -> Iterator[tuple[str, dict[str, Any]]]:
             "pending": "pending",
         },
     )
-    yield "renew_leases", {"worker": "host-a:1:w", "ids": [99800], "lease_seconds": 60}
+    claimed = {"worker": "host-a:1:w", "uploading": "uploading", "ids": [99800]}
+    yield "renew_leases", {**claimed, "lease_seconds": 60}
     yield (
         "complete_batch",
         {
-            "worker": "host-a:1:w",
+            **claimed,
             "keeping": ["scope-a", "scope-c"],
-            "ids": [99800],
             "attempts": [1],
             "states": ["uploaded"],
             "outcomes": ["uploaded"],
@@ -156,7 +156,7 @@ def timer_queries() -> Iterator[tuple[str, dict[str, Any]]]:
             "bytes": [1],
         },
     )
-    yield "release_claims", {"worker": "host-a:1:w", "ids": [99800], "reason": "daemon stopping"}
+    yield "release_claims", {**claimed, "reason": "daemon stopping"}
     batch = range(50, 50 + 2000 * 3, 3)  # a discovery batch of scope-a's paths
     yield (
         "known_paths",
@@ -398,8 +398,8 @@ def rows_read(plan: dict[str, Any]) -> int:
     return read + sum(rows_read(child) for child in plan.get("Plans", []))
 
 
-def backlog_reads(dsn: str, sql: Sql) -> dict[str, int]:
-    """Rows of file_versions each timer query reads beside the backlog, run the daemon's way:
+def backlog_reads(dsn: str, sql: Sql, backlog: str = BACKLOG) -> dict[str, int]:
+    """Rows of file_versions each timer query reads beside ``backlog``, run the daemon's way:
     the prepared statements planned before the backlog arrived (a daemon's connection plans
     once, and a million pending files need not bring an ANALYZE: autovacuum waits for a
     tenth of the table), the others (commands') planned with the backlog known."""
@@ -407,7 +407,7 @@ def backlog_reads(dsn: str, sql: Sql) -> dict[str, int]:
     read: dict[str, int] = {}
     with psycopg2.connect(dsn) as conn, conn.cursor() as cursor:
         plan_now(cursor, dict(timer_queries()))
-        sql(BACKLOG)
+        sql(backlog)
         runs = list(timer_queries())
         for name, arguments in runs:
             if name in PREPARED:
@@ -436,6 +436,25 @@ def test_no_timer_query_reads_the_backlog_of_a_job_it_may_not_serve(history: str
     too_many = {name: rows for name, rows in read.items() if rows > BATCH_READ}
     assert too_many == {}, f"these read the backlog: {too_many}"
     assert read["claim_batch"] > 0, "the claim found the other jobs' pending versions"
+
+
+# What the other hosts of a large cluster hold: 20,000 claims of another worker.
+OTHER_CLAIMS = """
+INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inode, ctime_ns,
+                           bucket, key, state, attempts, claimed_by, lease_expires_at)
+SELECT 'scope-b', 'host-b', 'host-b', '/other', 'f' || i, i, i, i, i, 'lab-raw', 'other/' || i,
+       'uploading', 1, 'host-b:1:w', now() + interval '1 hour'
+FROM generate_series(1, 20000) i
+"""
+
+
+def test_a_workers_batch_reads_its_own_claims_not_every_hosts(history: str, sql: Sql) -> None:
+    """Outcomes, lease renewals and releases go by primary key to the worker's own rows, not
+    through the claims every other host holds (which arrived after the daemon planned its
+    statements). The lease sweep alone reads every claim: it looks for expired ones."""
+    read = backlog_reads(history, sql, OTHER_CLAIMS)
+    fenced = {name: read[name] for name in ("complete_batch", "renew_leases", "release_claims")}
+    assert max(fenced.values()) <= 10, fenced
 
 
 def test_the_backlog_check_catches_a_claim_through_every_pending_version(
