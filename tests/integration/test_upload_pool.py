@@ -101,6 +101,12 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def lab(root: Path, bucket: str, s3_server: S3Server) -> Job:
+    """The job most tests upload for: ``root`` to ``bucket``, three attempts."""
+    return make_job(root, bucket, s3_server)
+
+
+@pytest.fixture
 def start_pool(migrated_dsn: str) -> Iterator[Callable[..., UploadPool]]:
     pools: list[UploadPool] = []
 
@@ -128,13 +134,13 @@ def start_pool(migrated_dsn: str) -> Iterator[Callable[..., UploadPool]]:
 def test_lease_is_renewed_while_a_long_upload_runs(
     migrated_dsn: str,
     root: Path,
-    s3_server: S3Server,
+    lab: Job,
     bucket: str,
     sql: Sql,
     start_pool: Callable[..., UploadPool],
 ) -> None:
     uploader = HeldUploader()
-    start_pool(make_job(root, bucket, s3_server), uploader, lease_seconds=1.0)
+    start_pool(lab, uploader, lease_seconds=1.0)
     queue_file(migrated_dsn, root, "slow.bin", b"x" * 1000, bucket)
     assert uploader.started.wait(10)
     # For three lease lengths the lease must never lapse, so no reaper could take it back.
@@ -156,7 +162,7 @@ def test_lease_is_renewed_while_a_long_upload_runs(
 def test_outcomes_are_written_together_and_a_lone_one_at_once(
     migrated_dsn: str,
     root: Path,
-    s3_server: S3Server,
+    lab: Job,
     bucket: str,
     sql: Sql,
     start_pool: Callable[..., UploadPool],
@@ -165,8 +171,7 @@ def test_outcomes_are_written_together_and_a_lone_one_at_once(
     # deadlines, the eight are written once all eight are in, and a ninth on its own.
     ledger = CountingLedger(migrated_dsn)
     queue_files(migrated_dsn, root, {f"f{i}.txt": b"x" * i for i in range(8)}, bucket)
-    job = make_job(root, bucket, s3_server)
-    start_pool(job, Uploader(Storage(8)), ledger=ledger, workers=4, write_linger=3600.0)
+    start_pool(lab, Uploader(Storage(8)), ledger=ledger, workers=4, write_linger=3600.0)
     wait_for(
         lambda: uploaded(sql) == 8,
         message="eight uploaded",
@@ -183,7 +188,7 @@ def test_outcomes_are_written_together_and_a_lone_one_at_once(
 def test_workers_wake_the_dispatcher_for_a_batch_not_for_each_upload(
     migrated_dsn: str,
     root: Path,
-    s3_server: S3Server,
+    lab: Job,
     bucket: str,
     sql: Sql,
     start_pool: Callable[..., UploadPool],
@@ -194,9 +199,8 @@ def test_workers_wake_the_dispatcher_for_a_batch_not_for_each_upload(
     files = {f"f{i:03}.txt": b"x" * i for i in range(128)}
     ledger = CountingLedger(migrated_dsn)
     queue_files(migrated_dsn, root, files, bucket)
-    job = make_job(root, bucket, s3_server)
     start_pool(
-        job,
+        lab,
         Uploader(Storage(8)),
         ledger=ledger,
         workers=8,
@@ -213,7 +217,7 @@ def test_workers_wake_the_dispatcher_for_a_batch_not_for_each_upload(
 def test_the_dispatcher_claims_on_news_not_on_every_finished_upload(
     migrated_dsn: str,
     root: Path,
-    s3_server: S3Server,
+    lab: Job,
     bucket: str,
     sql: Sql,
     start_pool: Callable[..., UploadPool],
@@ -221,9 +225,7 @@ def test_the_dispatcher_claims_on_news_not_on_every_finished_upload(
     # With the poll out of the way, a claim follows a notification (or a full claim); a
     # worker finishing after a claim found the queue empty is no reason for another.
     ledger = CountingLedger(migrated_dsn)
-    start_pool(
-        make_job(root, bucket, s3_server), Uploader(Storage(4)), ledger=ledger, poll_seconds=3600.0
-    )
+    start_pool(lab, Uploader(Storage(4)), ledger=ledger, poll_seconds=3600.0)
     wait_for(lambda: ledger.claims == [0], message="the first claim, of an empty queue")
 
     for done, name in enumerate(("a.txt", "b.txt", "c.txt"), start=1):
@@ -236,7 +238,7 @@ def test_the_dispatcher_claims_on_news_not_on_every_finished_upload(
 def test_a_finished_outcome_does_not_wait_for_a_long_upload(
     migrated_dsn: str,
     root: Path,
-    s3_server: S3Server,
+    lab: Job,
     bucket: str,
     sql: Sql,
     start_pool: Callable[..., UploadPool],
@@ -249,7 +251,7 @@ def test_a_finished_outcome_does_not_wait_for_a_long_upload(
 
     uploader = OneHeld()
     queue_files(migrated_dsn, root, {"slow.bin": b"s" * 100, "quick.txt": b"q"}, bucket)
-    start_pool(make_job(root, bucket, s3_server), uploader, write_linger=0.05)
+    start_pool(lab, uploader, write_linger=0.05)
     assert uploader.started.wait(10)
     wait_for(
         lambda: (
