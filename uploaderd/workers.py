@@ -135,7 +135,7 @@ class UploadPool:
         self._todo: queue.SimpleQueue[tuple[Claim, Job] | None] = queue.SimpleQueue()
         # What workers hand in for the dispatcher to write. A worker wakes the dispatcher only
         # when it would not look soon by itself: a wake-up per file cost the dispatcher a
-        # round and the worker a syscall, a fifth of the daemon's CPU per small file.
+        # round and the worker a syscall, about a sixth of the daemon's CPU per small file.
         self._handed_in: list[Outcome | MultipartStarted] = []
         self._handed_lock = threading.Lock()
         self._lingering = False  # the dispatcher sleeps no longer than its write linger

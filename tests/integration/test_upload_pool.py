@@ -193,7 +193,7 @@ def test_workers_wake_the_dispatcher_for_a_batch_not_for_each_upload(
     sql: Sql,
     start_pool: Callable[..., UploadPool],
 ) -> None:
-    # A wake-up per finished upload cost the dispatcher a round each (a fifth of the daemon's
+    # A wake-up per finished upload cost the dispatcher a round each (a sixth of the daemon's
     # CPU per small file). While it lingers over a batch, only the outcome that completes
     # the batch wakes it; the first after a write, which it would not see in time, does too.
     files = {f"f{i:03}.txt": b"x" * i for i in range(128)}
