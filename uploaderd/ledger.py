@@ -43,10 +43,11 @@ class State(StrEnum):
     GONE = "gone"  # the queued file vanished (or is no longer a regular file): final
 
 
-# The state of a claim, bound as a parameter where a worker's own claims are looked up by id:
-# as a literal it lets the planner read every host's claims instead (queries.sql,
+# States that the claim and the statements over a worker's own claims re-check as bound
+# parameters, never literals: from a literal the planner can prove a partial index's
+# predicate and walk that whole index for a few ids (queries.sql, claim_batch and
 # renew_leases).
-_CLAIMED = {"uploading": str(State.UPLOADING)}
+_STATES = {"pending": str(State.PENDING), "uploading": str(State.UPLOADING)}
 
 
 # SQLSTATE classes and codes that mean "not now, try again": the server or the connection is
@@ -490,7 +491,7 @@ class Ledger:
                 "scopes": list(scopes),
                 "limit": limit,
                 "lease_seconds": lease_seconds,
-                "pending": str(State.PENDING),  # a parameter on purpose (queries.sql)
+                **_STATES,
             },
         )
         return [Claim(*row) for row in rows]
@@ -498,7 +499,7 @@ class Ledger:
     def renew_leases(self, worker: str, ids: Sequence[int], lease_seconds: float) -> None:
         self._all(
             "renew_leases",
-            {**_CLAIMED, "worker": worker, "ids": list(ids), "lease_seconds": lease_seconds},
+            {**_STATES, "worker": worker, "ids": list(ids), "lease_seconds": lease_seconds},
         )
 
     def complete(
@@ -511,7 +512,7 @@ class Ledger:
         rows = self._all(
             "complete_batch",
             {
-                **_CLAIMED,
+                **_STATES,
                 "worker": worker,
                 "keeping": list(keeping),
                 "ids": numbers(o.claim.id for o in outcomes),
@@ -549,7 +550,7 @@ class Ledger:
         """Hand claims back without charging an attempt; ``reason`` goes to the attempt row."""
         self._all(
             "release_claims",
-            {**_CLAIMED, "worker": worker, "ids": list(ids), "reason": reason},
+            {**_STATES, "worker": worker, "ids": list(ids), "reason": reason},
         )
 
     def workers_on_host(self, host: str) -> list[str]:
