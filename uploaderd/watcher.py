@@ -8,7 +8,14 @@ Watches get lost: a root deleted and re-created, or a mount point remounted, lea
 watch on the old directory. ``refresh()`` (every second, from the main loop) notices a root
 that is gone, has another identity (device, inode) or whose emitter stopped, drops that
 watch and watches the root again as soon as it is a directory, then has it scanned. When the
-kernel's inotify queue overflows, events were dropped: the job's roots are scanned at once.
+kernel's inotify queue overflows, events were dropped: watchdog rebuilds its watches, then
+tells each watch (``EventsLostEvent``), and that root is scanned at once.
+
+Two needs have no public API in watchdog: hearing of IN_UNMOUNT, which watchdog drops, and
+handing a file's event over without watchdog's queues (see ``_ReportingEmitter``). For them
+this module reaches into watchdog's inotify internals; setup.cfg caps watchdog at the minor
+release the suite ran against, and tests/unit/test_unit_watchdog_fence.py names every
+internal used and fails, naming it, when one changes.
 
 ``JobsDirWatcher`` watches ``jobs.d`` itself: a change there (never a mere read) asks the
 daemon for a reload. This is the only module that imports watchdog.
@@ -33,6 +40,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,
     FileClosedEvent,
     FileClosedNoWriteEvent,
     FileCreatedEvent,
@@ -70,12 +78,6 @@ Sink = Callable[[PathEvent], None]
 OnError = Callable[[str, str], None]
 
 
-class QueueOverflowEvent(FileSystemEvent):
-    """The kernel dropped events of this watch (IN_Q_OVERFLOW): what happened is unknown."""
-
-    event_type = "queue_overflow"
-
-
 class UnmountEvent(FileSystemEvent):
     """A filesystem under this watch was unmounted (IN_UNMOUNT): its watches are gone."""
 
@@ -95,13 +97,15 @@ FileChanged = Callable[[str, str], None]
 
 
 class _ReportingEmitter(InotifyEmitter):
-    """An inotify emitter that tells the handlers what watchdog keeps to itself, and hands
-    file events straight over.
+    """An inotify emitter that tells the handlers of unmounts, and hands file events
+    straight over.
 
-    watchdog 7 reacts to IN_Q_OVERFLOW by rebuilding its recursive watches and logging a
-    warning, and drops IN_UNMOUNT; it delivers an event for neither. This wraps the two
-    callbacks of the emitter's watch group (``on_queue_overflow``, ``on_event``) so that our
-    handler hears of both: the job is rescanned, the unmounted root watched again.
+    Neither has a public API, so this replaces ``on_event``, the reader's callback, of the
+    emitter's (private) watch group ``self._inotify``. watchdog drops IN_UNMOUNT; the wrapper
+    turns it into an ``UnmountEvent``, so that the unmounted root is watched again. An
+    overflow needs no wrapper: watchdog rebuilds its recursive watches itself, then queues
+    an ``EventsLostEvent`` behind the events read so far, which ``_Forward`` turns into a
+    scan of the root.
 
     An event on a file (not a directory) needs none of watchdog's bookkeeping: no watch
     to add or move. Yet each would pass its move grouper (a linear search of its queue per
@@ -120,12 +124,8 @@ class _ReportingEmitter(InotifyEmitter):
         group = self._inotify
         if group is None:
             return
-        rebuild, handle = group.on_queue_overflow, group.on_event
+        handle = group.on_event
         root = self.watch.path
-
-        def overflowed() -> None:
-            rebuild()
-            self.queue_event(QueueOverflowEvent(root))
 
         def on_event(event: InotifyEvent) -> None:
             if event.name and not event.is_directory:
@@ -139,11 +139,13 @@ class _ReportingEmitter(InotifyEmitter):
             if event.mask & InotifyConstants.IN_UNMOUNT:
                 self.queue_event(UnmountEvent(root))
 
-        group.on_queue_overflow = overflowed  # type: ignore[method-assign]
         group.on_event = on_event  # type: ignore[method-assign]
 
 
 class _InotifyObserver(InotifyObserver):
+    """Makes its emitters ``_ReportingEmitter``s: watchdog has no public way to choose the
+    emitter, so this sets its private ``_emitter_class``."""
+
     def __init__(self, file_changed: FileChanged) -> None:
         super().__init__()
         # A factory in place of the class: watchdog only ever calls it.
@@ -161,7 +163,7 @@ class _Forward(FileSystemEventHandler):
         self.watch, self.job, self.root, self.sink = watch, watch.job.name, root, watch.sink
 
     # Dispatched by event_type (after on_any_event, which ignores them).
-    def on_queue_overflow(self, _event: QueueOverflowEvent) -> None:
+    def on_events_lost(self, _event: EventsLostEvent) -> None:
         self.watch.overflowed(self.root)
 
     def on_unmount(self, _event: UnmountEvent) -> None:
@@ -182,10 +184,10 @@ class _Forward(FileSystemEventHandler):
 
 # The events _Forward acts on; watchdog drops the rest. Naming them also keeps the kernel
 # from queueing IN_OPEN and IN_CLOSE_NOWRITE, which every read of a file (the daemon's own
-# hashing and upload among them) would otherwise add to each file's events. Overflow and
-# unmount come from the kernel whatever the mask.
+# hashing and upload among them) would otherwise add to each file's events. The kernel
+# reports overflow and unmount whatever the mask; listing them lets their events through.
 _WANTED: list[type[FileSystemEvent]] = [
-    QueueOverflowEvent,
+    EventsLostEvent,
     UnmountEvent,
     FileCreatedEvent,
     FileModifiedEvent,

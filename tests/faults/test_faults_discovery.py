@@ -425,8 +425,14 @@ def test_an_inotify_overflow_rescans_the_job_at_once(
     job = lab_job(root, rescan="1h")
     discovery = Discovery(Ledger(migrated_dsn), host="host-a")
     sink = _LossySink(discovery)
+    requests: list[PathEvent] = []  # all the watcher asked for, in order
+
+    def record(event: PathEvent) -> None:
+        requests.append(event)
+        sink(event)
+
     errors: list[str] = []
-    watcher = Watcher(sink, lambda _job, message: errors.append(message))
+    watcher = Watcher(record, lambda _job, message: errors.append(message))
     discovery.start()
     try:
         discovery.set_jobs({"lab": job})
@@ -442,10 +448,25 @@ def test_an_inotify_overflow_rescans_the_job_at_once(
         # What watchdog's reader thread does when read() returns IN_Q_OVERFLOW (wd -1).
         observer = watcher.watches["lab"].observer
         assert observer is not None
+        before = len(requests)
         observer._inotify_fd.handle_event(  # type: ignore[attr-defined]
             InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b"")
         )
         wait_state(sql, "lab", "missed.txt", "pending", timeout=10)
+
+        # One overflow, one scan. A directory made now reaches the sink only after all the
+        # overflow still had queued: watchdog's queues are first in, first out, and one
+        # thread dispatches them.
+        marker = root / "made-after-the-overflow"
+        marker.mkdir()
+        wait_for(
+            lambda: PathEvent("lab", str(root), str(marker), True) in requests,
+            message="the directory made after the overflow reported",
+        )
+        since = requests[before:]
+        assert [e for e in since if e.path == str(root)] == [
+            PathEvent("lab", str(root), str(root), True)
+        ], "one overflow, one scan of the root"
         assert errors == [
             f"the inotify queue overflowed and events under {root} were lost "
             "(raise fs.inotify.max_queued_events); scanning it now"

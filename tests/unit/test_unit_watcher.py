@@ -154,6 +154,9 @@ class Ignored:
     def on_queue_overflow(self) -> None:
         pass
 
+    def on_events_lost(self) -> None:
+        pass
+
 
 def test_watchdogs_warning_of_a_directory_watched_twice_stays_out_of_the_journal(
     watcher: Watcher, root: Path
