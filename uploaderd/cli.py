@@ -57,7 +57,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     parser = build_parser(env)
     args = parser.parse_args(argv)
     try:
-        config = load_daemon_config(args.config, env=env)
+        # Only `check --reload` (the unit's ExecReload=) runs without the unit's credentials.
+        credentials = not getattr(args, "reload", False)
+        config = load_daemon_config(args.config, env=env, credentials=credentials)
         logs.setup(config.log_level if args.command == "run" else "warning", config.log_format, env)
         command: Command = args.handler
         return command(args, config)
@@ -157,6 +159,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         action="store_true",
         help="also reach the database, write to each bucket and reach each "
         "trigger URL (e.g. uploaderd check --connect)",
+    )
+    check.add_argument(
+        "--reload",
+        action="store_true",
+        help="as systemctl reload runs it (ExecReload=): the credential files of the unit "
+        "are not checked, since systemd hands them to the running daemon only",
     )
     upload = add(
         "upload",

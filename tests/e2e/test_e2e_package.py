@@ -75,13 +75,11 @@ def run(
 
 
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The package, built from this tree (pip's cache makes a rebuild mostly offline)."""
-    output = tmp_path_factory.mktemp("dist")
-    proc = run(str(REPO / "packaging" / "build-deb"), "--output", str(output))
-    built = Path(proc.stdout.strip().splitlines()[-1])
-    assert built == output / f"uploaderd_{__version__}_{_arch()}.deb"
-    return built
+def deb(deb_package: Path) -> Path:
+    """The package, built from this tree; its version is this build's own."""
+    version = re.escape(__version__) + r"(\+git[0-9]+\.[0-9a-f]{7}(\.dirty[0-9]{14})?)?"
+    assert re.fullmatch(rf"uploaderd_{version}_{_arch()}\.deb", deb_package.name), deb_package
+    return deb_package
 
 
 def _arch() -> str:
@@ -208,10 +206,15 @@ def test_install_puts_a_working_daemon_in_place(installed: Path) -> None:
     assert Path("/usr/lib/tmpfiles.d/uploaderd.conf").is_file()
     assert Path("/usr/share/doc/uploaderd/install.md").is_file()
     conffiles = run("dpkg-query", "-W", "-f=${Conffiles}", "uploaderd").stdout
+    # The config is the operator's (copied from /usr/share once), so no upgrade prompts.
     assert {line.split()[0] for line in conffiles.strip().splitlines()} == {
-        "/etc/uploaderd/uploaderd.yaml",
         "/etc/uploaderd/jobs.d/example.yaml.sample",
     }
+    assert (
+        Path("/usr/share/uploaderd/uploaderd.yaml").read_text()
+        == (REPO / "etc" / "uploaderd" / "uploaderd.yaml").read_text()
+    )
+    assert "procps" in depends
     assert "python3 (>= 3.11)" in depends
 
     # The service user and its directories.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from uploaderd.cli import main
 from uploaderd.config import S3Settings, load_daemon_config, load_jobs
 from uploaderd.errors import ConfigError, ConfigProblem
 from uploaderd.jobpolicy import INSECURE_JOB_FILES_ENV, JobPolicy
@@ -277,6 +278,17 @@ def test_a_missing_credential_file_is_a_config_error(tmp_path: Path, name: str) 
     assert (problem.file, problem.key) == (missing, name)
     assert problem.message.startswith(f"the file {name} names does not exist; under systemd")
     assert "LoadCredential=" in problem.message
+
+
+def test_check_reload_runs_without_the_units_credential_files(tmp_path: Path) -> None:
+    # What ExecReload= sees under systemd 252 (systemd#35227): the variables set by the unit,
+    # the files not there. The reload's check must pass; a plain check must still say why not.
+    config = write(tmp_path / "uploaderd.yaml", f"jobs_dir: {tmp_path / 'jobs.d'}\n", 0o644)
+    (tmp_path / "jobs.d").mkdir(mode=0o755)
+    gone = "/run/credentials/uploaderd.service/"
+    env = {"PGPASSFILE": gone + "pgpass", "AWS_SHARED_CREDENTIALS_FILE": gone + "aws-credentials"}
+    assert main(["check", "--reload", "-c", str(config)], env=env) == 0
+    assert main(["check", "-c", str(config)], env=env) == 2
 
 
 def test_readable_credential_files_pass(tmp_path: Path) -> None:

@@ -61,7 +61,8 @@ def test_lifecycle_keys(service: dict[str, list[str]]) -> None:
 
 
 def test_reload_validates_with_check_before_it_signals(service: dict[str, list[str]]) -> None:
-    assert service["ExecReload"] == ["/usr/bin/uploaderd check", "/bin/kill -HUP $MAINPID"]
+    # --reload: no credential files under ExecReload= with systemd 252 (systemd#35227).
+    assert service["ExecReload"] == ["/usr/bin/uploaderd check --reload", "/bin/kill -HUP $MAINPID"]
 
 
 def test_stop_timeout_is_above_the_shipped_shutdown_grace(service: dict[str, list[str]]) -> None:
