@@ -38,7 +38,14 @@ store, so that a test passing on all three does not rest on what one server lets
   (InvalidRequest). CreateBucket of an existing bucket: BucketAlreadyOwnedByYou. It
   starts in about 4 s (moto 1 s) and every new bucket costs about 0.2 s on its first
   write (volumes are grown per bucket), so the suite starts it once per session and only
-  when a test asks for it. On SIGTERM it waits 10 s for its master, so it is killed
+  when a test asks for it. A bucket whose collection gets no volume answers InternalError
+  to every PutObject, and by default weed grows 7 volumes per bucket out of as many as
+  fit, at 64 MB each, in the free space of TMPDIR (34 on a 2.4 GB tmpfs: five buckets).
+  Here a bucket grows one volume, out of a fixed 256 (``max_volumes``; they are sparse,
+  about 12 KiB each when empty); ``create_bucket`` says so when none is left, and
+  ``start`` when TMPDIR has less free than ``disk_needed`` plus the 64 MiB below which
+  weed makes every volume read-only. It logs to server.log only, not also to files of
+  its own in TMPDIR. On SIGTERM it waits 10 s for its master, so it is killed
   after 2 s (its data is throwaway); its gRPC ports are chosen and passed explicitly (the
   default, HTTP + 10000, may be taken), and the sockets it names after them under /tmp
   are removed on stop.

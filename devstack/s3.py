@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 import boto3
 from botocore.config import Config
@@ -199,6 +199,15 @@ class RcloneS3Server(S3Server):
 
 _WEED_SERVERS = ("master", "volume", "filer", "s3")
 _PROBE_BUCKET = "devstack-probe"
+_MIB = 1 << 20
+
+
+class Volumes(NamedTuple):
+    """SeaweedFS's volume count, as its master sees it (``GET /dir/status``)."""
+
+    total: int  # the budget: -volume.max of the one volume server
+    free: int  # not yet grown
+    by_collection: dict[str, int]  # writable volumes of each collection (a bucket's name)
 
 
 class SeaweedFSServer(S3Server):
@@ -208,6 +217,15 @@ class SeaweedFSServer(S3Server):
     directory is emptied on every start, so each start serves no buckets. Every
     port is chosen here and passed explicitly: weed's default gRPC port is the
     HTTP port + 10000, which nothing guarantees to be free.
+
+    Each bucket is a collection with volumes of its own, and a PutObject into a bucket
+    whose collection cannot get a volume answers InternalError. Left to its defaults weed
+    grows 7 volumes for a new collection and allows as many as fit, at the volume size
+    limit each, in the free disk space (``-volume.max=0``): 34 on a 2.4 GB tmpfs, all taken
+    by the fifth bucket. So a new bucket grows one volume here, and the number of volumes
+    is a fixed count (``max_volumes``), not a function of free disk: volumes are sparse
+    (not preallocated; an empty one takes about 12 KiB), so the disk they use is what is
+    written to them. ``create_bucket`` refuses, naming the count, when none is left.
     """
 
     verifies_checksums = True
@@ -215,9 +233,29 @@ class SeaweedFSServer(S3Server):
     ready_path = "/healthz"
     # weed spends 10 s saying goodbye to its master on SIGTERM; the data is throwaway.
     stop_timeout = 2.0
+    # Volumes the volume server may hold: one per bucket that was written to, and one more
+    # per 64 MB (-master.volumeSizeLimitMB) a bucket holds. A deleted bucket frees its own.
+    max_volumes = 256
+    # Below this much free space weed makes every volume read-only (-volume.minFreeSpace;
+    # its default, 1% of the disk, differs from disk to disk).
+    min_free_space = 64 * _MIB
+    # What start() wants free under base_dir on top of min_free_space: the data and logs
+    # of the run (DevstackError, naming the numbers, when there is less).
+    disk_needed = 64 * _MIB
 
-    def __init__(self, base_dir: Path | None = None, port: int | None = None):
+    def __init__(
+        self,
+        base_dir: Path | None = None,
+        port: int | None = None,
+        *,
+        max_volumes: int | None = None,
+        disk_needed: int | None = None,
+    ):
         super().__init__(base_dir, port)
+        if max_volumes is not None:
+            self.max_volumes = max_volumes
+        if disk_needed is not None:
+            self.disk_needed = disk_needed
         ports = [p for p in free_ports(8) if p != self.port][:7]
         http_ports = dict(zip(_WEED_SERVERS[:3], ports[:3], strict=True))
         self._grpc_ports = dict(zip(_WEED_SERVERS, ports[3:], strict=True))
@@ -225,14 +263,18 @@ class SeaweedFSServer(S3Server):
             **{f"{name}.port": port for name, port in http_ports.items()},
             **{f"{name}.port.grpc": port for name, port in self._grpc_ports.items()},
         }
+        self.master_port = http_ports["master"]
 
     def _command(self) -> list[str]:
         base = self.base_dir
         return [
-            find_tool("weed"), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            # Logs to stderr (server.log) only, not also to files of its own in TMPDIR.
+            find_tool("weed"), "-logtostderr", "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-dir={base / 'data'}", "-master.telemetry=false",
-            # Each bucket is a collection of its own volumes: keep them small and sparse.
-            "-master.volumePreallocate=false", "-master.volumeSizeLimitMB=64", "-volume.max=0",
+            # Each bucket is a collection of its own volumes: few, small and sparse ones.
+            "-master.volumePreallocate=false", "-master.volumeSizeLimitMB=64",
+            f"-volume.max={self.max_volumes}",
+            f"-volume.minFreeSpace={self.min_free_space // _MIB}MiB",
             *(f"-{name}={port}" for name, port in self._options.items()),
             "-s3", f"-s3.port={self.port}", f"-s3.config={base / 's3.json'}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
@@ -240,8 +282,13 @@ class SeaweedFSServer(S3Server):
         ]  # fmt: skip
 
     def _environment(self) -> dict[str, str]:
-        # weed writes its own log files into TMPDIR.
-        return os.environ | {"TMPDIR": str(self.base_dir)}
+        return os.environ | {
+            # Whatever temporary files weed makes go with its directory.
+            "TMPDIR": str(self.base_dir),
+            # master.toml's [master.volume_growth] copy_1 (7): volumes a new collection grows.
+            # The environment outranks any master.toml weed finds in ~/.seaweedfs or /etc.
+            "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1",
+        }
 
     def _ready(self, status: int) -> bool:
         return status == 200
@@ -254,13 +301,62 @@ class SeaweedFSServer(S3Server):
         }
         (self.base_dir / "s3.json").write_text(json.dumps({"identities": [identity]}))
 
+    def _check_free_space(self) -> None:
+        """DevstackError, naming the directory and the numbers, if the disk is too small."""
+        free = shutil.disk_usage(self.base_dir).free
+        needed = self.disk_needed + self.min_free_space
+        if free < needed:
+            where = f"TMPDIR ({self.base_dir.parent})" if self._owns_dir else str(self.base_dir)
+            raise DevstackError(
+                f"{where} has {free // _MIB} MiB free; SeaweedFS needs {needed // _MIB} MiB"
+                f" there: {self.disk_needed // _MIB} MiB for its data and log, and"
+                f" {self.min_free_space // _MIB} MiB below which it makes every volume"
+                " read-only (then every PutObject answers InternalError)"
+            )
+
+    def volumes(self) -> Volumes:
+        """The master's count of volumes: the budget, the free ones and those of each bucket."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.master_port, timeout=5)
+        try:
+            conn.request("GET", "/dir/status")
+            topology = json.loads(conn.getresponse().read())["Topology"]
+        finally:
+            conn.close()
+        return Volumes(
+            total=int(topology["Max"]),
+            free=int(topology["Free"]),
+            by_collection={
+                layout["collection"]: len(layout.get("writables") or [])
+                for layout in topology.get("Layouts") or []
+            },
+        )
+
+    def create_bucket(self, name: str) -> None:
+        """Create bucket ``name``; DevstackError if no volume is left for its objects."""
+        volumes = self.volumes()
+        if volumes.total == 0:
+            log = tail(self.log_file)
+            raise DevstackError(f"SeaweedFS's master knows no volume server:\n{log}")
+        if volumes.free < 1:
+            raise DevstackError(
+                f"SeaweedFS has no volume left for bucket {name}: all {volumes.total}"
+                f" (max_volumes) are taken, {len(volumes.by_collection)} collections hold"
+                " writable ones; delete buckets or raise max_volumes"
+            )
+        super().create_bucket(name)
+
     def _accepts_writes(self) -> bool:
-        """Whether an object can be written: the volume server has joined the master."""
+        """Whether an object can be written: the volume server has joined the master.
+
+        Not an empty one: the filer keeps that without asking the master for a volume,
+        which it can do seconds before the volume server has joined (after the master's
+        election at start, or the volume server's retry once a heartbeat was refused).
+        """
         client = self.client()
         try:
             with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
                 client.create_bucket(Bucket=_PROBE_BUCKET)
-            client.put_object(Bucket=_PROBE_BUCKET, Key="probe", Body=b"")
+            client.put_object(Bucket=_PROBE_BUCKET, Key="probe", Body=b"probe")
             client.delete_object(Bucket=_PROBE_BUCKET, Key="probe")
             client.delete_bucket(Bucket=_PROBE_BUCKET)
         except (ClientError, BotoCoreError):
@@ -272,6 +368,7 @@ class SeaweedFSServer(S3Server):
             return
         shutil.rmtree(self.base_dir / "data", ignore_errors=True)
         (self.base_dir / "data").mkdir(parents=True)
+        self._check_free_space()
         self._write_identity()
         super().start()
         try:

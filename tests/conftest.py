@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg2
 import pytest
 from daemon import DaemonProcess
+from debhost import OLD_COMMIT, REPO, build_deb
+from nspawn import debian_root, unavailable
 
 from devstack import (
     ACCESS_KEY,
@@ -28,6 +34,27 @@ from devstack import (
     SeaweedFSServer,
 )
 from uploaderd.ledger import Ledger
+
+# What a whole run uses in TMPDIR at its peak, with room to spare: measured 1.7 GB on a
+# 2.4 GB tmpfs /tmp (pytest's test directories 0.8 GB, moto's object bodies 0.5 GB,
+# PostgreSQL up to 0.4 GB, rclone and SeaweedFS 0.1 GB each).
+TMPDIR_NEEDED = 2 << 30
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Say what the suite needs up front, not as servers failing mid-run (a full TMPDIR)."""
+    config = session.config
+    whole = config.args_source == pytest.Config.ArgsSource.TESTPATHS and not (
+        config.getoption("keyword") or config.getoption("markexpr")
+    )
+    tmpdir = tempfile.gettempdir()
+    free = shutil.disk_usage(tmpdir).free
+    if whole and free < TMPDIR_NEEDED:
+        raise pytest.UsageError(
+            f"TMPDIR ({tmpdir}) has {free >> 20} MiB free; the whole suite needs about "
+            f"{TMPDIR_NEEDED >> 20} MiB there. Point TMPDIR at a larger filesystem, or run "
+            "a part of the suite (-k, or a tests/ path)."
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -118,10 +145,21 @@ def rclone_server() -> Iterator[RcloneS3Server]:
         yield server
 
 
+# What the session's SeaweedFS writes into TMPDIR, with room to grow: about 110 MiB of
+# objects in a full run (of them 106 MiB by the seaweedfs-marked tests) and its log.
+SEAWEEDFS_DISK_NEEDED = 256 << 20
+
+
 @pytest.fixture(scope="session")
 def seaweedfs_server() -> Iterator[SeaweedFSServer]:
-    """Started once per session, on the first test that asks (about 4 s)."""
-    with SeaweedFSServer() as server:
+    """Started once per session, on the first test that asks (about 4 s).
+
+    Its buckets are kept until the session ends: each takes one of its 256 volumes (a
+    count, whatever the free disk), and their objects about 110 MiB in all (measured).
+    Less free space in TMPDIR than SEAWEEDFS_DISK_NEEDED plus the 64 MiB weed keeps free
+    fails the start, saying so.
+    """
+    with SeaweedFSServer(disk_needed=SEAWEEDFS_DISK_NEEDED) as server:
         yield server
 
 
@@ -206,3 +244,48 @@ def sql(migrated_dsn: str) -> Iterator[Callable[..., list[tuple[object, ...]]]]:
                 return cursor.fetchall() if cursor.description else []
 
     yield run
+
+
+# --- the system tier (tests/system/): the .deb under a real systemd ---------------------------
+# Root, systemd-nspawn and debootstrap (./dev test installs them); skipped, saying why, elsewhere.
+# The S3 server runs on the host (rclone); PostgreSQL is each container's own unit.
+
+
+@pytest.fixture(scope="session")
+def system_root() -> Path:
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    return debian_root()
+
+
+@pytest.fixture(scope="session")
+def deb_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package of this tree, as packaging/build-deb makes it (once a session: the package
+    tests and the system tier share it)."""
+    return build_deb(REPO, tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="session")
+def old_deb(system_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package of OLD_COMMIT, built from its own tree with its own build-deb."""
+    cached = system_root.parent / f"uploaderd-{OLD_COMMIT}.deb"
+    if cached.exists():
+        return cached
+    source = tmp_path_factory.mktemp(f"uploaderd-{OLD_COMMIT}")
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", OLD_COMMIT], capture_output=True, check=False
+    )
+    if archive.returncode:
+        pytest.skip(f"commit {OLD_COMMIT} is not in this clone's history (a shallow clone?)")
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
+    built = build_deb(source, source / "dist")
+    built.rename(cached)
+    return cached
+
+
+@pytest.fixture(scope="session")
+def host_s3(system_root: Path) -> Iterator[RcloneS3Server]:
+    """The S3 server the containers reach on the host's 127.0.0.1."""
+    with RcloneS3Server() as server:
+        yield server

@@ -1,0 +1,128 @@
+"""An upgrade under a real systemd, the way automation runs it: the .deb of an earlier commit
+(before migration 0010) installed and uploading with an admin-edited config, then
+``apt-get install -y`` of this tree's .deb, non-interactively. A second host keeps the old
+build on the same database throughout: the rolling upgrade of a fleet.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from debhost import add_job, boot, install_as_the_readme_says
+from helpers import wait_for
+from nspawn import Container, wait_active
+
+from devstack import RcloneS3Server
+
+UNIT = "uploaderd.service"
+CREDENTIALS = (
+    "PGPASSFILE=/etc/uploaderd/credentials/pgpass "
+    "AWS_SHARED_CREDENTIALS_FILE=/etc/uploaderd/credentials/aws-credentials"
+)
+pytestmark = pytest.mark.system
+
+
+@pytest.fixture
+def hosts(
+    system_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Container, Container]]:
+    booted: list[Container] = []
+    try:
+        for name in ("upgrade-a", "upgrade-b"):
+            shared = tmp_path_factory.mktemp(name)
+            shared.chmod(0o755)
+            booted.append(boot(system_root, name, shared))
+        yield booted[0], booted[1]
+    finally:
+        for container in booted:
+            container.poweroff()
+
+
+def _version(host: Container) -> str:
+    return host.run("dpkg-query", "-W", "-f=${Version}", "uploaderd").stdout
+
+
+def _arrives(s3: RcloneS3Server, key: str, data: bytes, timeout: float = 30) -> None:
+    client = s3.client()
+
+    def arrived() -> bool:
+        try:
+            body: bytes = client.get_object(Bucket="upgrade", Key=key)["Body"].read()
+        except client.exceptions.NoSuchKey:
+            return False
+        return body == data
+
+    wait_for(arrived, timeout=timeout, interval=0.2, message=f"s3://upgrade/{key}")
+
+
+def _drop(host: Container, path: str) -> bytes:
+    data = os.urandom(4096)
+    target = host.path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return data
+
+
+def test_an_upgrade_restarts_the_daemon_and_an_old_host_keeps_working_across_the_migration(
+    hosts: tuple[Container, Container], old_deb: Path, deb_package: Path, host_s3: RcloneS3Server
+) -> None:
+    a, b = hosts
+    host_s3.create_bucket("upgrade")
+    # Host a: the old build, installed as the README says (its config edited on the way).
+    install_as_the_readme_says(a, old_deb, host_s3)
+    add_job(a, "lab-a", "/data/lab-a", "upgrade")
+    a.run("systemctl", "enable", "--now", "uploaderd")
+    wait_active(a, UNIT)
+    before = _drop(a, "/data/lab-a/before.bin")
+    _arrives(host_s3, "lab-a/before.bin", before)
+    # Host b: the old build too, on host a's database.
+    install_as_the_readme_says(b, old_deb, host_s3, database=a)
+    add_job(b, "lab-b", "/data/lab-b", "upgrade")
+    b.run("systemctl", "enable", "--now", "uploaderd")
+    wait_active(b, UNIT)
+    old = _version(a)
+
+    apt = "DEBIAN_FRONTEND=noninteractive apt-get install -y"
+    (a.shared / "dist" / deb_package.name).write_bytes(deb_package.read_bytes())
+    a.sh(f"cd /srv/systest && {apt} ./dist/{deb_package.name} </dev/null")
+    new = _version(a)
+    assert a.run("dpkg", "--compare-versions", new, "gt", old, check=False).returncode == 0, (
+        old,
+        new,
+    )
+    assert a.run("dpkg-query", "-W", "-f=${Status}", "uploaderd").stdout == ("install ok installed")
+    config = a.path("/etc/uploaderd/uploaderd.yaml").read_text()
+    assert f"localhost:{a.pg_port}/uploaderd" in config, "the admin's config was replaced"
+
+    # Restarted onto the new build, which needs migration 0010: exit 2, and no restart loop.
+    failed = wait_for(
+        lambda: (
+            (shown := a.show(UNIT, "ActiveState", "ExecMainStatus", "NRestarts"))["ActiveState"]
+            == "failed"
+            and shown
+        ),
+        timeout=30,
+        interval=0.2,
+        message="the new daemon refusing the old schema",
+    )
+    assert (failed["ExecMainStatus"], failed["NRestarts"]) == ("2", "0"), failed
+    assert "run `uploaderd migrate`" in a.journal(UNIT)
+    during = _drop(a, "/data/lab-a/during.bin")
+
+    a.sh(f"{CREDENTIALS} uploaderd migrate")
+    # The old build on host b goes on uploading against the migrated schema.
+    old_host = _drop(b, "/data/lab-b/after-migrate.bin")
+    _arrives(host_s3, "lab-b/after-migrate.bin", old_host)
+    assert b.show(UNIT, "NRestarts")["NRestarts"] == "0"
+
+    a.run("systemctl", "restart", UNIT)
+    wait_active(a, UNIT)
+    _arrives(host_s3, "lab-a/during.bin", during)
+    after = _drop(a, "/data/lab-a/after.bin")
+    _arrives(host_s3, "lab-a/after.bin", after)
+    _arrives(host_s3, "lab-a/before.bin", before)
+    files = a.sh(f"{CREDENTIALS} uploaderd files --job lab-a --state failed").stdout
+    assert "before.bin" not in files and "during.bin" not in files
