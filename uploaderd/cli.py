@@ -163,8 +163,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     check.add_argument(
         "--reload",
         action="store_true",
-        help="as systemctl reload runs it (ExecReload=): the credential files of the unit "
-        "are not checked, since systemd hands them to the running daemon only",
+        help="as systemctl reload runs it (ExecReload=): the unit's credential files are "
+        "not checked, since systemd hands them to the running daemon only "
+        "(e.g. uploaderd check --reload)",
     )
     upload = add(
         "upload",
