@@ -7,12 +7,18 @@ import re
 import subprocess
 from pathlib import Path
 
-from helpers import free_port
+from helpers import free_port, wait_for
 from nspawn import Container
 
 from devstack import ACCESS_KEY, SECRET_KEY, RcloneS3Server
 
 REPO = Path(__file__).resolve().parents[1]
+UNIT = "uploaderd.service"
+# What the README's install step 2 exports, for the commands a test runs as root.
+CREDENTIALS = (
+    "PGPASSFILE=/etc/uploaderd/credentials/pgpass "
+    "AWS_SHARED_CREDENTIALS_FILE=/etc/uploaderd/credentials/aws-credentials"
+)
 PASSWORD = "uploaderd-systest-password"
 # The old build an upgrade starts from: the last commit before migration 0010, so the new
 # build needs `uploaderd migrate`. Its .deb is built once and cached beside the root.
@@ -30,6 +36,8 @@ def build_deb(source: Path, output: Path) -> Path:
 
 
 def boot(root: Path, name: str, shared: Path) -> Container:
+    """A container booted on ``root``; ``shared`` (made readable to it) is its /srv/systest."""
+    shared.chmod(0o755)
     container = Container(root, name, shared)
     try:
         container.boot()
@@ -45,6 +53,43 @@ def readme_credentials_block() -> str:
     match = re.search(r"2\. \*\*Credentials\*\*.*?```sh\n(.*?)```", readme, re.S)
     assert match, "README.md has no credentials step"
     return "\n".join(line.strip() for line in match.group(1).splitlines())
+
+
+def apt_install(container: Container, deb: Path, apt: str = "apt-get") -> None:
+    """``apt install ./dist/….deb`` in the container, non-interactively, as automation runs
+    it (``apt``: the README's words; ``apt-get``: a script's)."""
+    (container.shared / "dist").mkdir(exist_ok=True)
+    (container.shared / "dist" / deb.name).write_bytes(deb.read_bytes())
+    container.sh(
+        f"cd /srv/systest && DEBIAN_FRONTEND=noninteractive {apt} install -y "
+        f"./dist/{deb.name} </dev/null"
+    )
+
+
+def write_file(container: Container, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` inside the container (as root), making its directories."""
+    target = container.path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+
+
+def s3_object(s3: RcloneS3Server, bucket: str, key: str) -> bytes | None:
+    client = s3.client()
+    try:
+        body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return None
+    return body
+
+
+def arrives(s3: RcloneS3Server, bucket: str, key: str, data: bytes, timeout: float = 30) -> None:
+    """Wait until s3://bucket/key holds exactly ``data``."""
+    wait_for(
+        lambda: s3_object(s3, bucket, key) == data,
+        timeout=timeout,
+        interval=0.2,
+        message=f"s3://{bucket}/{key} with the bytes written",
+    )
 
 
 def create_database(container: Container) -> None:
@@ -64,10 +109,7 @@ def install_as_the_readme_says(
     """README's Install section: the package, the role and database (on ``database``'s
     PostgreSQL, the container's own by default), the credentials, the schema; not yet a job
     nor the start."""
-    (container.shared / "dist").mkdir(exist_ok=True)
-    (container.shared / "dist" / deb.name).write_bytes(deb.read_bytes())
-    apt = "DEBIAN_FRONTEND=noninteractive apt install -y"
-    container.sh(f"cd /srv/systest && {apt} ./dist/{deb.name}")
+    apt_install(container, deb, "apt")
     if database is None:
         create_database(container)
     port = (database or container).pg_port

@@ -15,13 +15,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from debhost import add_job, boot, install_as_the_readme_says
+from debhost import (
+    CREDENTIALS,
+    UNIT,
+    add_job,
+    arrives,
+    boot,
+    install_as_the_readme_says,
+    s3_object,
+    write_file,
+)
 from helpers import wait_for
 from nspawn import Container, wait_active
 
 from devstack import RcloneS3Server
 
-UNIT = "uploaderd.service"
 pytestmark = pytest.mark.system
 
 
@@ -32,9 +40,7 @@ def host(
     host_s3: RcloneS3Server,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Container]:
-    shared = tmp_path_factory.mktemp("service")
-    shared.chmod(0o755)
-    container = boot(system_root, "uploaderd-systest", shared)
+    container = boot(system_root, "uploaderd-systest", tmp_path_factory.mktemp("service"))
     try:
         install_as_the_readme_says(container, deb_package, host_s3)
         yield container
@@ -42,35 +48,11 @@ def host(
         container.poweroff()
 
 
-def _object(s3: RcloneS3Server, bucket: str, key: str) -> bytes | None:
-    client = s3.client()
-    try:
-        body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except client.exceptions.NoSuchKey:
-        return None
-    return body
-
-
-def _arrives(s3: RcloneS3Server, bucket: str, key: str, data: bytes, timeout: float = 30) -> None:
-    wait_for(
-        lambda: _object(s3, bucket, key) == data,
-        timeout=timeout,
-        interval=0.2,
-        message=f"s3://{bucket}/{key} with the bytes written",
-    )
-
-
-def _write(host: Container, path: str, data: bytes) -> None:
-    target = host.path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
-
-
 def _restarts(host: Container) -> int:
     return int(host.show(UNIT, "NRestarts")["NRestarts"])
 
 
-def test_the_readme_install_steps_work_and_a_file_arrives(
+def test_the_readme_install_steps_work_and_a_filearrives(
     host: Container, host_s3: RcloneS3Server
 ) -> None:
     for name in ("pgpass", "aws-credentials"):
@@ -78,11 +60,7 @@ def test_the_readme_install_steps_work_and_a_file_arrives(
         assert (info.st_uid, info.st_mode & 0o777) == (0, 0o600), name
     host_s3.create_bucket("readme")
     add_job(host, "scope-a", "/data/scope-a", "readme")
-    env = (
-        "PGPASSFILE=/etc/uploaderd/credentials/pgpass "
-        "AWS_SHARED_CREDENTIALS_FILE=/etc/uploaderd/credentials/aws-credentials"
-    )
-    check = host.sh(f"{env} uploaderd check --connect")
+    check = host.sh(f"{CREDENTIALS} uploaderd check --connect")
     assert "1 valid job, 0 problems" in check.stdout, check.stdout
     host.run("systemctl", "enable", "--now", "uploaderd")
     shown = wait_active(host, UNIT)
@@ -91,8 +69,8 @@ def test_the_readme_install_steps_work_and_a_file_arrives(
     assert status["UnitFileState"] == "enabled"
     assert "1 job, 1 root watched" in status["StatusText"], status
     data = os.urandom(100_000)
-    _write(host, "/data/scope-a/run-1/first.bin", data)
-    _arrives(host_s3, "readme", "scope-a/run-1/first.bin", data)
+    write_file(host, "/data/scope-a/run-1/first.bin", data)
+    arrives(host_s3, "readme", "scope-a/run-1/first.bin", data)
     assert "uploaded run-1/first.bin as s3://readme/scope-a/run-1/first.bin" in host.journal(UNIT)
 
 
@@ -115,8 +93,8 @@ def test_reload_applies_a_change_and_a_broken_job_file_fails_it_keeping_the_jobs
     assert "/etc/uploaderd/jobs.d/reload.yaml:4: source.setle: unknown key" in journal
     assert host.show(UNIT, "ActiveState")["ActiveState"] == "active"
     data = b"still watched while the job file is broken"
-    _write(host, "/data/reload/during.txt", data)
-    _arrives(host_s3, "reload", "reload/during.txt", data)
+    write_file(host, "/data/reload/during.txt", data)
+    arrives(host_s3, "reload", "reload/during.txt", data)
 
     broken.write_text(good)
     host.run("systemctl", "reload", UNIT)
@@ -133,8 +111,8 @@ def test_a_killed_daemon_is_restarted(host: Container, host_s3: RcloneS3Server) 
     )
     assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
     data = b"after the restart"
-    _write(host, "/data/scope-a/after-kill.txt", data)
-    _arrives(host_s3, "readme", "scope-a/after-kill.txt", data)
+    write_file(host, "/data/scope-a/after-kill.txt", data)
+    arrives(host_s3, "readme", "scope-a/after-kill.txt", data)
 
 
 def test_a_hung_daemon_is_restarted_by_the_watchdog(host: Container) -> None:
@@ -173,7 +151,7 @@ def test_stop_during_a_multipart_upload_exits_0_and_the_upload_resumes_after_sta
     )
     host.run("systemctl", "reload", UNIT)
     data = os.urandom(40 * 1024 * 1024)
-    _write(host, "/data/large/big.bin", data)
+    write_file(host, "/data/large/big.bin", data)
     psql = f"runuser -u postgres -- psql -At -p {host.pg_port} uploaderd -c"
     in_progress = "SELECT multipart_upload_id FROM file_versions WHERE job = 'large'"
     upload_id = wait_for(
@@ -192,12 +170,12 @@ def test_stop_during_a_multipart_upload_exits_0_and_the_upload_resumes_after_sta
         "0",
     ), stopped
     assert took < 90, f"stop took {took:.1f} s, beyond TimeoutStopSec"
-    assert _object(host_s3, "large", "large/big.bin") is None
+    assert s3_object(host_s3, "large", "large/big.bin") is None
     assert host.sh(f'{psql} "{in_progress}"').stdout.strip() == upload_id
 
     host.run("systemctl", "start", UNIT)
-    _arrives(host_s3, "large", "large/big.bin", data, timeout=60)
-    assert hashlib.sha256(_object(host_s3, "large", "large/big.bin") or b"").digest() == (
+    arrives(host_s3, "large", "large/big.bin", data, timeout=60)
+    assert hashlib.sha256(s3_object(host_s3, "large", "large/big.bin") or b"").digest() == (
         hashlib.sha256(data).digest()
     )
 
@@ -210,10 +188,10 @@ def test_journal_priorities_through_the_real_journald(
     # A bucket that does not exist: each failed attempt is a warning, never an error.
     add_job(host, "nobucket", "/data/nobucket", "no-such-bucket")
     host.run("systemctl", "reload", UNIT)
-    _write(host, "/data/nobucket/lost.txt", b"no bucket for me")
+    write_file(host, "/data/nobucket/lost.txt", b"no bucket for me")
     data = b"an upload is an info line"
-    _write(host, "/data/scope-a/info.txt", data)
-    _arrives(host_s3, "readme", "scope-a/info.txt", data)
+    write_file(host, "/data/scope-a/info.txt", data)
+    arrives(host_s3, "readme", "scope-a/info.txt", data)
     warnings = wait_for(
         lambda: host.journal(UNIT, "-p", "warning", *daemon).strip(),
         timeout=30,
@@ -236,8 +214,8 @@ def test_after_upload_delete_needs_a_read_write_paths_drop_in(
     host.run("chown", "uploaderd:uploaderd", "/data/delete")  # deleting writes the directory
     host.run("systemctl", "reload", UNIT)
     data = b"to be deleted once in S3"
-    _write(host, "/data/delete/gone.txt", data)
-    _arrives(host_s3, "delete", "delete/gone.txt", data)
+    write_file(host, "/data/delete/gone.txt", data)
+    arrives(host_s3, "delete", "delete/gone.txt", data)
     # ProtectSystem=strict: the documented error, in the journal, and the file stays.
     wait_for(
         lambda: "Read-only file system" in host.journal(UNIT, "-p", "warning"),
@@ -256,7 +234,7 @@ def test_after_upload_delete_needs_a_read_write_paths_drop_in(
         timeout=60,
         message="the source deleted by the next sweep",
     )
-    assert _object(host_s3, "delete", "delete/gone.txt") == data
+    assert s3_object(host_s3, "delete", "delete/gone.txt") == data
 
 
 def test_remove_keeps_config_and_state_and_purge_removes_them(host: Container) -> None:

@@ -11,17 +11,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from debhost import add_job, boot, install_as_the_readme_says
+from debhost import (
+    CREDENTIALS,
+    UNIT,
+    add_job,
+    apt_install,
+    arrives,
+    boot,
+    install_as_the_readme_says,
+    write_file,
+)
 from helpers import wait_for
 from nspawn import Container, wait_active
 
 from devstack import RcloneS3Server
 
-UNIT = "uploaderd.service"
-CREDENTIALS = (
-    "PGPASSFILE=/etc/uploaderd/credentials/pgpass "
-    "AWS_SHARED_CREDENTIALS_FILE=/etc/uploaderd/credentials/aws-credentials"
-)
 pytestmark = pytest.mark.system
 
 
@@ -32,9 +36,7 @@ def hosts(
     booted: list[Container] = []
     try:
         for name in ("upgrade-a", "upgrade-b"):
-            shared = tmp_path_factory.mktemp(name)
-            shared.chmod(0o755)
-            booted.append(boot(system_root, name, shared))
+            booted.append(boot(system_root, name, tmp_path_factory.mktemp(name)))
         yield booted[0], booted[1]
     finally:
         for container in booted:
@@ -45,24 +47,9 @@ def _version(host: Container) -> str:
     return host.run("dpkg-query", "-W", "-f=${Version}", "uploaderd").stdout
 
 
-def _arrives(s3: RcloneS3Server, key: str, data: bytes, timeout: float = 30) -> None:
-    client = s3.client()
-
-    def arrived() -> bool:
-        try:
-            body: bytes = client.get_object(Bucket="upgrade", Key=key)["Body"].read()
-        except client.exceptions.NoSuchKey:
-            return False
-        return body == data
-
-    wait_for(arrived, timeout=timeout, interval=0.2, message=f"s3://upgrade/{key}")
-
-
 def _drop(host: Container, path: str) -> bytes:
     data = os.urandom(4096)
-    target = host.path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
+    write_file(host, path, data)
     return data
 
 
@@ -77,7 +64,7 @@ def test_an_upgrade_restarts_the_daemon_and_an_old_host_keeps_working_across_the
     a.run("systemctl", "enable", "--now", "uploaderd")
     wait_active(a, UNIT)
     before = _drop(a, "/data/lab-a/before.bin")
-    _arrives(host_s3, "lab-a/before.bin", before)
+    arrives(host_s3, "upgrade", "lab-a/before.bin", before)
     # Host b: the old build too, on host a's database.
     install_as_the_readme_says(b, old_deb, host_s3, database=a)
     add_job(b, "lab-b", "/data/lab-b", "upgrade")
@@ -85,9 +72,7 @@ def test_an_upgrade_restarts_the_daemon_and_an_old_host_keeps_working_across_the
     wait_active(b, UNIT)
     old = _version(a)
 
-    apt = "DEBIAN_FRONTEND=noninteractive apt-get install -y"
-    (a.shared / "dist" / deb_package.name).write_bytes(deb_package.read_bytes())
-    a.sh(f"cd /srv/systest && {apt} ./dist/{deb_package.name} </dev/null")
+    apt_install(a, deb_package)  # apt-get install -y, as automation runs it
     new = _version(a)
     assert a.run("dpkg", "--compare-versions", new, "gt", old, check=False).returncode == 0, (
         old,
@@ -115,14 +100,14 @@ def test_an_upgrade_restarts_the_daemon_and_an_old_host_keeps_working_across_the
     a.sh(f"{CREDENTIALS} uploaderd migrate")
     # The old build on host b goes on uploading against the migrated schema.
     old_host = _drop(b, "/data/lab-b/after-migrate.bin")
-    _arrives(host_s3, "lab-b/after-migrate.bin", old_host)
+    arrives(host_s3, "upgrade", "lab-b/after-migrate.bin", old_host)
     assert b.show(UNIT, "NRestarts")["NRestarts"] == "0"
 
     a.run("systemctl", "restart", UNIT)
     wait_active(a, UNIT)
-    _arrives(host_s3, "lab-a/during.bin", during)
+    arrives(host_s3, "upgrade", "lab-a/during.bin", during)
     after = _drop(a, "/data/lab-a/after.bin")
-    _arrives(host_s3, "lab-a/after.bin", after)
-    _arrives(host_s3, "lab-a/before.bin", before)
+    arrives(host_s3, "upgrade", "lab-a/after.bin", after)
+    arrives(host_s3, "upgrade", "lab-a/before.bin", before)
     files = a.sh(f"{CREDENTIALS} uploaderd files --job lab-a --state failed").stdout
     assert "before.bin" not in files and "during.bin" not in files
