@@ -806,8 +806,7 @@ class QueryResult:
 
 
 def probe_context(dsn: str, host: str, roots: dict[str, str]) -> ProbeContext:
-    from uploaderd.scanner import Candidate
-    from uploaderd.settle import Signature
+    from uploaderd.settle import Candidate, Signature
 
     with contextlib.closing(psycopg2.connect(dsn)) as conn:
         relpath = (

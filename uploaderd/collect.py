@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from uploaderd.config import Job
-from uploaderd.scanner import Candidate, ScanRules, recheck, scan
-from uploaderd.settle import SettleTracker
+from uploaderd.scanner import ScanRules, recheck, scan
+from uploaderd.settle import Candidate, SettleTracker
 
 PathKey = tuple[str, str]  # (root, relpath)
 # Which of these candidates does the ledger hold with exactly this signature?

@@ -24,6 +24,7 @@ from uploaderd.jobpolicy import (
     unsafe_file_problems,
 )
 from uploaderd.keys import KeyTemplate
+from uploaderd.retry import Backoff, RetryPolicy
 from uploaderd.units import parse_duration, parse_size
 from uploaderd.windows import Window
 from uploaderd.yamlfields import Fields, YamlDocument
@@ -115,20 +116,6 @@ class Destination:
     overwrite: Overwrite = "if_changed"
     bandwidth: int | None = None  # bytes per second
     windows: tuple[Window, ...] = ()
-
-
-@dataclass(frozen=True)
-class Backoff:
-    initial: float = 30.0
-    max: float = 3600.0
-    multiplier: float = 2.0
-    jitter: bool = True
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 8
-    backoff: Backoff = field(default_factory=Backoff)
 
 
 @dataclass(frozen=True)

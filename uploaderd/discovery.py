@@ -33,8 +33,8 @@ from uploaderd.enqueuer import Chunk, Enqueuer, Item, Written
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.ledger import Ledger
 from uploaderd.lifecycle import join
-from uploaderd.scanner import Candidate, ScanRules, check_path, recheck, scan
-from uploaderd.settle import SettleTracker, Signature
+from uploaderd.scanner import ScanRules, check_path, recheck, scan
+from uploaderd.settle import Candidate, SettleTracker, Signature
 from uploaderd.versions import scope_of
 from uploaderd.watcher import PathEvent
 

@@ -25,8 +25,8 @@ from uploaderd.config import Job
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.ledger import Ledger, NewVersion
 from uploaderd.lifecycle import join
-from uploaderd.scanner import Candidate
 from uploaderd.sessions import group_key
+from uploaderd.settle import Candidate
 from uploaderd.versions import enqueue, failed_version, new_version
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from uploaderd.errors import DatabaseUnavailable, SchemaMissing
-from uploaderd.scanner import Candidate
-from uploaderd.settle import Signature
+from uploaderd.settle import Candidate, Signature
 
 NOTIFY_CHANNEL = "uploaderd_work"
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)

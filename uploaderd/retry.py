@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from uploaderd.config import Backoff, RetryPolicy
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 30.0
+    max: float = 3600.0
+    multiplier: float = 2.0
+    jitter: bool = True
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    backoff: Backoff = field(default_factory=Backoff)
 
 
 def backoff_delay(

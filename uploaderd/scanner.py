@@ -15,16 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from uploaderd.filters import PathFilter
-from uploaderd.settle import Signature
+from uploaderd.settle import Candidate, Signature
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    root: str
-    relpath: str
-    signature: Signature
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,15 @@ class Signature:
         return hash((self.size, self.mtime_ns, self.inode))
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A file of a job's root, as discovery saw it: where it is and its signature."""
+
+    root: str
+    relpath: str
+    signature: Signature
+
+
 def _storable(nanoseconds: int) -> int:
     return min(max(nanoseconds, MTIME_MIN), MTIME_MAX)
 

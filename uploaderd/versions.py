@@ -10,7 +10,7 @@ from uploaderd.config import Job
 from uploaderd.errors import KeyTemplateError, MtimeOutOfRange
 from uploaderd.keys import key_variables
 from uploaderd.ledger import Ledger, NewVersion
-from uploaderd.scanner import Candidate
+from uploaderd.settle import Candidate
 
 
 def render_key(

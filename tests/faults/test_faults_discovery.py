@@ -36,8 +36,7 @@ from uploaderd.config import Job, S3Settings, parse_job_text
 from uploaderd.discovery import Discovery
 from uploaderd.disposal import Disposer
 from uploaderd.ledger import Ledger, NewVersion, Outcome, State
-from uploaderd.scanner import Candidate
-from uploaderd.settle import Signature
+from uploaderd.settle import Candidate, Signature
 from uploaderd.watcher import PathEvent, Watcher
 
 Sql = Callable[..., list[tuple[Any, ...]]]

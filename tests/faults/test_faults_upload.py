@@ -40,8 +40,7 @@ from pytest_httpserver import HTTPServer
 
 from devstack import PostgresCluster, S3Server, free_port
 from uploaderd.ledger import Ledger, NewVersion
-from uploaderd.scanner import Candidate
-from uploaderd.settle import Signature
+from uploaderd.settle import Candidate, Signature
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 MiB = 1024 * 1024

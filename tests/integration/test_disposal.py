@@ -9,8 +9,7 @@ from typing import Any
 from uploaderd.config import Job, S3Settings, parse_job_text
 from uploaderd.disposal import Disposer
 from uploaderd.ledger import Ledger, NewVersion, Outcome, State
-from uploaderd.scanner import Candidate
-from uploaderd.settle import Signature
+from uploaderd.settle import Candidate, Signature
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 

@@ -13,8 +13,7 @@ from uploaderd.config import S3Settings, parse_job_text
 from uploaderd.enqueuer import Chunk, Enqueuer, Written
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.ledger import Ledger
-from uploaderd.scanner import Candidate
-from uploaderd.settle import Signature
+from uploaderd.settle import Candidate, Signature
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 DEADLINE = 10.0

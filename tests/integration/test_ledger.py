@@ -15,8 +15,7 @@ import pytest
 from uploaderd import schema
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.ledger import PREPARED, Ledger, NewVersion, Outcome, State, prepared, queries
-from uploaderd.scanner import Candidate
-from uploaderd.settle import Signature
+from uploaderd.settle import Candidate, Signature
 from uploaderd.workers import dead_workers
 
 Sql = Callable[..., list[tuple[Any, ...]]]

@@ -24,8 +24,7 @@ from uploaderd.discovery import Discovery
 from uploaderd.explain import explain
 from uploaderd.ledger import PREPARED, Ledger, NewVersion, Outcome, State, prepared, queries
 from uploaderd.retention import Pruner
-from uploaderd.scanner import Candidate
-from uploaderd.settle import Signature
+from uploaderd.settle import Candidate, Signature
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 HISTORY = {

@@ -16,8 +16,7 @@ from devstack import S3Server
 from uploaderd.config import Job, S3Settings, parse_job_text
 from uploaderd.health import Breaker
 from uploaderd.ledger import Claim, Ledger, NewVersion, Outcome
-from uploaderd.scanner import Candidate
-from uploaderd.settle import Signature
+from uploaderd.settle import Candidate, Signature
 from uploaderd.storage import Storage
 from uploaderd.uploader import Uploader, UploadResult
 from uploaderd.workers import UploadPool

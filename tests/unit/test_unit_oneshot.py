@@ -16,8 +16,7 @@ from uploaderd.keys import KeyTemplate
 from uploaderd.ledger import StateTally
 from uploaderd.oneshot import run_progress
 from uploaderd.register import describe_call
-from uploaderd.scanner import Candidate
-from uploaderd.settle import Signature
+from uploaderd.settle import Candidate, Signature
 from uploaderd.verify import listing_prefix
 
 NOW = 1_700_000_000.0

@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from uploaderd.config import Backoff, RetryPolicy
-from uploaderd.retry import backoff_delay, next_attempt_in
+from uploaderd.retry import Backoff, RetryPolicy, backoff_delay, next_attempt_in
 from uploaderd.sessions import group_key
 from uploaderd.settle import MTIME_MAX, MTIME_MIN, SettleTracker, Signature
 from uploaderd.units import format_bytes, parse_duration, parse_size

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from uploaderd.filters import DEFAULT_EXCLUDE, PathFilter
-from uploaderd.scanner import Candidate, ScanRules, check_path, recheck, relative_path, scan
-from uploaderd.settle import Signature
+from uploaderd.scanner import ScanRules, check_path, recheck, relative_path, scan
+from uploaderd.settle import Candidate, Signature
 
 DEFAULT = PathFilter((), DEFAULT_EXCLUDE)
 NO_LINKS = ScanRules(DEFAULT, recursive=True, follow_symlinks=False)
