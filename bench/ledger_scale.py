@@ -61,7 +61,7 @@ from bench.throughput import (
     terminate,
 )
 from devstack import REGION, S3_SERVERS, PostgresCluster, S3Server
-from uploaderd.ledger import Ledger, queries
+from uploaderd.ledger.store import Ledger, queries
 
 BUCKET = "lab-raw"
 JOBS = ("scope-a", "scope-b", "scope-c")  # session trigger; delete + marker; plain keep
@@ -806,7 +806,7 @@ class QueryResult:
 
 
 def probe_context(dsn: str, host: str, roots: dict[str, str]) -> ProbeContext:
-    from uploaderd.settle import Candidate, Signature
+    from uploaderd.policy.settle import Candidate, Signature
 
     with contextlib.closing(psycopg2.connect(dsn)) as conn:
         relpath = (

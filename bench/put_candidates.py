@@ -37,9 +37,9 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 from devstack import REGION, S3_SERVERS
-from uploaderd.config import S3Settings
-from uploaderd.objectput import Target
-from uploaderd.storage import Storage
+from uploaderd.config.settings import S3Settings
+from uploaderd.upload.objectput import Target
+from uploaderd.upload.storage import Storage
 
 BUCKET = "candidates"
 Put = Callable[[str, bytes], None]

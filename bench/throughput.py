@@ -53,7 +53,7 @@ import psycopg2.extensions
 
 from devstack import REGION, S3_SERVERS, PostgresCluster, S3Server
 from devstack.relay import Relay
-from uploaderd.units import parse_size
+from uploaderd.policy.units import parse_size
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef

@@ -16,8 +16,8 @@ import time
 import psycopg2
 
 from devstack import PostgresCluster
-from uploaderd import schema
-from uploaderd.ledger import Ledger
+from uploaderd.ledger import schema
+from uploaderd.ledger.store import Ledger
 
 GENERATE = """
 INSERT INTO file_versions (job, scope, host, root, relpath, size, mtime_ns, inode, bucket, key,

@@ -33,7 +33,7 @@ from devstack import (
     S3Server,
     SeaweedFSServer,
 )
-from uploaderd.ledger import Ledger
+from uploaderd.ledger.store import Ledger
 
 # What a whole run uses in TMPDIR at its peak, with room to spare: measured 1.7 GB on a
 # 2.4 GB tmpfs /tmp (pytest's test directories 0.8 GB, moto's object bodies 0.5 GB,
@@ -115,7 +115,7 @@ def migrated_dsn(database_dsn: str) -> Iterator[str]:
     Afterwards the incremental counts must equal a recount of the rows, whatever the test
     did (every state transition of every test checks them).
     """
-    from uploaderd.schema import migrate
+    from uploaderd.ledger.schema import migrate
 
     migrate(database_dsn)
     yield database_dsn

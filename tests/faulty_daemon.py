@@ -20,9 +20,9 @@ import threading
 from typing import Any
 
 from uploaderd.cli import main
-from uploaderd.discovery import Discovery
-from uploaderd.uploader import Uploader
-from uploaderd.workers import UploadPool
+from uploaderd.discovery.discovery import Discovery
+from uploaderd.upload.uploader import Uploader
+from uploaderd.upload.workers import UploadPool
 
 
 def _dies(component: str, stop: Any, trigger: str) -> None:

@@ -18,8 +18,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from uploaderd import __version__, adhoc, explain, importer, logs, schema
-from uploaderd.config import (
+from uploaderd import __version__
+from uploaderd.commands import explain
+from uploaderd.commands import import_config as importer
+from uploaderd.config import adhoc
+from uploaderd.config.jobpolicy import JobPolicy
+from uploaderd.config.settings import (
     DEFAULT_CONFIG_PATH,
     DaemonConfig,
     Job,
@@ -37,16 +41,17 @@ from uploaderd.errors import (
     UploaderdError,
     UsageError,
 )
-from uploaderd.jobpolicy import JobPolicy
-from uploaderd.ledger import Ledger, State
-from uploaderd.printable import printable
-from uploaderd.retention import Pruner
-from uploaderd.transfers import STATS_SECONDS
-from uploaderd.units import format_bytes, parse_duration, plural
+from uploaderd.ledger import schema
+from uploaderd.ledger.retention import Pruner
+from uploaderd.ledger.store import Ledger, State
+from uploaderd.observe import logs
+from uploaderd.policy.printable import printable
+from uploaderd.policy.transfers import STATS_SECONDS
+from uploaderd.policy.units import format_bytes, parse_duration, plural
 
 if TYPE_CHECKING:
-    from uploaderd.oneshot import OneShot
-    from uploaderd.register import Registrar
+    from uploaderd.commands.oneshot import OneShot
+    from uploaderd.commands.registrar import Registrar
 
 Command = Callable[[argparse.Namespace, DaemonConfig], int]
 
@@ -416,7 +421,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace, config: DaemonConfig) -> int:
-    from uploaderd import service
+    from uploaderd.daemon import service
 
     return service.run(config)
 
@@ -432,7 +437,7 @@ def cmd_migrate(args: argparse.Namespace, config: DaemonConfig) -> int:
 
 def cmd_check(args: argparse.Namespace, config: DaemonConfig) -> int:
     jobs = load_jobs(config.jobs_dir, config.s3, config.job_policy)
-    from uploaderd import checks
+    from uploaderd.commands import check as checks
 
     findings = [checks.Finding("error", str(p.file or "config"), str(p)) for p in jobs.problems]
     for job in jobs.jobs.values():
@@ -585,7 +590,7 @@ def cmd_upload(args: argparse.Namespace, config: DaemonConfig) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, config: DaemonConfig) -> int:
-    from uploaderd.oneshot import Selection
+    from uploaderd.commands.oneshot import Selection
 
     jobs = _jobs(config)
     with _ledger(config, "retry") as ledger:
@@ -629,8 +634,8 @@ def cmd_pipeline(args: argparse.Namespace, config: DaemonConfig) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, config: DaemonConfig) -> int:
-    from uploaderd.storage import Storage
-    from uploaderd.verify import verify
+    from uploaderd.upload.storage import Storage
+    from uploaderd.upload.verify import verify
 
     job = _job(config, _jobs(config), args.job)
     client = Storage(pool_connections=config.workers).client(job.destination.s3)
@@ -761,8 +766,8 @@ def _one_shot(
     # With --json, stdout carries the JSON alone: lines and progress go to stderr.
     stream = sys.stderr if args.json else sys.stdout
     out = _out(args)
-    from uploaderd.oneshot import OneShot
-    from uploaderd.progress import make_display
+    from uploaderd.commands.oneshot import OneShot
+    from uploaderd.observe.progress import make_display
 
     return OneShot(
         config,
@@ -776,8 +781,8 @@ def _one_shot(
 
 
 def _registrar(jobs: Mapping[str, Job], ledger: Ledger, out: Callable[[str], None]) -> Registrar:
-    from uploaderd.register import Registrar
-    from uploaderd.triggers import TriggerDispatcher
+    from uploaderd.commands.registrar import Registrar
+    from uploaderd.daemon.triggers import TriggerDispatcher
 
     return Registrar(ledger, jobs, TriggerDispatcher(ledger), out=out)
 

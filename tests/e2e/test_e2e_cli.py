@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from devstack import PostgresCluster, S3Server, free_port
-from uploaderd import __version__, schema
+from uploaderd import __version__
+from uploaderd.ledger import schema
 
 
 def uploaderd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -155,7 +156,7 @@ def test_check_connect_reports_a_missing_bucket_as_unreachable(
 
 
 def test_status_and_files_show_the_ledger(tmp_path: Path, migrated_dsn: str, sql: object) -> None:
-    from uploaderd.ledger import Ledger, NewVersion
+    from uploaderd.ledger.store import Ledger, NewVersion
 
     ledger = Ledger(migrated_dsn).connect()
     ledger.enqueue(
@@ -199,11 +200,12 @@ def test_wheel_ships_the_sql(tmp_path: Path) -> None:
     )
     [wheel] = tmp_path.glob("uploaderd-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    modules = {str(p.relative_to(root)) for p in (root / "uploaderd").rglob("*.py")}
+    assert len(modules) > 50
     assert {
         "uploaderd/sql/queries.sql",
         "uploaderd/sql/migrations/0001_ledger.sql",
-        "uploaderd/cli.py",
-    } <= names
+    } | modules <= names
 
 
 def test_status_on_an_unmigrated_database_says_what_to_do(

@@ -24,7 +24,7 @@ import yaml
 from pytest_httpserver import HTTPServer
 
 from devstack import S3Server, free_port
-from uploaderd.ledger import Ledger, NewVersion
+from uploaderd.ledger.store import Ledger, NewVersion
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 ESC = "\x1b"

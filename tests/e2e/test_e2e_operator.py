@@ -25,9 +25,9 @@ from test_e2e_commands import Workspace as CommandsWorkspace
 
 from devstack import S3Server
 from uploaderd.cli import build_parser
-from uploaderd.config import S3Settings, load_jobs
-from uploaderd.jobpolicy import JobPolicy
-from uploaderd.ledger import Ledger
+from uploaderd.config.jobpolicy import JobPolicy
+from uploaderd.config.settings import S3Settings, load_jobs
+from uploaderd.ledger.store import Ledger
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 MiB = 1024 * 1024
@@ -226,8 +226,9 @@ def test_daemon_lines_carry_priorities_on_a_journal_stream(
     daemon.signal(signal.SIGHUP)
     wait_for(
         lambda: (
-            "<6>INFO uploaderd.service: job gone: removed" in daemon.log()
-            and "<6>INFO uploaderd.service: job lab: disabled (enabled: false)" in daemon.log()
+            "<6>INFO uploaderd.daemon.service: job gone: removed" in daemon.log()
+            and "<6>INFO uploaderd.daemon.service: job lab: disabled (enabled: false)"
+            in daemon.log()
         ),
         timeout=30,
         message="reload lines per job",
@@ -237,7 +238,7 @@ def test_daemon_lines_carry_priorities_on_a_journal_stream(
     assert lines and all(re.match(r"<[2-7]>", line) for line in lines), [
         line for line in lines if not re.match(r"<[2-7]>", line)
     ]
-    assert "<6>INFO uploaderd.service: job lab: added:" in daemon.log()
+    assert "<6>INFO uploaderd.daemon.service: job lab: added:" in daemon.log()
 
 
 # --- 4. the command line --------------------------------------------------------------------

@@ -32,12 +32,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, WatchDescriptor
 
 from devstack import S3Server
-from uploaderd.config import Job, S3Settings, parse_job_text
-from uploaderd.discovery import Discovery
-from uploaderd.disposal import Disposer
-from uploaderd.ledger import Ledger, NewVersion, Outcome, State
-from uploaderd.settle import Candidate, Signature
-from uploaderd.watcher import PathEvent, Watcher
+from uploaderd.config.settings import Job, S3Settings, parse_job_text
+from uploaderd.daemon.disposal import Disposer
+from uploaderd.discovery.discovery import Discovery
+from uploaderd.discovery.watcher import PathEvent, Watcher
+from uploaderd.ledger.store import Ledger, NewVersion, Outcome, State
+from uploaderd.policy.settle import Candidate, Signature
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 MiB = 1024 * 1024

@@ -39,8 +39,8 @@ from helpers import wait_for
 from pytest_httpserver import HTTPServer
 
 from devstack import PostgresCluster, S3Server, free_port
-from uploaderd.ledger import Ledger, NewVersion
-from uploaderd.settle import Candidate, Signature
+from uploaderd.ledger.store import Ledger, NewVersion
+from uploaderd.policy.settle import Candidate, Signature
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 MiB = 1024 * 1024

@@ -9,9 +9,9 @@ from typing import Any
 
 from helpers import wait_for
 
-from uploaderd.config import S3Settings, parse_job_text
-from uploaderd.discovery import Discovery
-from uploaderd.ledger import Ledger
+from uploaderd.config.settings import S3Settings, parse_job_text
+from uploaderd.discovery.discovery import Discovery
+from uploaderd.ledger.store import Ledger
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from uploaderd.config import Job, S3Settings, parse_job_text
-from uploaderd.disposal import Disposer
-from uploaderd.ledger import Ledger, NewVersion, Outcome, State
-from uploaderd.settle import Candidate, Signature
+from uploaderd.config.settings import Job, S3Settings, parse_job_text
+from uploaderd.daemon.disposal import Disposer
+from uploaderd.ledger.store import Ledger, NewVersion, Outcome, State
+from uploaderd.policy.settle import Candidate, Signature
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 

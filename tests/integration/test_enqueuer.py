@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from uploaderd.config import S3Settings, parse_job_text
-from uploaderd.enqueuer import Chunk, Enqueuer, Written
+from uploaderd.config.settings import S3Settings, parse_job_text
+from uploaderd.discovery.enqueuer import Chunk, Enqueuer, Written
 from uploaderd.errors import DatabaseUnavailable
-from uploaderd.ledger import Ledger
-from uploaderd.settle import Candidate, Signature
+from uploaderd.ledger.store import Ledger
+from uploaderd.policy.settle import Candidate, Signature
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 DEADLINE = 10.0

@@ -23,7 +23,7 @@ import psycopg2.extras
 import pytest
 
 from devstack import PostgresCluster
-from uploaderd.ledger import Ledger, NewVersion, Outcome, State
+from uploaderd.ledger.store import Ledger, NewVersion, Outcome, State
 
 REPO = Path(__file__).parents[2]
 MIGRATIONS = REPO / "sql" / "migrations"

@@ -12,11 +12,11 @@ from typing import Any
 import psycopg2
 import pytest
 
-from uploaderd import schema
 from uploaderd.errors import DatabaseUnavailable
-from uploaderd.ledger import PREPARED, Ledger, NewVersion, Outcome, State, prepared, queries
-from uploaderd.settle import Candidate, Signature
-from uploaderd.workers import dead_workers
+from uploaderd.ledger import schema
+from uploaderd.ledger.store import PREPARED, Ledger, NewVersion, Outcome, State, prepared, queries
+from uploaderd.policy.settle import Candidate, Signature
+from uploaderd.upload.workers import dead_workers
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 

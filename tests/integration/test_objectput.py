@@ -23,10 +23,10 @@ from werkzeug import Request, Response
 
 from devstack import REGION, S3Server
 from devstack.relay import Relay
-from uploaderd.config import S3Settings
-from uploaderd.objectput import Target, bucket_endpoint, fits
-from uploaderd.storage import Storage
-from uploaderd.uploader import Uploader
+from uploaderd.config.settings import S3Settings
+from uploaderd.upload.objectput import Target, bucket_endpoint, fits
+from uploaderd.upload.storage import Storage
+from uploaderd.upload.uploader import Uploader
 
 
 class Wire:
@@ -200,7 +200,7 @@ def test_overwrite_never_refuses_a_key_taken_between_look_and_put(
     if not s3_backend.honours_if_none_match:
         pytest.skip("this server ignores If-None-Match")
     s3_server, bucket = s3_backend, backend_bucket
-    from uploaderd import uploader as uploader_module
+    from uploaderd.upload import uploader as uploader_module
 
     real = uploader_module._existing
     calls: list[int] = []

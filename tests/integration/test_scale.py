@@ -19,12 +19,12 @@ import psycopg2
 import pytest
 from helpers import wait_for
 
-from uploaderd.config import Retention, S3Settings, parse_job_text
-from uploaderd.discovery import Discovery
-from uploaderd.explain import explain
-from uploaderd.ledger import PREPARED, Ledger, NewVersion, Outcome, State, prepared, queries
-from uploaderd.retention import Pruner
-from uploaderd.settle import Candidate, Signature
+from uploaderd.commands.explain import explain
+from uploaderd.config.settings import Retention, S3Settings, parse_job_text
+from uploaderd.discovery.discovery import Discovery
+from uploaderd.ledger.retention import Pruner
+from uploaderd.ledger.store import PREPARED, Ledger, NewVersion, Outcome, State, prepared, queries
+from uploaderd.policy.settle import Candidate, Signature
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 HISTORY = {

@@ -20,7 +20,7 @@ import psycopg2
 import pytest
 
 from devstack import PostgresCluster
-from uploaderd.schema import migrate
+from uploaderd.ledger.schema import migrate
 
 SCHEMA_SQL = Path(__file__).parents[2] / "sql" / "schema.sql"
 TIMEOUT = 60  # seconds per psql or pg_dump run; each takes well under one

@@ -12,10 +12,10 @@ from helpers import wait_for
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from uploaderd.config import Job, S3Settings, parse_job_text
-from uploaderd.health import Breaker
-from uploaderd.ledger import Ledger, NewVersion, Outcome, State
-from uploaderd.triggers import TriggerDispatcher, resolve_headers
+from uploaderd.config.settings import Job, S3Settings, parse_job_text
+from uploaderd.daemon.triggers import TriggerDispatcher, resolve_headers
+from uploaderd.ledger.store import Ledger, NewVersion, Outcome, State
+from uploaderd.policy.health import Breaker
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 SHA = "ab" * 32

@@ -13,13 +13,13 @@ import pytest
 from helpers import wait_for
 
 from devstack import S3Server
-from uploaderd.config import Job, S3Settings, parse_job_text
-from uploaderd.health import Breaker
-from uploaderd.ledger import Claim, Ledger, NewVersion, Outcome
-from uploaderd.settle import Candidate, Signature
-from uploaderd.storage import Storage
-from uploaderd.uploader import Uploader, UploadResult
-from uploaderd.workers import UploadPool
+from uploaderd.config.settings import Job, S3Settings, parse_job_text
+from uploaderd.ledger.store import Claim, Ledger, NewVersion, Outcome
+from uploaderd.policy.health import Breaker
+from uploaderd.policy.settle import Candidate, Signature
+from uploaderd.upload.storage import Storage
+from uploaderd.upload.uploader import Uploader, UploadResult
+from uploaderd.upload.workers import UploadPool
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 

@@ -15,13 +15,13 @@ from botocore.exceptions import EndpointConnectionError
 from prometheus_client import REGISTRY
 
 from devstack import S3Server
-from uploaderd import uploader as uploader_module
-from uploaderd.bandwidth import Limiter
-from uploaderd.config import S3Settings, parse_job_text
-from uploaderd.ledger import Claim
-from uploaderd.settle import Signature
-from uploaderd.storage import Storage
-from uploaderd.uploader import MiB, TransferSettings, Uploader
+from uploaderd.config.settings import S3Settings, parse_job_text
+from uploaderd.ledger.store import Claim
+from uploaderd.policy.bandwidth import Limiter
+from uploaderd.policy.settle import Signature
+from uploaderd.upload import uploader as uploader_module
+from uploaderd.upload.storage import Storage
+from uploaderd.upload.uploader import MiB, TransferSettings, Uploader
 
 # Small enough to keep the test fast, large enough for a real multipart upload (5 MiB parts).
 SMALL_MULTIPART = TransferSettings(multipart_threshold=6 * MiB, part_size=5 * MiB)

@@ -1,5 +1,6 @@
-"""The architecture's promises, checked: who may import what (docs/architecture.md, "Import
-rules"), and one set of named queries in sql/queries.sql, ledger.py and docs/database.md."""
+"""The architecture's promises, checked: which folder may import which (docs/architecture.md,
+"Modules"), who may import an I/O library, and one set of named queries in
+sql/queries.sql, ledger/store.py and docs/database.md."""
 
 from __future__ import annotations
 
@@ -11,28 +12,29 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "uploaderd"
-S3 = {"storage", "objectput", "uploader", "multipart", "verify"}
-ONLY = {
-    "psycopg2": {"ledger"},
-    "watchdog": {"watcher"},
-    "boto3": S3,
-    "botocore": S3,
-    "obstore": S3,
-    "mypy_boto3_s3": S3,
-}  # a library → the modules that may import it
-POLICIES = {
-    "settle",
-    "retry",
-    "health",
-    "bandwidth",
-    "sessions",
-    "units",
-    "windows",
-    "filters",
-    "keys",
-    "printable",
-    "inflight",
+# The folders from the bottom up: a module imports from its own folder or a folder below.
+# discovery and upload share a rank: neither imports the other.
+RANK = {
+    "errors": 0,
+    "policy": 1,
+    "config": 2,
+    "ledger": 3,
+    "observe": 4,
+    "discovery": 5,
+    "upload": 5,
+    "daemon": 6,
+    "commands": 7,
+    "cli": 8,
+    "__main__": 9,
 }
+ONLY = {
+    "psycopg2": {"ledger.store"},
+    "watchdog": {"discovery.watcher"},
+    "boto3": {"upload"},
+    "botocore": {"upload"},
+    "obstore": {"upload"},
+    "mypy_boto3_s3": {"upload"},
+}  # a library → the modules, or whole folders, that may import it
 IO = {
     "psycopg2",
     "boto3",
@@ -47,78 +49,106 @@ IO = {
     "socket",
     "subprocess",
 }
-# What the command line runs; imported by the command line only (``uploaderd run`` included).
-COMMANDS = {
-    "cli",
-    "adhoc",
-    "checks",
-    "collect",
-    "explain",
-    "importer",
-    "oneshot",
-    "progress",
-    "register",
-    "service",
-    "verify",
-}
+
+
+def module_name(path: Path) -> str:
+    """``uploaderd/upload/workers.py`` → ``upload.workers``; a package's ``__init__`` is the
+    package itself (``upload``), the top's is ``__init__``."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
 def imports(module: str) -> set[str]:
-    """Every module ``module`` imports, at the top or in a function: ``uploaderd.x`` as
-    ``x``, anything else by its top-level name."""
+    """Every module ``module`` imports, at the top or in a function: an uploaderd module by its
+    name here (``upload.workers``, ``__init__`` for ``uploaderd`` itself), anything else by
+    its top-level name."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
-        names = (
-            [a.name for a in node.names]
-            if isinstance(node, ast.Import)
-            else [
-                f"{node.module}.{a.name}" if node.module == "uploaderd" else node.module
-                for a in node.names
-            ]
-            if isinstance(node, ast.ImportFrom) and node.module
-            else []
-        )
-        found |= {n.split(".")[1] if n.startswith("uploaderd.") else n.split(".")[0] for n in names}
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            if not name.startswith("uploaderd."):
+                found.add(name.split(".")[0])
+                continue
+            dotted = name.removeprefix("uploaderd.")
+            # ``from uploaderd.x import y``: y is a module of package x, or a name in module x.
+            found.add(dotted if dotted in MODULES else dotted.rsplit(".", 1)[0] or "__init__")
     return found
 
 
-MODULES = {path.stem for path in PACKAGE.glob("*.py")}
+def folder(module: str) -> str:
+    return module.split(".")[0]
+
+
+def rank(module: str) -> int:
+    return -1 if module == "__init__" else RANK[folder(module)]  # __version__, imported by all
+
+
 GRAPH = {module: imports(module) for module in sorted(MODULES)}
 
 
-def reach(module: str) -> set[str]:
-    """``module`` and every uploaderd module it imports, directly or not."""
-    seen, todo = {module}, [module]
-    while todo:
-        for name in GRAPH[todo.pop()] & MODULES - seen:
-            seen.add(name)
-            todo.append(name)
-    return seen
+def wrong_way(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """Every import of a module in a folder above, or in another folder of the same rank."""
+    return {
+        (module, name)
+        for module, names in graph.items()
+        for name in names
+        if name in MODULES and folder(name) != folder(module) and rank(name) >= rank(module)
+    }
+
+
+def test_every_module_sits_in_a_ranked_folder() -> None:
+    assert {folder(m) for m in MODULES} - {"__init__"} <= set(RANK)
+
+
+def test_no_folder_imports_one_above_it_or_beside_it() -> None:
+    assert wrong_way(GRAPH) == set()
+
+
+def test_the_rule_catches_a_wrong_import() -> None:
+    assert wrong_way({"ledger.store": {"discovery.scanner"}}) == {
+        ("ledger.store", "discovery.scanner")
+    }
+    assert wrong_way({"upload.workers": {"discovery.scanner"}})  # beside it
+    assert wrong_way({"policy.retry": {"config.settings"}})
 
 
 @pytest.mark.parametrize("library", sorted(ONLY))
 def test_a_library_is_imported_only_by_its_modules(library: str) -> None:
-    assert {m for m, names in GRAPH.items() if library in names} <= ONLY[library]
+    importers = {m for m, names in GRAPH.items() if library in names}
+    assert {
+        m for m in importers if m not in ONLY[library] and folder(m) not in ONLY[library]
+    } == set()
 
 
-@pytest.mark.parametrize("policy", sorted(POLICIES))
-def test_the_pure_policies_reach_no_io_library(policy: str) -> None:
-    assert {(m, lib) for m in reach(policy) for lib in GRAPH[m] & IO} == set()
+def test_the_pure_policies_import_no_io() -> None:
+    policies = [m for m in MODULES if folder(m) == "policy"]
+    assert len(policies) > 10
+    assert {(m, lib) for m in policies for lib in GRAPH[m] & IO} == set()
 
 
 def test_only_the_command_line_imports_the_commands() -> None:
-    assert COMMANDS <= MODULES
-    importers = {m for m, names in GRAPH.items() if names & COMMANDS}
-    assert importers <= COMMANDS | {"__main__"}
-    assert reach("service") & COMMANDS == {"service"}  # the daemon loads no command
+    importers = {
+        m for m, names in GRAPH.items() for n in names if n in MODULES and folder(n) == "commands"
+    }
+    assert {folder(m) for m in importers} <= {"commands", "cli"}
 
 
 def ledger_names() -> set[str]:
-    """The query names ledger.py uses: ``queries()["x"]``, ``self._all("x")``,
+    """The query names ledger/store.py uses: ``queries()["x"]``, ``self._all("x")``,
     ``self._dicts("x")``, ``self._execute(cursor, "x", ...)``; anything but a literal name is
     refused."""
     names = set()
-    for node in ast.walk(ast.parse((PACKAGE / "ledger.py").read_text())):
+    for node in ast.walk(ast.parse((PACKAGE / "ledger" / "store.py").read_text())):
         if isinstance(node, ast.Subscript) and ast.unparse(node.value) == "queries()":
             names.add(node.slice)
         elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("self._all", "self._dicts"):

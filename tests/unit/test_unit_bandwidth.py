@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from uploaderd.bandwidth import Limiter
+from uploaderd.policy.bandwidth import Limiter
 
 
 class FakeTime:

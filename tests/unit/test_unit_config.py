@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from uploaderd.config import (
+from uploaderd.config.settings import (
     DEFAULT_DSN,
     DEFAULT_JOBS_DIR,
     DaemonConfig,
@@ -18,9 +18,9 @@ from uploaderd.config import (
     load_jobs,
     parse_job_text,
 )
+from uploaderd.config.yamlfields import YamlDocument
 from uploaderd.errors import ConfigError, ConfigProblem
-from uploaderd.filters import DEFAULT_EXCLUDE
-from uploaderd.yamlfields import YamlDocument
+from uploaderd.policy.filters import DEFAULT_EXCLUDE
 
 # The job file of DESIGN.md with every key set (the s3 overrides given real values).
 FULL_JOB = """\

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 import uploaderd
-from uploaderd.config import load_daemon_config, parse_job_text
+from uploaderd.config.settings import load_daemon_config, parse_job_text
 
 REPO = Path(__file__).parents[2]
 DOCKERFILE = REPO / "Dockerfile"

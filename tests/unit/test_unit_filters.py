@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from uploaderd.filters import DEFAULT_EXCLUDE, PathFilter, check_pattern
+from uploaderd.policy.filters import DEFAULT_EXCLUDE, PathFilter, check_pattern
 
 DEFAULT = PathFilter((), DEFAULT_EXCLUDE)
 

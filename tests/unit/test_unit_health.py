@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from uploaderd.health import Breaker
+from uploaderd.policy.health import Breaker
 
 
 def make() -> tuple[Breaker, list[float]]:

@@ -6,7 +6,7 @@ import threading
 
 from helpers import wait_for
 
-from uploaderd.inflight import Budget
+from uploaderd.policy.inflight import Budget
 
 
 def test_an_upload_that_does_not_fit_waits_until_another_gives_its_share_back() -> None:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from uploaderd.errors import KeyTemplateError, MtimeOutOfRange
-from uploaderd.keys import (
+from uploaderd.policy.keys import (
     VARIABLES,
     KeyTemplate,
     file_date,
@@ -17,7 +17,7 @@ from uploaderd.keys import (
     key_variables,
     validate_key,
 )
-from uploaderd.settle import MTIME_MAX, MTIME_MIN
+from uploaderd.policy.settle import MTIME_MAX, MTIME_MIN
 
 
 def mtime_ns(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from uploaderd import metrics
-from uploaderd.config import load_daemon_config
-from uploaderd.ledger import JobStateCount
+from uploaderd.config.settings import load_daemon_config
+from uploaderd.ledger.store import JobStateCount
+from uploaderd.observe import metrics
 
 REPO = Path(__file__).parents[2]
 MONITORING = REPO / "monitoring"

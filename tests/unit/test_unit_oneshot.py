@@ -9,15 +9,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from uploaderd.collect import Clock, collect, settle_budget
-from uploaderd.config import Job, S3Settings, parse_job_text
-from uploaderd.explain import version_why
-from uploaderd.keys import KeyTemplate
-from uploaderd.ledger import StateTally
-from uploaderd.oneshot import run_progress
-from uploaderd.register import describe_call
-from uploaderd.settle import Candidate, Signature
-from uploaderd.verify import listing_prefix
+from uploaderd.commands.explain import version_why
+from uploaderd.commands.oneshot import run_progress
+from uploaderd.commands.registrar import describe_call
+from uploaderd.config.settings import Job, S3Settings, parse_job_text
+from uploaderd.discovery.collect import Clock, collect, settle_budget
+from uploaderd.ledger.store import StateTally
+from uploaderd.policy.keys import KeyTemplate
+from uploaderd.policy.settle import Candidate, Signature
+from uploaderd.upload.verify import listing_prefix
 
 NOW = 1_700_000_000.0
 

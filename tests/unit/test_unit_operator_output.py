@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from uploaderd import logs
-from uploaderd.logs import ActivityLog, Attempt, JsonFormatter, PriorityFormatter
-from uploaderd.progress import RunProgress, StatsDisplay
-from uploaderd.transfers import Active, CountingBody, Transfers
+from uploaderd.observe import logs
+from uploaderd.observe.logs import ActivityLog, Attempt, JsonFormatter, PriorityFormatter
+from uploaderd.observe.progress import RunProgress, StatsDisplay
+from uploaderd.policy.transfers import Active, CountingBody, Transfers
 
 
 class Clock:

@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from uploaderd.retry import Backoff, RetryPolicy, backoff_delay, next_attempt_in
-from uploaderd.sessions import group_key
-from uploaderd.settle import MTIME_MAX, MTIME_MIN, SettleTracker, Signature
-from uploaderd.units import format_bytes, parse_duration, parse_size
-from uploaderd.windows import Window, in_any_window
+from uploaderd.policy.retry import Backoff, RetryPolicy, backoff_delay, next_attempt_in
+from uploaderd.policy.sessions import group_key
+from uploaderd.policy.settle import MTIME_MAX, MTIME_MIN, SettleTracker, Signature
+from uploaderd.policy.units import format_bytes, parse_duration, parse_size
+from uploaderd.policy.windows import Window, in_any_window
 
 # --- settle ------------------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from uploaderd.logs import JsonFormatter, TextFormatter
-from uploaderd.printable import printable
+from uploaderd.observe.logs import JsonFormatter, TextFormatter
+from uploaderd.policy.printable import printable
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from uploaderd.cli import main
-from uploaderd.config import S3Settings, load_daemon_config, load_jobs
+from uploaderd.config.jobpolicy import INSECURE_JOB_FILES_ENV, JobPolicy
+from uploaderd.config.settings import S3Settings, load_daemon_config, load_jobs
 from uploaderd.errors import ConfigError, ConfigProblem
-from uploaderd.jobpolicy import INSECURE_JOB_FILES_ENV, JobPolicy
 
 
 def job_text(root: str = "/data/in", bucket: str = "lab-raw", move_to: str | None = None) -> str:

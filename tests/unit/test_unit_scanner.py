@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from uploaderd.filters import DEFAULT_EXCLUDE, PathFilter
-from uploaderd.scanner import ScanRules, check_path, recheck, relative_path, scan
-from uploaderd.settle import Candidate, Signature
+from uploaderd.discovery.scanner import ScanRules, check_path, recheck, relative_path, scan
+from uploaderd.policy.filters import DEFAULT_EXCLUDE, PathFilter
+from uploaderd.policy.settle import Candidate, Signature
 
 DEFAULT = PathFilter((), DEFAULT_EXCLUDE)
 NO_LINKS = ScanRules(DEFAULT, recursive=True, follow_symlinks=False)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from devstack import free_port
-from uploaderd.config import Job, Retention, S3Settings, parse_job_text
-from uploaderd.ledger import Ledger
-from uploaderd.scheduler import Scheduler
+from uploaderd.config.settings import Job, Retention, S3Settings, parse_job_text
+from uploaderd.daemon.scheduler import Scheduler
+from uploaderd.ledger.store import Ledger
 
 
 def job_with_rescan(root: Path, rescan: str, name: str = "lab") -> Job:

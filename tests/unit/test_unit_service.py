@@ -18,7 +18,7 @@ from watchdog.events import (
     FileSystemEvent,
 )
 
-from uploaderd.watcher import _JobsDirChanged
+from uploaderd.discovery.watcher import _JobsDirChanged
 
 JOB = "/etc/uploaderd/jobs.d/lab.yaml"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from uploaderd.config import S3Settings, load_daemon_config, parse_job_text
+from uploaderd.config.settings import S3Settings, load_daemon_config, parse_job_text
 
 ETC = Path(__file__).resolve().parents[2] / "etc" / "uploaderd"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from uploaderd.config import load_daemon_config
-from uploaderd.units import parse_duration
+from uploaderd.config.settings import load_daemon_config
+from uploaderd.policy.units import parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "uploaderd.service"

@@ -1,6 +1,6 @@
 """The fence around watchdog's internals (docs/architecture.md, "watchdog's internals").
 
-uploaderd/watcher.py reaches into watchdog's inotify observer where watchdog has no public
+uploaderd/discovery/watcher.py reaches into watchdog's inotify observer where watchdog has no public
 API (IN_UNMOUNT, the file fast path), and a fault test injects a kernel event through its
 reader. A release may rename or reshape any of that without notice: mypy misses what hides
 behind a ``type: ignore``, and a wrapper watchdog no longer calls fails nothing, it just
@@ -29,7 +29,7 @@ from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyW
 from watchdog.observers.inotify_c import InotifyEvent, InotifyFD
 
 REPO = Path(__file__).resolve().parents[2]
-WATCHER = "uploaderd/watcher.py's"
+WATCHER = "uploaderd/discovery/watcher.py's"
 OVERFLOW_TEST = "tests/faults/test_faults_discovery.py's overflow test"
 
 

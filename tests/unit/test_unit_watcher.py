@@ -27,8 +27,8 @@ from watchdog.observers.inotify_c import (
     WatchDescriptor,
 )
 
-from uploaderd.config import Job, S3Settings, parse_job_text
-from uploaderd.watcher import PathEvent, Watcher
+from uploaderd.config.settings import Job, S3Settings, parse_job_text
+from uploaderd.discovery.watcher import PathEvent, Watcher
 
 
 def job_on(name: str, root: Path) -> Job:

@@ -1,0 +1,1 @@
+"""The daemon config and job files: dataclasses, loading, validation."""

@@ -1,0 +1,1 @@
+"""The long-running service: start-up, reloads, scheduled sweeps, triggers, disposal."""

@@ -1,0 +1,1 @@
+"""Finding complete files: watches, scans, settling, enqueueing new versions."""

@@ -1,0 +1,1 @@
+"""The ledger in PostgreSQL: the only package that talks to the database."""

@@ -1,0 +1,1 @@
+"""What an operator sees: Prometheus metrics, logs, progress on a terminal."""
