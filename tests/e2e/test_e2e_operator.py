@@ -24,7 +24,7 @@ from pytest_httpserver import HTTPServer
 from test_e2e_commands import Workspace as CommandsWorkspace
 
 from devstack import S3Server
-from uploaderd.cli import build_parser
+from uploaderd import cli
 from uploaderd.config.jobpolicy import JobPolicy
 from uploaderd.config.settings import S3Settings, load_jobs
 from uploaderd.ledger.store import Ledger
@@ -340,7 +340,7 @@ def test_a_one_shot_success_clears_the_pause_this_host_recorded(ws: Workspace, b
 
 
 def test_every_option_has_help_with_an_example_and_every_command_examples() -> None:
-    parser = build_parser({})
+    parser = cli.parser({})
     [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for name, sub in commands.choices.items():
         assert sub.epilog and sub.epilog.startswith("examples:\n  uploaderd "), name

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from uploaderd import __version__
-from uploaderd.cli import build_parser
+from uploaderd import __version__, cli
 
 REPO = Path(__file__).resolve().parents[2]
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -128,7 +127,7 @@ def test_lintian_reports_nothing_neither_fixed_nor_overridden(deb: Path) -> None
 def test_the_man_page_names_every_command_and_option() -> None:
     page = (REPO / "packaging" / "man" / "uploaderd.8").read_text().replace("\\-", "-")
     documented = set(re.findall(r"^\.TP\n\.BI? ?R? ?\"?([a-z][a-z-]*)\b", page, re.MULTILINE))
-    parser = build_parser({})
+    parser = cli.parser({})
     commands: dict[str, argparse.ArgumentParser] = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr,assignment]
     assert set(commands) <= documented
     for name, sub in commands.items():

@@ -4,11 +4,18 @@ sql/queries.sql, ledger/store.py and docs/database.md."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+from uploaderd.cli import COMMANDS as COMMAND_MODULES
+from uploaderd.commands.common import Parsers
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "uploaderd"
@@ -141,6 +148,35 @@ def test_only_the_command_line_imports_the_commands() -> None:
         m for m, names in GRAPH.items() for n in names if n in MODULES and folder(n) == "commands"
     }
     assert {folder(m) for m in importers} <= {"commands", "cli"}
+
+
+@pytest.mark.parametrize("module", COMMAND_MODULES, ids=lambda m: m.__name__)
+def test_each_command_sits_in_the_module_of_its_name(module: ModuleType) -> None:
+    root = argparse.ArgumentParser()
+    parsers = Parsers(root.add_subparsers(), argparse.ArgumentParser(add_help=False))
+    module.add_parser(parsers)
+    assert set(parsers.commands.choices) == {module.__name__.rsplit(".", 1)[1].replace("_", "-")}
+
+
+def test_the_command_line_lists_every_command_module() -> None:
+    listed = {module.__name__.removeprefix("uploaderd.") for module in COMMAND_MODULES}
+    with_parsers = {m for m, path in MODULES.items() if "def add_parser(" in path.read_text()}
+    assert listed == with_parsers
+    assert len(listed) == 13
+
+
+def test_the_light_commands_load_no_heavy_library() -> None:
+    """status, files and explain start fast: importing the command line loads none of what
+    only the daemon, S3 or a progress bar needs."""
+    heavy = ("boto3", "botocore", "obstore", "rich", "watchdog", "apscheduler", "urllib3")
+    code = (
+        "import sys, uploaderd.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in sys.argv[1:]))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code, *heavy], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded == "[]\n"
 
 
 def ledger_names() -> set[str]:

@@ -7,22 +7,18 @@ its schema, every bucket (a real write and delete) and every trigger URL are rea
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import urllib3
-
-from uploaderd import __version__
-from uploaderd.config.settings import DaemonConfig, Job
-from uploaderd.daemon.triggers import safe_url
+from uploaderd.commands.common import Parsers, print_json, show
+from uploaderd.config.settings import DaemonConfig, Job, load_jobs
 from uploaderd.discovery.scanner import network_filesystem
-from uploaderd.errors import DatabaseUnavailable, StorageUnavailable
-from uploaderd.ledger import schema
-from uploaderd.ledger.store import Ledger, describe_dsn
-from uploaderd.upload.storage import Storage, s3_errors
+from uploaderd.errors import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from uploaderd.policy.units import plural
 
 _INOTIFY_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
 
@@ -35,6 +31,66 @@ class Finding:
 
     def __str__(self) -> str:
         return f"{self.level:<11} {self.subject}: {self.message}"
+
+
+def add_parser(parsers: Parsers) -> None:
+    check = parsers.add(
+        "check",
+        run_check,
+        "validate config and jobs; count watches; spot network mounts",
+        "check",
+        "check --connect",
+        json_help='{"valid_jobs", "problems", "unreachable", "findings": [...]}',
+    )
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also reach the database, write to each bucket and reach each "
+        "trigger URL (e.g. uploaderd check --connect)",
+    )
+    check.add_argument(
+        "--reload",
+        action="store_true",
+        help="as systemctl reload runs it (ExecReload=): the unit's credential files are "
+        "not checked, since systemd hands them to the running daemon only "
+        "(e.g. uploaderd check --reload)",
+    )
+
+
+def run_check(args: argparse.Namespace, config: DaemonConfig) -> int:
+    jobs = load_jobs(config.jobs_dir, config.s3, config.job_policy)
+    findings = [Finding("error", str(p.file or "config"), str(p)) for p in jobs.problems]
+    for job in jobs.jobs.values():
+        findings.extend(inspect_job(job))
+    if args.connect:
+        from uploaderd.commands.probes import connect_findings  # boto3, urllib3: only here
+
+        findings.extend(connect_findings(config, dict(jobs.jobs)))
+    levels = [f.level for f in findings]
+    unreachable = levels.count("unreachable")
+    # Problems of the database or the schema are findings too, not only job-file problems.
+    problems = len(jobs.problems) + sum(
+        1 for f in findings if f.level == "error" and f.subject == "database"
+    )
+    summary = f"{plural(len(jobs.jobs), 'valid job')}, {plural(problems, 'problem')}"
+    if args.connect:
+        summary += f", {unreachable} unreachable"
+    if args.json:
+        print_json(
+            {
+                "valid_jobs": len(jobs.jobs),
+                "problems": problems,
+                "unreachable": unreachable,
+                "findings": [dataclasses.asdict(f) for f in findings],
+            }
+        )
+    else:
+        for finding in findings:
+            show(finding.message if finding.level == "error" else str(finding))
+        show(summary)
+    if "error" in levels:
+        return EXIT_USAGE
+    return EXIT_UNREACHABLE if unreachable else EXIT_OK
 
 
 def inspect_job(job: Job) -> Iterator[Finding]:
@@ -61,92 +117,6 @@ def inspect_job(job: Job) -> Iterator[Finding]:
         yield Finding("warning", subject, f"{message}, near fs.inotify.max_user_watches={limit}")
     else:
         yield Finding("ok", subject, message + (f" (limit {limit})" if limit else ""))
-
-
-def connect_findings(config: DaemonConfig, jobs: dict[str, Job]) -> Iterator[Finding]:
-    ledger = Ledger(config.dsn, application_name="uploaderd check")
-    try:
-        ledger.connect().ping()
-        missing = schema.pending(ledger)
-        if missing:
-            yield Finding(
-                "error",
-                "database",
-                f"schema not up to date: run `uploaderd migrate` ({len(missing)} "
-                "migrations pending)",
-            )
-        else:
-            yield Finding("ok", "database", f"reachable ({describe_dsn(config.dsn)})")
-    except DatabaseUnavailable as exc:
-        yield Finding("unreachable", "database", str(exc))
-    finally:
-        ledger.close()
-    storage = Storage(pool_connections=2)
-    http = urllib3.PoolManager(retries=False)
-    for job in jobs.values():
-        yield bucket_finding(storage, job)
-        if job.trigger is not None:
-            yield trigger_finding(http, job)
-
-
-def bucket_finding(storage: Storage, job: Job) -> Finding:
-    """Write and delete a small object under the job's prefix: proves the credentials can."""
-    destination = job.destination
-    client = storage.client(destination.s3)
-    key = f".uploaderd-check/{uuid.uuid4().hex}"
-    subject = f"job {job.name}"
-    try:
-        with s3_errors():
-            client.put_object(Bucket=destination.bucket, Key=key, Body=b"uploaderd check\n")
-            client.delete_object(Bucket=destination.bucket, Key=key)
-    except StorageUnavailable as exc:
-        if exc.code is None:
-            return Finding("unreachable", subject, f"cannot reach S3: {exc}")
-        return Finding("unreachable", subject, f"cannot write to s3://{destination.bucket}: {exc}")
-    return Finding("ok", subject, f"can write to s3://{destination.bucket}")
-
-
-def bucket_preflight(storage: Storage, job: Job, prefix: str) -> Finding:
-    """Before a one-shot run spends attempts: can these credentials reach the bucket? A
-    one-key listing under the job's prefix tells a missing bucket and bad credentials
-    (``unreachable``) from a policy that only lacks ``s3:ListBucket`` (``warning``: uploads
-    may still be allowed)."""
-    destination = job.destination
-    subject = f"s3://{destination.bucket}"
-    try:
-        with s3_errors():
-            storage.client(destination.s3).list_objects_v2(
-                Bucket=destination.bucket, Prefix=prefix, MaxKeys=1
-            )
-    except StorageUnavailable as exc:
-        if exc.code == "AccessDenied":
-            return Finding("warning", subject, f"cannot list ({exc}); uploading anyway")
-        return Finding("unreachable", subject, str(exc))
-    return Finding("ok", subject, "reachable with these credentials")
-
-
-def trigger_finding(http: urllib3.PoolManager, job: Job) -> Finding:
-    """A bare HEAD to the trigger URL: any HTTP answer proves it is reachable. The job's
-    headers are not sent: they carry secrets, and a probe needs none."""
-    assert job.trigger is not None
-    url = safe_url(job.trigger.url)
-    try:
-        response = http.request(
-            "HEAD",
-            job.trigger.url,
-            redirect=False,
-            headers={"User-Agent": f"uploaderd/{__version__} check"},
-            timeout=urllib3.Timeout(total=min(job.trigger.timeout, 10.0)),
-        )
-    except urllib3.exceptions.HTTPError as exc:
-        return Finding(
-            "unreachable",
-            f"job {job.name}",
-            f"cannot reach the trigger URL {url}: {type(exc).__name__}",
-        )
-    return Finding(
-        "ok", f"job {job.name}", f"the trigger URL {url} answers (HTTP {response.status} to HEAD)"
-    )
 
 
 def count_directories(root: Path) -> int:

@@ -7,6 +7,7 @@ has settled, and what the ledger knows: every version, its attempts, and a one-l
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import stat
@@ -15,10 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from uploaderd.config.settings import Job
+from uploaderd.commands.common import Parsers, jobs_of, open_ledger, print_json, show
+from uploaderd.config.settings import DaemonConfig, Job
 from uploaderd.discovery.collect import rules_of
 from uploaderd.discovery.scanner import check_path, not_utf8, relative_path
 from uploaderd.discovery.versions import scope_of
+from uploaderd.errors import EXIT_OK
 from uploaderd.ledger.store import Ledger, State
 from uploaderd.policy.keys import file_date
 from uploaderd.policy.settle import Signature
@@ -32,6 +35,38 @@ class Place:
     job: Job
     root: str
     relpath: str
+
+
+def add_parser(parsers: Parsers) -> None:
+    why = parsers.add(
+        "explain",
+        run_explain,
+        "for one file: its job, filters, versions, attempts and why it was or was not uploaded",
+        "explain /data/scope-a/run1/a.tif",
+        json_help='{"path", "lines", "why"}',
+    )
+    why.add_argument(
+        "path",
+        metavar="PATH",
+        help="the file, absolute or relative (e.g. /data/scope-a/run1/a.tif)",
+    )
+
+
+def run_explain(args: argparse.Namespace, config: DaemonConfig) -> int:
+    jobs = jobs_of(config)
+    with open_ledger(config, "explain") as ledger:
+        lines = list(explain(args.path, jobs, ledger))
+    if args.json:
+        print_json(
+            {
+                "path": args.path,
+                "lines": lines,
+                "why": [line.removeprefix("why: ") for line in lines if line.startswith("why: ")],
+            }
+        )
+    else:
+        show(*lines)
+    return EXIT_OK
 
 
 def places(path: str, jobs: Mapping[str, Job]) -> list[Place]:

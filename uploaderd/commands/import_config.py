@@ -9,8 +9,10 @@ never dropped in silence. docs/migrating.md has the same table.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,10 @@ from typing import Any
 
 import yaml
 
-from uploaderd.errors import UsageError
+from uploaderd.commands.common import Parsers, show
+from uploaderd.config.jobpolicy import JobPolicy
+from uploaderd.config.settings import DaemonConfig, parse_job_text
+from uploaderd.errors import EXIT_FAILURES, EXIT_OK, UsageError
 
 CREDENTIAL_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
 _CREDENTIALS_NOTE = (
@@ -42,6 +47,64 @@ class Imported:
         header += [f"# not imported (unknown key): {key}" for key in self.unknown]
         body = yaml.safe_dump(self.job, sort_keys=False, allow_unicode=True)
         return "\n".join(header) + "\n" + body
+
+
+def add_parser(parsers: Parsers) -> None:
+    imported = parsers.add(
+        "import-config",
+        run_import_config,
+        "print a job file made from an old data_uploader JSON config (credentials "
+        "are never copied; unknown keys are reported)",
+        "import-config run42.json",
+        "import-config run42.json --output /etc/uploaderd/jobs.d/run42.yaml",
+    )
+    imported.add_argument(
+        "old_config",
+        metavar="OLD.json",
+        type=Path,
+        help="the old tool's config (e.g. /opt/data_uploader/run42.json)",
+    )
+    imported.add_argument(
+        "--name",
+        metavar="NAME",
+        help="the job's name (default: from the file name; e.g. --name run42)",
+    )
+    imported.add_argument(
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write the job file there instead of printing it; never over an "
+        "existing file (e.g. --output /etc/uploaderd/jobs.d/run42.yaml)",
+    )
+
+
+def run_import_config(args: argparse.Namespace, config: DaemonConfig) -> int:
+    old = read_old_config(args.old_config)
+    result = convert(old)
+    name = args.name or job_name(args.old_config)
+    text = result.yaml(args.old_config)
+    # What a person would get from this file: the job must load as it is written.
+    parse_job_text(text, name=name, defaults=config.s3, policy=JobPolicy())
+    if args.output is None:
+        print(text, end="")
+    else:
+        try:
+            with args.output.open("x", encoding="utf-8") as file:
+                file.write(text)
+        except FileExistsError as exc:
+            raise UsageError(f"{args.output} exists; not overwritten") from exc
+        except OSError as exc:
+            raise UsageError(f"{args.output}: cannot write: {exc.strerror}") from exc
+        print(f"wrote job {name} to {args.output}", file=sys.stderr)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for key in result.unknown:
+        show(
+            f"not imported: {args.old_config}: unknown key {key!r} "
+            f"(value {json.dumps(old[key])}); see docs/migrating.md",
+            file=sys.stderr,
+        )
+    return EXIT_FAILURES if result.unknown else EXIT_OK
 
 
 def read_old_config(path: Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from uploaderd.commands.check import bucket_preflight
+from uploaderd.commands.probes import bucket_preflight
 from uploaderd.commands.registrar import Registrar
 from uploaderd.config.settings import DaemonConfig, Job
 from uploaderd.discovery.collect import Collected, collect
