@@ -36,7 +36,8 @@ DEFAULT_JOBS_DIR = Path("/etc/uploaderd/jobs.d")
 DEFAULT_WORKERS = 128
 DEFAULT_DSN = "postgresql://uploaderd@localhost/uploaderd"
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-_SECRET_REFERENCE = re.compile(r"\$\{(env|file):[^}]+\}")
+# A header value that takes a secret from the environment or a file: ${env:NAME}, ${file:/path}.
+SECRET_REFERENCE = re.compile(r"\$\{(env|file):([^}]+)\}")
 _SECRET_HEADER = re.compile(r"auth|token|secret|key|cookie|password", re.IGNORECASE)
 # Credential files that libpq and boto3 read on their own; the unit points both into
 # $CREDENTIALS_DIRECTORY (LoadCredential=). Named here so that a missing one is an error
@@ -198,14 +199,14 @@ def _daemon_config(document: YamlDocument, env: Mapping[str, str]) -> DaemonConf
     jobs_dir = root.converted("jobs_dir", _absolute_path, DEFAULT_JOBS_DIR)
     workers = root.integer("workers", DEFAULT_WORKERS, minimum=1)
     metrics = root.section("metrics")
-    listen = metrics.converted("listen", _listen_address, "127.0.0.1:9464")
+    listen = metrics.converted("listen", _listen_address, DaemonConfig.metrics_listen)
     metrics.finish()
     s3 = _s3_settings(root.section("s3"), S3Settings())
     log = root.section("log")
-    level = log.choice("level", ("debug", "info", "warning", "error"), "info")
-    log_format = log.choice("format", ("text", "json"), "text")
+    level = log.choice("level", ("debug", "info", "warning", "error"), DaemonConfig.log_level)
+    log_format = log.choice("format", ("text", "json"), DaemonConfig.log_format)
     log.finish()
-    grace = root.converted("shutdown_grace", parse_duration, 60.0)
+    grace = root.converted("shutdown_grace", parse_duration, DaemonConfig.shutdown_grace)
     retention = _retention(root.section("ledger"))
     policy = JobPolicy.for_this_process(
         allow_insecure_files=env.get(INSECURE_JOB_FILES_ENV, "") not in ("", "0"),
@@ -385,7 +386,7 @@ def _job(document: YamlDocument, stem: str, defaults: S3Settings, policy: JobPol
     name = root.string("name", stem) or stem
     if not JOB_NAME.match(name):
         root.problem("name", f"{name!r} is not a valid job name: use [a-z0-9][a-z0-9_-]*")
-    enabled = root.boolean("enabled", True)
+    enabled = root.boolean("enabled", Job.enabled)
     source = _source(root.section("source"), policy)
     destination = _destination(root.section("destination"), defaults, policy)
     after_upload = _after_upload(root, policy)
@@ -431,13 +432,13 @@ def _source(fields: Fields, policy: JobPolicy) -> Source | None:
         polling_raw = "auto"
     source = Source(
         paths=tuple(paths),
-        recursive=fields.boolean("recursive", True),
+        recursive=fields.boolean("recursive", Source.recursive),
         filter=PathFilter(include, exclude),
-        settle=fields.converted("settle", parse_duration, 10.0),
-        rescan=fields.converted("rescan", _positive_duration, 900.0),
+        settle=fields.converted("settle", parse_duration, Source.settle),
+        rescan=fields.converted("rescan", _positive_duration, Source.rescan),
         polling=None if polling_raw == "auto" else bool(polling_raw),
-        follow_symlinks=fields.boolean("follow_symlinks", False),
-        shared=fields.boolean("shared", False),
+        follow_symlinks=fields.boolean("follow_symlinks", Source.follow_symlinks),
+        shared=fields.boolean("shared", Source.shared),
     )
     fields.finish()
     return source if paths else None
@@ -481,7 +482,7 @@ def _destination(fields: Fields, defaults: S3Settings, policy: JobPolicy) -> Des
         tags=fields.string_map("tags"),
         metadata=_metadata(fields),
         overwrite=fields.choice(  # type: ignore[arg-type]
-            "overwrite", ("never", "if_changed", "always"), "if_changed"
+            "overwrite", ("never", "if_changed", "always"), Destination.overwrite
         ),
         bandwidth=fields.converted("bandwidth", _positive_size, None),
         windows=_windows(fields),
@@ -517,7 +518,7 @@ def _windows(fields: Fields) -> tuple[Window, ...]:
 
 def _after_upload(root: Fields, policy: JobPolicy) -> AfterUpload:
     raw = root.value("after_upload", "keep")
-    when = root.choice("after_upload_when", ("uploaded", "registered"), "uploaded")
+    when = root.choice("after_upload_when", ("uploaded", "registered"), AfterUpload.when)
     if raw in ("keep", "delete"):
         return AfterUpload(raw, None, when)  # type: ignore[arg-type]
     if isinstance(raw, dict) and set(raw) == {"move_to"}:
@@ -547,15 +548,15 @@ def _check_after_upload(
 
 
 def _retry(fields: Fields) -> RetryPolicy:
-    max_attempts = fields.integer("max_attempts", 8, minimum=1)
+    max_attempts = fields.integer("max_attempts", RetryPolicy.max_attempts, minimum=1)
     backoff = fields.section("backoff")
     policy = RetryPolicy(
         max_attempts,
         Backoff(
-            initial=backoff.converted("initial", parse_duration, 30.0),
-            max=backoff.converted("max", parse_duration, 3600.0),
-            multiplier=backoff.number("multiplier", 2.0, minimum=1.0),
-            jitter=backoff.boolean("jitter", True),
+            initial=backoff.converted("initial", parse_duration, Backoff.initial),
+            max=backoff.converted("max", parse_duration, Backoff.max),
+            multiplier=backoff.number("multiplier", Backoff.multiplier, minimum=1.0),
+            jitter=backoff.boolean("jitter", Backoff.jitter),
         ),
     )
     if policy.backoff.max < policy.backoff.initial:
@@ -566,14 +567,14 @@ def _retry(fields: Fields) -> RetryPolicy:
 
 
 def _session(fields: Fields) -> SessionPolicy:
-    group_by = fields.choice("group_by", ("none", "top_dir", "day"), "none")
+    group_by = fields.choice("group_by", ("none", "top_dir", "day"), SessionPolicy.group_by)
     complete = fields.section("complete_when")
     idle = complete.converted("idle", _positive_duration, None)
     marker = complete.string("marker")
     if marker is not None and ("/" in marker or marker in {"", ".", ".."}):
         complete.problem("marker", "expected a file name such as RunComplete.txt")
     if idle is None and marker is None:
-        idle = 600.0
+        idle = SessionPolicy.idle
     complete.finish()
     fields.finish()
     return SessionPolicy(group_by, idle, marker)  # type: ignore[arg-type]
@@ -583,10 +584,10 @@ def _trigger(fields: Fields) -> TriggerSpec | None:
     url = fields.converted("url", _http_url, None)
     if url is None and not fields.has("url"):
         fields.problem("url", "is required: the endpoint to call")
-    method = fields.choice("method", ("POST", "PUT"), "POST")
+    method = fields.choice("method", ("POST", "PUT"), TriggerSpec.method)
     headers = fields.string_map("headers")
     for name, value in headers.items():
-        if _SECRET_HEADER.search(name) and not _SECRET_REFERENCE.search(value):
+        if _SECRET_HEADER.search(name) and not SECRET_REFERENCE.search(value):
             fields.document.problem(
                 (*fields.path_of("headers"), name),
                 "secrets never live in YAML: use ${env:NAME} or ${file:/path}",
@@ -603,10 +604,10 @@ def _trigger(fields: Fields) -> TriggerSpec | None:
         url=url or "",
         method=method,
         headers=headers,
-        on=fields.choice("on", ("session_complete", "file_uploaded"), "session_complete"),  # type: ignore[arg-type]
-        batch_size=fields.integer("batch_size", 500, minimum=1),
-        timeout=fields.converted("timeout", _positive_duration, 30.0),
-        interval=interval if interval is not None or cron is not None else 60.0,
+        on=fields.choice("on", ("session_complete", "file_uploaded"), TriggerSpec.on),  # type: ignore[arg-type]
+        batch_size=fields.integer("batch_size", TriggerSpec.batch_size, minimum=1),
+        timeout=fields.converted("timeout", _positive_duration, TriggerSpec.timeout),
+        interval=interval if interval is not None or cron is not None else TriggerSpec.interval,
         cron=cron,
     )
     fields.finish()

@@ -32,6 +32,7 @@ from uploaderd.ledger.store import Ledger
 from uploaderd.observe import metrics
 from uploaderd.observe.logs import ActivityLog, fields
 from uploaderd.policy.lifecycle import Components, StopNow
+from uploaderd.policy.retry import OUTAGE_FIRST_WAIT, next_outage_wait
 from uploaderd.policy.units import plural
 from uploaderd.upload.workers import build_pool
 
@@ -116,7 +117,7 @@ class Daemon:
 
     def _wait_for_database(self) -> bool:
         """Block until PostgreSQL answers (READY waits on it); False if told to stop first."""
-        backoff = 0.5
+        backoff = OUTAGE_FIRST_WAIT
         probe = Ledger(self.config.dsn, application_name="uploaderd startup")
         while True:
             try:
@@ -134,7 +135,7 @@ class Daemon:
                 event = ""
             if event == "stop":
                 return False
-            backoff = min(backoff * 2, 30.0)
+            backoff = next_outage_wait(backoff)
 
     def _schema_current(self) -> bool:
         probe = Ledger(self.config.dsn, application_name="uploaderd startup").connect()

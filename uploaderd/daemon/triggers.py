@@ -36,7 +36,7 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from uploaderd import __version__
-from uploaderd.config.settings import Job, TriggerSpec
+from uploaderd.config.settings import SECRET_REFERENCE, Job, TriggerSpec
 from uploaderd.errors import UploaderdError
 from uploaderd.ledger.store import DueTrigger, Ledger
 from uploaderd.observe import metrics
@@ -47,7 +47,6 @@ from uploaderd.policy.retry import next_attempt_in
 log = logging.getLogger(__name__)
 
 CONFIGURATION_ERROR = "configuration error"
-_SECRET = re.compile(r"\$\{(env|file):([^}]+)\}")
 _EXCERPT = 300
 
 
@@ -97,7 +96,7 @@ def resolve_headers(headers: Mapping[str, str], env: Mapping[str, str]) -> dict[
             ) from exc
 
     return {
-        header: _SECRET.sub(functools.partial(secret, header), value)
+        header: SECRET_REFERENCE.sub(functools.partial(secret, header), value)
         for header, value in headers.items()
     }
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 from uploaderd.config.settings import Job
 from uploaderd.discovery.scanner import ScanRules, recheck, scan
+from uploaderd.ledger.store import LOOKUP_BATCH
 from uploaderd.policy.settle import Candidate, SettleTracker
 
 PathKey = tuple[str, str]  # (root, relpath)
 # Which of these candidates does the ledger hold with exactly this signature?
 KnownPaths = Callable[[Sequence[Candidate]], set[PathKey]]
-LOOKUP_BATCH = 2000
 
 
 @dataclass

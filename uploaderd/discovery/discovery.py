@@ -33,18 +33,17 @@ from uploaderd.discovery.scanner import ScanRules, check_path, recheck, scan
 from uploaderd.discovery.versions import scope_of
 from uploaderd.discovery.watcher import PathEvent
 from uploaderd.errors import DatabaseUnavailable
-from uploaderd.ledger.store import Ledger
+from uploaderd.ledger.store import LOOKUP_BATCH, Ledger
 from uploaderd.observe import metrics
 from uploaderd.policy.lifecycle import join
+from uploaderd.policy.retry import OUTAGE_FIRST_WAIT, next_outage_wait
 from uploaderd.policy.settle import Candidate, SettleTracker, Signature
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 SCAN_SLICE = 2000
-LOOKUP_BATCH = 2000  # candidates per "already known?" round trip
 RECENT_PATHS = 10_000  # signatures just written, remembered without asking the ledger
-_MAX_BACKOFF = 30.0
 
 PathKey = tuple[str, str]  # (root, relpath)
 
@@ -114,7 +113,7 @@ class Discovery:
         self._thread = threading.Thread(target=self._run, name="discovery", daemon=True)
         self._db_ok = True
         self._retry_at = 0.0
-        self._backoff = 0.5
+        self._backoff = OUTAGE_FIRST_WAIT
         self._idle = threading.Event()
         # Files that joined ``unchecked`` or the tracker since the last tick, and its time.
         self._newly_seen = False
@@ -400,7 +399,7 @@ class Discovery:
         self._db_ok = False
         self.on_db(False)
         self._retry_at = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+        self._backoff = next_outage_wait(self._backoff)
 
     def _db_up(self) -> None:
         if not self._db_ok:
@@ -409,7 +408,7 @@ class Discovery:
             for name in self._jobs:
                 self._start_scan(name)
         self.on_db(True)
-        self._backoff = 0.5
+        self._backoff = OUTAGE_FIRST_WAIT
 
 
 def _describe(item: _Inbox) -> str:

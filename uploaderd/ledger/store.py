@@ -83,6 +83,10 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# Candidates per known_paths() call: one round trip answers this many "already known?".
+LOOKUP_BATCH = 2000
+
+
 @dataclass(frozen=True)
 class NewVersion:
     """A complete file version found by discovery, with its rendered key."""

@@ -46,3 +46,14 @@ def next_attempt_in(
     if attempt >= policy.max_attempts:
         return None
     return backoff_delay(attempt, policy.backoff, rand)
+
+
+# Waiting out a database outage (the daemon's start, discovery, the upload pool): the first
+# wait, doubled after each failed try up to the cap, so a long outage costs one try per 30 s.
+OUTAGE_FIRST_WAIT = 0.5
+OUTAGE_MAX_WAIT = 30.0
+
+
+def next_outage_wait(wait: float) -> float:
+    """The wait after one more failed try to reach the database."""
+    return min(wait * 2, OUTAGE_MAX_WAIT)

@@ -35,7 +35,7 @@ from uploaderd.observe.logs import ActivityLog, Attempt
 from uploaderd.policy.health import Breaker
 from uploaderd.policy.lifecycle import join, remaining
 from uploaderd.policy.printable import printable
-from uploaderd.policy.retry import next_attempt_in
+from uploaderd.policy.retry import OUTAGE_FIRST_WAIT, next_attempt_in, next_outage_wait
 from uploaderd.policy.transfers import Transfers
 from uploaderd.policy.windows import in_any_window
 from uploaderd.upload.storage import Storage
@@ -51,7 +51,6 @@ POLL_SECONDS = 2.0
 # file). Written at once when every claim held has its outcome in: none could join them.
 WRITE_BATCH = 32
 WRITE_LINGER = 0.02
-_MAX_BACKOFF = 30.0
 # An attempt running longer than the S3 read timeout plus its size at the slowest expected
 # rate is stalled (a blackholed endpoint, say): logged once and counted; the S3 timeouts end
 # it soon after.
@@ -359,7 +358,7 @@ class UploadPool:
             self.ledger.close()  # the dispatcher's connection: closed by the dispatcher
 
     def _dispatch_until_stopped(self) -> None:
-        backoff = 0.5
+        backoff = OUTAGE_FIRST_WAIT
         self._listening = False
         self._next_renewal = time.monotonic() + self.lease_seconds / 3
         while True:
@@ -368,7 +367,7 @@ class UploadPool:
                 if self._dispatch_round(stopping):
                     return
                 self.on_db(True)
-                backoff = 0.5
+                backoff = OUTAGE_FIRST_WAIT
                 continue
             except DatabaseUnavailable as exc:
                 if stopping:
@@ -387,7 +386,7 @@ class UploadPool:
             self._listening = False
             self.ledger.close()  # a fresh session next round: nothing half-done lingers
             self._stop.wait(backoff)
-            backoff = min(backoff * 2, _MAX_BACKOFF)
+            backoff = next_outage_wait(backoff)
 
     def _dispatch_round(self, stopping: bool) -> bool:
         """One round of the dispatcher's loop; True once it has stopped."""
