@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# Exit statuses of every command (DESIGN.md, "Command line").
+# Exit statuses of every command (docs/commands.md lists them).
 EXIT_OK = 0
 EXIT_FAILURES = 1
 EXIT_USAGE = 2

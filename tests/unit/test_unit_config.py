@@ -22,7 +22,7 @@ from uploaderd.config.yamlfields import YamlDocument
 from uploaderd.errors import ConfigError, ConfigProblem
 from uploaderd.policy.filters import DEFAULT_EXCLUDE
 
-# The job file of DESIGN.md with every key set (the s3 overrides given real values).
+# A job file with every key set (the s3 overrides given real values), as in docs/configuration.md.
 FULL_JOB = """\
 name: scope-a
 enabled: true
@@ -446,7 +446,7 @@ def test_duplicate_nested_key() -> None:
 
 
 def test_trigger_on_key_is_not_a_yaml_boolean() -> None:
-    # YAML 1.1 reads a bare `on` as True; the DESIGN's `on: file_uploaded` must still work.
+    # YAML 1.1 reads a bare `on` as True; a plain `on: file_uploaded` must still work.
     parsed = job(MINIMAL_JOB + "trigger:\n  url: https://x.example/\n  on: file_uploaded\n")
     assert parsed.trigger is not None
     assert parsed.trigger.on == "file_uploaded"
