@@ -380,7 +380,7 @@ SELECT 1;
 -- table may be empty then (a fresh install; path_signatures before the first prune), where
 -- a Seq Scan costs nothing and wins. Kept until an ANALYZE of that table, such a plan made
 -- discovery's look-ups a scan of a million signatures each after a first prune (measured,
--- bench/README.md). Every statement here is written for an index; tables no index serves
+-- bench/results/2026-12-02-stop-17.md). Every statement here is written for an index; tables no index serves
 -- (ledger_deltas, a handful of rows) are still scanned.
 SET jit = off;
 SET plan_cache_mode = force_generic_plan;

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 BATCH = 2000
 # Rest after a batch: this many times as long as it took (at most MAX_REST seconds). With 1,
 # pruning 1 M versions beside a small-file stream cost the uploads 21 % on 2 cores; with 2,
-# the prune takes longer and the uploads keep their pace (bench/README.md, issue 8).
+# the prune takes longer and the uploads keep their pace
+# (bench/results/2026-12-02-ledger-after-issue-8.md).
 REST_RATIO = 2.0
 MAX_REST = 2.0
 ATTEMPTS_PROGRESS = "attempts"

@@ -66,9 +66,10 @@ def texts(values: Iterable[str | None]) -> str:
 
     psycopg2 adapts a list one element at a time, about 1 µs each, holding the GIL:
     discovery's batches (nine columns of 500 files to queue, six of 2,000 to look up) cost
-    4 µs a file that way, a fifth of that as one literal (measured, bench/README.md); the
-    dispatcher's outcomes have nine columns too. Every element is quoted, so none can read
-    as NULL or end the array; the literal itself is still a bound parameter.
+    4 µs a file that way, a fifth of that as one literal
+    (bench/results/2026-12-02-stop-18.md); the dispatcher's outcomes have nine columns too.
+    Every element is quoted, so none can read as NULL or end the array; the literal itself is
+    still a bound parameter.
     """
     return "{" + ",".join("NULL" if v is None else _quoted(v) for v in values) + "}"
 
