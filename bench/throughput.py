@@ -15,13 +15,14 @@ exit, which includes their start-up (about 0.5 s of Python imports for ``aws``).
 The sustained mode (``--sustained-rate``) measures latency instead of throughput: files
 renamed in at a steady rate, each one's time from rename to ``uploaded_at`` in the ledger,
 reported as p50/p99/max against settle + 0.5 s. uploaderd alone: the peers only copy a
-finished batch.
+finished batch. The WAN mode (``--wan MS``) sends every tool through one relay that delays
+each direction by MS milliseconds.
 
 Every measurement is checked by listing the destination prefix: a tool that "finished"
 without uploading every file fails the run instead of producing a flattering number.
 
     .venv/bin/python bench/throughput.py [--s3 rclone moto] [--small 2000] [--medium 200]
-        [--sustained-rate 100]
+        [--sustained-rate 100] [--wan 20]
 """
 
 from __future__ import annotations
@@ -34,24 +35,22 @@ import os
 import resource
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO, TYPE_CHECKING
 
 import psycopg2
-import psycopg2.extensions
 
-from devstack import REGION, S3_SERVERS, PostgresCluster, S3Server
+from bench import common
+from bench.common import BenchError, postgres_cpu, process_cpu, rows
+from devstack import REGION, S3_SERVERS, DevstackError, PostgresCluster, S3Server
+from devstack.process import find_tool, tail, terminate
 from devstack.relay import Relay
 from uploaderd.policy.units import parse_size
 
@@ -62,20 +61,19 @@ KiB = 1024
 MiB = 1024 * 1024
 BUCKET = "bench"
 POLL_SECONDS = 0.05
-READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 30.0
-SHUTDOWN_GRACE = 10.0
 PEERS = ("s5cmd", "rclone", "aws")
 RCLONE_TRANSFERS = 8  # rclone's --transfers when --workers is not given
 SUSTAINED_POLL_SECONDS = 0.5  # the ledger keeps each upload's time: polling only watches health
 SUSTAINED_MARGIN = 0.5  # the target: close-to-uploaded p99 <= settle + this
 
 
-class BenchError(RuntimeError):
-    """A measurement could not be taken or was wrong; the run stops with its message."""
-
-
 # --- what is measured ------------------------------------------------------------------------
+
+
+def size_text(size: int) -> str:
+    if size % MiB == 0:
+        return f"{size // MiB}MiB"
+    return f"{size // KiB}KiB" if size % KiB == 0 else f"{size}B"
 
 
 @dataclass(frozen=True)
@@ -86,12 +84,8 @@ class Workload:
     count: int
     size: int
 
-    @property
-    def total_bytes(self) -> int:
-        return self.count * self.size
-
     def describe(self) -> str:
-        return f"{self.name} {self.count}x{_size_text(self.size)}"
+        return f"{self.name} {self.count}x{size_text(self.size)}"
 
 
 @dataclass(frozen=True)
@@ -108,7 +102,7 @@ class Sustained:
         return Workload("sustained", round(self.rate * self.seconds), self.size)
 
     def describe(self) -> str:
-        return f"{self.rate:g}/s x {_size_text(self.size)} for {self.seconds:g}s"
+        return f"{self.rate:g}/s x {size_text(self.size)} for {self.seconds:g}s"
 
 
 @dataclass(frozen=True)
@@ -142,8 +136,6 @@ class SustainedSample:
 
 @dataclass(frozen=True)
 class Latencies:
-    """The figures of the sustained table."""
-
     count: int
     p50: float
     p99: float
@@ -180,23 +172,22 @@ class Results:
     sustained: dict[str, list[SustainedSample]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # tool -> why
 
-    def add(self, server: str, tool: str, workload: str, sample: Sample) -> None:
-        self.samples.setdefault((server, tool, workload), []).append(sample)
+    def add(self, server: str, tool: str, workload: Workload, rep: int, sample: Sample) -> None:
+        self.samples.setdefault((server, tool, workload.name), []).append(sample)
+        print(
+            f"  {tool:<10} {workload.describe():<22} rep {rep}: {sample.seconds:7.2f}s "
+            f"({workload.count / sample.seconds:8.1f} files/s, "
+            f"{workload.count * workload.size / MiB / sample.seconds:7.1f} MiB/s; "
+            f"CPU s: {_cpu_text(sample)})"
+        )
 
-    def get(self, server: str, tool: str, workload: str) -> list[Sample]:
-        return self.samples.get((server, tool, workload), [])
+
+def _cpu_text(sample: Sample) -> str:
+    return f"tool {sample.tool_cpu:.2f}, s3 {sample.s3_cpu:.2f}, db {sample.db_cpu:.2f}"
 
 
 def median_of(samples: Sequence[Sample], attribute: str) -> float:
     return float(statistics.median(float(getattr(sample, attribute)) for sample in samples))
-
-
-def _size_text(size: int) -> str:
-    if size % MiB == 0:
-        return f"{size // MiB}MiB"
-    if size % KiB == 0:
-        return f"{size // KiB}KiB"
-    return f"{size}B"
 
 
 def make_files(directory: Path, workload: Workload, seed: int) -> list[Path]:
@@ -205,12 +196,9 @@ def make_files(directory: Path, workload: Workload, seed: int) -> list[Path]:
     The seed only makes file names distinct between repetitions; contents are random.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(workload.count):
-        path = directory / f"s{seed}-f{index:06d}.bin"
-        with path.open("wb") as out:
-            out.write(os.urandom(workload.size))
-        paths.append(path)
+    paths = [directory / f"s{seed}-f{index:06d}.bin" for index in range(workload.count)]
+    for path in paths:
+        path.write_bytes(os.urandom(workload.size))
     return paths
 
 
@@ -250,75 +238,18 @@ class Feeder:
 
     def _run(self) -> None:
         try:
-            self._feed()
+            start = time.monotonic()
+            for index in range(self.sustained.workload.count):
+                wait = start + due_offset(index, self.sustained.rate) - time.monotonic()
+                if self._stop.wait(max(0.0, wait)):
+                    return
+                self.late = max(self.late, -wait)
+                name = f"s{self.seed}-f{index:06d}.bin"
+                (self.staging / name).write_bytes(os.urandom(self.sustained.size))
+                os.rename(self.staging / name, self.target / name)
+                self.renamed[name] = time.time()
         except Exception as exc:  # the measuring thread reports it
             self.error = exc
-
-    def _feed(self) -> None:
-        start = time.monotonic()
-        for index in range(self.sustained.workload.count):
-            wait = start + due_offset(index, self.sustained.rate) - time.monotonic()
-            if self._stop.wait(max(0.0, wait)):
-                return
-            self.late = max(self.late, -wait)
-            self._deliver(f"s{self.seed}-f{index:06d}.bin")
-
-    def _deliver(self, name: str) -> None:
-        staged = self.staging / name
-        with staged.open("wb") as out:
-            out.write(os.urandom(self.sustained.size))
-        os.rename(staged, self.target / name)
-        self.renamed[name] = time.time()
-
-
-def settle_disk() -> None:
-    """Flush dirty pages before a clock starts, so no tool pays for the previous one's writes."""
-    os.sync()
-
-
-# --- processes -------------------------------------------------------------------------------
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu(pid: int | None) -> float:
-    """User+system CPU seconds of a live process, all its threads (0 when it is gone)."""
-    if pid is None:
-        return 0.0
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
-def children_cpu() -> float:
-    """CPU seconds of every child we have reaped: a peer's share is the delta around it."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def postgres_cpu(pg: PostgresCluster) -> float:
-    """The postmaster and its live children (the daemon's backends among them)."""
-    try:
-        postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    total = process_cpu(postmaster)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
-                    total += process_cpu(int(entry.name))
-    return total
-
-
-def server_pid(s3: S3Server) -> int | None:
-    """devstack keeps the server's Popen private; its pid is read here for CPU accounting."""
-    proc: subprocess.Popen[bytes] | None = getattr(s3, "_proc", None)
-    return proc.pid if proc is not None else None
 
 
 @dataclass(frozen=True)
@@ -339,32 +270,65 @@ class CpuMeter:
         spent.extend(b - a for a, b in zip(before, after, strict=True))
 
 
-def find_tool(name: str) -> str | None:
-    """The tool installed next to this interpreter (the venv's bench extra) or on PATH."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file():
-        return str(beside)
-    return shutil.which(name)
+def children_cpu() -> float:
+    """CPU seconds of every child we have reaped: a peer's share is the delta around it."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
-def terminate(proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM) -> None:
-    """Signal the process group of ``proc``; SIGKILL it if it outlives ``timeout``."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout)
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+# --- the S3 side -----------------------------------------------------------------------------
+
+
+def verify_and_delete(s3: S3Server, prefix: str, workload: Workload, tool: str) -> None:
+    """The correctness check: the server lists every file under ``prefix``. The objects go
+    afterwards, so moto's memory and rclone's disk stay bounded."""
+    client = s3.client()
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    found = 0
+    for page in pages:
+        keys: list[ObjectIdentifierTypeDef] = [{"Key": i["Key"]} for i in page.get("Contents", [])]
+        found += len(keys)
+        if keys:
+            client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys, "Quiet": True})
+    if found != workload.count:
+        raise BenchError(
+            f"{tool}: {found} objects under s3://{BUCKET}/{prefix}, expected {workload.count}"
+        )
+
+
+# --- peers -----------------------------------------------------------------------------------
+
+
+def peer_command(
+    name: str, exe: str, endpoint: str, src: Path, prefix: str, workers: int
+) -> list[str]:
+    """How each reference tool copies a directory to ``s3://BUCKET/prefix/``."""
+    dest = f"s3://{BUCKET}/{prefix}"
+    if name == "s5cmd":  # --numworkers left at its default (256): s5cmd as people run it
+        return [exe, "--endpoint-url", endpoint, "cp", f"{src}/*", dest]
+    if name == "rclone":  # --config to a missing file: the remote is RCLONE_CONFIG_BENCH_*
+        argv = [exe, "--config", os.devnull, "copy", str(src), f"bench:{BUCKET}/{prefix}"]
+        return [*argv, "--transfers", str(workers), "--s3-no-check-bucket"]
+    # awscli v1 defaults: 10 concurrent requests, multipart from 8 MiB.
+    argv = [exe, "--endpoint-url", endpoint, "s3", "cp", str(src), dest, "--recursive"]
+    return [*argv, "--only-show-errors"]
+
+
+def peer_env(name: str, endpoint: str, s3: S3Server) -> dict[str, str]:
+    env = os.environ | common.credentials(s3)
+    if name == "rclone":
+        settings = {"TYPE": "s3", "PROVIDER": "Other", "ENDPOINT": endpoint, "REGION": REGION}
+        settings |= {"ACCESS_KEY_ID": s3.access_key, "SECRET_ACCESS_KEY": s3.secret_key}
+        settings["FORCE_PATH_STYLE"] = "true"
+        env |= {f"RCLONE_CONFIG_BENCH_{key}": value for key, value in settings.items()}
+    return env
 
 
 def run_timed(argv: Sequence[str], env: dict[str, str], log: IO[bytes], timeout: float) -> float:
     """Run a peer to completion in its own process group; its wall seconds.
 
-    Its own group so that Ctrl-C or a timeout kills the whole tool (aws spawns no
-    children, but rclone and s5cmd are free to) and nothing outlives the benchmark.
+    Its own group so that Ctrl-C or a timeout kills the whole tool and nothing outlives
+    the benchmark.
     """
     log.write(f"$ {shlex.join(argv)}\n".encode())
     log.flush()
@@ -383,231 +347,12 @@ def run_timed(argv: Sequence[str], env: dict[str, str], log: IO[bytes], timeout:
         raise BenchError(f"{Path(argv[0]).name} did not finish within {timeout:.0f}s") from None
     finally:
         terminate(proc, 5.0)
-    elapsed = time.perf_counter() - started
     if returncode != 0:
         raise BenchError(f"{shlex.join(argv)} exited with {returncode}; see {log.name}")
-    return elapsed
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-# --- the S3 side -----------------------------------------------------------------------------
-
-
-def count_objects(s3: S3Server, prefix: str) -> int:
-    """How many objects the server lists under ``prefix``: the correctness check."""
-    paginator = s3.client().get_paginator("list_objects_v2")
-    return sum(page.get("KeyCount", 0) for page in paginator.paginate(Bucket=BUCKET, Prefix=prefix))
-
-
-def delete_prefix(s3: S3Server, prefix: str) -> None:
-    """Drop a measurement's objects, so moto's memory and rclone's disk stay bounded."""
-    client = s3.client()
-    paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=BUCKET, Prefix=prefix):
-        keys: list[ObjectIdentifierTypeDef] = [
-            {"Key": item["Key"]} for item in page.get("Contents", [])
-        ]
-        if keys:
-            client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys, "Quiet": True})
-
-
-def verify_upload(s3: S3Server, prefix: str, workload: Workload, tool: str) -> None:
-    found = count_objects(s3, prefix)
-    if found != workload.count:
-        raise BenchError(
-            f"{tool}: {found} objects under s3://{BUCKET}/{prefix}, expected {workload.count}"
-        )
-
-
-def daemon_package() -> str:
-    """The uploaderd package the daemon runs (as it is started: from a directory of its
-    own, so PYTHONPATH or the installed package decides), named in the report."""
-    done = subprocess.run(
-        [sys.executable, "-c", "import uploaderd; print(uploaderd.__file__)"],
-        cwd="/",
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    return str(Path(done.stdout.strip()).parent)
-
-
-def credentials_env(s3: Route | S3Server) -> dict[str, str]:
-    """The environment every tool runs with: the server's keys, and no user AWS config."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
-    return env | {
-        "AWS_ACCESS_KEY_ID": s3.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_REGION": REGION,
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    }
-
-
-# --- peers -----------------------------------------------------------------------------------
-
-
-class Route:
-    """Where the tools send their requests: the S3 server itself, or a delaying relay to it.
-
-    In WAN mode (``--wan MS``) every tool, uploaderd included, goes through one relay that
-    holds each chunk MS milliseconds in each direction; the correctness checks (listing,
-    deleting) go straight to the server.
-    """
-
-    def __init__(self, s3: S3Server, relay: Relay | None) -> None:
-        self.s3 = s3
-        self.relay = relay
-
-    @property
-    def endpoint_url(self) -> str:
-        return self.relay.endpoint_url if self.relay else self.s3.endpoint_url
-
-    @property
-    def access_key(self) -> str:
-        return self.s3.access_key
-
-    @property
-    def secret_key(self) -> str:
-        return self.s3.secret_key
-
-
-@dataclass(frozen=True)
-class Peer:
-    """One reference tool: how to call it to copy a directory to ``s3://BUCKET/prefix/``."""
-
-    name: str
-    executable: str
-    argv: Callable[[str, Route, Path, str, int], list[str]]
-    extra_env: Callable[[Route], dict[str, str]] = lambda s3: {}
-
-    def command(self, s3: Route, src: Path, prefix: str, workers: int) -> list[str]:
-        return self.argv(self.executable, s3, src, prefix, workers)
-
-
-def _s5cmd_argv(exe: str, s3: Route, src: Path, prefix: str, workers: int) -> list[str]:
-    # --numworkers left at its default (256): s5cmd as people run it.
-    return [exe, "--endpoint-url", s3.endpoint_url, "cp", f"{src}/*", f"s3://{BUCKET}/{prefix}"]
-
-
-def _rclone_argv(exe: str, s3: Route, src: Path, prefix: str, workers: int) -> list[str]:
-    # --config to a missing file: the remote comes from RCLONE_CONFIG_BENCH_* only.
-    return [
-        exe,
-        "--config",
-        os.devnull,
-        "copy",
-        str(src),
-        f"bench:{BUCKET}/{prefix}",
-        "--transfers",
-        str(workers),
-        "--s3-no-check-bucket",
-    ]
-
-
-def _rclone_env(s3: Route) -> dict[str, str]:
-    return {
-        "RCLONE_CONFIG_BENCH_TYPE": "s3",
-        "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
-        "RCLONE_CONFIG_BENCH_ENDPOINT": s3.endpoint_url,
-        "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": s3.access_key,
-        "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": s3.secret_key,
-        "RCLONE_CONFIG_BENCH_REGION": REGION,
-        "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
-    }
-
-
-def _aws_argv(exe: str, s3: Route, src: Path, prefix: str, workers: int) -> list[str]:
-    # awscli v1 defaults: 10 concurrent requests, multipart from 8 MiB.
-    return [
-        exe,
-        "--endpoint-url",
-        s3.endpoint_url,
-        "s3",
-        "cp",
-        str(src),
-        f"s3://{BUCKET}/{prefix}",
-        "--recursive",
-        "--only-show-errors",
-    ]
-
-
-_PEER_ARGV = {"s5cmd": _s5cmd_argv, "rclone": _rclone_argv, "aws": _aws_argv}
-
-
-def available_peers(names: Sequence[str], results: Results) -> list[Peer]:
-    """The requested peers that are installed; the others are noted as skipped, not fatal."""
-    peers = []
-    for name in names:
-        exe = find_tool(name)
-        if exe is None:
-            results.skipped[name] = "not installed (.venv/bin/pip install -e '.[bench]')"
-            continue
-        peers.append(
-            Peer(name, exe, _PEER_ARGV[name], _rclone_env if name == "rclone" else lambda s3: {})
-        )
-    return peers
+    return time.perf_counter() - started
 
 
 # --- uploaderd -------------------------------------------------------------------------------
-
-
-class NotifySocket:
-    """The systemd side of sd_notify: a datagram socket we read READY=1 from.
-
-    It is drained until closed because the daemon's sd_notify sends are blocking: a full
-    socket buffer would stall its main loop and distort the measurement.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(path))
-        self._sock.settimeout(0.2)
-        self._ready = threading.Event()
-        self._closed = threading.Event()
-        self.last_status = ""
-        self._thread = threading.Thread(target=self._drain, name="notify", daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while not self._closed.is_set():
-            try:
-                message = self._sock.recv(4096).decode(errors="replace")
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            for line in message.splitlines():
-                if line == "READY=1":
-                    self._ready.set()
-                elif line.startswith("STATUS="):
-                    self.last_status = line.removeprefix("STATUS=")
-
-    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self._ready.wait(0.1):
-            if proc.poll() is not None:
-                raise BenchError(f"uploaderd exited with {proc.returncode} before READY=1")
-            if time.monotonic() > deadline:
-                raise BenchError(
-                    f"no READY=1 from uploaderd within {timeout:.0f}s "
-                    f"(last STATUS: {self.last_status!r})"
-                )
-
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join(timeout=2)
-        self._sock.close()
-        self.path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -615,67 +360,36 @@ class DaemonSettings:
     workers: int | None  # None: the daemon's default
     settle: float
     log_level: str
-    py_spy: Path | None
-    py_spy_gil: bool = False
-
-
-def write_config(work: Path, dsn: str, s3: Route, watched: Path, settings: DaemonSettings) -> Path:
-    """The daemon config and one job; metrics off (no port to collide with).
-
-    Without ``--workers`` the config leaves ``workers`` out: the shipped default is measured.
-    """
-    jobs = work / "jobs.d"
-    jobs.mkdir(parents=True, exist_ok=True)
-    config = work / "uploaderd.yaml"
-    config.write_text(
-        f"database:\n  dsn: {dsn}\n"
-        f"jobs_dir: {json.dumps(str(jobs))}\n"
-        + (f"workers: {settings.workers}\n" if settings.workers else "")
-        + 'metrics:\n  listen: ""\n'
-        f"s3:\n  endpoint_url: {s3.endpoint_url}\n  region: {REGION}\n"
-        f"log:\n  level: {settings.log_level}\n  format: text\n"
-        f"shutdown_grace: {SHUTDOWN_GRACE:.0f}s\n"
-    )
-    (jobs / "bench.yaml").write_text(
-        "name: bench\n"
-        f"source:\n  paths: [{json.dumps(str(watched))}]\n"
-        f"  settle: {settings.settle}s\n  rescan: 1d\n"
-        f'destination:\n  bucket: {BUCKET}\n  key: "uploaderd/${{relpath}}"\n'
-    )
-    return config
 
 
 class UploaderdUnderTest:
-    """One daemon for one S3 server: started once, fed each workload, stopped at the end."""
+    """One daemon for one S3 server: started once, fed each workload, stopped at the end.
+
+    One job watches ``watched`` (settle ``--settle``, rescan 1 day); each measurement moves
+    its files into a directory of its own there, from a staging directory on the same
+    filesystem (so a move is a rename).
+    """
 
     def __init__(
-        self,
-        work: Path,
-        pg: PostgresCluster,
-        s3: S3Server,
-        route: Route,
-        server: str,
-        settings: DaemonSettings,
+        self, work: Path, pg: PostgresCluster, s3: S3Server, endpoint: str, plan: Plan, server: str
     ) -> None:
-        self.work = work
         self.s3 = s3
-        self.route = route
-        self.settings = settings
+        self.settings = settings = plan.daemon
         self.watched = work / "watched"
-        self.staging = work / "staging"  # same filesystem, so a move is a rename
-        self.log_path = work / "uploaderd.log"
-        self.env = credentials_env(s3)
-        self.dsn = pg.create_database(f"bench_{server}")
+        self.staging = work / "staging"
+        dsn = pg.create_database(f"bench_{server}")
+        workers, level = settings.workers, settings.log_level
+        self.daemon = common.bench_daemon(work, dsn, endpoint, s3, workers, level)
+        source = {"paths": [str(self.watched)], "settle": f"{settings.settle}s", "rescan": "1d"}
+        destination = {"bucket": BUCKET, "key": "uploaderd/${relpath}"}
+        self.daemon.write_job("bench", {"source": source, "destination": destination})
         self.meter = CpuMeter(
-            lambda: process_cpu(self._proc.pid if self._proc else None),
-            lambda: process_cpu(server_pid(s3)),
+            lambda: process_cpu(self.daemon.proc.pid if self.daemon.proc else None),
+            lambda: process_cpu(s3.pid),
             lambda: postgres_cpu(pg),
         )
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._spy: subprocess.Popen[bytes] | None = None
-        self._notify: NotifySocket | None = None
-        self._log: IO[bytes] | None = None
-        self._db: psycopg2.extensions.connection | None = None
+        self.dsn = dsn
+        self.stack = contextlib.ExitStack()  # what start() started, stop() stops
 
     def start(self, labels: Sequence[str]) -> None:
         """Migrate, start, wait for READY=1.
@@ -685,97 +399,42 @@ class UploaderdUnderTest:
         """
         for label in labels:
             (self.watched / label).mkdir(parents=True, exist_ok=True)
-        config = write_config(self.work, self.dsn, self.route, self.watched, self.settings)
-        migrate = [sys.executable, "-m", "uploaderd", "migrate", "-c", str(config)]
-        # Run from the work directory: `-m` puts the current directory first on the path,
-        # and a checkout's there would shadow the tree on PYTHONPATH being measured.
-        done = subprocess.run(
-            migrate,
-            env=self.env,
-            cwd=self.work,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
-        if done.returncode != 0:
-            raise BenchError(f"uploaderd migrate failed: {done.stderr.strip()}")
-        self._notify = NotifySocket(self.work / "notify.sock")
-        self._log = self.log_path.open("ab")
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "uploaderd", "run", "-c", str(config)],
-            env=self.env | {"NOTIFY_SOCKET": str(self._notify.path)},
-            cwd=self.work,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            self._notify.wait_ready(self._proc, READY_TIMEOUT)
-        except BenchError as exc:
-            raise BenchError(f"{exc}\n{tail(self.log_path)}") from None
-        self._db = psycopg2.connect(self.dsn, application_name="bench")
-        self._db.autocommit = True
-        self._start_py_spy()
+        common.command(self.daemon, "migrate", timeout=60)
+        self.stack.enter_context(common.running(self.daemon))
+        db = psycopg2.connect(self.dsn, application_name="bench")
+        self.db = self.stack.enter_context(contextlib.closing(db))
+        self.db.autocommit = True
 
-    def _start_py_spy(self) -> None:
-        """Sample the daemon for the whole run: every busy thread, or with ``--py-spy-gil``
-        only the GIL holder (where CPU goes, rather than where threads wait)."""
-        if self.settings.py_spy is None or self._proc is None:
-            return
-        exe = find_tool("py-spy")
-        if exe is None:
-            raise BenchError("--py-spy needs py-spy: .venv/bin/pip install py-spy")
-        out = self.settings.py_spy
-        fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(out.suffix, "raw")
-        self._spy = subprocess.Popen(
-            [
-                exe,
-                "record",
-                "--pid",
-                str(self._proc.pid),
-                "--rate",
-                "200",
-                "--format",
-                fmt,
-                "--output",
-                str(out),
-                "--nonblocking",
-                *(["--gil"] if self.settings.py_spy_gil else []),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-            start_new_session=True,
-        )
-
-    def _ledger_counts(self) -> tuple[int, int]:
+    def counts(self) -> tuple[int, int]:
         """(uploaded, failed) versions in the ledger."""
-        assert self._db is not None
-        with self._db.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FILTER (WHERE state = 'uploaded'), "
-                "count(*) FILTER (WHERE state = 'failed') FROM file_versions"
-            )
-            uploaded, failed = cursor.fetchone() or (0, 0)
+        sql = "SELECT count(*) FILTER (WHERE state = %s), count(*) FILTER (WHERE state = %s) "
+        (uploaded, failed), *_ = rows(self.db, sql + "FROM file_versions", "uploaded", "failed")
         return int(uploaded), int(failed)
 
-    def _first_error(self) -> str:
-        assert self._db is not None
-        with self._db.cursor() as cursor:
-            cursor.execute(
+    def check(self, base_failed: int) -> int:
+        """The uploaded versions; a failed version or the daemon's death stops the run."""
+        uploaded, failed = self.counts()
+        if failed > base_failed:
+            last = rows(
+                self.db,
                 "SELECT relpath, last_error FROM file_versions "
-                "WHERE last_error IS NOT NULL ORDER BY id DESC LIMIT 1"
+                "WHERE last_error IS NOT NULL ORDER BY id DESC LIMIT 1",
             )
-            row = cursor.fetchone()
-        return f"{row[0]}: {row[1]}" if row else "no error recorded"
+            error = f"{last[0][0]}: {last[0][1]}" if last else "no error recorded"
+            raise BenchError(f"uploaderd failed {failed - base_failed} versions: {error}")
+        if not self.daemon.alive():
+            raise BenchError(f"uploaderd died:\n{tail(self.daemon.log_path)}")
+        return uploaded
+
+    def wait_uploaded(self, target: int, base_failed: int, timeout: float) -> None:
+        done = lambda: self.check(base_failed) >= target  # noqa: E731
+        common.wait_alive(self.daemon, done, timeout, f"{target} versions uploaded", POLL_SECONDS)
 
     def measure(self, workload: Workload, label: str, seed: int, timeout: float) -> Sample:
         """Move ``workload`` into the watched directory; seconds until all are ``uploaded``."""
         files = make_files(self.staging / label, workload, seed)
-        settle_disk()
-        base_uploaded, base_failed = self._ledger_counts()
+        os.sync()  # so no tool pays for the previous one's writes
+        base_uploaded, base_failed = self.counts()
         target = self.watched / label
         # Fresh mtimes, as an instrument that has just finished writing: the settle check
         # would otherwise accept files whose mtime is already `settle` old at first sight.
@@ -785,10 +444,9 @@ class UploaderdUnderTest:
             started = time.perf_counter()
             for path in files:
                 os.rename(path, target / path.name)
-            elapsed = self._wait_uploaded(
-                base_uploaded + workload.count, base_failed, started, timeout
-            )
-        verify_upload(self.s3, f"uploaderd/{label}/", workload, "uploaderd")
+            self.wait_uploaded(base_uploaded + workload.count, base_failed, timeout)
+            elapsed = time.perf_counter() - started
+        verify_and_delete(self.s3, f"uploaderd/{label}/", workload, "uploaderd")
         for path in files:  # the disk footprint stays one workload deep
             (target / path.name).unlink()
         return Sample(elapsed, *cpu)
@@ -800,94 +458,46 @@ class UploaderdUnderTest:
 
         ``timeout`` runs from the end of the feed.
         """
-        workload = sustained.workload
-        base_uploaded, base_failed = self._ledger_counts()
+        base_uploaded, base_failed = self.counts()
         feeder = Feeder(self.staging / label, self.watched / label, sustained, seed)
         with self.meter.measuring() as cpu:
             started = time.perf_counter()
             feeder.start()
             try:
                 while feeder.running(SUSTAINED_POLL_SECONDS):
-                    self._raise_if_broken(self._ledger_counts()[1], base_failed)
+                    self.check(base_failed)
             finally:
                 feeder.stop()
             if feeder.error is not None:
                 raise BenchError(f"the sustained feed stopped: {feeder.error}")
-            elapsed = self._wait_uploaded(
-                base_uploaded + workload.count, base_failed, started, sustained.seconds + timeout
+            self.wait_uploaded(base_uploaded + sustained.workload.count, base_failed, timeout)
+            elapsed = time.perf_counter() - started
+        verify_and_delete(self.s3, f"uploaderd/{label}/", sustained.workload, "uploaderd")
+        # File name -> (discovered_at, uploaded_at), seconds since the epoch: when the
+        # settled version was queued, and now() of the transaction that marked it uploaded.
+        times = {
+            path.split("/", 1)[1]: (float(queued), float(uploaded))
+            for path, queued, uploaded in rows(
+                self.db,
+                "SELECT relpath, extract(epoch FROM discovered_at), extract(epoch FROM "
+                "uploaded_at) FROM file_versions WHERE state = 'uploaded' AND relpath LIKE %s",
+                f"{label}/%",
             )
-        verify_upload(self.s3, f"uploaderd/{label}/", workload, "uploaderd")
-        times = self._ledger_times(label, feeder.renamed)
+        }
+        missing = [name for name in feeder.renamed if name not in times]
+        if missing:
+            raise BenchError(f"no uploaded_at in the ledger for {len(missing)} files: {missing[0]}")
         for name in feeder.renamed:  # the disk footprint stays one run deep
             (self.watched / label / name).unlink()
         return SustainedSample(
-            tuple(uploaded - feeder.renamed[name] for name, (_, uploaded) in times.items()),
-            tuple(uploaded - queued for queued, uploaded in times.values()),
+            tuple(times[name][1] - renamed for name, renamed in feeder.renamed.items()),
+            tuple(times[name][1] - times[name][0] for name in feeder.renamed),
             feeder.late,
             Sample(elapsed, *cpu),
         )
 
-    def _ledger_times(
-        self, label: str, renamed: dict[str, float]
-    ) -> dict[str, tuple[float, float]]:
-        """File name -> (``discovered_at``, ``uploaded_at``) in seconds since the epoch: when
-        the settled version was queued, and ``now()`` of the transaction that marked it
-        uploaded."""
-        assert self._db is not None
-        with self._db.cursor() as cursor:
-            cursor.execute(
-                "SELECT relpath, extract(epoch FROM discovered_at), "
-                "extract(epoch FROM uploaded_at) FROM file_versions "
-                "WHERE state = 'uploaded' AND relpath LIKE %s",
-                (f"{label}/%",),
-            )
-            rows = {str(path): (float(queued), float(up)) for path, queued, up in cursor.fetchall()}
-        missing = [name for name in renamed if f"{label}/{name}" not in rows]
-        if missing:
-            raise BenchError(f"no uploaded_at in the ledger for {len(missing)} files: {missing[0]}")
-        return {name: rows[f"{label}/{name}"] for name in renamed}
-
-    def _raise_if_broken(self, failed: int, base_failed: int) -> None:
-        """A failed version or a dead daemon ends the measurement with the reason."""
-        if failed > base_failed:
-            raise BenchError(
-                f"uploaderd failed {failed - base_failed} versions: {self._first_error()}"
-            )
-        if self._proc is not None and self._proc.poll() is not None:
-            raise BenchError(f"uploaderd died ({self._proc.returncode}):\n{tail(self.log_path)}")
-
-    def _wait_uploaded(
-        self, target: int, base_failed: int, started: float, timeout: float
-    ) -> float:
-        while True:
-            uploaded, failed = self._ledger_counts()
-            if uploaded >= target:
-                return time.perf_counter() - started
-            self._raise_if_broken(failed, base_failed)
-            if time.perf_counter() - started > timeout:
-                raise BenchError(
-                    f"uploaderd: {uploaded} of {target} uploaded after "
-                    f"{timeout:.0f}s:\n{tail(self.log_path)}"
-                )
-            time.sleep(POLL_SECONDS)
-
     def stop(self) -> None:
-        """SIGTERM as systemd does (py-spy first: SIGINT makes it write its profile)."""
-        if self._spy is not None:
-            terminate(self._spy, 20.0, signal.SIGINT)
-            self._spy = None
-        if self._proc is not None:
-            terminate(self._proc, SHUTDOWN_GRACE + STOP_TIMEOUT)
-            self._proc = None
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        if self._notify is not None:
-            self._notify.close()
-            self._notify = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self.stack.close()
 
 
 # --- one S3 server's run ---------------------------------------------------------------------
@@ -905,187 +515,122 @@ class Plan:
     sustained: Sustained | None = None  # uploaderd alone, after the batch workloads
 
 
-def labels_for(plan: Plan) -> list[str]:
-    names = [w.name for w in plan.workloads] + (["sustained"] if plan.sustained else [])
-    return [f"{name}-r{rep}" for name in names for rep in range(1, plan.repeat + 1)]
-
-
 def run_server(server: str, plan: Plan, work: Path, pg: PostgresCluster, results: Results) -> None:
-    """Every tool, workload and repetition against one fresh S3 server."""
-    print(f"\n== S3 server: {server}", flush=True)
+    """Every tool, workload and repetition against one fresh S3 server.
+
+    In WAN mode every tool, uploaderd included, goes through one relay that holds each
+    chunk ``plan.wan`` seconds in each direction; the correctness checks (listing,
+    deleting) go straight to the server.
+    """
+    print(f"\n== S3 server: {server}")
     with contextlib.ExitStack() as stack:
-        s3 = S3_SERVERS[server](work / "s3")
-        stack.callback(s3.cleanup)
-        s3.start()
+        s3 = stack.enter_context(S3_SERVERS[server](work / "s3"))
         s3.create_bucket(BUCKET)
-        relay = None
+        endpoint = s3.endpoint_url
         if plan.wan:
             relay = Relay(s3.port, delay=plan.wan)
             relay.start()
             stack.callback(relay.stop)
-        route = Route(s3, relay)
-        daemon = UploaderdUnderTest(work / "uploaderd", pg, s3, route, server, plan.daemon)
+            endpoint = relay.endpoint_url
+        daemon = UploaderdUnderTest(work / "uploaderd", pg, s3, endpoint, plan, server)
         stack.callback(daemon.stop)
-        daemon.start(labels_for(plan))
-        peers = available_peers(plan.peers, results)
-        peer_log = stack.enter_context((work / "peers.log").open("ab"))
+        names = [w.name for w in plan.workloads] + (["sustained"] if plan.sustained else [])
+        daemon.start([f"{name}-r{rep}" for name in names for rep in range(1, plan.repeat + 1)])
+        peers = {}
+        for name in plan.peers:  # a peer that is not installed is skipped, not fatal
+            try:
+                peers[name] = find_tool(name)
+            except DevstackError:
+                results.skipped[name] = "not installed (.venv/bin/pip install -e '.[bench]')"
+        log = stack.enter_context((work / "peers.log").open("ab"))
+        meter = CpuMeter(children_cpu, lambda: process_cpu(s3.pid), lambda: postgres_cpu(pg))
         for workload in plan.workloads:
             src = work / "src" / workload.name
             make_files(src, workload, seed=0)
             for rep in range(1, plan.repeat + 1):
                 label = f"{workload.name}-r{rep}"
                 sample = daemon.measure(workload, label, rep, plan.timeout)
-                _record(results, server, "uploaderd", workload, rep, sample)
-                delete_prefix(s3, f"uploaderd/{label}/")
-                meter = CpuMeter(
-                    children_cpu, lambda: process_cpu(server_pid(s3)), lambda: postgres_cpu(pg)
-                )
-                for peer in peers:
-                    sample = measure_peer(
-                        peer, s3, route, src, workload, label, plan, peer_log, meter
-                    )
-                    _record(results, server, peer.name, workload, rep, sample)
+                results.add(server, "uploaderd", workload, rep, sample)
+                for name, exe in peers.items():
+                    prefix = f"{name}/{label}/"
+                    workers = plan.daemon.workers or RCLONE_TRANSFERS
+                    argv = peer_command(name, exe, endpoint, src, prefix, workers)
+                    os.sync()
+                    with meter.measuring() as cpu:
+                        seconds = run_timed(argv, peer_env(name, endpoint, s3), log, plan.timeout)
+                    verify_and_delete(s3, prefix, workload, name)
+                    results.add(server, name, workload, rep, Sample(seconds, *cpu))
             shutil.rmtree(src)
-        if plan.sustained:
-            run_sustained(server, plan, plan.sustained, daemon, results)
-
-
-def run_sustained(
-    server: str, plan: Plan, sustained: Sustained, daemon: UploaderdUnderTest, results: Results
-) -> None:
-    """uploaderd alone: the peers are batch copiers (s5cmd has no watching mode), so there
-    is no close-to-uploaded latency of theirs to set beside it."""
-    for rep in range(1, plan.repeat + 1):
-        label = f"sustained-r{rep}"
-        run = daemon.measure_sustained(sustained, label, rep, plan.timeout)
-        results.sustained.setdefault(server, []).append(run)
-        delete_prefix(daemon.s3, f"uploaderd/{label}/")
-        figures = latencies_of(run.latencies)
-        print(
-            f"  uploaderd  sustained {sustained.describe()} rep {rep}: p50 {figures.p50:.3f}s, "
-            f"p99 {figures.p99:.3f}s, max {figures.max:.3f}s over {figures.count} files; "
-            f"feeder at most {run.late * 1000:.1f} ms late; CPU s: tool "
-            f"{run.sample.tool_cpu:.2f}, s3 {run.sample.s3_cpu:.2f}, db {run.sample.db_cpu:.2f}",
-            flush=True,
-        )
-
-
-def measure_peer(
-    peer: Peer,
-    s3: S3Server,
-    route: Route,
-    src: Path,
-    workload: Workload,
-    label: str,
-    plan: Plan,
-    log: IO[bytes],
-    meter: CpuMeter,
-) -> Sample:
-    prefix = f"{peer.name}/{label}/"
-    env = credentials_env(s3) | peer.extra_env(route)
-    settle_disk()
-    with meter.measuring() as cpu:
-        seconds = run_timed(
-            peer.command(route, src, prefix, plan.daemon.workers or RCLONE_TRANSFERS),
-            env,
-            log,
-            plan.timeout,
-        )
-    verify_upload(s3, prefix, workload, peer.name)
-    delete_prefix(s3, prefix)
-    return Sample(seconds, *cpu)
-
-
-def _record(
-    results: Results, server: str, tool: str, workload: Workload, rep: int, sample: Sample
-) -> None:
-    results.add(server, tool, workload.name, sample)
-    seconds = sample.seconds
-    print(
-        f"  {tool:<10} {workload.describe():<22} rep {rep}: {seconds:7.2f}s "
-        f"({workload.count / seconds:8.1f} files/s, "
-        f"{workload.total_bytes / MiB / seconds:7.1f} MiB/s; CPU s: tool "
-        f"{sample.tool_cpu:.2f}, s3 {sample.s3_cpu:.2f}, db {sample.db_cpu:.2f})",
-        flush=True,
-    )
+        for rep in range(1, plan.repeat + 1) if plan.sustained else ():
+            assert plan.sustained is not None
+            run = daemon.measure_sustained(plan.sustained, f"sustained-r{rep}", rep, plan.timeout)
+            results.sustained.setdefault(server, []).append(run)
+            figures = latencies_of(run.latencies)
+            print(
+                f"  uploaderd  sustained {plan.sustained.describe()} rep {rep}: p50 "
+                f"{figures.p50:.3f}s, p99 {figures.p99:.3f}s, max {figures.max:.3f}s over "
+                f"{figures.count} files; feeder at most {run.late * 1000:.1f} ms late; "
+                f"CPU s: {_cpu_text(run.sample)}"
+            )
 
 
 # --- the report ------------------------------------------------------------------------------
 
 
-def report(
-    plan: Plan, results: Results, command: str, load: tuple[float, float], package: str = ""
-) -> str:
-    """The table: medians, throughput, uploaderd's time over each tool's and the CPU split.
-
-    The load averages are there because a busy machine (other builds, tests) skews every
-    figure; a run on a loaded machine is worth repeating.
-    """
+def report(plan: Plan, results: Results) -> str:
+    """The tables: medians, throughput, uploaderd's time over each tool's and the CPU split;
+    the sustained latencies against their target."""
+    settle = plan.daemon.settle
     header = (
         f"{'tool':<16} {'workload':<18} {'seconds':>7} {'min-max':>11} {'files/s':>8} "
         f"{'MiB/s':>7} {'ud/tool':>7} {'ud-settle/tool':>14} "
         f"{'cpu tool':>8} {'cpu s3':>7} {'cpu db':>7}"
     )
+    wan = f"WAN relay: {plan.wan * 1000:g} ms each way" if plan.wan else "no WAN relay"
     lines = [
-        f"medians of {plan.repeat} runs; ud/tool = uploaderd time / tool time "
-        f"(>1: uploaderd slower); ud-settle = uploaderd time minus the "
-        f"{plan.daemon.settle:g}s settle; cpu = CPU seconds of the tool, the S3 server "
-        "and PostgreSQL during the measurement",
-        f"{os.cpu_count()} CPUs; 1-minute load average {load[0]:.2f} before, "
-        f"{load[1]:.2f} after; uploaderd workers: "
-        f"{plan.daemon.workers or 'default'}; "
-        + (f"WAN relay: {plan.wan * 1000:g} ms each way" if plan.wan else "no WAN relay")
-        + (f"; uploaderd from {package}" if package else ""),
+        f"medians of {plan.repeat} runs; ud/tool = uploaderd time / tool time (>1: uploaderd "
+        f"slower); ud-settle = uploaderd time minus the {settle:g}s settle; cpu = CPU seconds "
+        "of the tool, the S3 server and PostgreSQL during the measurement",
+        f"uploaderd workers: {plan.daemon.workers or 'default'}; {wan}",
     ]
     for server in plan.servers:
         lines += ["", f"S3 server: {server}"]
         if plan.workloads:
             lines += [header, "-" * len(header)]
         for workload in plan.workloads:
-            lines += _workload_rows(plan, results, server, workload)
+            ours = results.samples.get((server, "uploaderd", workload.name), [])
+            if not ours:
+                continue
+            wall = median_of(ours, "seconds")
+            net = max(wall - settle, 1e-9)
+            lines.append(_row("uploaderd", workload, ours, wall, ""))
+            lines.append(_row(f"uploaderd -{settle:g}s", workload, [], net, ""))
+            for tool in PEERS:
+                theirs = results.samples.get((server, tool, workload.name), [])
+                if theirs:
+                    seconds = median_of(theirs, "seconds")
+                    ratios = f"{wall / seconds:>7.2f} {net / seconds:>14.2f}"
+                    lines.append(_row(tool, workload, theirs, seconds, ratios))
         lines += _sustained_rows(plan, results.sustained.get(server, []))
-    for tool, why in results.skipped.items():
-        lines.append(f"skipped {tool}: {why}")
-    lines += ["", f"reproduce: {command}"]
-    return "\n".join(lines)
-
-
-def _workload_rows(plan: Plan, results: Results, server: str, workload: Workload) -> list[str]:
-    ours = results.get(server, "uploaderd", workload.name)
-    if not ours:
-        return []
-    wall = median_of(ours, "seconds")
-    net = max(wall - plan.daemon.settle, 1e-9)
-    rows = [
-        _row("uploaderd", workload, ours, wall, None, None),
-        _row(f"uploaderd -{plan.daemon.settle:g}s", workload, [], net, None, None),
-    ]
-    for tool in PEERS:
-        theirs = results.get(server, tool, workload.name)
-        if theirs:
-            seconds = median_of(theirs, "seconds")
-            rows.append(_row(tool, workload, theirs, seconds, wall / seconds, net / seconds))
-    return rows
+    return "\n".join(lines + [f"skipped {tool}: {why}" for tool, why in results.skipped.items()])
 
 
 def _row(
-    tool: str,
-    workload: Workload,
-    samples: Sequence[Sample],
-    seconds: float,
-    ratio: float | None,
-    net_ratio: float | None,
+    tool: str, workload: Workload, samples: Sequence[Sample], seconds: float, ratios: str
 ) -> str:
     times = [sample.seconds for sample in samples]
     spread = f"{min(times):.2f}-{max(times):.2f}" if times else ""
-    cpu = "".join(
-        f" {median_of(samples, name):>7.2f}" if samples else f" {'':>7}"
-        for name in ("tool_cpu", "s3_cpu", "db_cpu")
-    )
+    mib = workload.count * workload.size / MiB / seconds
     return (
         f"{tool:<16} {workload.describe():<18} {seconds:7.2f} {spread:>11} "
-        f"{workload.count / seconds:8.1f} {workload.total_bytes / MiB / seconds:7.1f} "
-        f"{_ratio(ratio):>7} {_ratio(net_ratio):>14} {cpu[1:]:>8}"
+        f"{workload.count / seconds:8.1f} {mib:7.1f} {ratios:>22} {_cpu_medians(samples)}"
+    )
+
+
+def _cpu_medians(samples: Sequence[Sample]) -> str:
+    return " ".join(
+        f"{median_of(samples, name):>{width}.2f}" if samples else " " * width
+        for name, width in (("tool_cpu", 8), ("s3_cpu", 7), ("db_cpu", 7))
     )
 
 
@@ -1101,17 +646,13 @@ def _sustained_rows(plan: Plan, runs: Sequence[SustainedSample]) -> list[str]:
     figures = latencies_of([latency for run in runs for latency in run.latencies])
     queued = latencies_of([latency for run in runs for latency in run.queued])
     target = sustained_target(plan)
-    samples = [run.sample for run in runs]
     header = (
         f"{'tool':<10} {'sustained feed':<26} {'files':>6} {'p50 s':>6} {'p99 s':>6} "
         f"{'max s':>6} {'target p99':>14} {'late ms':>7} {'cpu tool':>8} {'cpu s3':>7} "
         f"{'cpu db':>7}"
     )
-    cpu = " ".join(
-        f"{median_of(samples, name):>{width}.2f}"
-        for name, width in (("tool_cpu", 8), ("s3_cpu", 7), ("db_cpu", 7))
-    )
-    verdict = "met" if figures.p99 <= target else "MISSED"
+    verdict = f"<= {target:g} {'met' if figures.p99 <= target else 'MISSED'}"
+    late = max(run.late for run in runs) * 1000
     return [
         "",
         f"sustained: seconds from each file's rename to its uploaded_at in the ledger, "
@@ -1122,43 +663,11 @@ def _sustained_rows(plan: Plan, runs: Sequence[SustainedSample]) -> list[str]:
         header,
         "-" * len(header),
         f"{'uploaderd':<10} {plan.sustained.describe():<26} {figures.count:>6} "
-        f"{figures.p50:>6.3f} {figures.p99:>6.3f} {figures.max:>6.3f} "
-        f"{f'<= {target:g} {verdict}':>14} {max(run.late for run in runs) * 1000:>7.1f} {cpu}",
+        f"{figures.p50:>6.3f} {figures.p99:>6.3f} {figures.max:>6.3f} {verdict:>14} "
+        f"{late:>7.1f} {_cpu_medians([run.sample for run in runs])}",
         f"{'':<10} {'  queued -> uploaded':<26} {queued.count:>6} "
         f"{queued.p50:>6.3f} {queued.p99:>6.3f} {queued.max:>6.3f}",
     ]
-
-
-def _ratio(value: float | None) -> str:
-    return f"{value:.2f}" if value is not None else ""
-
-
-def results_json(plan: Plan, results: Results) -> dict[str, object]:
-    return {
-        "settle_seconds": plan.daemon.settle,
-        "workloads": {w.name: {"count": w.count, "size": w.size} for w in plan.workloads},
-        "samples": [
-            {"server": s, "tool": t, "workload": w, **sample.__dict__}
-            for (s, t, w), samples in results.samples.items()
-            for sample in samples
-        ],
-        "sustained": {
-            "feed": plan.sustained.__dict__ if plan.sustained else None,
-            "target_p99_seconds": sustained_target(plan),
-            "runs": [
-                {
-                    "server": server,
-                    **latencies_of(run.latencies).__dict__,
-                    "queued_to_uploaded": latencies_of(run.queued).__dict__,
-                    "late_seconds": run.late,
-                    **run.sample.__dict__,
-                }
-                for server, runs in results.sustained.items()
-                for run in runs
-            ],
-        },
-        "skipped": results.skipped,
-    }
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -1166,86 +675,31 @@ def results_json(plan: Plan, results: Results) -> dict[str, object]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--s3",
-        nargs="+",
-        choices=sorted(S3_SERVERS),
-        default=["rclone"],
-        help="S3 server(s), one after the other (default: rclone)",
-    )
-    parser.add_argument("--small", type=int, default=2000, help="small files (default 2000)")
-    parser.add_argument(
-        "--small-size", type=parse_size, default=4 * KiB, help="bytes or 4KiB (default 4 KiB)"
-    )
-    parser.add_argument("--medium", type=int, default=200, help="medium files (default 200)")
-    parser.add_argument(
-        "--medium-size", type=parse_size, default=MiB, help="bytes or 1MiB (default 1 MiB)"
-    )
-    parser.add_argument("--large", type=int, default=0, help="large files (default 0)")
-    parser.add_argument(
-        "--large-size", type=parse_size, default=256 * MiB, help="bytes (default 256 MiB)"
-    )
-    parser.add_argument(
-        "--sustained-rate",
-        type=float,
-        default=0.0,
-        metavar="FILES_PER_S",
-        help="after the batches, feed uploaderd this many files per second and report "
-        "close-to-uploaded latencies (default 0: off; the issue's target: 100)",
-    )
-    parser.add_argument(
-        "--sustained-size", type=parse_size, default=64 * KiB, help="bytes (default 64 KiB)"
-    )
-    parser.add_argument(
-        "--sustained-seconds", type=float, default=60.0, help="feed duration (default 60)"
-    )
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
-    parser.add_argument(
+    add = parser.add_argument
+    servers = sorted(S3_SERVERS)
+    add("--s3", nargs="+", choices=servers, default=["rclone"], help="S3 server(s), in turn")
+    for name, count, size in (("small", 2000, 4), ("medium", 200, 1024), ("large", 0, 256 * 1024)):
+        add(f"--{name}", type=int, default=count, help=f"{name} files (default {count}; 0: none)")
+        add(f"--{name}-size", type=parse_size, default=size * KiB, help="bytes, or e.g. 64KiB")
+    rate_help = "after the batches, feed uploaderd this many files a second (default 0: off)"
+    add("--sustained-rate", type=float, default=0.0, metavar="FILES_PER_S", help=rate_help)
+    add("--sustained-size", type=parse_size, default=64 * KiB, help="default 64KiB")
+    add("--sustained-seconds", type=float, default=60.0, help="feed duration (default 60)")
+    add("--repeat", type=int, default=3, help="runs of each measurement (median; default 3)")
+    add(
         "--workers",
         type=int,
-        help="uploaderd workers and rclone --transfers (default: uploaderd's "
-        f"own default, rclone {RCLONE_TRANSFERS})",
+        help="uploaderd's workers and rclone's --transfers (default: "
+        f"the daemon's own and {RCLONE_TRANSFERS})",
     )
-    parser.add_argument(
-        "--wan",
-        type=float,
-        default=0.0,
-        metavar="MS",
-        help="send every tool through a relay that delays each direction by "
-        "MS milliseconds (default 0: no relay)",
-    )
-    parser.add_argument("--settle", type=float, default=1.0, help="job settle seconds")
-    parser.add_argument(
-        "--peers",
-        nargs="*",
-        choices=PEERS,
-        default=list(PEERS),
-        help="reference tools (default: all installed)",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds allowed per measurement (default 300)"
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default="warning",
-        help="uploaderd's log level (default warning)",
-    )
-    parser.add_argument(
-        "--py-spy",
-        type=Path,
-        metavar="FILE",
-        help="profile the daemon with py-spy (.svg, .json speedscope, else raw)",
-    )
-    parser.add_argument(
-        "--py-spy-gil",
-        action="store_true",
-        help="with --py-spy: sample only the thread holding the GIL",
-    )
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write every sample")
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the work directory (logs, database cluster)"
-    )
+    wan_help = "send every tool through a relay that delays each direction by MS ms (0: none)"
+    add("--wan", type=float, default=0.0, metavar="MS", help=wan_help)
+    add("--settle", type=float, default=1.0, help="the job's settle seconds (default 1)")
+    add("--peers", nargs="*", choices=PEERS, default=list(PEERS), help="reference tools (all)")
+    add("--timeout", type=float, default=300.0, help="seconds per measurement (default 300)")
+    add("--log-level", choices=("debug", "info", "warning", "error"), default="warning")
+    add("--json", type=Path, metavar="FILE", help="also write every sample")
+    add("--keep", action="store_true", help="keep the work directory (logs, database cluster)")
     args = parser.parse_args(argv)
     if (
         min(args.small, args.medium, args.large) < 0
@@ -1263,107 +717,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def plan_of(args: argparse.Namespace) -> Plan:
-    workloads = tuple(
-        w
-        for w in (
-            Workload("small", args.small, args.small_size),
-            Workload("medium", args.medium, args.medium_size),
-            Workload("large", args.large, args.large_size),
-        )
-        if w.count
+    workloads = (
+        Workload("small", args.small, args.small_size),
+        Workload("medium", args.medium, args.medium_size),
+        Workload("large", args.large, args.large_size),
     )
-    py_spy = args.py_spy.resolve() if args.py_spy else None
+    rate = args.sustained_rate
     return Plan(
         tuple(args.s3),
-        workloads,
+        tuple(w for w in workloads if w.count),
         tuple(args.peers),
         args.repeat,
         args.timeout,
-        DaemonSettings(args.workers, args.settle, args.log_level, py_spy, args.py_spy_gil),
+        DaemonSettings(args.workers, args.settle, args.log_level),
         wan=args.wan / 1000,
-        sustained=(
-            Sustained(args.sustained_rate, args.sustained_size, args.sustained_seconds)
-            if args.sustained_rate
-            else None
-        ),
+        sustained=Sustained(rate, args.sustained_size, args.sustained_seconds) if rate else None,
     )
+
+
+# How a run is watched and kept, not what it measures: left out of the command of a rerun.
+NOT_REPRODUCED = {"timeout", "log_level", "json", "keep"}
 
 
 def reproduce_command(args: argparse.Namespace) -> str:
     """The full command line with every default spelled out, so a rerun measures the same."""
-    argv = [
-        ".venv/bin/python",
-        "bench/throughput.py",
-        "--s3",
-        *args.s3,
-        "--small",
-        str(args.small),
-        "--small-size",
-        str(args.small_size),
-        "--medium",
-        str(args.medium),
-        "--medium-size",
-        str(args.medium_size),
-        "--large",
-        str(args.large),
-        "--large-size",
-        str(args.large_size),
-        "--sustained-rate",
-        f"{args.sustained_rate:g}",
-        "--sustained-size",
-        str(args.sustained_size),
-        "--sustained-seconds",
-        f"{args.sustained_seconds:g}",
-        "--repeat",
-        str(args.repeat),
-        *(["--workers", str(args.workers)] if args.workers else []),
-        "--wan",
-        f"{args.wan:g}",
-        "--settle",
-        f"{args.settle:g}",
-        "--peers",
-        *args.peers,
-    ]
-    return shlex.join(argv)
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def work_directory(keep: bool) -> Iterator[Path]:
-    """Under /tmp: PostgreSQL runs as `postgres` when we are root and must reach it."""
-    work = Path(tempfile.mkdtemp(prefix="uploaderd-bench-"))
-    work.chmod(0o755)
-    try:
-        yield work
-    finally:
-        if keep:
-            print(f"kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    argv: list[str] = []
+    for name, value in vars(args).items():
+        if value is not None and name not in NOT_REPRODUCED:
+            argv.append(f"--{name.replace('_', '-')}")
+            for item in value if isinstance(value, list) else [value]:
+                argv.append(f"{item:g}" if isinstance(item, float) else str(item))
+    return common.reproduce("throughput.py", argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = plan_of(args)
-    results = Results()
-    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then
-    # installs no KeyboardInterrupt handler of its own.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _interrupt)
-    load_before = os.getloadavg()[0]
-    feeds = [w.describe() for w in plan.workloads]
-    if plan.sustained:
-        feeds.append(f"sustained {plan.sustained.describe()} (uploaderd only)")
-    print(
-        f"uploaderd throughput: {', '.join(feeds)}; "
-        f"{plan.repeat} repetitions; {os.cpu_count()} CPUs",
-        flush=True,
-    )
-    try:
-        with work_directory(args.keep) as work:
+
+    def measure() -> str:
+        results = Results()
+        with common.work_directory("uploaderd-bench-", None, args.keep) as work:
             pg = PostgresCluster(work / "postgres")
             try:
                 pg.start()
@@ -1371,17 +764,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     run_server(server, plan, work / server, pg, results)
             finally:
                 pg.stop()
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    load = (load_before, os.getloadavg()[0])
-    print("\n" + report(plan, results, reproduce_command(args), load, daemon_package()))
-    if args.json:
-        args.json.write_text(json.dumps(results_json(plan, results), indent=2) + "\n")
-    return 0
+        if args.json:
+            samples = [
+                {"server": s, "tool": t, "workload": w, **asdict(sample)}
+                for (s, t, w), samples in results.samples.items()
+                for sample in samples
+            ]
+            sustained = {k: [asdict(run) for run in v] for k, v in results.sustained.items()}
+            data = {"plan": asdict(plan), "samples": samples, "sustained": sustained}
+            args.json.write_text(json.dumps(data | {"skipped": results.skipped}, default=str))
+        return report(plan, results)
+
+    feeds = [w.describe() for w in plan.workloads]
+    if plan.sustained:
+        feeds.append(f"sustained {plan.sustained.describe()} (uploaderd only)")
+    title = f"uploaderd throughput: {', '.join(feeds)}; {plan.repeat} repetitions"
+    return common.run(title, measure, reproduce_command(args))
 
 
 if __name__ == "__main__":

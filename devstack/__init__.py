@@ -10,7 +10,10 @@ loopback port (``postgres``), and an S3 server (``s3``). Every service runs as a
 process in its own process group, logs to a file in its directory and is waited for by
 polling with a deadline, never by a fixed sleep. ``python -m devstack demo`` runs the
 daemon on them; ``python -m devstack services`` starts them and prints the environment to
-export, e.g. for the benchmarks (both in ``demo``).
+export (both in ``demo``). The tests and the benchmarks share the rest of the harness from
+here: ``DaemonProcess`` runs ``uploaderd run`` with a NOTIFY_SOCKET and waits for its
+READY=1 (``daemon``); ``free_port`` and ``wait_for``, a poll with a deadline, are in
+``process``.
 
 Three S3 servers: two that ignore parts of S3 a production store enforces, and one such
 store, so that a test passing on all three does not rest on what one server lets slip.
@@ -61,8 +64,9 @@ and the parts kept by their MD5 ETag went without one (InvalidRequest on every r
 uploaderd.multipart now sends the SHA-256 of the bytes it matched.
 """
 
+from devstack.daemon import DaemonProcess, Notifications
 from devstack.postgres import PostgresCluster, find_pg_bindir
-from devstack.process import DevstackError, free_port, free_ports
+from devstack.process import DevstackError, WaitTimeout, free_port, free_ports, wait_for
 from devstack.s3 import (
     ACCESS_KEY,
     REGION,
@@ -79,13 +83,17 @@ __all__ = [
     "REGION",
     "S3_SERVERS",
     "SECRET_KEY",
+    "DaemonProcess",
     "DevstackError",
     "MotoServer",
+    "Notifications",
     "PostgresCluster",
     "RcloneS3Server",
     "S3Server",
     "SeaweedFSServer",
+    "WaitTimeout",
     "find_pg_bindir",
     "free_port",
     "free_ports",
+    "wait_for",
 ]

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from devstack.demo import demo, say, services, stop_on_signals
-from devstack.process import DevstackError
+from devstack.demo import demo, say, services
+from devstack.process import DevstackError, stop_on_signals
 from devstack.s3 import S3_SERVERS
 
 COMMANDS = {

@@ -19,15 +19,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import TextIO
 
 from devstack.postgres import PostgresCluster
-from devstack.process import free_port, terminate
+from devstack.process import STOP_SIGNALS, free_port, terminate
 from devstack.s3 import REGION, S3_SERVERS, S3Server
 
-# Ctrl-C, `kill`, and the terminal closing all mean "stop everything".
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # The demo config's shutdown_grace is 10s; the daemon gets that and a margin.
 DAEMON_STOP_TIMEOUT = 20.0
 BUCKET = "demo"
@@ -47,16 +44,6 @@ def say(text: str, stream: TextIO | None = None) -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, out.fileno())
             os.close(devnull)
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def stop_on_signals() -> None:
-    """Turn SIGTERM and SIGHUP into KeyboardInterrupt, as SIGINT already is."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else _interrupt)
 
 
 def _ignore_stop_signals() -> None:

@@ -169,9 +169,10 @@ class PostgresCluster(Service):
         if proc.returncode != 0:
             raise DevstackError(f"psql {sql!r} failed: {proc.stderr.strip()}")
 
-    def create_database(self, name: str) -> str:
-        """Create database ``name`` and return its DSN."""
-        self._psql(f'CREATE DATABASE "{_check_db_name(name)}"')
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """Create database ``name`` (a copy of ``template``, if given) and return its DSN."""
+        copy = f' TEMPLATE "{_check_db_name(template)}"' if template else ""
+        self._psql(f'CREATE DATABASE "{_check_db_name(name)}"{copy}')
         return self.dsn(name)
 
     def drop_database(self, name: str) -> None:

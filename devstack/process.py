@@ -1,4 +1,5 @@
-"""What every local service shares: free ports, polling with a deadline, stopping by group."""
+"""What every local service, test and benchmark shares: free ports, polling with a deadline,
+stopping by group, and stop signals turned into KeyboardInterrupt."""
 
 from __future__ import annotations
 
@@ -13,15 +14,24 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+from types import FrameType, TracebackType
+from typing import Literal, Self, TypeVar
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
+# Ctrl-C, `kill`, and the terminal closing all mean "stop everything".
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+T = TypeVar("T")
 
 
 class DevstackError(RuntimeError):
     """A local service could not be found, started or used."""
+
+
+class WaitTimeout(DevstackError, AssertionError):
+    """A wait's deadline passed: a DevstackError to the services and the benchmarks, a
+    failed check (AssertionError) to a test."""
 
 
 def free_port() -> int:
@@ -44,13 +54,37 @@ def free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in socks]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` every 50 ms until it holds; DevstackError after ``timeout``."""
+def wait_for(
+    predicate: Callable[[], T | Literal[False] | None],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str = "condition",
+    ignore: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    Callers wait on the condition they need, with a deadline, instead of sleeping and
+    hoping. Exceptions listed in ``ignore`` count as "not yet" (e.g. a NoSuchKey while an
+    upload is still in flight). On timeout the WaitTimeout names what was awaited and the
+    last value (or exception) seen, which is usually enough to tell a slow system from a
+    broken one.
+    """
     deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise DevstackError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
+    while True:
+        try:
+            value: T | Literal[False] | BaseException | None = predicate()
+        except ignore as exc:
+            value = exc
+        if (
+            value is not None
+            and value is not False
+            and value
+            and not isinstance(value, BaseException)
+        ):
+            return value
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout}s waiting for {message}; last: {value!r}")
+        time.sleep(interval)
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -75,11 +109,14 @@ def find_tool(name: str) -> str:
     return found
 
 
-def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM the process group of ``proc``; SIGKILL it if still there after ``timeout``."""
+def terminate(
+    proc: subprocess.Popen[bytes], timeout: float, sig: signal.Signals = signal.SIGTERM
+) -> None:
+    """Send ``sig`` to the process group of ``proc``; SIGKILL it if still there after
+    ``timeout``."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, sig)
         try:
             proc.wait(timeout)
             return
@@ -88,6 +125,17 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_signals() -> None:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt, as SIGINT already is (set again: a
+    shell starts a background job with SIGINT ignored, and Python then leaves it so)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else _interrupt)
 
 
 class Service(abc.ABC):

@@ -30,7 +30,7 @@ from devstack.process import (
     free_ports,
     tail,
     terminate,
-    wait_until,
+    wait_for,
 )
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class S3Server(Service):
             start_new_session=True,
         )
         try:
-            wait_until(self._answers, START_TIMEOUT, f"S3 server at {self.endpoint_url}")
+            wait_for(self._answers, START_TIMEOUT, message=f"S3 server at {self.endpoint_url}")
         except BaseException:
             self.stop()
             raise
@@ -135,6 +135,11 @@ class S3Server(Service):
     def is_running(self) -> bool:
         """Whether the server process is alive."""
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (the benchmarks count its CPU)."""
+        return self._proc.pid if self._proc is not None else None
 
     def client(self) -> S3Client:
         """A boto3 S3 client for this server (path-style, us-east-1)."""
@@ -372,7 +377,7 @@ class SeaweedFSServer(S3Server):
         self._write_identity()
         super().start()
         try:
-            wait_until(self._accepts_writes, START_TIMEOUT, f"writes to {self.endpoint_url}")
+            wait_for(self._accepts_writes, START_TIMEOUT, message=f"writes to {self.endpoint_url}")
         except BaseException:
             self.stop()
             raise

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from daemon import DaemonProcess
 from debhost import OLD_COMMIT, REPO, build_deb
 from nspawn import debian_root, unavailable
 
@@ -26,6 +25,7 @@ from devstack import (
     ACCESS_KEY,
     REGION,
     SECRET_KEY,
+    DaemonProcess,
     DevstackError,
     MotoServer,
     PostgresCluster,

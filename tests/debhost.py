@@ -7,10 +7,9 @@ import re
 import subprocess
 from pathlib import Path
 
-from helpers import free_port, wait_for
 from nspawn import Container
 
-from devstack import ACCESS_KEY, SECRET_KEY, RcloneS3Server
+from devstack import ACCESS_KEY, SECRET_KEY, RcloneS3Server, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = "uploaderd.service"

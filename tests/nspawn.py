@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from helpers import free_port, wait_for
+from devstack import free_port, wait_for
 
 SUITE = "bookworm"
 # systemd and journald, PostgreSQL as the container's own unit, what the .deb depends on

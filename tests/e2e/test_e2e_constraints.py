@@ -24,10 +24,8 @@ from typing import Any
 
 import psycopg2
 import pytest
-from daemon import DaemonProcess
-from helpers import wait_for
 
-from devstack import ACCESS_KEY, SECRET_KEY, PostgresCluster, S3Server
+from devstack import ACCESS_KEY, SECRET_KEY, DaemonProcess, PostgresCluster, S3Server, wait_for
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 

@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import DaemonProcess
-from helpers import wait_for
 
-from devstack import PostgresCluster, S3Server
+from devstack import DaemonProcess, PostgresCluster, S3Server, wait_for
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 MiB = 1024 * 1024

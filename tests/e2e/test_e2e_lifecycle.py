@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import DaemonProcess
-from helpers import wait_for
 
-from devstack import S3Server
+from devstack import DaemonProcess, S3Server, wait_for
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 FAULTY = Path(__file__).resolve().parent.parent / "faulty_daemon.py"

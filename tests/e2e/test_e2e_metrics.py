@@ -7,7 +7,6 @@ checks the exposition with promtool when it is installed (``./dev test`` install
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -16,17 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon import DaemonProcess
-from helpers import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack import DaemonProcess, free_port, wait_for
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(port: int) -> str:

@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import DaemonProcess
-from helpers import wait_for
 from pytest_httpserver import HTTPServer
 from test_e2e_commands import Workspace as CommandsWorkspace
 
-from devstack import S3Server
+from devstack import DaemonProcess, S3Server, wait_for
 from uploaderd import cli
 from uploaderd.config.jobpolicy import JobPolicy
 from uploaderd.config.settings import S3Settings, load_jobs

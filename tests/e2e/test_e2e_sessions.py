@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon import DaemonProcess
-from helpers import wait_for
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
+
+from devstack import DaemonProcess, wait_for
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 

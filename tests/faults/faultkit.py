@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from daemon import DaemonProcess
+from devstack import DaemonProcess
 
 MAX_CONNECTIONS = 64
 _IDLE_LIMIT = 120.0  # a proxied connection left silent this long is closed

@@ -26,12 +26,10 @@ from typing import Any
 
 import pytest
 import yaml
-from daemon import DaemonProcess
-from helpers import free_port, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, WatchDescriptor
 
-from devstack import S3Server
+from devstack import DaemonProcess, S3Server, free_port, wait_for
 from uploaderd.config.settings import Job, S3Settings, parse_job_text
 from uploaderd.daemon.disposal import Disposer
 from uploaderd.discovery.discovery import Discovery

@@ -26,7 +26,6 @@ from typing import Any
 
 import psycopg2
 import pytest
-from daemon import DaemonProcess
 from faultkit import (
     FaultProxy,
     HostDaemon,
@@ -35,10 +34,9 @@ from faultkit import (
     daemon_threads,
     idle_connections,
 )
-from helpers import wait_for
 from pytest_httpserver import HTTPServer
 
-from devstack import PostgresCluster, S3Server, free_port
+from devstack import DaemonProcess, PostgresCluster, S3Server, free_port, wait_for
 from uploaderd.ledger.store import Ledger, NewVersion
 from uploaderd.policy.settle import Candidate, Signature
 

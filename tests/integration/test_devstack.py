@@ -24,9 +24,8 @@ import psycopg2
 import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
-from helpers import wait_for
 
-from devstack import PostgresCluster, S3Server
+from devstack import PostgresCluster, S3Server, wait_for
 
 REPO = Path(__file__).parents[2]
 

@@ -7,8 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from helpers import wait_for
-
+from devstack import wait_for
 from uploaderd.config.settings import S3Settings, parse_job_text
 from uploaderd.discovery.discovery import Discovery
 from uploaderd.ledger.store import Ledger

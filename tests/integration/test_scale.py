@@ -17,8 +17,8 @@ from typing import Any
 
 import psycopg2
 import pytest
-from helpers import wait_for
 
+from devstack import wait_for
 from uploaderd.commands.explain import explain
 from uploaderd.config.settings import Retention, S3Settings, parse_job_text
 from uploaderd.discovery.discovery import Discovery

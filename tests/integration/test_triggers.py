@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import wait_for
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from devstack import wait_for
 from uploaderd.config.settings import Job, S3Settings, parse_job_text
 from uploaderd.daemon.triggers import TriggerDispatcher, resolve_headers
 from uploaderd.ledger.store import Ledger, NewVersion, Outcome, State

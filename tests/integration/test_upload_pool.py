@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import wait_for
 
-from devstack import S3Server
+from devstack import S3Server, wait_for
 from uploaderd.config.settings import Job, S3Settings, parse_job_text
 from uploaderd.ledger.store import Claim, Ledger, NewVersion, Outcome
 from uploaderd.policy.health import Breaker

@@ -25,10 +25,9 @@ from debhost import (
     s3_object,
     write_file,
 )
-from helpers import wait_for
 from nspawn import Container, wait_active
 
-from devstack import RcloneS3Server
+from devstack import RcloneS3Server, wait_for
 
 pytestmark = pytest.mark.system
 

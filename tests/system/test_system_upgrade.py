@@ -21,10 +21,9 @@ from debhost import (
     install_as_the_readme_says,
     write_file,
 )
-from helpers import wait_for
 from nspawn import Container, wait_active
 
-from devstack import RcloneS3Server
+from devstack import RcloneS3Server, wait_for
 
 pytestmark = pytest.mark.system
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from helpers import wait_for
-
+from devstack import wait_for
 from uploaderd.policy.inflight import Budget
 
 

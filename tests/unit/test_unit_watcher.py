@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import wait_for
 from watchdog.observers.inotify_c import (
     CallbackId,
     InotifyConstants,
@@ -27,6 +26,7 @@ from watchdog.observers.inotify_c import (
     WatchDescriptor,
 )
 
+from devstack import wait_for
 from uploaderd.config.settings import Job, S3Settings, parse_job_text
 from uploaderd.discovery.watcher import PathEvent, Watcher
 

@@ -1,8 +1,10 @@
-"""``uploaderd run`` as a real subprocess with a real NOTIFY_SOCKET, for the e2e tests.
+"""``uploaderd run`` as a real subprocess with a real NOTIFY_SOCKET, for the tests and the
+benchmarks.
 
 The harness plays systemd's part: it binds the notification datagram socket, records every
 message the daemon sends (READY=1, STATUS=..., WATCHDOG=1, RELOADING=1, STOPPING=1) and lets
-tests wait for them with a deadline.
+its user wait for them with a deadline. The socket is drained until closed: the daemon's
+sd_notify sends block, and a full socket buffer would stall its main loop.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from devstack.process import WaitTimeout
+from devstack.s3 import REGION
 
 
 class Notifications:
@@ -32,7 +38,7 @@ class Notifications:
         self.messages: list[list[str]] = []
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread = threading.Thread(target=self._receive, name="notify", daemon=True)
         self._thread.start()
 
     def _receive(self) -> None:
@@ -44,7 +50,7 @@ class Notifications:
             except OSError:
                 return
             with self._cond:
-                self.messages.append(data.decode().splitlines())
+                self.messages.append(data.decode(errors="replace").splitlines())
                 self._cond.notify_all()
 
     def lines(self) -> list[str]:
@@ -54,29 +60,24 @@ class Notifications:
     def count(self, line: str) -> int:
         return sum(1 for seen in self.lines() if seen == line)
 
-    def wait_for(self, predicate: Any, timeout: float, what: str) -> None:
+    def wait_for(self, predicate: Callable[[], object], timeout: float, what: str) -> None:
+        """Until ``predicate`` holds (checked on each message, and at least every 0.1 s)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while not predicate():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise AssertionError(f"timed out waiting for {what}; got {self.messages!r}")
-                self._cond.wait(remaining)
+                    raise WaitTimeout(f"timed out waiting for {what}; got {self.messages!r}")
+                self._cond.wait(min(remaining, 0.1))
 
     def wait_line(self, line: str, *, nth: int = 1, timeout: float = 30.0) -> None:
-        self.wait_for(
-            lambda: sum(1 for m in self.messages for x in m if x == line) >= nth,
-            timeout,
-            f"{line!r} #{nth}",
-        )
+        self.wait_for(lambda: self.count(line) >= nth, timeout, f"{line!r} #{nth}")
 
     def wait_prefix(self, prefix: str, contains: str = "", timeout: float = 30.0) -> str:
         found: list[str] = []
 
         def seen() -> bool:
-            found[:] = [
-                x for m in self.messages for x in m if x.startswith(prefix) and contains in x
-            ]
+            found[:] = [x for x in self.lines() if x.startswith(prefix) and contains in x]
             return bool(found)
 
         self.wait_for(seen, timeout, f"a line starting {prefix!r} containing {contains!r}")
@@ -88,7 +89,13 @@ class Notifications:
 
 
 class DaemonProcess:
-    """Config files, the process and its notifications, for one test."""
+    """Config files, the process and its notifications: one daemon of a test or a benchmark.
+
+    ``settings`` replace top-level keys of the config; one set to None is left out, so the
+    daemon's own default applies. ``extra_env`` is added to this process's environment and
+    ``cwd`` (default: this process's) is where the daemon runs. The daemon runs in a
+    session of its own: a terminal's Ctrl-C reaches its starter only, which stops it.
+    """
 
     def __init__(self, workdir: Path, dsn: str, endpoint_url: str, **settings: Any) -> None:
         self.workdir = workdir
@@ -100,34 +107,52 @@ class DaemonProcess:
             "jobs_dir": str(self.jobs_dir),
             "workers": 4,
             "metrics": {"listen": ""},
-            "s3": {"endpoint_url": endpoint_url, "region": "us-east-1"},
+            "s3": {"endpoint_url": endpoint_url, "region": REGION},
             "log": {"level": "debug", "format": "text"},
             "shutdown_grace": "20s",
         }
         config.update(settings)
+        config = {key: value for key, value in config.items() if value is not None}
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / "daemon.log"
-        # AF_UNIX paths are limited to 108 bytes; pytest's tmp paths can be longer.
-        self._sock_dir = tempfile.mkdtemp(prefix="ud-")
-        self.notify_path = os.path.join(self._sock_dir, "notify")
+        self._sock_dir = ""  # made by the first start
         self.proc: subprocess.Popen[bytes] | None = None
         self.notes: Notifications | None = None
         self.extra_env: dict[str, str] = {}
+        self.cwd: Path | None = None
+        self.started = 0.0  # time.perf_counter() at the last start
 
     def write_job(self, name: str, job: dict[str, Any] | str) -> Path:
         path = self.jobs_dir / f"{name}.yaml"
         path.write_text(job if isinstance(job, str) else yaml.safe_dump(job, allow_unicode=True))
         return path
 
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, **self.extra_env}
+
+    def cli(self, *args: str) -> list[str]:
+        """The argv of ``uploaderd ARGS -c CONFIG``: a command on this daemon's config."""
+        return [sys.executable, "-m", "uploaderd", *args, "-c", str(self.config_path)]
+
     def start(self, *, wait_ready: bool = True) -> DaemonProcess:
+        # AF_UNIX paths are limited to 108 bytes; pytest's tmp paths can be longer.
+        self._sock_dir = self._sock_dir or tempfile.mkdtemp(prefix="ud-")
+        notify_path = os.path.join(self._sock_dir, "notify")
         if self.notes is not None:
             self.notes.close()
-            os.unlink(self.notify_path)
-        self.notes = Notifications(self.notify_path)
-        env = {**os.environ, "NOTIFY_SOCKET": self.notify_path, **self.extra_env}
+            os.unlink(notify_path)
+        self.notes = Notifications(notify_path)
+        env = {**self.environment(), "NOTIFY_SOCKET": notify_path}
         with self.log_path.open("ab") as log:
+            self.started = time.perf_counter()
             self.proc = subprocess.Popen(
-                self.command(), env=env, stdout=log, stderr=subprocess.STDOUT
+                self.command(),
+                env=env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         if wait_ready:
             self.wait_ready()
@@ -135,14 +160,26 @@ class DaemonProcess:
 
     def command(self) -> list[str]:
         """The daemon's argv; a subclass may wrap it (in a mount namespace, say)."""
-        return [sys.executable, "-m", "uploaderd", "run", "-c", str(self.config_path)]
+        return self.cli("run")
 
     def wait_ready(self, nth: int = 1, timeout: float = 30.0) -> None:
+        """Until the ``nth`` READY=1; a daemon that exits first fails the wait at once."""
         assert self.notes is not None
+        notes = self.notes
         try:
-            self.notes.wait_line("READY=1", nth=nth, timeout=timeout)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n--- daemon log ---\n{self.log()}") from None
+            notes.wait_for(
+                lambda: notes.count("READY=1") >= nth or not self.alive(),
+                timeout,
+                f"'READY=1' #{nth}",
+            )
+        except WaitTimeout as exc:
+            raise WaitTimeout(f"{exc}\n--- daemon log ---\n{self.log()}") from None
+        if notes.count("READY=1") < nth:
+            assert self.proc is not None
+            raise WaitTimeout(
+                f"uploaderd exited with {self.proc.returncode} before 'READY=1' #{nth}\n"
+                f"--- daemon log ---\n{self.log()}"
+            )
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
@@ -172,4 +209,5 @@ class DaemonProcess:
             self.proc.wait(timeout=10)
         if self.notes is not None:
             self.notes.close()
-        shutil.rmtree(self._sock_dir, ignore_errors=True)
+        if self._sock_dir:
+            shutil.rmtree(self._sock_dir, ignore_errors=True)
