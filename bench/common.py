@@ -55,16 +55,25 @@ def credentials(s3: S3Server) -> dict[str, str]:
 
 
 def bench_daemon(
-    work: Path, dsn: str, endpoint_url: str, s3: S3Server | None, workers: int | None, level: str
+    work: Path,
+    dsn: str,
+    endpoint_url: str,
+    s3: S3Server | None,
+    workers: int | None,
+    level: str,
+    kind: type[DaemonProcess] = DaemonProcess,
+    **settings: Any,
 ) -> DaemonProcess:
-    """A daemon in ``work`` (its log: uploaderd.log), ``workers`` None for the shipped default."""
-    daemon = DaemonProcess(
+    """A daemon in ``work`` (its log: uploaderd.log), ``workers`` None for the shipped default;
+    ``settings`` are more keys of its config."""
+    daemon = kind(
         work,
         dsn,
         endpoint_url,
         workers=workers,
         log={"level": level, "format": "text"},
         shutdown_grace=f"{SHUTDOWN_GRACE:.0f}s",
+        **settings,
     )
     daemon.log_path = work / "uploaderd.log"
     daemon.cwd = NEUTRAL_CWD

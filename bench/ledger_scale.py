@@ -283,13 +283,14 @@ class RolledBackLedger(Ledger):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg2.extensions.cursor]:
-        cursor = self.connection.cursor(cursor_factory=_RecordingCursor)
-        cursor.sink = self.recording
-        try:
-            yield cursor
-        finally:
-            cursor.close()
-            self.connection.rollback()
+        with self.held() as session:
+            cursor = session.cursor(cursor_factory=_RecordingCursor)
+            cursor.sink = self.recording
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+                session.rollback()
 
 
 @dataclass(frozen=True)
@@ -434,7 +435,7 @@ def time_queries(dsn: str, context: ProbeContext, repeat: int, budget: float) ->
         contextlib.closing(RolledBackLedger(dsn, application_name="bench probe")) as ledger,
         contextlib.closing(psycopg2.connect(dsn, application_name="bench explain")) as planner,
     ):
-        with ledger.connection, ledger.connection.cursor() as cursor:
+        with ledger.held() as session, session, session.cursor() as cursor:
             cursor.execute("SET statement_timeout = '120s'")
         for (label, when), call in probes(ledger, context).items():
             statements: list[bytes] = []

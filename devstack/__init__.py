@@ -65,6 +65,7 @@ uploaderd.multipart now sends the SHA-256 of the bytes it matched.
 """
 
 from devstack.daemon import DaemonProcess, Notifications
+from devstack.pgbouncer import PgBouncer
 from devstack.postgres import PostgresCluster, find_pg_bindir
 from devstack.process import DevstackError, WaitTimeout, free_port, free_ports, wait_for
 from devstack.s3 import (
@@ -87,6 +88,7 @@ __all__ = [
     "DevstackError",
     "MotoServer",
     "Notifications",
+    "PgBouncer",
     "PostgresCluster",
     "RcloneS3Server",
     "S3Server",

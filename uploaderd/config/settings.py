@@ -83,6 +83,8 @@ class DaemonConfig:
     dsn: str
     jobs_dir: Path
     workers: int = DEFAULT_WORKERS
+    # Database connections the daemon may hold at once (docs/install.md, "Many hosts").
+    connections: int = 2
     metrics_listen: str = "127.0.0.1:9464"  # "" disables the endpoint
     s3: S3Settings = field(default_factory=S3Settings)
     log_level: str = "info"
@@ -194,6 +196,7 @@ def _daemon_config(document: YamlDocument, env: Mapping[str, str]) -> DaemonConf
     dsn = database.string("dsn", DEFAULT_DSN) or DEFAULT_DSN
     if _dsn_has_password(dsn):
         database.problem("dsn", "must not contain a password: use PGPASSFILE or libpq's env")
+    connections = database.integer("connections", DaemonConfig.connections, minimum=1)
     database.finish()
     dsn = env.get("UPLOADERD_DATABASE_DSN") or dsn
     jobs_dir = root.converted("jobs_dir", _absolute_path, DEFAULT_JOBS_DIR)
@@ -219,6 +222,7 @@ def _daemon_config(document: YamlDocument, env: Mapping[str, str]) -> DaemonConf
         dsn=dsn,
         jobs_dir=jobs_dir,
         workers=workers,
+        connections=connections,
         metrics_listen=listen,
         s3=s3,
         log_level=level,

@@ -28,7 +28,7 @@ from uploaderd.discovery.discovery import Discovery
 from uploaderd.discovery.watcher import JobsDirWatcher, Watcher
 from uploaderd.errors import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, DatabaseUnavailable
 from uploaderd.ledger import schema
-from uploaderd.ledger.store import Ledger
+from uploaderd.ledger.store import Ledger, connection_budget
 from uploaderd.observe import metrics
 from uploaderd.observe.logs import ActivityLog, fields
 from uploaderd.policy.lifecycle import Components, StopNow
@@ -57,8 +57,10 @@ class Daemon:
         self.stopped_now = False  # a second signal cut the shutdown short
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         self._watchdog_interval = watchdog_usec / 2e6 if watchdog_usec else None
+        # Every thread's ledger shares these connections (database.connections).
+        self.budget = connection_budget(config.dsn, config.connections, "uploaderd")
         self.discovery = Discovery(
-            Ledger(config.dsn, application_name="uploaderd discovery"),
+            self._ledger("uploaderd discovery"),
             host=self.host,
             on_db=self._db_reporter("discovery"),
         )
@@ -72,11 +74,12 @@ class Daemon:
             name="uploaderd workers",
             on_db=self._db_reporter("workers"),
             activity=ActivityLog(),
+            budget=self.budget,
         )
         self.scheduler = Scheduler(
-            Ledger(config.dsn, application_name="uploaderd scheduler"),
-            lambda: Ledger(config.dsn, application_name="uploaderd triggers"),
-            Ledger(config.dsn, application_name="uploaderd prune"),
+            self._ledger("uploaderd scheduler"),
+            lambda: self._ledger("uploaderd triggers"),
+            self._ledger("uploaderd prune"),
             host=self.host,
             me=self.pool.worker,
             rescan=self._rescan,
@@ -217,6 +220,7 @@ class Daemon:
             self.stopped_now = True
             log.warning("second signal: stopping now; handing back the uploads in flight")
             self.pool.stop(time.monotonic())
+        self.budget.close()
         log.info("stopped")
 
     # --- reload ----------------------------------------------------------------------------
@@ -261,6 +265,9 @@ class Daemon:
             f"{plural(len(self.jobs), 'job')}, {plural(roots, 'root')} watched, "
             f"{self.pool.busy()} uploading, database {db}"
         )
+
+    def _ledger(self, application_name: str) -> Ledger:
+        return Ledger(self.config.dsn, application_name=application_name, budget=self.budget)
 
     def _db_reporter(self, component: str) -> Callable[[bool], None]:
         def report(up: bool) -> None:

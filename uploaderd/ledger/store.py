@@ -27,6 +27,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from uploaderd.errors import DatabaseUnavailable, SchemaMissing
+from uploaderd.ledger.connections import Budget
 from uploaderd.policy.settle import Candidate, Signature
 
 NOTIFY_CHANNEL = "uploaderd_work"
@@ -246,83 +247,128 @@ def describe_dsn(dsn: str) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(params.items()))
 
 
-class Ledger:
-    """One connection's worth of ledger operations."""
+@contextmanager
+def _mapped(session: psycopg2.extensions.connection) -> Iterator[None]:
+    """The one error mapping: driver errors that mean "not now" become
+    ``DatabaseUnavailable`` and close the connection, so the next transaction opens a new
+    one (a session of a demoted primary stays read-only until it ends)."""
+    try:
+        yield
+    except psycopg2.errors.UndefinedTable as exc:
+        raise SchemaMissing(
+            f"the database has no uploaderd schema ({_first_line(exc)}): run `uploaderd migrate`"
+        ) from exc
+    except psycopg2.Error as exc:
+        if not _not_now(exc):
+            raise
+        session.close()
+        raise DatabaseUnavailable(f"PostgreSQL: {_first_line(exc)}") from exc
 
-    def __init__(self, dsn: str, *, application_name: str = "uploaderd") -> None:
+
+class Session(psycopg2.extensions.connection):  # type: ignore[misc]  # psycopg2 has no stubs
+    """A connection, and what this process set up on it: the statements prepared, whether
+    it listens for new work."""
+
+    def __init__(self, dsn: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(dsn, *args, **kwargs)
+        self.prepared: set[str] = set()
+        self.listening = False
+        self.in_transaction = False
+
+
+def open_session(dsn: str, application_name: str) -> Session:
+    """A new connection with the session's settings, or ``DatabaseUnavailable``."""
+    try:
+        session = psycopg2.connect(
+            dsn,
+            connection_factory=Session,
+            application_name=application_name,
+            connect_timeout=5,
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+        )
+    except psycopg2.Error as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL ({describe_dsn(dsn)}): {_first_line(exc)}"
+        ) from exc
+    assert isinstance(session, Session)
+    with _mapped(session), session, session.cursor() as cursor:
+        cursor.execute(queries()["session_settings"])
+    return session
+
+
+def connection_budget(dsn: str, size: int, application_name: str) -> Budget[Session]:
+    """What the daemon's ledgers share: at most ``size`` connections."""
+    return Budget(lambda: open_session(dsn, application_name), size)
+
+
+class Ledger:
+    """Ledger operations for one thread, on a connection of its own or borrowed, one
+    transaction at a time, from a budget it shares with the process's other ledgers."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        application_name: str = "uploaderd",
+        budget: Budget[Session] | None = None,
+    ) -> None:
         self.dsn = dsn
         self.application_name = application_name
-        self._conn: psycopg2.extensions.connection | None = None
-        self._prepared: set[str] = set()  # statements prepared on this connection
+        self._shared = budget is not None
+        self._budget = budget or self._own_budget()
+
+    def _own_budget(self) -> Budget[Session]:
+        return Budget(lambda: open_session(self.dsn, self.application_name), 1, idle_close=None)
 
     # --- connection ------------------------------------------------------------------------
 
     def connect(self) -> Ledger:
-        if self._conn is None or self._conn.closed:
-            try:
-                self._conn = psycopg2.connect(
-                    self.dsn,
-                    application_name=self.application_name,
-                    connect_timeout=5,
-                    keepalives=1,
-                    keepalives_idle=30,
-                    keepalives_interval=10,
-                    keepalives_count=3,
-                )
-            except psycopg2.Error as exc:
-                raise DatabaseUnavailable(
-                    f"cannot connect to PostgreSQL ({describe_dsn(self.dsn)}): {_first_line(exc)}"
-                ) from exc
-            self._prepared = set()
-            conn = self._conn  # the session's settings, committed whatever transaction() does
-            with self._mapped(), conn, conn.cursor() as cursor:
-                cursor.execute(queries()["session_settings"])
-        return self
+        """Open a connection now (or reuse a free one): a DSN that does not work fails here."""
+        with self._budget.connection():
+            return self
 
     def clone(self, application_name: str) -> Ledger:
-        """The same ledger (same class and DSN) on a connection of its own."""
+        """The same ledger (same class and DSN) for another thread: on a connection of its
+        own, or on the same budget when it shares one."""
         twin = copy.copy(self)
         twin.application_name = application_name
-        twin._conn = None
-        twin._prepared = set()
+        if not self._shared:
+            twin._budget = twin._own_budget()
         return twin
 
     def close(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._conn = None
+        """Close this ledger's own connection; a shared budget's belong to the process."""
+        if not self._shared:
+            self._budget.close()
 
-    @property
-    def connection(self) -> psycopg2.extensions.connection:
-        if self._conn is None or self._conn.closed:
-            self.connect()
-        assert self._conn is not None
-        return self._conn
+    @contextmanager
+    def pinned(self) -> Iterator[Session]:
+        """One connection for every transaction of the block (what a session-level lock
+        needs); other threads may borrow it between them."""
+        with self._budget.pinned() as session:
+            yield session
+
+    @contextmanager
+    def held(self) -> Iterator[Session]:
+        """A connection held for the block, for a caller that runs its own transactions."""
+        with self._budget.connection() as session:
+            yield session
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg2.extensions.cursor]:
         """A cursor in a transaction that commits on success; "not now" → unavailable."""
-        conn = self.connection
-        with self._mapped(), conn, conn.cursor() as cursor:
-            yield cursor
-
-    @contextmanager
-    def _mapped(self) -> Iterator[None]:
-        """The one error mapping: driver errors that mean "not now" become
-        ``DatabaseUnavailable`` and drop the connection, so the next call reconnects (a
-        session of a demoted primary stays read-only until it ends)."""
-        try:
-            yield
-        except psycopg2.errors.UndefinedTable as exc:
-            raise SchemaMissing(
-                f"the database has no uploaderd schema ({_first_line(exc)}): run `uploaderd "
-                "migrate`"
-            ) from exc
-        except psycopg2.Error as exc:
-            if not _not_now(exc):
-                raise
-            self.close()
-            raise DatabaseUnavailable(f"PostgreSQL: {_first_line(exc)}") from exc
+        with self.held() as session:
+            if session.in_transaction:
+                raise RuntimeError("a ledger transaction inside another on the same thread")
+            session.in_transaction = True
+            try:
+                with _mapped(session), session, session.cursor() as cursor:
+                    yield cursor
+            finally:
+                session.in_transaction = False
 
     def _execute(
         self, cursor: psycopg2.extensions.cursor, name: str, params: dict[str, Any]
@@ -332,9 +378,11 @@ class Ledger:
             cursor.execute(queries()[name], params)
             return
         statement = prepared(name)
-        if statement.name not in self._prepared:
+        session = cursor.connection
+        assert isinstance(session, Session)
+        if statement.name not in session.prepared:
             cursor.execute(statement.prepare)  # outlives a rollback: it is the session's
-            self._prepared.add(statement.name)
+            session.prepared.add(statement.name)
         cursor.execute(statement.execute, params)
 
     def _all(self, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
@@ -451,30 +499,50 @@ class Ledger:
     # --- the upload queue ------------------------------------------------------------------
 
     def listen(self) -> None:
-        """Subscribe this connection to new-work notifications (autocommit, for LISTEN)."""
-        conn = self.connection
-        conn.autocommit = True
-        try:
-            with self._mapped(), conn.cursor() as cursor:
-                cursor.execute(queries()["listen_work"])
-        finally:
-            if not conn.closed:
-                conn.autocommit = False
+        """Make the connection the next wait will most likely get (the one returned last)
+        listen for new work."""
+        with self._budget.connection() as session:
+            if not session.listening:
+                self._listen(session)
 
     def wait_for_notify(self, timeout: float, *extra_fds: int) -> bool:
-        """Block until a notification, readable ``extra_fds`` or ``timeout``; True on a notify."""
-        conn = self.connection
-        # A notification can also arrive with the result of any statement (a claim, say),
-        # and then the socket has nothing more to read: such a one counts at once.
-        if not conn.notifies:
-            ready, _, _ = select.select([conn, *extra_fds], [], [], timeout)
-            if conn not in ready:
+        """Block until new work is announced, ``extra_fds`` are readable, another thread
+        needs the connection, or ``timeout``. True on an announcement, and when the wait
+        had to start listening (what was announced before is lost: look for work). With
+        every connection of a shared budget lent out, it waits on ``extra_fds`` alone; a
+        listening connection keeps what arrives meanwhile for the next wait."""
+        with self._budget.listening() as lent:
+            if lent is None:
+                select.select(list(extra_fds), [], [], timeout)
                 return False
-            with self._mapped():
-                conn.poll()
-        notified = bool(conn.notifies)
-        conn.notifies.clear()
-        return notified
+            session, lend = lent
+            if not session.listening:
+                self._listen(session)
+                return True
+            # A notification can also arrive with the result of any statement (a claim, a
+            # lent connection's work), and then the socket has nothing more to read.
+            if not session.notifies:
+                watched: list[Any] = [session, lend, *extra_fds]
+                ready, _, _ = select.select(watched, [], [], timeout)
+                if session not in ready:
+                    return False
+                with _mapped(session):
+                    session.poll()
+            notified = bool(session.notifies)
+            session.notifies.clear()
+            return notified
+
+    @staticmethod
+    def _listen(session: Session) -> None:
+        """Subscribe the connection to new-work notifications (autocommit, for LISTEN)."""
+        session.autocommit = True
+        try:
+            with _mapped(session), session.cursor() as cursor:
+                cursor.execute(queries()["listen_work"])
+            session.listening = True
+        finally:
+            if not session.closed:
+                session.autocommit = False
 
     def claim(
         self,
@@ -713,13 +781,15 @@ class Ledger:
 
     @contextmanager
     def named_lock(self, name: str) -> Iterator[bool]:
-        """A cluster-wide lock for one sweep: yields False when another host holds it."""
-        held = bool(self._all("try_named_lock", {"name": name})[0][0])
-        try:
-            yield held
-        finally:
-            if held and self._conn is not None and not self._conn.closed:
-                self._all("named_unlock", {"name": name})
+        """A cluster-wide lock for one sweep: yields False when another host holds it. The
+        lock lives in the session, so the block keeps its connection."""
+        with self.pinned() as session:
+            held = bool(self._all("try_named_lock", {"name": name})[0][0])
+            try:
+                yield held
+            finally:
+                if held and not session.closed:
+                    self._all("named_unlock", {"name": name})
 
     def notify_due_retries(self) -> int:
         """Wake the workers of every job with retries due; the number of such jobs."""

@@ -29,7 +29,8 @@ from datetime import datetime
 
 from uploaderd.config.settings import DaemonConfig, Destination, Job
 from uploaderd.errors import DatabaseUnavailable
-from uploaderd.ledger.store import Claim, Ledger, MultipartStarted, Outcome, State
+from uploaderd.ledger.connections import Budget
+from uploaderd.ledger.store import Claim, Ledger, MultipartStarted, Outcome, Session, State
 from uploaderd.observe import metrics
 from uploaderd.observe.logs import ActivityLog, Attempt
 from uploaderd.policy.health import Breaker
@@ -578,6 +579,7 @@ def build_pool(
     breaker: Callable[[], Breaker] = Breaker,
     activity: ActivityLog | None = None,
     workers: int | None = None,
+    budget: Budget[Session] | None = None,
 ) -> UploadPool:
     """A pool as ``config`` sizes it (or ``workers``): S3 connections for every worker and
     its part threads."""
@@ -585,7 +587,7 @@ def build_pool(
     transfer = TransferSettings()
     storage = Storage(pool_connections=workers * (1 + transfer.concurrency_per_file))
     return UploadPool(
-        Ledger(config.dsn, application_name=name),
+        Ledger(config.dsn, application_name=name, budget=budget),
         Uploader(storage, transfer),
         jobs,
         workers=workers,

@@ -1,0 +1,208 @@
+"""The daemon within its connection budget (database.connections): every component makes
+progress at a budget of one, a burst never holds more than the budget, an idle daemon holds
+one connection."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from devstack import DaemonProcess, PgBouncer, PostgresCluster, wait_for
+
+Sql = Callable[..., list[tuple[Any, ...]]]
+
+
+def daemon_connections(sql: Sql) -> int:
+    """The daemon's connections now (its budget's, not the start-up probe's)."""
+    rows = sql(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'uploaderd'"
+    )
+    return int(rows[0][0])
+
+
+class Peak:
+    """The most connections the daemon held, sampled until stopped."""
+
+    def __init__(self, sql: Sql) -> None:
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(sql,), daemon=True)
+        self._thread.start()
+
+    def _sample(self, sql: Sql) -> None:
+        while not self._stop.wait(0.02):
+            self.most = max(self.most, daemon_connections(sql))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(10)
+        return self.most
+
+
+@pytest.fixture
+def peak(sql: Sql) -> Iterator[Peak]:
+    sampler = Peak(sql)
+    yield sampler
+    sampler.stop()
+
+
+def lab_job(root: Path, bucket: str, trigger_url: str) -> dict[str, Any]:
+    return {
+        "source": {"paths": [str(root)], "settle": "0.5s", "rescan": "1h"},
+        "destination": {"bucket": bucket, "key": "in/${relpath}"},
+        "after_upload": "delete",
+        "session": {"group_by": "top_dir", "complete_when": {"marker": "DONE"}},
+        "trigger": {"url": trigger_url, "schedule": {"interval": "0.5s"}},
+    }
+
+
+def start(
+    make_daemon: Callable[..., DaemonProcess], dsn: str, connections: int, spec: dict[str, Any]
+) -> DaemonProcess:
+    """A started daemon with the job "lab" and a budget of ``connections`` on ``dsn``."""
+    daemon = make_daemon(database={"dsn": dsn, "connections": connections})
+    daemon.write_job("lab", spec)
+    return daemon.start()
+
+
+def uploaded(sql: Sql) -> int:
+    return int(sql("SELECT count(*) FROM file_versions WHERE state = 'uploaded'")[0][0])
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "watched"
+    path.mkdir()
+    return path
+
+
+def write_run(root: Path, run: str, files: int) -> None:
+    (root / run).mkdir(parents=True)
+    for i in range(files):
+        (root / run / f"f{i}.bin").write_bytes(f"{run}/{i}".encode())
+    (root / run / "DONE").write_bytes(b"")
+
+
+@pytest.mark.parametrize("connections", [1, 2])
+def test_every_component_progresses_within_the_budget(
+    connections: int,
+    make_daemon: Callable[..., DaemonProcess],
+    migrated_dsn: str,
+    root: Path,
+    bucket: str,
+    sql: Sql,
+    httpserver: HTTPServer,
+    peak: Peak,
+) -> None:
+    httpserver.expect_request("/register").respond_with_json({"ok": True})
+    spec = lab_job(root, bucket, httpserver.url_for("/register"))
+    daemon = start(make_daemon, migrated_dsn, connections, spec)
+    for run in ("run-1", "run-2", "run-3"):
+        write_run(root, run, 40)
+    # Discovery and its writer, the upload pool, the session sweep, the trigger sender and
+    # the disposal sweep each had their turn: every run registered, every file deleted.
+    wait_for(lambda: len(httpserver.log) == 3, timeout=90, message="three registrations")
+    wait_for(
+        lambda: not any(p.is_file() for p in root.rglob("*")),
+        timeout=60,
+        message="every source file deleted after its upload",
+    )
+    assert sql("SELECT state, count(*) FROM file_versions GROUP BY state") == [("uploaded", 123)]
+    registered = sorted(len(json.loads(request.data)["files"]) for request, _ in httpserver.log)
+    assert registered == [41, 41, 41]
+    assert peak.stop() <= connections
+    assert daemon.stop() == 0
+
+
+def test_an_idle_daemon_holds_one_connection(
+    make_daemon: Callable[..., DaemonProcess],
+    migrated_dsn: str,
+    root: Path,
+    bucket: str,
+    sql: Sql,
+) -> None:
+    source = {"paths": [str(root)], "settle": "0.5s", "rescan": "1h"}
+    daemon = start(
+        make_daemon, migrated_dsn, 4, {"source": source, "destination": {"bucket": bucket}}
+    )
+    for i in range(200):
+        (root / f"f{i}.bin").write_bytes(b"x")
+    wait_for(lambda: uploaded(sql) == 200, timeout=60, message="the burst uploaded")
+    # The sweeps keep borrowing every few seconds; the listener lends them its connection.
+    wait_for(lambda: daemon_connections(sql) == 1, timeout=40, message="one connection idle")
+    assert daemon.stop() == 0
+
+
+def test_uploads_go_on_while_a_registration_waits_on_its_endpoint(
+    make_daemon: Callable[..., DaemonProcess],
+    migrated_dsn: str,
+    root: Path,
+    bucket: str,
+    sql: Sql,
+    httpserver: HTTPServer,
+) -> None:
+    # The trigger sweep holds its cluster-wide lock (in its pinned session) for the whole
+    # call; at a budget of one, the others borrow that connection meanwhile.
+    answering = threading.Event()
+    called = threading.Event()
+
+    def slow(request: Request) -> Response:
+        called.set()
+        answering.wait(60)
+        return Response('{"ok": true}', content_type="application/json")
+
+    httpserver.expect_request("/register").respond_with_handler(slow)
+    spec = lab_job(root, bucket, httpserver.url_for("/register"))
+    spec["trigger"]["timeout"] = "5m"  # the call lasts as long as the test wants
+    daemon = start(make_daemon, migrated_dsn, 1, spec)
+    write_run(root, "run-1", 2)
+    assert called.wait(60), "the registration of run-1 was never sent"
+    try:
+        write_run(root, "run-2", 20)
+        wait_for(
+            lambda: uploaded(sql) == 24,
+            timeout=30,
+            message="run-2 uploaded while run-1's registration waits on its endpoint",
+        )
+        assert len(httpserver.log) == 0  # run-1's call still waits for its answer
+    finally:
+        answering.set()
+    wait_for(lambda: len(httpserver.log) == 2, timeout=60, message="both runs registered")
+    assert daemon.stop() == 0
+
+
+def test_the_daemon_and_its_commands_through_pgbouncer_in_session_mode(
+    make_daemon: Callable[..., DaemonProcess],
+    pg_cluster: PostgresCluster,
+    migrated_dsn: str,
+    root: Path,
+    bucket: str,
+    sql: Sql,
+    httpserver: HTTPServer,
+) -> None:
+    # Session pooling keeps what the daemon puts in its sessions: prepared statements,
+    # LISTEN, the sweeps' advisory locks; the commands go through it too.
+    httpserver.expect_request("/register").respond_with_json({"ok": True})
+    with PgBouncer(pg_cluster, pool_mode="session", pool_size=3) as bouncer:
+        dsn = bouncer.dsn(migrated_dsn.rsplit("/", 1)[1])
+        spec = lab_job(root, bucket, httpserver.url_for("/register"))
+        daemon = start(make_daemon, dsn, 2, spec)
+        for run in ("run-1", "run-2"):
+            write_run(root, run, 20)
+        wait_for(lambda: len(httpserver.log) == 2, timeout=90, message="two registrations")
+        assert sql("SELECT state, count(*) FROM file_versions GROUP BY state") == [("uploaded", 42)]
+        status = subprocess.run(
+            daemon.cli("status", "--json"), capture_output=True, text=True, timeout=60
+        )
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["jobs"]["lab"]["states"] == {"uploaded": 42}
+        assert daemon.stop() == 0

@@ -1,0 +1,249 @@
+"""The connection budget (uploaderd.ledger.connections) on stand-in connections: never more
+than its size, a thread borrowing twice gets the one it holds, a listener lends its own, idle
+ones close, a failed open gives its place back."""
+
+from __future__ import annotations
+
+import itertools
+import select
+import threading
+
+import pytest
+
+from devstack import wait_for
+from uploaderd.ledger.connections import Budget
+
+
+class FakeConnection:
+    numbers = itertools.count(1)
+
+    def __init__(self) -> None:
+        self.number = next(self.numbers)
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Opener:
+    def __init__(self) -> None:
+        self.made: list[FakeConnection] = []
+        self.fail = False
+
+    def __call__(self) -> FakeConnection:
+        if self.fail:
+            raise ConnectionError("down")
+        self.made.append(FakeConnection())
+        return self.made[-1]
+
+
+@pytest.fixture
+def opener() -> Opener:
+    return Opener()
+
+
+def test_many_threads_never_hold_more_than_the_budget(opener: Opener) -> None:
+    budget = Budget(opener, 2)
+    lent, most, lock = 0, 0, threading.Lock()
+
+    def borrow() -> None:
+        nonlocal lent, most
+        for _ in range(200):
+            with budget.connection() as connection:
+                assert not connection.closed
+                with lock:
+                    lent += 1
+                    most = max(most, lent)
+                with lock:
+                    lent -= 1
+
+    threads = [threading.Thread(target=borrow) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(t.is_alive() for t in threads), "a thread never got its turn"
+    assert most <= 2 and len(opener.made) <= 2 and budget.opened <= 2
+
+
+def test_a_thread_past_the_budget_waits_its_turn(opener: Opener) -> None:
+    budget = Budget(opener, 2)
+    release = threading.Event()
+    holding: list[FakeConnection] = []
+
+    def hold() -> None:
+        with budget.connection() as connection:
+            holding.append(connection)
+            release.wait(30)
+
+    threads = [threading.Thread(target=hold) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(holding) == 2 and budget._turns, message="two hold, one waits")
+    assert budget.opened == 2
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert len(holding) == 3 and set(holding) <= set(opener.made) and len(opener.made) == 2
+
+
+def test_a_thread_that_holds_one_gets_it_again_at_a_budget_of_one(opener: Opener) -> None:
+    budget = Budget(opener, 1)
+    with budget.connection() as outer, budget.connection() as inner:
+        assert inner is outer
+    assert len(opener.made) == 1
+
+
+def test_the_listener_lends_its_connection_to_a_thread_that_needs_one(opener: Opener) -> None:
+    budget = Budget(opener, 2)
+    woken = threading.Event()
+    got: list[FakeConnection] = []
+
+    def listen() -> None:
+        with budget.listening() as lent:
+            assert lent is not None
+            connection, lend = lent
+            got.append(connection)
+            ready, _, _ = select.select([lend], [], [], 30)
+            if ready:
+                woken.set()
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    wait_for(lambda: got, message="the listener waits")
+    with budget.connection() as borrowed:  # a free place remains, yet the idle one is lent
+        assert borrowed is got[0]
+    listener.join(10)
+    assert woken.is_set() and len(opener.made) == 1
+
+
+def test_a_connection_unused_for_a_while_is_closed() -> None:
+    now = [0.0]
+    opener = Opener()
+    budget = Budget(opener, 2, idle_close=10.0, clock=lambda: now[0])
+    with budget.connection() as first:
+        pass
+    now[0] = 5.0
+    with budget.connection() as again:
+        assert again is first and not first.closed
+    now[0] = 16.0  # 11 s unused
+    with budget.listening() as lent:
+        assert lent is not None
+        connection = lent[0]
+        assert first.closed and connection is not first
+    budget.close()
+    assert connection.closed and budget.opened == 0
+
+
+def test_a_failed_open_gives_its_place_back(opener: Opener) -> None:
+    budget = Budget(opener, 1)
+    opener.fail = True
+    with pytest.raises(ConnectionError), budget.connection():
+        pass
+    opener.fail = False
+    with budget.connection() as connection:
+        assert not connection.closed
+    assert budget.opened == 1
+
+
+def test_a_closed_connection_is_replaced_and_a_waiting_thread_opens_it(opener: Opener) -> None:
+    budget = Budget(opener, 1)
+    handed: list[FakeConnection] = []
+    holding = threading.Event()
+
+    def waiter() -> None:
+        holding.wait(10)
+        with budget.connection() as connection:
+            handed.append(connection)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    with budget.connection() as broken:
+        holding.set()
+        wait_for(lambda: budget._turns, message="the other thread waits its turn")
+        broken.close()  # what a lost connection looks like
+    thread.join(10)
+    assert handed and handed[0] is not broken and not handed[0].closed
+
+
+def test_close_closes_what_is_lent_when_it_comes_back(opener: Opener) -> None:
+    budget = Budget(opener, 2)
+    with budget.connection() as lent:
+        budget.close()
+        assert not lent.closed
+    assert lent.closed and budget.opened == 0
+    with budget.connection() as fresh:
+        assert fresh is not lent
+
+
+def test_a_budget_is_at_least_one() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Budget(Opener(), 0)
+
+
+def test_a_listener_waits_without_a_connection_rather_than_open_another(
+    opener: Opener,
+) -> None:
+    budget = Budget(opener, 2)
+    with budget.listening() as first:  # nothing open yet: the listener opens one
+        assert first is not None
+    with budget.connection() as lent, budget.listening() as second:
+        assert not lent.closed and second is None
+    assert len(opener.made) == 1
+
+
+def test_a_pinned_connection_serves_its_thread_and_is_lent_in_between(opener: Opener) -> None:
+    budget = Budget(opener, 1)
+    borrowed: list[FakeConnection] = []
+    with budget.pinned() as pin:
+        with budget.connection() as first:
+            assert first is pin
+        # Between its transactions (an endpoint called, say) another thread may borrow it,
+        # even at a budget of one.
+        other = threading.Thread(target=lambda: borrowed.append(_borrow(budget)))
+        other.start()
+        other.join(10)
+        assert borrowed == [pin]
+        with budget.connection() as again:
+            assert again is pin
+    assert len(opener.made) == 1
+
+
+def test_the_pinning_thread_waits_for_its_connection_to_come_back(opener: Opener) -> None:
+    budget = Budget(opener, 2)
+    lent = threading.Event()
+    give_back = threading.Event()
+
+    def hold_it() -> None:
+        with budget.connection():
+            lent.set()
+            give_back.wait(10)
+
+    with budget.pinned() as pin:
+        thread = threading.Thread(target=hold_it)
+        thread.start()
+        assert lent.wait(10)
+
+        # Once this thread waits for its own connection, the other gives it back.
+        def release_when_wanted() -> None:
+            wait_for(lambda: id(pin) in budget._wanted, message="the owner waits")
+            give_back.set()
+
+        threading.Thread(target=release_when_wanted).start()
+        with budget.connection() as again:  # not the free place: its own pinned one
+            assert again is pin and give_back.is_set()
+        thread.join(10)
+    assert len(opener.made) == 1
+
+
+def test_a_pin_whose_connection_closed_gets_another(opener: Opener) -> None:
+    budget = Budget(opener, 1)
+    with budget.pinned() as pin:
+        pin.close()  # its session, and the lock in it, are gone
+        with budget.connection() as replacement:
+            assert replacement is not pin and not replacement.closed
+
+
+def _borrow(budget: Budget[FakeConnection]) -> FakeConnection:
+    with budget.connection() as connection:
+        return connection
