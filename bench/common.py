@@ -1,11 +1,7 @@
-"""What both benchmarks share: the daemon as they run it, CPU accounting and a run's frame
-(stop signals, errors, the work directory, the lines under every report).
+"""What the benchmarks share: the daemon as they run it, CPU accounting and a run's frame.
 
-The daemon itself and its notify socket are the harness's (``devstack.DaemonProcess``, as
-the tests use it); here is only how the benchmarks run it: as systemd would, after
-``uploaderd migrate``, metrics off, from ``/`` (``python -m uploaderd`` puts the current
-directory first on the module path, and a checkout there would shadow the uploaderd on
-PYTHONPATH that is being measured).
+The daemon runs as systemd would, after ``uploaderd migrate``, metrics off, from ``/``: there no
+checkout shadows the uploaderd on PYTHONPATH that is being measured.
 """
 
 from __future__ import annotations
@@ -39,70 +35,46 @@ class BenchError(RuntimeError):
     """A measurement could not be taken or was wrong; the run stops with its message."""
 
 
-# --- the daemon ------------------------------------------------------------------------------
-
-
 def credentials(s3: S3Server) -> dict[str, str]:
     """What every tool runs with: the server's keys, and no user AWS config file."""
-    return {
-        "AWS_ACCESS_KEY_ID": s3.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_REGION": REGION,
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    }
+    keys = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
+    region = {"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION}
+    files = {"AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    return keys | region | files
 
 
 def bench_daemon(
-    work: Path,
-    dsn: str,
-    endpoint_url: str,
-    s3: S3Server | None,
-    workers: int | None,
-    level: str,
-    kind: type[DaemonProcess] = DaemonProcess,
-    **settings: Any,
+    work: Path, dsn: str, endpoint: str, s3: S3Server | None, level: str, **settings: Any
 ) -> DaemonProcess:
-    """A daemon in ``work`` (its log: uploaderd.log), ``workers`` None for the shipped default;
-    ``settings`` are more keys of its config."""
-    daemon = kind(
-        work,
-        dsn,
-        endpoint_url,
-        workers=workers,
-        log={"level": level, "format": "text"},
-        shutdown_grace=f"{SHUTDOWN_GRACE:.0f}s",
-        **settings,
-    )
+    """A daemon in ``work`` (its log: uploaderd.log); ``settings`` are more keys of its config
+    (``workers=None``: the shipped default)."""
+    log, grace = {"level": level, "format": "text"}, f"{SHUTDOWN_GRACE:.0f}s"
+    daemon = DaemonProcess(work, dsn, endpoint, log=log, shutdown_grace=grace, **settings)
     daemon.log_path = work / "uploaderd.log"
     daemon.cwd = NEUTRAL_CWD
     daemon.extra_env = credentials(s3) if s3 is not None else {}
     return daemon
 
 
-def command(daemon: DaemonProcess, *args: str, timeout: float, ok: tuple[int, ...] = (0,)) -> str:
-    """Run ``uploaderd ARGS`` on the daemon's config; its output. Another exit status than
-    ``ok`` stops the run."""
-    done = subprocess.run(
-        daemon.cli(*args),
-        env=daemon.environment(),
-        cwd=daemon.cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
+def pid_of(daemon: DaemonProcess) -> int | None:
+    return daemon.proc.pid if daemon.proc else None
+
+
+def command(daemon: DaemonProcess, *args: str, timeout: float, ok: tuple[int, ...] = (0,)) -> float:
+    """Run ``uploaderd ARGS`` on the daemon's config; the seconds it took. Another exit status
+    than ``ok`` stops the run."""
+    argv, env, started = daemon.cli(*args), daemon.environment(), time.perf_counter()
+    done = subprocess.run(argv, env=env, cwd=daemon.cwd, capture_output=True, timeout=timeout)
     if done.returncode not in ok:
-        raise BenchError(f"uploaderd {args[0]} exited {done.returncode}: {done.stderr.strip()}")
-    return done.stdout + done.stderr
+        error = done.stderr.decode(errors="replace").strip()
+        raise BenchError(f"uploaderd {args[0]} exited {done.returncode}: {error}")
+    return time.perf_counter() - started
 
 
 @contextlib.contextmanager
 def running(daemon: DaemonProcess) -> Iterator[float]:
-    """The daemon started for the block and READY=1, as systemd would have it (yields the
-    seconds from its start to READY); stopped after it with SIGTERM, SIGKILL after the
-    grace and a margin."""
+    """The daemon started and READY=1 for the block (yields the seconds it took to READY),
+    then stopped with SIGTERM, SIGKILL after the grace and a margin."""
     try:
         daemon.start(wait_ready=False)
         daemon.wait_ready(timeout=READY_TIMEOUT)
@@ -138,12 +110,12 @@ def wait_alive(
     return time.perf_counter() - started
 
 
-def daemon_package() -> str:
-    """The uploaderd package the daemon runs (started from /: PYTHONPATH or the installed
-    package decides), named in the report."""
-    code = "import uploaderd; print(uploaderd.__file__)"
-    found = subprocess.check_output([sys.executable, "-c", code], cwd=NEUTRAL_CWD, text=True)
-    return str(Path(found.strip()).parent)
+@contextlib.contextmanager
+def connect(dsn: str, name: str = "bench") -> Iterator[psycopg2.extensions.connection]:
+    """An autocommit connection of the bench's own, closed after the block."""
+    with contextlib.closing(psycopg2.connect(dsn, application_name=name)) as conn:
+        conn.autocommit = True
+        yield conn
 
 
 def rows(conn: psycopg2.extensions.connection, sql: str, *params: object) -> list[tuple[Any, ...]]:
@@ -156,9 +128,6 @@ def rows(conn: psycopg2.extensions.connection, sql: str, *params: object) -> lis
 def scalar(conn: psycopg2.extensions.connection, sql: str, *params: object) -> Any:
     found = rows(conn, sql, *params)
     return found[0][0] if found else None
-
-
-# --- CPU -------------------------------------------------------------------------------------
 
 
 def process_cpu(pid: int | None) -> float:
@@ -188,20 +157,44 @@ def postgres_cpu(pg: PostgresCluster) -> float:
     return total
 
 
-# --- a run -----------------------------------------------------------------------------------
+class Spent:
+    """Over a ``with`` block: its wall ``seconds`` and the CPU seconds each meter counted."""
+
+    def __init__(self, *meters: Callable[[], float]) -> None:
+        self.meters = meters
+        self.seconds, self.cpu = 0.0, [0.0] * len(meters)
+
+    def __enter__(self) -> Spent:
+        self._before = [meter() for meter in self.meters]
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._started
+        self.cpu = [meter() - b for meter, b in zip(self.meters, self._before, strict=True)]
+
+    def percent(self) -> list[float]:
+        """The CPU of each meter in % of a core over the block."""
+        return [100 * cpu / self.seconds for cpu in self.cpu]
 
 
 @contextlib.contextmanager
-def work_directory(prefix: str, directory: Path | None, keep: bool) -> Iterator[Path]:
-    """``directory`` (kept), or a new one under /tmp: PostgreSQL runs as `postgres` when we
-    are root and must reach it."""
-    work = directory.resolve() if directory else Path(tempfile.mkdtemp(prefix=prefix))
+def workspace(
+    prefix: str, keep: Path | bool | None, fast: bool = True
+) -> Iterator[tuple[Path, PostgresCluster]]:
+    """A work directory (``keep``: one to use and keep, or True to keep a new one under /tmp,
+    where PostgreSQL run as `postgres` reaches it) and a PostgreSQL cluster started in it."""
+    work = keep.resolve() if isinstance(keep, Path) else Path(tempfile.mkdtemp(prefix=prefix))
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)
+    pg = PostgresCluster(work / "postgres", fast=fast)
     try:
-        yield work
+        with contextlib.ExitStack() as stack:
+            stack.callback(pg.stop)
+            pg.start()
+            yield work, pg
     finally:
-        if directory or keep:
+        if keep:
             print(f"kept {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
@@ -214,20 +207,17 @@ def reproduce(script: str, argv: Sequence[str]) -> str:
 
 
 def run(title: str, measure: Callable[[], str], command_line: str) -> int:
-    """A benchmark's frame: print ``title``, run ``measure`` and print the report it
-    returns, with the machine's load before and after and the command line of a rerun.
-
-    Ctrl-C, SIGTERM and SIGHUP stop it, and everything it started (each measurement
-    stops what it started on the way out). No AWS_* or RCLONE_* variable of the user's
-    reaches a tool: each gets the local server's keys only.
-    """
+    """Run ``measure`` and print its report, with the load and a rerun's command line. Ctrl-C,
+    SIGTERM and SIGHUP stop all it started; no AWS_* or RCLONE_* variable reaches a tool."""
     stop_on_signals()
     if isinstance(sys.stdout, io.TextIOWrapper):  # progress lines as they come, into a pipe too
         sys.stdout.reconfigure(line_buffering=True)
     for key in [k for k in os.environ if k.startswith(("AWS_", "RCLONE_"))]:
         del os.environ[key]
     load_before = os.getloadavg()[0]
-    package = daemon_package()
+    code = "import uploaderd; print(uploaderd.__file__)"  # run from /, as the daemon is
+    found = subprocess.check_output([sys.executable, "-c", code], cwd=NEUTRAL_CWD, text=True)
+    package = Path(found.strip()).parent
     print(f"{title}; {os.cpu_count()} CPUs; uploaderd from {package}", flush=True)
     try:
         report = measure()

@@ -1,15 +1,8 @@
 """A fleet on one PostgreSQL: N daemons, each in its own UTS namespace (its own hostname), on
 one stock server (``max_connections = 100``).
 
-Each host runs a job of its own and one ``shared: true`` job on a common directory. The
-bench waits for the fleet to idle, then drops a burst of small files into the shared
-directory and reports, per fleet size: the daemons' connections idle and at their peak, idle
-CPU, CPU per shared file (daemons and PostgreSQL), the time to drain the burst, whether
-``uploaderd status`` answered during it, and how many times a daemon was refused a
-connection.
-
-    .venv/bin/python bench/fleet.py --hosts 1 10 30
-    .venv/bin/python bench/fleet.py --hosts 45 --connections 2 --files 2000
+Each host runs a job of its own and one ``shared: true`` job; once the fleet idles, a burst of
+small files lands in the shared directory. bench/README.md explains the report's columns.
 """
 
 from __future__ import annotations
@@ -23,41 +16,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg2
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import (
-    BenchError,
-    bench_daemon,
-    command,
-    postgres_cpu,
-    process_cpu,
-    reproduce,
-    run,
-    scalar,
-    wait_alive,
-    work_directory,
-)
-from devstack import S3_SERVERS, DaemonProcess, PostgresCluster, S3Server, wait_for
+from bench import common
+from bench.common import BenchError, Spent, postgres_cpu, process_cpu, scalar
+from devstack import S3_SERVERS, DaemonProcess, PostgresCluster, S3Server, WaitTimeout, wait_for
 
 CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'uploaderd'"
-UPLOADED = "SELECT count(*) FROM file_versions WHERE job = 'shared' AND state = 'uploaded'"
+QUEUED = "SELECT count(*) FROM file_versions WHERE job = 'shared'"
+UPLOADED = QUEUED + " AND state = 'uploaded'"
 UPLOADERS = (
     "SELECT count(DISTINCT a.host) FROM upload_attempts a JOIN file_versions v "
     "ON v.id = a.file_version_id WHERE v.job = 'shared' AND a.outcome = 'uploaded'"
 )
-
-
-class Host(DaemonProcess):
-    """A daemon under its own hostname: ``unshare -u`` gives it a UTS namespace."""
-
-    hostname = ""
-
-    def command(self) -> list[str]:
-        script = 'hostname "$0" && exec "$@"'
-        return ["unshare", "-u", "sh", "-c", script, self.hostname, *self.cli("run")]
 
 
 @dataclass(frozen=True)
@@ -65,9 +34,8 @@ class Result:
     hosts: int
     idle_connections: int
     peak_connections: int
-    idle_cpu: tuple[float, float]  # % of a core: daemons, PostgreSQL
-    cpu_per_file: tuple[float, float]  # ms: daemons, PostgreSQL
-    drain: float
+    idle: Spent  # the daemons' and PostgreSQL's CPU in the idle window
+    burst: Spent  # and from the burst's first file until its last upload
     uploaders: int  # hosts that uploaded some of the burst
     status_seconds: float | None  # None: status failed during the burst
     refused: int
@@ -75,70 +43,55 @@ class Result:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hosts", type=int, nargs="+", default=[1, 10], help="fleet sizes")
-    parser.add_argument("--files", type=int, default=2000, help="4 KiB files in the burst")
-    parser.add_argument("--connections", type=int, default=2, help="database.connections")
-    parser.add_argument("--workers", type=int, default=8, help="upload threads per host")
-    parser.add_argument("--idle", type=float, default=20.0, help="idle window, seconds")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds for a drain")
-    parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it")
+    add = parser.add_argument
+    add("--hosts", type=int, nargs="+", default=[1, 10], help="fleet sizes")
+    add("--files", type=int, default=2000, help="4 KiB files in the burst")
+    add("--connections", type=int, default=2, help="database.connections")
+    add("--workers", type=int, default=8, help="upload threads per host")
+    add("--idle", type=float, default=20.0, help="idle window, seconds")
+    add("--timeout", type=float, default=600.0, help="seconds for a drain")
+    add("--keep", type=Path, metavar="DIR", help="work in DIR and keep it")
     return parser.parse_args(argv)
 
 
-class Peak:
-    """The most daemon connections seen, sampled on a connection of the bench's own."""
+@contextlib.contextmanager
+def peak(dsn: str) -> Iterator[list[int]]:
+    """The most daemon connections seen during the block, sampled on a connection of its own."""
+    most, stop = [0], threading.Event()
+    with common.connect(dsn, "bench fleet") as conn:
 
-    def __init__(self, dsn: str) -> None:
-        self.most = 0
-        self._stop = threading.Event()
-        self._conn = psycopg2.connect(dsn, application_name="bench fleet")
-        self._conn.autocommit = True
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        def sample() -> None:
+            while not stop.wait(0.05):
+                most[0] = max(most[0], int(scalar(conn, CONNECTIONS)))
 
-    def _sample(self) -> None:
-        while not self._stop.wait(0.05):
-            self.most = max(self.most, int(scalar(self._conn, CONNECTIONS)))
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join(10)
-        self._conn.close()
-        return self.most
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            yield most
+        finally:
+            stop.set()
+            thread.join(10)
 
 
 @contextlib.contextmanager
 def fleet(
     work: Path, dsn: str, s3: S3Server, bucket: str, args: argparse.Namespace, size: int
-) -> Iterator[list[Host]]:
+) -> Iterator[list[DaemonProcess]]:
     shared = work / "shared"
     shared.mkdir(parents=True)
-    hosts: list[Host] = []
+    settings = {"workers": args.workers, "database": {"dsn": dsn, "connections": args.connections}}
+    destination = {"bucket": bucket, "key": "${job}/${relpath}"}
+    hosts: list[DaemonProcess] = []
     try:
         for n in range(size):
             home = work / f"host{n:03d}"
             own = home / "own"
             own.mkdir(parents=True)
-            host = bench_daemon(
-                home,
-                dsn,
-                s3.endpoint_url,
-                s3,
-                args.workers,
-                "info",
-                kind=Host,
-                database={"dsn": dsn, "connections": args.connections},
-            )
-            assert isinstance(host, Host)
-            host.hostname = f"host{n:03d}"
+            host = common.bench_daemon(home, dsn, s3.endpoint_url, s3, "info", **settings)
+            host.hostname = f"host{n:03d}"  # unshare -u: a UTS namespace of its own
             for name, root, extra in (("own", own, {}), ("shared", shared, {"shared": True})):
-                host.write_job(
-                    name,
-                    {
-                        "source": {"paths": [str(root)], "settle": "1s", **extra},
-                        "destination": {"bucket": bucket, "key": "${job}/${relpath}"},
-                    },
-                )
+                source = {"paths": [str(root)], "settle": "1s", **extra}
+                host.write_job(name, {"source": source, "destination": destination})
             host.start(wait_ready=False)
             hosts.append(host)
         for host in hosts:
@@ -151,81 +104,61 @@ def fleet(
             host.cleanup()
 
 
-def cpu(hosts: list[Host], pg: PostgresCluster) -> tuple[float, float]:
-    daemons = sum(process_cpu(h.proc.pid if h.proc else None) for h in hosts)
-    return daemons, postgres_cpu(pg)
+def check_inotify(size: int) -> None:
+    """Every daemon here runs as one user, whose inotify instances the kernel caps: a job
+    and jobs.d take one each."""
+    needed = 3 * size + 16
+    limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+    if limit < needed:
+        raise BenchError(
+            f"{size} hosts need {needed} inotify instances of one user, the limit is {limit}: "
+            f"sysctl -w fs.inotify.max_user_instances={needed}"
+        )
 
 
 def measure_fleet(
     work: Path, pg: PostgresCluster, s3: S3Server, args: argparse.Namespace, size: int
 ) -> Result:
+    check_inotify(size)
     dsn = pg.create_database(f"fleet{size}")
     bucket = f"fleet{size}"
     s3.create_bucket(bucket)
-    with psycopg2.connect(dsn) as conn:
-        conn.autocommit = True
-        subprocess_migrate(work, dsn, s3, args)
-        with fleet(work / f"fleet{size}", dsn, s3, bucket, args, size) as hosts:
-            time.sleep(3.0)  # past the start-up scans: the idle window starts after
-            before, start = cpu(hosts, pg), time.perf_counter()
+    migrator = common.bench_daemon(work / "migrate", dsn, s3.endpoint_url, s3, "info")
+    common.command(migrator, "migrate", timeout=120)
+    with (
+        common.connect(dsn) as conn,
+        fleet(work / f"fleet{size}", dsn, s3, bucket, args, size) as hosts,
+    ):
+        # Past the start-up scans: the idle window starts once the fleet holds no more than
+        # a connection a host, or after two minutes whatever it holds.
+        with contextlib.suppress(WaitTimeout):
+            wait_for(lambda: scalar(conn, CONNECTIONS) <= size, 120, 0.5, "an idle fleet")
+        pids = [common.pid_of(host) for host in hosts]
+        meters = (lambda: sum(process_cpu(pid) for pid in pids), lambda: postgres_cpu(pg))
+        with Spent(*meters) as idle:
             time.sleep(args.idle)
-            after, elapsed = cpu(hosts, pg), time.perf_counter() - start
-            idle_cpu = tuple(100 * (a - b) / elapsed for a, b in zip(after, before, strict=True))
-            idle_connections = int(scalar(conn, CONNECTIONS))
-            peak = Peak(dsn)
-            before, start = cpu(hosts, pg), time.perf_counter()
+        idle_connections = int(scalar(conn, CONNECTIONS))
+        with peak(dsn) as most, Spent(*meters) as burst:
             shared = work / f"fleet{size}" / "shared"
             for i in range(args.files):
                 (shared / f"f{i:05d}.bin").write_bytes(i.to_bytes(4, "big") * 1024)
-            wait_for(
-                lambda: scalar(conn, "SELECT count(*) FROM file_versions WHERE job = 'shared'"),
-                timeout=60,
-                message="the burst being queued",
-            )
+            wait_for(lambda: scalar(conn, QUEUED), timeout=60, message="the burst being queued")
             status = status_during_burst(hosts[0])
-            uploaded = (
-                "SELECT count(*) FROM file_versions WHERE job = 'shared' AND state = 'uploaded'"
+            uploaded = lambda: scalar(conn, UPLOADED) == args.files  # noqa: E731
+            common.wait_alive(
+                hosts[0], uploaded, args.timeout, f"{args.files} shared files uploaded"
             )
-            wait_alive(
-                hosts[0],
-                lambda: scalar(conn, uploaded) == args.files,
-                args.timeout,
-                f"{args.files} shared files uploaded",
-            )
-            drain = time.perf_counter() - start
-            after = cpu(hosts, pg)
-            per_file = tuple(
-                1000 * (a - b) / args.files for a, b in zip(after, before, strict=True)
-            )
-            refused = sum(
-                h.log_path.read_text(errors="replace").count("too many clients") for h in hosts
-            )
-            return Result(
-                size,
-                idle_connections,
-                peak.stop(),
-                (idle_cpu[0], idle_cpu[1]),
-                (per_file[0], per_file[1]),
-                drain,
-                int(scalar(conn, UPLOADERS)),
-                status,
-                refused,
-            )
+        refused = sum(host.log().count("too many clients") for host in hosts)
+        uploaders = int(scalar(conn, UPLOADERS))
+        return Result(size, idle_connections, most[0], idle, burst, uploaders, status, refused)
 
 
-def subprocess_migrate(work: Path, dsn: str, s3: S3Server, args: argparse.Namespace) -> None:
-    migrator = bench_daemon(work / "migrate", dsn, s3.endpoint_url, s3, args.workers, "info")
-    command(migrator, "migrate", timeout=120)
-
-
-def status_during_burst(host: Host) -> float | None:
+def status_during_burst(host: DaemonProcess) -> float | None:
     """Seconds ``uploaderd status`` took; None when it failed."""
-    started = time.perf_counter()
     try:
-        command(host, "status", timeout=60, ok=(0, 1))
+        return common.command(host, "status", timeout=60, ok=(0, 1))
     except BenchError:
         return None
-    return time.perf_counter() - started
 
 
 def report(results: Sequence[Result], args: argparse.Namespace) -> str:
@@ -239,12 +172,12 @@ def report(results: Sequence[Result], args: argparse.Namespace) -> str:
     ]
     for r in results:
         status = f"{r.status_seconds:.2f} s" if r.status_seconds is not None else "failed"
+        idle, per_file = r.idle.percent(), [1000 * cpu / args.files for cpu in r.burst.cpu]
         lines.append(
             f"| {r.hosts} | {r.idle_connections} / {r.peak_connections} | "
-            f"{r.idle_cpu[0]:.1f} % + {r.idle_cpu[1]:.1f} % | "
-            f"{r.cpu_per_file[0]:.2f} + {r.cpu_per_file[1]:.2f} ms | {r.drain:.1f} s | "
-            f"{r.uploaders} | "
-            f"{status} | {r.refused} |"
+            f"{idle[0]:.1f} % + {idle[1]:.1f} % | "
+            f"{per_file[0]:.2f} + {per_file[1]:.2f} ms | {r.burst.seconds:.1f} s | "
+            f"{r.uploaders} | {status} | {r.refused} |"
         )
     return "\n".join(lines)
 
@@ -254,11 +187,9 @@ def main(argv: Sequence[str]) -> int:
 
     def measure() -> str:
         with (
-            work_directory("uploaderd-fleet-", args.keep, keep=args.keep is not None) as work,
-            contextlib.ExitStack() as stack,
+            common.workspace("uploaderd-fleet-", args.keep, fast=False) as (work, pg),
+            S3_SERVERS["rclone"](work / "s3") as s3,
         ):
-            pg = stack.enter_context(PostgresCluster(work / "postgres", fast=False))
-            s3 = stack.enter_context(S3_SERVERS["rclone"](work / "s3"))
             results = []
             for size in args.hosts:
                 print(f"{size} hosts ...", flush=True)
@@ -266,7 +197,7 @@ def main(argv: Sequence[str]) -> int:
                 print(report(results[-1:], args).splitlines()[-1], flush=True)
             return report(results, args)
 
-    return run("uploaderd fleet", measure, reproduce("fleet.py", argv))
+    return common.run("uploaderd fleet", measure, common.reproduce("fleet.py", argv))
 
 
 if __name__ == "__main__":

@@ -1,22 +1,12 @@
 """How uploaderd behaves on a big ledger: start-up, memory, idle load, timer queries, scans.
 
-Why this shape: uploaderd must cost what the work in flight costs, not what the history
-behind it costs (issue 8). So the benchmark builds synthetic histories of millions of file
-versions with SQL, after ``uploaderd migrate`` so that the schema is the real one, runs the
-real daemon on each and reports, per size: time to READY=1, the daemon's RSS, the CPU the
-idle daemon and PostgreSQL burn, the median time of every query the daemon runs on a timer
-or per batch (and whether its plan scans a history table), ``uploaderd status``, the
-start-up scan of a big watched tree (all known, all new) and what ``uploaderd prune`` costs
-the uploads running beside it.
-
-``--keep DIR`` builds the cluster, the tree and the logs in DIR and keeps them.
-
-    .venv/bin/python bench/ledger_scale.py --sizes 1M 5M [--tree 100000] [--keep /tmp/ls]
+uploaderd must cost what the work in flight costs, not what the history behind it costs
+(issue 8): the real daemon runs on histories of millions of versions, generated with SQL
+after ``uploaderd migrate``. bench/README.md lists what is measured.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import io
@@ -30,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from argparse import ArgumentParser, ArgumentTypeError, Namespace
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -39,10 +30,11 @@ from typing import Any
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
+from psycopg2.extensions import connection as Connection
 
 from bench import common
-from bench.common import BenchError, postgres_cpu, process_cpu, scalar
-from devstack import S3_SERVERS, DaemonProcess, DevstackError, PostgresCluster, S3Server
+from bench.common import BenchError, Spent, postgres_cpu, process_cpu, scalar
+from devstack import S3_SERVERS, DaemonProcess, DevstackError, PostgresCluster, S3Server, wait_for
 from devstack.process import terminate
 from uploaderd.ledger.store import Ledger
 from uploaderd.policy.settle import Candidate, Signature
@@ -64,7 +56,7 @@ def parse_count(text: str) -> int:
     """``200k``, ``1M``, ``5M``, ``20M`` or a plain number of versions."""
     match = _COUNT.match(text)
     if not match:
-        raise argparse.ArgumentTypeError(f"expected e.g. 200k, 1M, 5M: {text!r}")
+        raise ArgumentTypeError(f"expected e.g. 200k, 1M, 5M: {text!r}")
     scale = {"": 1, "k": 1_000, "K": 1_000, "m": 1_000_000, "M": 1_000_000}[match.group(2)]
     return int(float(match.group(1)) * scale)
 
@@ -75,9 +67,6 @@ def size_label(count: int) -> str:
     if count % 1_000 == 0:
         return f"{count // 1_000}k"
     return str(count)
-
-
-# --- the synthetic ledger --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -93,10 +82,6 @@ class Shape:
     @property
     def sessions(self) -> int:
         return math.ceil(self.versions / self.per_session)
-
-    @property
-    def days(self) -> float:
-        return self.versions / self.per_day
 
 
 # Version i (0-based) is file j = i % per_session of session k = i / per_session + 1, whose
@@ -214,12 +199,8 @@ SELECT setval(pg_get_serial_sequence(%(table)s, 'id'),
 
 
 def generate_ledger(dsn: str, shape: Shape, roots: Sequence[str]) -> float:
-    """Fill a freshly migrated database with ``shape``; seconds spent.
-
-    The bulk insert runs with ``session_replication_role = replica``: no foreign-key checks
-    (the data is consistent by construction) and no user triggers, whose incremental
-    counters ``ledger_recount()`` rebuilds afterwards.
-    """
+    """Fill a freshly migrated database with ``shape``; seconds spent. No foreign-key checks
+    nor triggers (``replica``): the data is consistent, ``ledger_recount()`` sets the counters."""
     started = time.perf_counter()
     params: dict[str, Any] = {"n": shape.versions, "ps": shape.per_session}
     params["pending"] = shape.pending
@@ -260,9 +241,6 @@ def rss_mb(pid: int | None, field_name: str = "VmRSS") -> float:
     return 0.0
 
 
-# --- timing the daemon's queries directly ----------------------------------------------------
-
-
 class _RecordingCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
     """Remembers each statement it runs, parameters bound, for EXPLAIN."""
 
@@ -275,9 +253,8 @@ class _RecordingCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
 
 
 class RolledBackLedger(Ledger):
-    """The daemon's own Ledger, every transaction rolled back so that the ledger never
-    changes: a session sweep or a claim timed here closes or claims nothing for good, and
-    each repetition finds the same work. Statements are recorded while ``recording`` is set."""
+    """The daemon's own Ledger, every transaction rolled back (each repetition finds the same
+    work); statements are recorded while ``recording`` is set."""
 
     recording: list[bytes] | None = None
 
@@ -310,6 +287,9 @@ def probes(lg: Ledger, c: ProbeContext) -> dict[tuple[str, str], Callable[[], ob
     progress = functools.partial(lg.selection_progress, jobs=JOBS, scopes=scopes)
     path = ("scope-c", host, c.root, c.relpath)
     prune = functools.partial(lg.prune_versions, after=0, cutoff=c.cutoff, jobs=JOBS)
+    batch = functools.partial(lg.batch_uploaded_files, batch_size=500)
+    claim = functools.partial(lg.claim, host=host, jobs=JOBS, scopes=scopes)
+    uploaded_timer = "trigger interval (file_uploaded)"
     return {
         ("job_counts", "15 s gauges; status"): lg.job_counts,
         ("job_counts(scope-c)", "status --job"): lambda: lg.job_counts("scope-c"),
@@ -325,23 +305,14 @@ def probes(lg: Ledger, c: ProbeContext) -> dict[tuple[str, str], Callable[[], ob
             "scope-b", idle_seconds=None, marker=MARKER, register=False
         ),
         ("complete_sessions(scope-c)", "5 s per job"): lambda: sessions("scope-c", register=False),
-        ("batch_uploaded_files(scope-a)", "trigger interval (file_uploaded)"): lambda: (
-            lg.batch_uploaded_files("scope-a", 500)
-        ),
-        ("batch_uploaded_files(scope-c)", "trigger interval (file_uploaded)"): lambda: (
-            lg.batch_uploaded_files("scope-c", 500)
-        ),
+        ("batch_uploaded_files(scope-a)", uploaded_timer): lambda: batch("scope-a"),
+        ("batch_uploaded_files(scope-c)", uploaded_timer): lambda: batch("scope-c"),
         ("due_triggers(scope-a)", "trigger interval"): lambda: lg.due_triggers("scope-a", 100),
         ("undisposed_files(scope-b)", "10 s per disposing job"): lambda: lg.undisposed_files(
             "scope-b", scopes, registered_only=False
         ),
-        ("claim", "per batch"): lambda: lg.claim(
-            worker=f"{host}:1:bench",
-            host=host,
-            jobs=JOBS,
-            scopes=scopes,
-            limit=16,
-            lease_seconds=300,
+        ("claim", "per batch"): lambda: claim(
+            worker=f"{host}:1:bench", limit=16, lease_seconds=300
         ),
         ("selection_progress(job)", "retry --auto-retry poll"): lambda: progress(job="scope-c"),
         ("selection_progress(session)", "upload progress poll"): lambda: progress(
@@ -371,21 +342,13 @@ class QueryResult:
     seq_scans: list[str]
 
 
-def probe_context(conn: psycopg2.extensions.connection, host: str, root: str) -> ProbeContext:
-    relpath = scalar(
-        conn,
-        "SELECT relpath FROM file_versions WHERE job = 'scope-c' AND state = 'uploaded' "
-        "ORDER BY id DESC LIMIT 1",
-    )
+def probe_context(conn: Connection, host: str, root: str) -> ProbeContext:
+    sql = "SELECT relpath FROM file_versions WHERE job = 'scope-c' AND state = 'uploaded' "
+    relpath = scalar(conn, sql + "ORDER BY id DESC LIMIT 1")
     session = scalar(conn, "SELECT max(id) FROM sessions WHERE state = 'open'") or 0
-    known = [
-        Candidate(r, p, Signature(s, m, i))
-        for r, p, s, m, i in common.rows(
-            conn,
-            "SELECT root, relpath, size, mtime_ns, inode FROM file_versions "
-            "WHERE job = 'scope-c' AND id %% 997 = 0 LIMIT 250",
-        )
-    ]
+    sql = "SELECT root, relpath, size, mtime_ns, inode FROM file_versions "
+    sql += "WHERE job = 'scope-c' AND id %% 997 = 0 LIMIT 250"
+    known = [Candidate(r, p, Signature(s, m, i)) for r, p, s, m, i in common.rows(conn, sql)]
     new = [
         Candidate(root, f"new/img-{i:06d}.tif", Signature(1, 1, i)) for i in range(500 - len(known))
     ]
@@ -405,10 +368,9 @@ def seq_scans(plan: Any) -> list[str]:
     return found
 
 
-def explain(conn: psycopg2.extensions.connection, statements: Sequence[bytes]) -> list[str]:
-    """The history tables a Seq Scan reads in the plans of ``statements`` (EXPLAIN without
-    ANALYZE runs nothing). The daemon's prepared statements are prepared here too, and their
-    EXECUTE explained with the one plan the daemon uses (``force_generic_plan``)."""
+def explain(conn: Connection, statements: Sequence[bytes]) -> list[str]:
+    """The history tables a Seq Scan reads in the plans of ``statements``; EXECUTEs of the
+    daemon's prepared statements with its one plan (``force_generic_plan``)."""
     tables: list[str] = []
     with conn.cursor() as cursor:
         cursor.execute("SET plan_cache_mode = force_generic_plan")
@@ -453,9 +415,6 @@ def time_queries(dsn: str, context: ProbeContext, repeat: int, budget: float) ->
             results.append(QueryResult(label, when, ms, len(timed), scans))
             print(f"    {label:<38} {ms:10.1f} {len(timed):>5}  {','.join(scans) or '-'}")
     return results
-
-
-# --- the measurements of one ledger ----------------------------------------------------------
 
 
 # The report's rows: the figure's key, its label, format and the issue's target.
@@ -505,12 +464,7 @@ class LedgerRun:
     """Everything measured on one ledger size, in one database of the cluster."""
 
     def __init__(
-        self,
-        pg: PostgresCluster,
-        work: Path,
-        shape: Shape,
-        args: argparse.Namespace,
-        s3: S3Server | None,
+        self, pg: PostgresCluster, s3: S3Server | None, work: Path, shape: Shape, args: Namespace
     ) -> None:
         self.pg = pg
         self.shape = shape
@@ -528,17 +482,11 @@ class LedgerRun:
         return self.work / "watched" / job
 
     def daemon(self, *jobs: str) -> DaemonProcess:
-        """The daemon on this ledger: the three synthetic jobs and ``jobs`` (tree, stream).
-
-        The tree job's sentinel root comes after the tree: roots are scanned in turn, so its
-        one new file reaches the ledger once the tree's scan is done. Its upload window is
-        a day neither today nor tomorrow: the new tree is queued, never uploaded.
-        """
+        """The daemon on this ledger: the three synthetic jobs and ``jobs`` (tree, stream). The
+        tree job's sentinel root is scanned after the tree; its upload window is never open."""
         endpoint = self.s3.endpoint_url if self.s3 is not None else "http://127.0.0.1:9"
-        args = self.args
-        daemon = common.bench_daemon(
-            self.work, self.dsn, endpoint, self.s3, args.workers, args.log_level
-        )
+        level, workers = self.args.log_level, self.args.workers
+        daemon = common.bench_daemon(self.work, self.dsn, endpoint, self.s3, level, workers=workers)
         shutil.rmtree(daemon.jobs_dir)
         daemon.jobs_dir.mkdir()
         for name in (*JOBS, *jobs):
@@ -559,10 +507,8 @@ class LedgerRun:
         self.pg.drop_database(self.db)
         self.pg.create_database(self.db)
         common.command(self.daemon(), "migrate", timeout=self.args.timeout)
-        days, per_day = self.shape.days, self.shape.per_day
-        print(
-            f"  generating {self.shape.versions:,} versions ({days:.0f} days of {per_day:,} files)"
-        )
+        n, per_day = self.shape.versions, self.shape.per_day
+        print(f"  generating {n:,} versions ({n / per_day:.0f} days of {per_day:,} files)")
         roots = [str(self.root(job)) for job in JOBS]
         self.figures["generate_s"] = generate_ledger(self.dsn, self.shape, roots)
 
@@ -570,21 +516,18 @@ class LedgerRun:
         """READY, RSS and the idle window, in one daemon run."""
         daemon = self.daemon()
         with common.running(daemon) as ready:
-            pid = daemon.proc.pid if daemon.proc else None
+            pid = common.pid_of(daemon)
             self.figures |= {"ready_s": ready, "rss_ready_mb": rss_mb(pid)}
             print(f"  READY after {ready:.2f}s, RSS {rss_mb(pid):.0f} MB")
             if not self.args.skip_idle:
                 time.sleep(5.0)  # the start-up's first gauge and sweep runs are not "idle"
                 print(f"  idle window of {self.args.idle:.0f}s ...")
-                before = (time.perf_counter(), process_cpu(pid), postgres_cpu(self.pg))
-                time.sleep(self.args.idle)
-                if not daemon.alive():
-                    raise BenchError(f"uploaderd died in the idle window:\n{daemon.log()[-3000:]}")
-                after = (time.perf_counter(), process_cpu(pid), postgres_cpu(self.pg))
-                seconds = after[0] - before[0]
-                ud, pg = (
-                    (b - a) / seconds * 100 for a, b in zip(before[1:], after[1:], strict=True)
-                )
+                with Spent(lambda: process_cpu(pid), lambda: postgres_cpu(self.pg)) as idle:
+                    time.sleep(self.args.idle)
+                    if not daemon.alive():
+                        log = daemon.log()[-3000:]
+                        raise BenchError(f"uploaderd died in the idle window:\n{log}")
+                ud, pg = idle.percent()
                 self.figures |= {"idle_daemon_cpu": ud, "idle_pg_cpu": pg, "idle_cpu": ud + pg}
                 self.figures["rss_idle_mb"] = rss = rss_mb(pid)
                 print(f"  idle CPU: daemon {ud:.1f} %, PostgreSQL {pg:.1f} %; RSS {rss:.0f} MB")
@@ -592,29 +535,22 @@ class LedgerRun:
 
     def measure_queries(self) -> None:
         print("  timing the daemon's queries (median ms, calls, seq scans of history)")
-        with contextlib.closing(psycopg2.connect(self.dsn)) as conn:
+        with common.connect(self.dsn) as conn:
             context = probe_context(conn, self.shape.host, str(self.root("scope-c")))
-        self.result.queries = time_queries(
-            self.dsn, context, self.args.repeat, self.args.query_budget
-        )
+        args = self.args
+        self.result.queries = time_queries(self.dsn, context, args.repeat, args.query_budget)
 
     def measure_status(self) -> None:
-        daemon, times = self.daemon(), []
-        for _ in range(3):
-            started = time.perf_counter()
-            common.command(daemon, "status", timeout=self.args.timeout, ok=(0, 1))  # 1: attention
-            times.append(time.perf_counter() - started)
+        daemon, timeout = self.daemon(), self.args.timeout
+        times = [common.command(daemon, "status", timeout=timeout, ok=(0, 1)) for _ in range(3)]
         self.figures["status_ms"] = statistics.median(times) * 1000
         print(f"  uploaderd status: {self.figures['status_ms']:.0f} ms (median of 3)")
-
-    # --- start-up scans of a big tree ---
 
     def measure_scans(self, tree_files: list[tuple[str, os.stat_result]]) -> None:
         """The daemon's start with the tree all known, then all new."""
         count = len(tree_files)
         self.figures["tree_files"] = count
-        with contextlib.closing(psycopg2.connect(self.dsn, application_name="bench")) as conn:
-            conn.autocommit = True
+        with common.connect(self.dsn) as conn:
             last = "SELECT coalesce(max(id), 0) FROM "
             bases = (scalar(conn, last + "file_versions"), scalar(conn, last + "sessions"))
             try:
@@ -631,12 +567,8 @@ class LedgerRun:
             finally:
                 self._forget_tree(conn, *bases)
 
-    def _insert_known(
-        self, conn: psycopg2.extensions.connection, tree_files: list[tuple[str, os.stat_result]]
-    ) -> None:
-        """The tree's files as uploaded versions of the tree job, with their signatures as
-        the daemon records them, one completed session per top directory and one attempt
-        row each."""
+    def _insert_known(self, conn: Connection, tree_files: list[tuple[str, os.stat_result]]) -> None:
+        """The tree's files as uploaded versions of the tree job, a session per top directory."""
         started = time.perf_counter()
         buffer = io.StringIO()
         for relpath, info in tree_files:
@@ -683,28 +615,20 @@ class LedgerRun:
         seconds = time.perf_counter() - started
         print(f"  tree: {len(tree_files):,} known versions inserted in {seconds:.1f}s")
 
-    def _forget_tree(
-        self, conn: psycopg2.extensions.connection, base_version: int, base_session: int
-    ) -> None:
+    def _forget_tree(self, conn: Connection, version: int, session: int) -> None:
         """Back to the generated ledger: the tree job's rows go (by id, above the bases)."""
         with conn.cursor() as cursor:
-            cursor.execute(
-                "DELETE FROM upload_attempts WHERE file_version_id > %s", (base_version,)
-            )
-            cursor.execute("DELETE FROM file_versions WHERE id > %s", (base_version,))
-            cursor.execute("DELETE FROM sessions WHERE id > %s", (base_session,))
+            cursor.execute("DELETE FROM upload_attempts WHERE file_version_id > %s", (version,))
+            cursor.execute("DELETE FROM file_versions WHERE id > %s", (version,))
+            cursor.execute("DELETE FROM sessions WHERE id > %s", (session,))
             for table in ("file_versions", "sessions", "upload_attempts"):
                 cursor.execute(SYNC_SEQUENCES.format(table=table), {"table": table})
                 cursor.execute(f"VACUUM (ANALYZE) {table}")
             cursor.execute("SELECT ledger_recount()")
 
-    def _scan(self, conn: psycopg2.extensions.connection, *, known: bool) -> float:
-        """Start the daemon with the tree job; seconds from its start until the sentinel, a
-        new file in the root listed after the tree, is queued: the tree's scan is done.
-
-        The wait polls for the sentinel alone, through the unique index, scope and all: a
-        count of the tree's rows at each poll would read up to a million index entries,
-        PostgreSQL CPU taken from the scan it measures."""
+    def _scan(self, conn: Connection, *, known: bool) -> float:
+        """Seconds from the daemon's start until the sentinel, listed after the tree, is
+        queued (polled alone, by the unique index: counting the tree would cost the scan)."""
         shutil.rmtree(self.sentinel, ignore_errors=True)
         self.sentinel.mkdir(parents=True)
         name = f"sentinel-{time.time_ns()}.bin"
@@ -713,7 +637,8 @@ class LedgerRun:
         os.utime(self.sentinel / name, (old, old))
         sql = "SELECT count(*) FROM file_versions WHERE job = %s AND scope = %s AND root = %s "
         sql += "AND relpath = %s"
-        queued = lambda: scalar(conn, sql, TREE_JOB, self.shape.host, str(self.sentinel), name)  # noqa: E731
+        where = (TREE_JOB, self.shape.host, str(self.sentinel), name)
+        queued = lambda: scalar(conn, sql, *where)  # noqa: E731
         what = "known" if known else "new"
         daemon = self.daemon(TREE_JOB)
         with common.running(daemon):
@@ -722,28 +647,21 @@ class LedgerRun:
             seconds = time.perf_counter() - daemon.started
             if known:
                 time.sleep(5.0)
-                pid = daemon.proc.pid if daemon.proc else None
+                pid = common.pid_of(daemon)
                 self.figures["tree_rss_mb"] = rss_mb(pid)
                 self.figures["tree_rss_peak_mb"] = rss_mb(pid, "VmHWM")
         rate = self.args.tree / seconds
         print(f"  scan of {self.args.tree:,} {what} files: {seconds:.1f}s ({rate:,.0f} files/s)")
         return seconds
 
-    # --- prune while uploads run ---
-
     def measure_prune(self) -> None:
         """On a copy of the ledger: a small-file stream's upload rate alone and while
         ``uploaderd prune`` removes ~``--prune-versions`` old versions; claim lock waits."""
         copy, dsn = f"{self.db}_prune", self.dsn
         self.pg.drop_database(copy)
-        for attempt in range(20):  # the last daemon's backends may still be exiting
-            try:
-                self.dsn = self.pg.create_database(copy, template=self.db)
-                break
-            except DevstackError:
-                if attempt == 19:
-                    raise
-                time.sleep(0.5)
+        create = lambda: self.pg.create_database(copy, template=self.db)  # noqa: E731
+        # The last daemon's backends may still be exiting.
+        self.dsn = wait_for(create, 10, 0.5, f"a copy of {self.db}", ignore=(DevstackError,))
         try:
             self._prune_on_copy()
         finally:
@@ -757,10 +675,9 @@ class LedgerRun:
         count = "SELECT count(*) FROM file_versions"
         with (
             common.running(daemon),
-            contextlib.closing(psycopg2.connect(self.dsn, application_name="bench")) as conn,
+            common.connect(self.dsn) as conn,
             (self.work / "prune.log").open("ab") as log,
         ):
-            conn.autocommit = True
             alone = self._stream(conn, daemon, "alone")
             before = scalar(conn, count)
             started = time.perf_counter()
@@ -784,12 +701,9 @@ class LedgerRun:
             finally:
                 terminate(prune, 10.0)
             during = batches * self.args.stream / seconds
-            self.figures |= {
-                "prune_s": time.perf_counter() - started,
-                "prune_removed": before - scalar(conn, count),
-                "stream_alone_rate": alone,
-                "stream_during_rate": during,
-            }
+            self.figures["prune_s"] = time.perf_counter() - started
+            self.figures["prune_removed"] = before - scalar(conn, count)
+            self.figures |= {"stream_alone_rate": alone, "stream_during_rate": during}
         print(
             f"  prune --older-than {older_than}: {self.figures['prune_removed']:,} versions in "
             f"{self.figures['prune_s']:.1f}s (exit {code}); stream {alone:.0f} files/s alone, "
@@ -797,15 +711,10 @@ class LedgerRun:
         )
 
     def _stream(
-        self,
-        conn: psycopg2.extensions.connection,
-        daemon: DaemonProcess,
-        label: str,
-        locks: bool = False,
+        self, conn: Connection, daemon: DaemonProcess, label: str, locks: bool = False
     ) -> float:
         """``--stream`` 4 KiB files moved in at once; files/s until all are uploaded. With
-        ``locks``, each poll also counts the daemon's backends waiting on a lock (the most
-        seen at once is the figure)."""
+        ``locks``, the most backends of the daemon seen waiting on a lock at once."""
         count = self.args.stream
         staging = self.work / f"staging-{label}"
         shutil.rmtree(staging, ignore_errors=True)
@@ -814,15 +723,10 @@ class LedgerRun:
             (staging / f"{label}-{index:05d}.bin").write_bytes(os.urandom(4096))
         os.sync()
         base = scalar(conn, "SELECT coalesce(max(id), 0) FROM file_versions")
-        # A bounded id range: an open one let the planner read far more as the prune
-        # changed the statistics (a fifth of a core, polling).
-        sql = (
-            "SELECT count(*) FROM file_versions WHERE id > %s AND id <= %s AND job = %s "
-            "AND state = 'uploaded'"
-        )
-        # Each batch in a directory of its own, so in a prefix of its own on the S3 server:
-        # rclone serve s3's cost per PUT grows with the objects beside it, and the batches
-        # during a long prune would otherwise be measured against an ever fuller directory.
+        # A bounded id range: with an open one the planner read far more during the prune.
+        sql = "SELECT count(*) FROM file_versions WHERE id > %s AND id <= %s AND job = %s "
+        sql += "AND state = 'uploaded'"
+        # A prefix of its own for each batch: rclone serve s3's PUT costs more in a fuller one.
         into = self.root(STREAM_JOB) / label
         into.mkdir()
         started = time.perf_counter()
@@ -865,9 +769,6 @@ def make_tree(tree: Path, count: int, per_dir: int = 1000) -> list[tuple[str, os
     ]
 
 
-# --- the report and the command line ---------------------------------------------------------
-
-
 def report(results: Sequence[SizeResult]) -> str:
     """One column per ledger size; a row only where some size has a figure."""
     header = f"{'measure':<30}" + "".join(f"{size_label(r.versions):>13}" for r in results)
@@ -897,8 +798,8 @@ def report(results: Sequence[SizeResult]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv: Sequence[str] | None) -> Namespace:
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
     sizes = "ledger sizes in versions, e.g. 200k 1M 5M 20M (default 1M 5M)"
     add("--sizes", nargs="+", type=parse_count, default=[1_000_000, 5_000_000], help=sizes)
@@ -922,15 +823,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def measure(args: argparse.Namespace) -> str:
+def measure(args: Namespace) -> str:
     results: list[SizeResult] = []
     with (
-        common.work_directory("uploaderd-ledger-", args.keep, False) as work,
+        common.workspace("uploaderd-ledger-", args.keep) as (work, pg),
         contextlib.ExitStack() as stack,
     ):
-        pg = PostgresCluster(work / "postgres")
-        stack.callback(pg.stop)
-        pg.start()
         s3: S3Server | None = None
         if args.s3 != "none":
             s3 = stack.enter_context(S3_SERVERS[args.s3](work / "s3"))
@@ -938,7 +836,7 @@ def measure(args: argparse.Namespace) -> str:
         tree_files = None if args.skip_scan else make_tree(work / "tree", args.tree)
         for versions in args.sizes:
             print(f"\n== ledger of {versions:,} versions")
-            run = LedgerRun(pg, work, Shape(versions), args, s3)
+            run = LedgerRun(pg, s3, work, Shape(versions), args)
             run.prepare()
             run.measure_daemon()
             if not args.skip_queries:

@@ -1,28 +1,8 @@
 """Throughput of uploaderd against its peers (s5cmd, rclone, aws s3) on one local S3 server.
 
-Why this shape: a throughput figure means little on its own (it depends on the disk, the
-CPU and above all the S3 server), so every tool uploads the same files to the same server
-in the same run, interleaved repetition by repetition, and the table reports medians and
-the ratio of uploaderd's time to each peer's.
-
-uploaderd is measured the way it is used: a daemon already running (started, migrated and
-READY=1 over a private NOTIFY_SOCKET, as systemd sees it) and files *moved* into its
-watched directory, as instruments do. The clock starts at the first rename and stops when
-the ledger shows every version ``uploaded``; the settle time is part of that latency, so
-the figure minus the settle time is reported too. Peers are timed from process start to
-exit, which includes their start-up (about 0.5 s of Python imports for ``aws``).
-
-The sustained mode (``--sustained-rate``) measures latency instead of throughput: files
-renamed in at a steady rate, each one's time from rename to ``uploaded_at`` in the ledger,
-reported as p50/p99/max against settle + 0.5 s. uploaderd alone: the peers only copy a
-finished batch. The WAN mode (``--wan MS``) sends every tool through one relay that delays
-each direction by MS milliseconds.
-
-Every measurement is checked by listing the destination prefix: a tool that "finished"
-without uploading every file fails the run instead of producing a flattering number.
-
-    .venv/bin/python bench/throughput.py [--s3 rclone moto] [--small 2000] [--medium 200]
-        [--sustained-rate 100] [--wan 20]
+Every tool uploads the same files to the same server, run after run, and a listing checks
+each: the table gives medians and uploaderd's time over each peer's. bench/README.md has the
+method, the sustained mode (``--sustained-rate``) and the WAN mode (``--wan MS``).
 """
 
 from __future__ import annotations
@@ -40,15 +20,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-import psycopg2
-
 from bench import common
-from bench.common import BenchError, postgres_cpu, process_cpu, rows
+from bench.common import BenchError, Spent, postgres_cpu, process_cpu, rows
 from devstack import REGION, S3_SERVERS, DevstackError, PostgresCluster, S3Server
 from devstack.process import find_tool, tail, terminate
 from devstack.relay import Relay
@@ -60,14 +38,10 @@ if TYPE_CHECKING:
 KiB = 1024
 MiB = 1024 * 1024
 BUCKET = "bench"
-POLL_SECONDS = 0.05
 PEERS = ("s5cmd", "rclone", "aws")
 RCLONE_TRANSFERS = 8  # rclone's --transfers when --workers is not given
 SUSTAINED_POLL_SECONDS = 0.5  # the ledger keeps each upload's time: polling only watches health
 SUSTAINED_MARGIN = 0.5  # the target: close-to-uploaded p99 <= settle + this
-
-
-# --- what is measured ------------------------------------------------------------------------
 
 
 def size_text(size: int) -> str:
@@ -97,8 +71,7 @@ class Sustained:
     seconds: float
 
     @property
-    def workload(self) -> Workload:
-        """The files it amounts to, for the listing check."""
+    def workload(self) -> Workload:  # the files it amounts to, for the listing check
         return Workload("sustained", round(self.rate * self.seconds), self.size)
 
     def describe(self) -> str:
@@ -107,11 +80,7 @@ class Sustained:
 
 @dataclass(frozen=True)
 class Sample:
-    """One measurement: wall seconds, and the CPU seconds each party burnt meanwhile.
-
-    On a small machine the CPU split says who the bottleneck is: a single-threaded Python
-    process near one CPU second per wall second is saturated.
-    """
+    """One measurement: wall seconds, and the CPU seconds each party burnt meanwhile."""
 
     seconds: float
     tool_cpu: float
@@ -121,16 +90,11 @@ class Sample:
 
 @dataclass(frozen=True)
 class SustainedSample:
-    """One sustained run: each file's seconds from its rename to ``uploaded`` in the ledger,
-    and the part of them after it was queued (its ``discovered_at``: the settle is over).
-
-    ``late`` is how far the feeder fell behind its own schedule at worst: a feeder that
-    could not keep the rate would measure a lighter load than it claims.
-    """
+    """One sustained run: each file's seconds from its rename to ``uploaded`` in the ledger."""
 
     latencies: tuple[float, ...]
     queued: tuple[float, ...]  # discovered_at -> uploaded_at: claim, read, hash, PUT, record
-    late: float
+    late: float  # how far the feeder fell behind its schedule at worst
     sample: Sample  # first rename to last upload, and the CPU split
 
 
@@ -156,11 +120,7 @@ def latencies_of(values: Sequence[float]) -> Latencies:
 
 
 def due_offset(index: int, rate: float) -> float:
-    """Seconds after the feed's start at which file ``index`` is due.
-
-    Computed from the index, not by adding a period to the previous due time, so a late
-    file delays nobody after it and no rounding accumulates: the schedule does not drift.
-    """
+    """When file ``index`` is due, from the index: a late file delays none after it."""
     return index / rate
 
 
@@ -191,10 +151,7 @@ def median_of(samples: Sequence[Sample], attribute: str) -> float:
 
 
 def make_files(directory: Path, workload: Workload, seed: int) -> list[Path]:
-    """Write the workload's files (incompressible bytes, so no store can cheat by compressing).
-
-    The seed only makes file names distinct between repetitions; contents are random.
-    """
+    """The workload's files, of random bytes (no store can compress them), named by ``seed``."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"s{seed}-f{index:06d}.bin" for index in range(workload.count)]
     for path in paths:
@@ -203,14 +160,8 @@ def make_files(directory: Path, workload: Workload, seed: int) -> list[Path]:
 
 
 class Feeder:
-    """Writes files to a staging directory and renames each into the watched one on a fixed
-    schedule, in a thread of its own; records the wall-clock time of every rename.
-
-    Paced on the monotonic clock. The renames are stamped with ``time.time()`` because the
-    ledger's ``uploaded_at`` they are compared with is PostgreSQL's wall clock, on this
-    same machine. The file's mtime is its write, just before the rename, as for an
-    instrument that closes a file and moves it in.
-    """
+    """A thread that writes each file and renames it into the watched directory on schedule,
+    stamping each rename with the wall clock (that of the ledger's ``uploaded_at``)."""
 
     def __init__(self, staging: Path, target: Path, sustained: Sustained, seed: int) -> None:
         self.staging = staging
@@ -252,31 +203,10 @@ class Feeder:
             self.error = exc
 
 
-@dataclass(frozen=True)
-class CpuMeter:
-    """CPU seconds of the tool under test, the S3 server and PostgreSQL over one measurement."""
-
-    tool: Callable[[], float]
-    s3: Callable[[], float]
-    db: Callable[[], float]
-
-    @contextlib.contextmanager
-    def measuring(self) -> Iterator[list[float]]:
-        """Yields a list that holds [tool, s3, db] CPU seconds once the block is left."""
-        before = (self.tool(), self.s3(), self.db())
-        spent: list[float] = []
-        yield spent
-        after = (self.tool(), self.s3(), self.db())
-        spent.extend(b - a for a, b in zip(before, after, strict=True))
-
-
 def children_cpu() -> float:
     """CPU seconds of every child we have reaped: a peer's share is the delta around it."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-# --- the S3 side -----------------------------------------------------------------------------
 
 
 def verify_and_delete(s3: S3Server, prefix: str, workload: Workload, tool: str) -> None:
@@ -296,21 +226,16 @@ def verify_and_delete(s3: S3Server, prefix: str, workload: Workload, tool: str) 
         )
 
 
-# --- peers -----------------------------------------------------------------------------------
-
-
-def peer_command(
-    name: str, exe: str, endpoint: str, src: Path, prefix: str, workers: int
-) -> list[str]:
+def peer_command(name: str, exe: str, url: str, src: Path, prefix: str, workers: int) -> list[str]:
     """How each reference tool copies a directory to ``s3://BUCKET/prefix/``."""
     dest = f"s3://{BUCKET}/{prefix}"
     if name == "s5cmd":  # --numworkers left at its default (256): s5cmd as people run it
-        return [exe, "--endpoint-url", endpoint, "cp", f"{src}/*", dest]
+        return [exe, "--endpoint-url", url, "cp", f"{src}/*", dest]
     if name == "rclone":  # --config to a missing file: the remote is RCLONE_CONFIG_BENCH_*
         argv = [exe, "--config", os.devnull, "copy", str(src), f"bench:{BUCKET}/{prefix}"]
         return [*argv, "--transfers", str(workers), "--s3-no-check-bucket"]
     # awscli v1 defaults: 10 concurrent requests, multipart from 8 MiB.
-    argv = [exe, "--endpoint-url", endpoint, "s3", "cp", str(src), dest, "--recursive"]
+    argv = [exe, "--endpoint-url", url, "s3", "cp", str(src), dest, "--recursive"]
     return [*argv, "--only-show-errors"]
 
 
@@ -325,11 +250,7 @@ def peer_env(name: str, endpoint: str, s3: S3Server) -> dict[str, str]:
 
 
 def run_timed(argv: Sequence[str], env: dict[str, str], log: IO[bytes], timeout: float) -> float:
-    """Run a peer to completion in its own process group; its wall seconds.
-
-    Its own group so that Ctrl-C or a timeout kills the whole tool and nothing outlives
-    the benchmark.
-    """
+    """A peer's wall seconds, run in a process group that Ctrl-C or a timeout kills whole."""
     log.write(f"$ {shlex.join(argv)}\n".encode())
     log.flush()
     started = time.perf_counter()
@@ -352,9 +273,6 @@ def run_timed(argv: Sequence[str], env: dict[str, str], log: IO[bytes], timeout:
     return time.perf_counter() - started
 
 
-# --- uploaderd -------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class DaemonSettings:
     workers: int | None  # None: the daemon's default
@@ -363,47 +281,34 @@ class DaemonSettings:
 
 
 class UploaderdUnderTest:
-    """One daemon for one S3 server: started once, fed each workload, stopped at the end.
-
-    One job watches ``watched`` (settle ``--settle``, rescan 1 day); each measurement moves
-    its files into a directory of its own there, from a staging directory on the same
-    filesystem (so a move is a rename).
-    """
+    """One daemon for one S3 server, its job watching ``watched``: each measurement renames
+    its files from ``staging`` into a directory of its own there."""
 
     def __init__(
         self, work: Path, pg: PostgresCluster, s3: S3Server, endpoint: str, plan: Plan, server: str
     ) -> None:
         self.s3 = s3
-        self.settings = settings = plan.daemon
+        settings = plan.daemon
         self.watched = work / "watched"
         self.staging = work / "staging"
-        dsn = pg.create_database(f"bench_{server}")
-        workers, level = settings.workers, settings.log_level
-        self.daemon = common.bench_daemon(work, dsn, endpoint, s3, workers, level)
+        self.dsn = pg.create_database(f"bench_{server}")
+        self.daemon = common.bench_daemon(
+            work, self.dsn, endpoint, s3, settings.log_level, workers=settings.workers
+        )
         source = {"paths": [str(self.watched)], "settle": f"{settings.settle}s", "rescan": "1d"}
         destination = {"bucket": BUCKET, "key": "uploaderd/${relpath}"}
         self.daemon.write_job("bench", {"source": source, "destination": destination})
-        self.meter = CpuMeter(
-            lambda: process_cpu(self.daemon.proc.pid if self.daemon.proc else None),
-            lambda: process_cpu(s3.pid),
-            lambda: postgres_cpu(pg),
-        )
-        self.dsn = dsn
+        daemon_cpu = lambda: process_cpu(common.pid_of(self.daemon))  # noqa: E731
+        self.meters = (daemon_cpu, lambda: process_cpu(s3.pid), lambda: postgres_cpu(pg))
         self.stack = contextlib.ExitStack()  # what start() started, stop() stops
 
     def start(self, labels: Sequence[str]) -> None:
-        """Migrate, start, wait for READY=1.
-
-        Each measurement's directory exists before the start, so its watch is in place
-        when READY=1 arrives and no move-in can race the watch being added.
-        """
+        """Migrate, start, wait for READY=1, each measurement's directory (and watch) ready."""
         for label in labels:
             (self.watched / label).mkdir(parents=True, exist_ok=True)
         common.command(self.daemon, "migrate", timeout=60)
         self.stack.enter_context(common.running(self.daemon))
-        db = psycopg2.connect(self.dsn, application_name="bench")
-        self.db = self.stack.enter_context(contextlib.closing(db))
-        self.db.autocommit = True
+        self.db = self.stack.enter_context(common.connect(self.dsn))
 
     def counts(self) -> tuple[int, int]:
         """(uploaded, failed) versions in the ledger."""
@@ -415,11 +320,8 @@ class UploaderdUnderTest:
         """The uploaded versions; a failed version or the daemon's death stops the run."""
         uploaded, failed = self.counts()
         if failed > base_failed:
-            last = rows(
-                self.db,
-                "SELECT relpath, last_error FROM file_versions "
-                "WHERE last_error IS NOT NULL ORDER BY id DESC LIMIT 1",
-            )
+            sql = "SELECT relpath, last_error FROM file_versions WHERE last_error IS NOT NULL"
+            last = rows(self.db, sql + " ORDER BY id DESC LIMIT 1")
             error = f"{last[0][0]}: {last[0][1]}" if last else "no error recorded"
             raise BenchError(f"uploaderd failed {failed - base_failed} versions: {error}")
         if not self.daemon.alive():
@@ -428,7 +330,7 @@ class UploaderdUnderTest:
 
     def wait_uploaded(self, target: int, base_failed: int, timeout: float) -> None:
         done = lambda: self.check(base_failed) >= target  # noqa: E731
-        common.wait_alive(self.daemon, done, timeout, f"{target} versions uploaded", POLL_SECONDS)
+        common.wait_alive(self.daemon, done, timeout, f"{target} versions uploaded")
 
     def measure(self, workload: Workload, label: str, seed: int, timeout: float) -> Sample:
         """Move ``workload`` into the watched directory; seconds until all are ``uploaded``."""
@@ -440,28 +342,22 @@ class UploaderdUnderTest:
         # would otherwise accept files whose mtime is already `settle` old at first sight.
         for path in files:
             os.utime(path)
-        with self.meter.measuring() as cpu:
-            started = time.perf_counter()
+        with Spent(*self.meters) as spent:
             for path in files:
                 os.rename(path, target / path.name)
             self.wait_uploaded(base_uploaded + workload.count, base_failed, timeout)
-            elapsed = time.perf_counter() - started
         verify_and_delete(self.s3, f"uploaderd/{label}/", workload, "uploaderd")
         for path in files:  # the disk footprint stays one workload deep
             (target / path.name).unlink()
-        return Sample(elapsed, *cpu)
+        return Sample(spent.seconds, *spent.cpu)
 
     def measure_sustained(
         self, sustained: Sustained, label: str, seed: int, timeout: float
     ) -> SustainedSample:
-        """Feed ``sustained`` into the watched directory; each file's rename-to-uploaded time.
-
-        ``timeout`` runs from the end of the feed.
-        """
+        """Feed ``sustained`` in; each file's rename-to-uploaded time (``timeout``: after it)."""
         base_uploaded, base_failed = self.counts()
         feeder = Feeder(self.staging / label, self.watched / label, sustained, seed)
-        with self.meter.measuring() as cpu:
-            started = time.perf_counter()
+        with Spent(*self.meters) as spent:
             feeder.start()
             try:
                 while feeder.running(SUSTAINED_POLL_SECONDS):
@@ -471,18 +367,13 @@ class UploaderdUnderTest:
             if feeder.error is not None:
                 raise BenchError(f"the sustained feed stopped: {feeder.error}")
             self.wait_uploaded(base_uploaded + sustained.workload.count, base_failed, timeout)
-            elapsed = time.perf_counter() - started
         verify_and_delete(self.s3, f"uploaderd/{label}/", sustained.workload, "uploaderd")
-        # File name -> (discovered_at, uploaded_at), seconds since the epoch: when the
-        # settled version was queued, and now() of the transaction that marked it uploaded.
+        # File name -> (discovered_at, uploaded_at), seconds since the epoch.
+        sql = "SELECT relpath, extract(epoch FROM discovered_at), extract(epoch FROM uploaded_at) "
+        sql += "FROM file_versions WHERE state = 'uploaded' AND relpath LIKE %s"
         times = {
             path.split("/", 1)[1]: (float(queued), float(uploaded))
-            for path, queued, uploaded in rows(
-                self.db,
-                "SELECT relpath, extract(epoch FROM discovered_at), extract(epoch FROM "
-                "uploaded_at) FROM file_versions WHERE state = 'uploaded' AND relpath LIKE %s",
-                f"{label}/%",
-            )
+            for path, queued, uploaded in rows(self.db, sql, f"{label}/%")
         }
         missing = [name for name in feeder.renamed if name not in times]
         if missing:
@@ -493,14 +384,11 @@ class UploaderdUnderTest:
             tuple(times[name][1] - renamed for name, renamed in feeder.renamed.items()),
             tuple(times[name][1] - times[name][0] for name in feeder.renamed),
             feeder.late,
-            Sample(elapsed, *cpu),
+            Sample(spent.seconds, *spent.cpu),
         )
 
     def stop(self) -> None:
         self.stack.close()
-
-
-# --- one S3 server's run ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -516,12 +404,8 @@ class Plan:
 
 
 def run_server(server: str, plan: Plan, work: Path, pg: PostgresCluster, results: Results) -> None:
-    """Every tool, workload and repetition against one fresh S3 server.
-
-    In WAN mode every tool, uploaderd included, goes through one relay that holds each
-    chunk ``plan.wan`` seconds in each direction; the correctness checks (listing,
-    deleting) go straight to the server.
-    """
+    """Every tool, workload and repetition against one fresh S3 server (and its relay, in WAN
+    mode: the listings go straight to the server)."""
     print(f"\n== S3 server: {server}")
     with contextlib.ExitStack() as stack:
         s3 = stack.enter_context(S3_SERVERS[server](work / "s3"))
@@ -543,7 +427,7 @@ def run_server(server: str, plan: Plan, work: Path, pg: PostgresCluster, results
             except DevstackError:
                 results.skipped[name] = "not installed (.venv/bin/pip install -e '.[bench]')"
         log = stack.enter_context((work / "peers.log").open("ab"))
-        meter = CpuMeter(children_cpu, lambda: process_cpu(s3.pid), lambda: postgres_cpu(pg))
+        meters = (children_cpu, lambda: process_cpu(s3.pid), lambda: postgres_cpu(pg))
         for workload in plan.workloads:
             src = work / "src" / workload.name
             make_files(src, workload, seed=0)
@@ -556,10 +440,10 @@ def run_server(server: str, plan: Plan, work: Path, pg: PostgresCluster, results
                     workers = plan.daemon.workers or RCLONE_TRANSFERS
                     argv = peer_command(name, exe, endpoint, src, prefix, workers)
                     os.sync()
-                    with meter.measuring() as cpu:
+                    with Spent(*meters) as spent:
                         seconds = run_timed(argv, peer_env(name, endpoint, s3), log, plan.timeout)
                     verify_and_delete(s3, prefix, workload, name)
-                    results.add(server, name, workload, rep, Sample(seconds, *cpu))
+                    results.add(server, name, workload, rep, Sample(seconds, *spent.cpu))
             shutil.rmtree(src)
         for rep in range(1, plan.repeat + 1) if plan.sustained else ():
             assert plan.sustained is not None
@@ -572,9 +456,6 @@ def run_server(server: str, plan: Plan, work: Path, pg: PostgresCluster, results
                 f"{figures.count} files; feeder at most {run.late * 1000:.1f} ms late; "
                 f"CPU s: {_cpu_text(run.sample)}"
             )
-
-
-# --- the report ------------------------------------------------------------------------------
 
 
 def report(plan: Plan, results: Results) -> str:
@@ -634,22 +515,16 @@ def _cpu_medians(samples: Sequence[Sample]) -> str:
     )
 
 
-def sustained_target(plan: Plan) -> float:
-    """The issue's target for the p99 of close-to-uploaded: the settle time plus 0.5 s."""
-    return plan.daemon.settle + SUSTAINED_MARGIN
-
-
 def _sustained_rows(plan: Plan, runs: Sequence[SustainedSample]) -> list[str]:
     """Latency percentiles over every file of every run, against the target."""
     if not plan.sustained or not runs:
         return []
     figures = latencies_of([latency for run in runs for latency in run.latencies])
     queued = latencies_of([latency for run in runs for latency in run.queued])
-    target = sustained_target(plan)
+    target = plan.daemon.settle + SUSTAINED_MARGIN
     header = (
-        f"{'tool':<10} {'sustained feed':<26} {'files':>6} {'p50 s':>6} {'p99 s':>6} "
-        f"{'max s':>6} {'target p99':>14} {'late ms':>7} {'cpu tool':>8} {'cpu s3':>7} "
-        f"{'cpu db':>7}"
+        f"{'tool':<10} {'sustained feed':<26} {'files':>6} {'p50 s':>6} {'p99 s':>6} {'max s':>6} "
+        f"{'target p99':>14} {'late ms':>7} {'cpu tool':>8} {'cpu s3':>7} {'cpu db':>7}"
     )
     verdict = f"<= {target:g} {'met' if figures.p99 <= target else 'MISSED'}"
     late = max(run.late for run in runs) * 1000
@@ -670,9 +545,6 @@ def _sustained_rows(plan: Plan, runs: Sequence[SustainedSample]) -> list[str]:
     ]
 
 
-# --- command line ----------------------------------------------------------------------------
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
@@ -686,12 +558,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--sustained-size", type=parse_size, default=64 * KiB, help="default 64KiB")
     add("--sustained-seconds", type=float, default=60.0, help="feed duration (default 60)")
     add("--repeat", type=int, default=3, help="runs of each measurement (median; default 3)")
-    add(
-        "--workers",
-        type=int,
-        help="uploaderd's workers and rclone's --transfers (default: "
-        f"the daemon's own and {RCLONE_TRANSFERS})",
-    )
+    workers = f"uploaderd's workers, rclone's --transfers (default: its own, {RCLONE_TRANSFERS})"
+    add("--workers", type=int, help=workers)
     wan_help = "send every tool through a relay that delays each direction by MS ms (0: none)"
     add("--wan", type=float, default=0.0, metavar="MS", help=wan_help)
     add("--settle", type=float, default=1.0, help="the job's settle seconds (default 1)")
@@ -702,17 +570,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--keep", action="store_true", help="keep the work directory (logs, database cluster)")
     args = parser.parse_args(argv)
     if (
-        min(args.small, args.medium, args.large) < 0
+        min(args.small, args.medium, args.large, args.sustained_rate) < 0
         or args.repeat < 1
         or (args.workers is not None and args.workers < 1)
         or not 0 <= args.wan <= 1000
-        or args.sustained_rate < 0
         or (args.sustained_rate and args.sustained_rate * args.sustained_seconds < 1)
     ):
-        parser.error(
-            "counts must be >= 0, --repeat and --workers >= 1, --wan 0-1000, and a "
-            "sustained feed at least one file"
-        )
+        parser.error("counts >= 0, --repeat and --workers >= 1, --wan 0-1000, a feed >= 1 file")
     return args
 
 
@@ -722,17 +586,10 @@ def plan_of(args: argparse.Namespace) -> Plan:
         Workload("medium", args.medium, args.medium_size),
         Workload("large", args.large, args.large_size),
     )
-    rate = args.sustained_rate
-    return Plan(
-        tuple(args.s3),
-        tuple(w for w in workloads if w.count),
-        tuple(args.peers),
-        args.repeat,
-        args.timeout,
-        DaemonSettings(args.workers, args.settle, args.log_level),
-        wan=args.wan / 1000,
-        sustained=Sustained(rate, args.sustained_size, args.sustained_seconds) if rate else None,
-    )
+    rate, daemon = args.sustained_rate, DaemonSettings(args.workers, args.settle, args.log_level)
+    sustained = Sustained(rate, args.sustained_size, args.sustained_seconds) if rate else None
+    servers, peers, kept = tuple(args.s3), tuple(args.peers), tuple(w for w in workloads if w.count)
+    return Plan(servers, kept, peers, args.repeat, args.timeout, daemon, args.wan / 1000, sustained)
 
 
 # How a run is watched and kept, not what it measures: left out of the command of a rerun.
@@ -756,14 +613,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def measure() -> str:
         results = Results()
-        with common.work_directory("uploaderd-bench-", None, args.keep) as work:
-            pg = PostgresCluster(work / "postgres")
-            try:
-                pg.start()
-                for server in plan.servers:
-                    run_server(server, plan, work / server, pg, results)
-            finally:
-                pg.stop()
+        with common.workspace("uploaderd-bench-", args.keep) as (work, pg):
+            for server in plan.servers:
+                run_server(server, plan, work / server, pg, results)
         if args.json:
             samples = [
                 {"server": s, "tool": t, "workload": w, **asdict(sample)}

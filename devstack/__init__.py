@@ -64,7 +64,7 @@ and the parts kept by their MD5 ETag went without one (InvalidRequest on every r
 uploaderd.multipart now sends the SHA-256 of the bytes it matched.
 """
 
-from devstack.daemon import DaemonProcess, Notifications
+from devstack.daemon import DaemonProcess, Notifications, can_name_hosts, metric
 from devstack.pgbouncer import PgBouncer
 from devstack.postgres import PostgresCluster, find_pg_bindir
 from devstack.process import DevstackError, WaitTimeout, free_port, free_ports, wait_for
@@ -94,8 +94,10 @@ __all__ = [
     "S3Server",
     "SeaweedFSServer",
     "WaitTimeout",
+    "can_name_hosts",
     "find_pg_bindir",
     "free_port",
     "free_ports",
+    "metric",
     "wait_for",
 ]

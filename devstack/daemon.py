@@ -18,11 +18,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.process import WaitTimeout
 from devstack.s3 import REGION
@@ -94,7 +96,9 @@ class DaemonProcess:
     ``settings`` replace top-level keys of the config; one set to None is left out, so the
     daemon's own default applies. ``extra_env`` is added to this process's environment and
     ``cwd`` (default: this process's) is where the daemon runs. The daemon runs in a
-    session of its own: a terminal's Ctrl-C reaches its starter only, which stops it.
+    session of its own: a terminal's Ctrl-C reaches its starter only, which stops it. With a
+    ``hostname`` it runs in a UTS namespace of its own under that name (``unshare -u``,
+    root only): several hosts on one machine.
     """
 
     def __init__(self, workdir: Path, dsn: str, endpoint_url: str, **settings: Any) -> None:
@@ -121,6 +125,7 @@ class DaemonProcess:
         self.extra_env: dict[str, str] = {}
         self.cwd: Path | None = None
         self.started = 0.0  # time.perf_counter() at the last start
+        self.hostname: str | None = None
 
     def write_job(self, name: str, job: dict[str, Any] | str) -> Path:
         path = self.jobs_dir / f"{name}.yaml"
@@ -160,7 +165,10 @@ class DaemonProcess:
 
     def command(self) -> list[str]:
         """The daemon's argv; a subclass may wrap it (in a mount namespace, say)."""
-        return self.cli("run")
+        if self.hostname is None:
+            return self.cli("run")
+        named = 'hostname "$0" && exec "$@"'
+        return ["unshare", "-u", "sh", "-c", named, self.hostname, *self.cli("run")]
 
     def wait_ready(self, nth: int = 1, timeout: float = 30.0) -> None:
         """Until the ``nth`` READY=1; a daemon that exits first fails the wait at once."""
@@ -211,3 +219,23 @@ class DaemonProcess:
             self.notes.close()
         if self._sock_dir:
             shutil.rmtree(self._sock_dir, ignore_errors=True)
+
+
+def metric(port: int, name: str, **labels: str) -> float | None:
+    """A sample of a daemon's /metrics on 127.0.0.1:``port`` (counters by their ``_total``
+    name), or None when it has none with exactly these labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+def can_name_hosts() -> bool:
+    """Whether a daemon can have a hostname of its own here: root and ``unshare -u``."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    done = subprocess.run(["unshare", "-u", "true"], capture_output=True, check=False)
+    return done.returncode == 0

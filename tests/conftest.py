@@ -212,10 +212,15 @@ def make_daemon(
     made: list[DaemonProcess] = []
 
     def make(
-        *, dsn: str = migrated_dsn, endpoint_url: str = s3_server.endpoint_url, **settings: object
+        *,
+        dsn: str = migrated_dsn,
+        endpoint_url: str = s3_server.endpoint_url,
+        hostname: str | None = None,
+        **settings: object,
     ) -> DaemonProcess:
-        workdir = tmp_path_factory.mktemp("daemon")
+        workdir = tmp_path_factory.mktemp(hostname or "daemon")
         daemon = DaemonProcess(workdir, dsn, endpoint_url, **settings)
+        daemon.hostname = hostname
         made.append(daemon)
         return daemon
 

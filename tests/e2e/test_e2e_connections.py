@@ -15,7 +15,16 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from devstack import DaemonProcess, PgBouncer, PostgresCluster, wait_for
+from devstack import (
+    DaemonProcess,
+    PgBouncer,
+    PostgresCluster,
+    S3Server,
+    can_name_hosts,
+    free_port,
+    metric,
+    wait_for,
+)
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 
@@ -130,15 +139,19 @@ def test_an_idle_daemon_holds_one_connection(
     bucket: str,
     sql: Sql,
 ) -> None:
-    source = {"paths": [str(root)], "settle": "0.5s", "rescan": "1h"}
-    daemon = start(
-        make_daemon, migrated_dsn, 4, {"source": source, "destination": {"bucket": bucket}}
+    port = free_port()
+    daemon = make_daemon(
+        database={"dsn": migrated_dsn, "connections": 4}, metrics={"listen": f"127.0.0.1:{port}"}
     )
+    source = {"paths": [str(root)], "settle": "0.5s", "rescan": "1h"}
+    daemon.write_job("lab", {"source": source, "destination": {"bucket": bucket}})
+    daemon.start()
     for i in range(200):
         (root / f"f{i}.bin").write_bytes(b"x")
     wait_for(lambda: uploaded(sql) == 200, timeout=60, message="the burst uploaded")
     # The sweeps keep borrowing every few seconds; the listener lends them its connection.
     wait_for(lambda: daemon_connections(sql) == 1, timeout=40, message="one connection idle")
+    assert metric(port, "uploaderd_db_connections") == 1
     assert daemon.stop() == 0
 
 
@@ -205,4 +218,36 @@ def test_the_daemon_and_its_commands_through_pgbouncer_in_session_mode(
         )
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["jobs"]["lab"]["states"] == {"uploaded": 42}
+        assert daemon.stop() == 0
+
+
+@pytest.mark.skipif(not can_name_hosts(), reason="needs root and unshare -u for hostnames")
+def test_three_hosts_upload_a_shared_burst_each_file_once(
+    make_daemon: Callable[..., DaemonProcess],
+    migrated_dsn: str,
+    root: Path,
+    bucket: str,
+    sql: Sql,
+    s3_server: S3Server,
+) -> None:
+    spec = {
+        "source": {"paths": [str(root)], "settle": "0.5s", "rescan": "1h", "shared": True},
+        "destination": {"bucket": bucket, "key": "in/${relpath}"},
+    }
+    daemons = []
+    for name in ("host-a", "host-b", "host-c"):
+        daemon = make_daemon(hostname=name, database={"dsn": migrated_dsn, "connections": 2})
+        daemon.write_job("lab", spec)
+        daemons.append(daemon.start())
+    for i in range(300):
+        (root / f"f{i:03d}.bin").write_bytes(f"file {i}".encode())
+    wait_for(lambda: uploaded(sql) == 300, timeout=90, message="300 shared files uploaded")
+    # Each file once: one version, one successful attempt, one object.
+    assert sql("SELECT count(*), count(DISTINCT relpath) FROM file_versions") == [(300, 300)]
+    assert sql("SELECT count(*) FROM upload_attempts WHERE outcome = 'uploaded'") == [(300,)]
+    hosts = {row[0] for row in sql("SELECT DISTINCT host FROM upload_attempts")}
+    assert hosts <= {"host-a", "host-b", "host-c"} and hosts
+    listing = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="in/")
+    assert listing["KeyCount"] == 300
+    for daemon in daemons:
         assert daemon.stop() == 0

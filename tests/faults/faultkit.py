@@ -10,18 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import shutil
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-from devstack import DaemonProcess
 
 MAX_CONNECTIONS = 64
 _IDLE_LIMIT = 120.0  # a proxied connection left silent this long is closed
@@ -157,40 +152,6 @@ def _reset(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
-
-
-def can_be_another_host() -> bool:
-    """Root and ``unshare -u``: a daemon with a host name of its own."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return False
-    return (
-        subprocess.run(["unshare", "-u", "true"], capture_output=True, check=False).returncode == 0
-    )
-
-
-class HostDaemon(DaemonProcess):
-    """The harness's daemon on "another host": its own UTS namespace and host name."""
-
-    def __init__(self, hostname: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.hostname = hostname
-
-    def command(self) -> list[str]:
-        return [
-            "unshare",
-            "-u",
-            "--",
-            "sh",
-            "-c",
-            'hostname "$0" && exec "$@"',
-            self.hostname,
-            sys.executable,
-            "-m",
-            "uploaderd",
-            "run",
-            "-c",
-            str(self.config_path),
-        ]
 
 
 class TricklingEndpoint:

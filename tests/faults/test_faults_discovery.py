@@ -18,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,10 +25,9 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, WatchDescriptor
 
-from devstack import DaemonProcess, S3Server, free_port, wait_for
+from devstack import DaemonProcess, S3Server, free_port, metric, wait_for
 from uploaderd.config.settings import Job, S3Settings, parse_job_text
 from uploaderd.daemon.disposal import Disposer
 from uploaderd.discovery.discovery import Discovery
@@ -117,16 +115,6 @@ def wait_state(
 
 def s3_body(s3: S3Server, bucket: str, key: str) -> bytes:
     return bytes(s3.client().get_object(Bucket=bucket, Key=key)["Body"].read())
-
-
-def metric(port: int, name: str, **labels: str) -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return None
 
 
 def lab_job(root: Path, **source: Any) -> Job:

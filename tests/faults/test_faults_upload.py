@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,21 @@ import psycopg2
 import pytest
 from faultkit import (
     FaultProxy,
-    HostDaemon,
     TricklingEndpoint,
-    can_be_another_host,
     daemon_threads,
     idle_connections,
 )
 from pytest_httpserver import HTTPServer
 
-from devstack import DaemonProcess, PostgresCluster, S3Server, free_port, wait_for
+from devstack import (
+    DaemonProcess,
+    PostgresCluster,
+    S3Server,
+    can_name_hosts,
+    free_port,
+    metric,
+    wait_for,
+)
 from uploaderd.ledger.store import Ledger, NewVersion
 from uploaderd.policy.settle import Candidate, Signature
 
@@ -461,14 +466,6 @@ def test_s3_down_for_30s(
 # --- the process ---------------------------------------------------------------------------
 
 
-def metric(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
-    for line in text.decode().splitlines():
-        if line.startswith(name):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 @pytest.mark.slow
 def test_kill9_mid_multipart_resumes_visibly_and_counts_only_bytes_sent(
     make_daemon: Callable[..., DaemonProcess],
@@ -508,8 +505,8 @@ def test_kill9_mid_multipart_resumes_visibly_and_counts_only_bytes_sent(
     (sent,) = sql("SELECT bytes FROM upload_attempts WHERE outcome = 'uploaded'")[0]
     assert 0 < sent <= len(data) - 2 * 16 * MiB, "only the missing parts were sent"
     assert "resumed multipart upload" in daemon.log()
-    assert metric(port, 'uploaderd_upload_bytes_total{job="lab"}') == sent
-    assert metric(port, 'uploaderd_multipart_resumes_total{job="lab"}') == 1
+    assert metric(port, "uploaderd_upload_bytes_total", job="lab") == sent
+    assert metric(port, "uploaderd_multipart_resumes_total", job="lab") == 1
     assert sql("SELECT outcome FROM upload_attempts ORDER BY attempt") == [
         ("expired",),
         ("uploaded",),
@@ -634,29 +631,9 @@ def test_trigger_timeout_is_a_deadline_and_a_slow_endpoint_holds_no_other_job(
 # --- two hosts -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def make_host(
-    tmp_path_factory: pytest.TempPathFactory,
-    migrated_dsn: str,
-    s3_server: S3Server,
-) -> Iterator[Callable[..., HostDaemon]]:
-    made: list[HostDaemon] = []
-
-    def make(hostname: str) -> HostDaemon:
-        daemon = HostDaemon(
-            hostname, tmp_path_factory.mktemp(hostname), migrated_dsn, s3_server.endpoint_url
-        )
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.cleanup()
-
-
-@pytest.mark.skipif(not can_be_another_host(), reason="needs root and unshare -u")
+@pytest.mark.skipif(not can_name_hosts(), reason="needs root and unshare -u")
 def test_two_hosts_one_job_same_path_different_content_is_refused_and_verified(
-    make_host: Callable[..., HostDaemon],
+    make_daemon: Callable[..., DaemonProcess],
     tmp_path: Path,
     bucket: str,
     s3_server: S3Server,
@@ -667,7 +644,7 @@ def test_two_hosts_one_job_same_path_different_content_is_refused_and_verified(
     roots = {name: tmp_path / name for name in ("a", "b")}
     for path in roots.values():
         path.mkdir()
-    daemons = {name: make_host(f"host-{name}") for name in roots}
+    daemons = {name: make_daemon(hostname=f"host-{name}") for name in roots}
     for name, daemon in daemons.items():
         spec = lab_job(roots[name], bucket)
         del spec["destination"]["key"]  # the default: ${job}/${relpath}

@@ -77,6 +77,7 @@ CONTRACT = {
     "uploaderd_trigger_requests_total": {"job", "outcome"},
     "uploaderd_s3_requests_total": {"op", "code"},
     "uploaderd_db_up": set(),
+    "uploaderd_db_connections": set(),
     "uploaderd_config_reload_success": set(),
     "uploaderd_watches": {"job"},
     "uploaderd_watch_errors_total": {"job"},

@@ -59,6 +59,7 @@ class Daemon:
         self._watchdog_interval = watchdog_usec / 2e6 if watchdog_usec else None
         # Every thread's ledger shares these connections (database.connections).
         self.budget = connection_budget(config.dsn, config.connections, "uploaderd")
+        metrics.db_connections.set_function(lambda: self.budget.opened)
         self.discovery = Discovery(
             self._ledger("uploaderd discovery"),
             host=self.host,

@@ -109,6 +109,9 @@ destination_paused = Gauge(
     ["job", "op"],
 )
 db_up = Gauge("uploaderd_db_up", "1 while PostgreSQL answers")
+db_connections = Gauge(
+    "uploaderd_db_connections", "Database connections open, at most database.connections"
+)
 config_reload_success = Gauge(
     "uploaderd_config_reload_success", "1 if the last load of config and jobs had no error"
 )
