@@ -100,9 +100,8 @@ def test_the_listener_lends_its_connection_to_a_thread_that_needs_one(opener: Op
     got: list[FakeConnection] = []
 
     def listen() -> None:
-        with budget.listening() as lent:
-            assert lent is not None
-            connection, lend = lent
+        with budget.listening() as (connection, lend):
+            assert connection is not None
             got.append(connection)
             ready, _, _ = select.select([lend], [], [], 30)
             if ready:
@@ -127,9 +126,8 @@ def test_a_connection_unused_for_a_while_is_closed() -> None:
     with budget.connection() as again:
         assert again is first and not first.closed
     now[0] = 16.0  # 11 s unused
-    with budget.listening() as lent:
-        assert lent is not None
-        connection = lent[0]
+    with budget.listening() as (connection, _):
+        assert connection is not None
         assert first.closed and connection is not first
     budget.close()
     assert connection.closed and budget.opened == 0
@@ -185,10 +183,27 @@ def test_a_listener_waits_without_a_connection_rather_than_open_another(
     opener: Opener,
 ) -> None:
     budget = Budget(opener, 2)
-    with budget.listening() as first:  # nothing open yet: the listener opens one
+    with budget.listening() as (first, _):  # nothing open yet: the listener opens one
         assert first is not None
-    with budget.connection() as lent, budget.listening() as second:
-        assert not lent.closed and second is None
+    returned = threading.Event()
+    lent = threading.Event()
+
+    def borrow() -> None:
+        with budget.connection():
+            lent.set()
+            returned.wait(10)
+
+    thread = threading.Thread(target=borrow)
+    thread.start()
+    assert lent.wait(10)
+    with budget.listening() as (second, wake):
+        assert second is None
+        returned.set()  # the borrower gives it back: the bare listener is woken
+        ready, _, _ = select.select([wake], [], [], 10)
+        assert ready == [wake]
+    thread.join(10)
+    with budget.listening() as (third, _):
+        assert third is first
     assert len(opener.made) == 1
 
 

@@ -84,6 +84,7 @@ class Budget(Generic[C]):
         self._pinned: dict[int, int] = {}  # id() of a pinned connection → pins on it
         self._wanted: set[int] = set()  # id() of pinned connections their thread waits for
         self._listening: C | None = None  # lent to a thread that waits on it and yields it
+        self._bare = False  # a listener waits without a connection, for one to come back
         self._lent: set[int] = set()  # id() of each connection lent out
         self._doomed: set[int] = set()  # lent when close() was called: closed on return
         self._yield_r, self._yield_w = os.pipe()
@@ -134,11 +135,12 @@ class Budget(Generic[C]):
                     del self._pinned[id(connection)]
 
     @contextmanager
-    def listening(self) -> Iterator[tuple[C, int] | None]:
+    def listening(self) -> Iterator[tuple[C | None, int]]:
         """A free connection to wait on, with a descriptor that becomes readable when
         another thread needs it: the waiter then ends its wait, and the block, to lend it.
-        None when every open connection is lent out: the waiter then waits without one
-        rather than open another, which is what keeps an idle host at one connection."""
+        When every open connection is lent out, no connection (the waiter waits without one
+        rather than open another, which keeps an idle host at one connection), and the
+        descriptor becomes readable as soon as one comes back."""
         must_open = False
         with self._lock:
             self._close_idle()  # an idle host borrows nothing else that would
@@ -148,26 +150,27 @@ class Budget(Generic[C]):
                 connection = None
                 must_open = self._opened == 0
                 self._opened += must_open
+                self._bare = not must_open
         if must_open:
             connection = self._open()
             with self._lock:
                 self._lend(connection)
-        if connection is None:
-            yield None
-            return
-        self._held.connection = connection
-        with self._lock:
-            self._listening = connection
-            if self._turns or id(connection) in self._wanted:
-                os.write(self._yield_w, b"x")
+        if connection is not None:
+            self._held.connection = connection
+            with self._lock:
+                self._listening = connection
+                if self._turns or id(connection) in self._wanted:
+                    os.write(self._yield_w, b"x")
         try:
             yield connection, self._yield_r
         finally:
             with self._lock:
                 self._listening = None
+                self._bare = False
             self._drain_yield()
-            self._held.connection = None
-            self._release(connection)
+            if connection is not None:
+                self._held.connection = None
+                self._release(connection)
 
     def close(self) -> None:
         """Close every free connection now, and each lent one when it comes back; the
@@ -258,6 +261,8 @@ class Budget(Generic[C]):
                     self._turns.popleft().connection = connection
                 else:
                     self._free.append(_Idle(connection, self._clock()))
+                    if self._bare:
+                        os.write(self._yield_w, b"x")  # the listener may take it now
                 return
             self._opened -= 1
             self._hand_on()

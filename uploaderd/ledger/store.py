@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import re
 import select
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -509,28 +510,37 @@ class Ledger:
         """Block until new work is announced, ``extra_fds`` are readable, another thread
         needs the connection, or ``timeout``. True on an announcement, and when the wait
         had to start listening (what was announced before is lost: look for work). With
-        every connection of a shared budget lent out, it waits on ``extra_fds`` alone; a
-        listening connection keeps what arrives meanwhile for the next wait."""
-        with self._budget.listening() as lent:
-            if lent is None:
-                select.select(list(extra_fds), [], [], timeout)
-                return False
-            session, lend = lent
-            if not session.listening:
-                self._listen(session)
-                return True
-            # A notification can also arrive with the result of any statement (a claim, a
-            # lent connection's work), and then the socket has nothing more to read.
-            if not session.notifies:
-                watched: list[Any] = [session, lend, *extra_fds]
-                ready, _, _ = select.select(watched, [], [], timeout)
-                if session not in ready:
+        every connection of a shared budget lent out, it waits without one until one comes
+        back (a listening connection keeps what arrived meanwhile), then waits on that."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._budget.listening() as (session, wake):
+                left = max(0.0, deadline - time.monotonic())
+                if session is not None:
+                    return self._wait_on(session, wake, left, extra_fds)
+                ready, _, _ = select.select([wake, *extra_fds], [], [], left)
+                if ready != [wake] or time.monotonic() >= deadline:
                     return False
-                with _mapped(session):
-                    session.poll()
-            notified = bool(session.notifies)
-            session.notifies.clear()
-            return notified
+            # A connection came back: wait on it for what is left of the timeout.
+
+    def _wait_on(
+        self, session: Session, wake: int, timeout: float, extra_fds: Sequence[int]
+    ) -> bool:
+        if not session.listening:
+            self._listen(session)
+            return True
+        # A notification can also arrive with the result of any statement (a claim, a lent
+        # connection's work), and then the socket has nothing more to read.
+        if not session.notifies:
+            watched: list[Any] = [session, wake, *extra_fds]
+            ready, _, _ = select.select(watched, [], [], timeout)
+            if session not in ready:
+                return False
+            with _mapped(session):
+                session.poll()
+        notified = bool(session.notifies)
+        session.notifies.clear()
+        return notified
 
     @staticmethod
     def _listen(session: Session) -> None:
