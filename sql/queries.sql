@@ -403,11 +403,9 @@ SELECT version FROM uploaderd_migrations;
 INSERT INTO uploaderd_migrations (version, name) VALUES (%(version)s, %(name)s);
 
 -- name: lock_migrations
--- Session-level, so it spans the one transaction per migration file.
-SELECT pg_advisory_lock(hashtext('uploaderd'), hashtext('migrate'));
-
--- name: unlock_migrations
-SELECT pg_advisory_unlock(hashtext('uploaderd'), hashtext('migrate'));
+-- For the transaction of one migration file: two hosts migrating at once take turns, and
+-- the second finds the file applied (a transaction-level lock holds through any pooler).
+SELECT pg_advisory_xact_lock(hashtext('uploaderd'), hashtext('migrate'));
 
 -- name: open_run_session
 -- One run of `uploaderd upload` is one session.
@@ -560,12 +558,26 @@ SET state = %(state)s, last_status = %(status)s, last_error = %(error)s,
     updated_at = now()
 WHERE id = %(id)s AND attempts = %(attempt)s;
 
--- name: try_named_lock
--- Session-level: held across one sweep or dispatch run (never a transaction), then released.
-SELECT pg_try_advisory_lock(hashtext('uploaderd'), hashtext(%(name)s));
+-- name: take_lease
+-- A lease for this process: taken when free or expired, and with renew also when this
+-- process holds it already. One probe of the primary key; a renewal updates expires_at in
+-- place (HOT).
+INSERT INTO leases AS l (name, holder, host, expires_at)
+VALUES (%(name)s, %(holder)s, %(host)s, now() + make_interval(secs => %(seconds)s))
+ON CONFLICT (name) DO UPDATE
+SET holder = excluded.holder, host = excluded.host, expires_at = excluded.expires_at
+WHERE l.expires_at < now() OR (%(renew)s AND l.holder = excluded.holder)
+RETURNING true;
 
--- name: named_unlock
-SELECT pg_advisory_unlock(hashtext('uploaderd'), hashtext(%(name)s));
+-- name: drop_lease
+DELETE FROM leases WHERE name = %(name)s AND holder = %(holder)s;
+
+-- name: lease_holders_on_host
+-- Whose leases this host has: those of its dead processes are freed at once.
+SELECT DISTINCT holder FROM leases WHERE host = %(host)s;
+
+-- name: drop_leases_of
+DELETE FROM leases WHERE holder = ANY(%(holders)s);
 
 -- name: notify_due_retries
 -- The retry sweep: wake every daemon for each job whose failed files are due again. Two

@@ -541,6 +541,17 @@ FROM ledger_job_counts c
 GROUP BY c.job
 HAVING sum(c.files) > 0;
 
+-- --- leases -------------------------------------------------------------------------------
+
+-- Cluster-wide leases, as rows that hold across PgBouncer's transaction pooling: whose turn
+-- it is to run a sweep, and which host discovers a shared job's roots.
+CREATE TABLE leases (
+    name       text        PRIMARY KEY,
+    holder     text        NOT NULL,  -- host:pid:token of the holding process
+    host       text        NOT NULL,
+    expires_at timestamptz NOT NULL
+) WITH (fillfactor = 50);
+
 -- --- migrations ---------------------------------------------------------------------------
 
 -- What `uploaderd migrate` keeps (sql/queries.sql, create_migrations_table): a database
@@ -560,4 +571,5 @@ INSERT INTO uploaderd_migrations (version, name) VALUES
     (7, '0007_unsent_registrations.sql'),
     (8, '0008_ctime_in_signature.sql'),
     (9, '0009_gone_and_keys.sql'),
-    (10, '0010_claims_per_job.sql');
+    (10, '0010_claims_per_job.sql'),
+    (11, '0011_leases.sql');

@@ -1,12 +1,14 @@
 """The daemon within its connection budget (database.connections): every component makes
 progress at a budget of one, a burst never holds more than the budget, an idle daemon holds
-one connection."""
+one connection. Through PgBouncer in both pooling modes; and hosts sharing a job, whose
+files one of them discovers."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -75,10 +77,14 @@ def lab_job(root: Path, bucket: str, trigger_url: str) -> dict[str, Any]:
 
 
 def start(
-    make_daemon: Callable[..., DaemonProcess], dsn: str, connections: int, spec: dict[str, Any]
+    make_daemon: Callable[..., DaemonProcess],
+    dsn: str,
+    connections: int,
+    spec: dict[str, Any],
+    pool_mode: str = "session",
 ) -> DaemonProcess:
     """A started daemon with the job "lab" and a budget of ``connections`` on ``dsn``."""
-    daemon = make_daemon(database={"dsn": dsn, "connections": connections})
+    daemon = make_daemon(database={"dsn": dsn, "connections": connections, "pool_mode": pool_mode})
     daemon.write_job("lab", spec)
     return daemon.start()
 
@@ -163,8 +169,8 @@ def test_uploads_go_on_while_a_registration_waits_on_its_endpoint(
     sql: Sql,
     httpserver: HTTPServer,
 ) -> None:
-    # The trigger sweep holds its cluster-wide lock (in its pinned session) for the whole
-    # call; at a budget of one, the others borrow that connection meanwhile.
+    # The trigger sweep holds its cluster-wide lease for the whole call, but no connection:
+    # at a budget of one, the others go on meanwhile.
     answering = threading.Event()
     called = threading.Event()
 
@@ -202,8 +208,8 @@ def test_the_daemon_and_its_commands_through_pgbouncer_in_session_mode(
     sql: Sql,
     httpserver: HTTPServer,
 ) -> None:
-    # Session pooling keeps what the daemon puts in its sessions: prepared statements,
-    # LISTEN, the sweeps' advisory locks; the commands go through it too.
+    # Session pooling keeps what the daemon puts in its sessions: prepared statements and
+    # LISTEN; the commands go through it too.
     httpserver.expect_request("/register").respond_with_json({"ok": True})
     with PgBouncer(pg_cluster, pool_mode="session", pool_size=3) as bouncer:
         dsn = bouncer.dsn(migrated_dsn.rsplit("/", 1)[1])
@@ -221,8 +227,54 @@ def test_the_daemon_and_its_commands_through_pgbouncer_in_session_mode(
         assert daemon.stop() == 0
 
 
+def test_migrate_the_daemon_and_its_commands_through_pgbouncer_in_transaction_mode(
+    make_daemon: Callable[..., DaemonProcess],
+    pg_cluster: PostgresCluster,
+    root: Path,
+    bucket: str,
+    httpserver: HTTPServer,
+) -> None:
+    # One server connection for everything: two `migrate` at once, the daemon's two
+    # connections and a command each run their transactions on it, in turn. Anything kept
+    # in a server session (a prepared statement, LISTEN, a session lock or setting) would
+    # meet another client's transaction there.
+    httpserver.expect_request("/register").respond_with_json({"ok": True})
+    name = f"fresh_{uuid.uuid4().hex[:12]}"  # not migrated yet, unlike the test's own
+    pg_cluster.create_database(name)
+    try:
+        with PgBouncer(pg_cluster, pool_mode="transaction", pool_size=1) as bouncer:
+            dsn = bouncer.dsn(name)
+            spec = lab_job(root, bucket, httpserver.url_for("/register"))
+            daemon = make_daemon(dsn=dsn, database={"dsn": dsn, "pool_mode": "transaction"})
+            daemon.write_job("lab", spec)
+            migrations = [
+                subprocess.Popen(daemon.cli("migrate"), stdout=subprocess.PIPE, text=True)
+                for _ in range(2)
+            ]
+            outputs = [m.communicate(timeout=120)[0] for m in migrations]
+            assert [m.returncode for m in migrations] == [0, 0], outputs
+            assert sum(line.startswith("applied ") for out in outputs for line in out.splitlines())
+            daemon.start()
+            for run in ("run-1", "run-2"):
+                write_run(root, run, 20)
+            wait_for(lambda: len(httpserver.log) == 2, timeout=90, message="two registrations")
+            wait_for(
+                lambda: not any(p.is_file() for p in root.rglob("*")),
+                timeout=60,
+                message="every source file deleted after its upload",
+            )
+            status = subprocess.run(
+                daemon.cli("status", "--json"), capture_output=True, text=True, timeout=60
+            )
+            assert status.returncode == 0, status.stderr
+            assert json.loads(status.stdout)["jobs"]["lab"]["states"] == {"uploaded": 42}
+            assert daemon.stop() == 0
+    finally:
+        pg_cluster.drop_database(name)
+
+
 @pytest.mark.skipif(not can_name_hosts(), reason="needs root and unshare -u for hostnames")
-def test_three_hosts_upload_a_shared_burst_each_file_once(
+def test_three_hosts_upload_a_shared_burst_each_file_once_and_one_discovers_it(
     make_daemon: Callable[..., DaemonProcess],
     migrated_dsn: str,
     root: Path,
@@ -234,20 +286,53 @@ def test_three_hosts_upload_a_shared_burst_each_file_once(
         "source": {"paths": [str(root)], "settle": "0.5s", "rescan": "1h", "shared": True},
         "destination": {"bucket": bucket, "key": "in/${relpath}"},
     }
-    daemons = []
+    hosts: dict[str, tuple[DaemonProcess, int]] = {}
     for name in ("host-a", "host-b", "host-c"):
-        daemon = make_daemon(hostname=name, database={"dsn": migrated_dsn, "connections": 2})
+        port = free_port()
+        daemon = make_daemon(
+            hostname=name,
+            database={"dsn": migrated_dsn, "connections": 2},
+            metrics={"listen": f"127.0.0.1:{port}"},
+        )
         daemon.write_job("lab", spec)
-        daemons.append(daemon.start())
+        hosts[name] = (daemon.start(), port)
+
+    def leaders() -> list[str]:
+        return [
+            name
+            for name, (daemon, port) in hosts.items()
+            if daemon.alive() and metric(port, "uploaderd_discovery_leading", job="lab") == 1
+        ]
+
+    wait_for(lambda: len(leaders()) == 1, timeout=30, message="one host discovers the job")
     for i in range(300):
         (root / f"f{i:03d}.bin").write_bytes(f"file {i}".encode())
     wait_for(lambda: uploaded(sql) == 300, timeout=90, message="300 shared files uploaded")
     # Each file once: one version, one successful attempt, one object.
     assert sql("SELECT count(*), count(DISTINCT relpath) FROM file_versions") == [(300, 300)]
     assert sql("SELECT count(*) FROM upload_attempts WHERE outcome = 'uploaded'") == [(300,)]
-    hosts = {row[0] for row in sql("SELECT DISTINCT host FROM upload_attempts")}
-    assert hosts <= {"host-a", "host-b", "host-c"} and hosts
+    hosts_uploading = {row[0] for row in sql("SELECT DISTINCT host FROM upload_attempts")}
+    assert hosts_uploading <= set(hosts) and hosts_uploading
     listing = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="in/")
     assert listing["KeyCount"] == 300
-    for daemon in daemons:
-        assert daemon.stop() == 0
+    # One enqueue attempt per file, all by the discovering host: the other two neither
+    # looked the files up nor offered them to the ledger.
+    [leader] = leaders()
+    offered = {
+        name: sum(
+            metric(port, "uploaderd_files_discovered_total", job="lab", source=source) or 0
+            for source in ("watch", "scan")
+        )
+        for name, (daemon, port) in hosts.items()
+    }
+    assert offered == {name: 300 if name == leader else 0 for name in hosts}
+    # Its host stops: another takes the discovery over, and finds what arrived meanwhile.
+    assert hosts[leader][0].stop() == 0
+    for i in range(300, 350):
+        (root / f"f{i:03d}.bin").write_bytes(f"file {i}".encode())
+    wait_for(lambda: uploaded(sql) == 350, timeout=90, message="50 more after the stop")
+    assert len(leaders()) == 1 and leaders() != [leader]
+    assert sql("SELECT count(*), count(DISTINCT relpath) FROM file_versions") == [(350, 350)]
+    for daemon, _ in hosts.values():
+        if daemon.alive():
+            assert daemon.stop() == 0

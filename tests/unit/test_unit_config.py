@@ -273,6 +273,8 @@ def test_daemon_config_every_key(tmp_path: Path) -> None:
         """\
 database:
   dsn: postgresql://uploaderd@db.local/uploaderd
+  connections: 1
+  pool_mode: transaction
 jobs_dir: /srv/jobs.d
 workers: 3
 metrics:
@@ -294,6 +296,8 @@ shutdown_grace: 2m
         dsn="postgresql://uploaderd@db.local/uploaderd",
         jobs_dir=Path("/srv/jobs.d"),
         workers=3,
+        connections=1,
+        pool_mode="transaction",
         metrics_listen="",
         s3=S3Settings("http://127.0.0.1:9000", "eu-west-1", "lab", "when_required"),
         log_level="debug",
@@ -340,6 +344,7 @@ jobs_dir: jobs.d
 log: {level: loud}
 shutdown_grace: soon
 wrokers: 2
+database: {pool_mode: statement}
 """,
     )
     with pytest.raises(ConfigError) as caught:
@@ -358,6 +363,7 @@ wrokers: 2
         (6, "wrokers"): "unknown key; did you mean 'workers'? (known here: allowed_buckets, "
         "allowed_roots, database, jobs_dir, ledger, log, metrics, s3, "
         "shutdown_grace, workers)",
+        (7, "database.pool_mode"): "expected one of session, transaction, got 'statement'",
     }
     # The message a person reads names file, line and key.
     assert f"{file}:1: workers: must be at least 1, got 0" in str(caught.value).splitlines()

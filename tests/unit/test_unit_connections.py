@@ -1,10 +1,11 @@
 """The connection budget (uploaderd.ledger.connections) on stand-in connections: never more
 than its size, a thread borrowing twice gets the one it holds, a listener lends its own, idle
-ones close, a failed open gives its place back."""
+ones close, a failed open gives its place back, the bell wakes a waiter without one."""
 
 from __future__ import annotations
 
 import itertools
+import os
 import select
 import threading
 
@@ -207,56 +208,27 @@ def test_a_listener_waits_without_a_connection_rather_than_open_another(
     assert len(opener.made) == 1
 
 
-def test_a_pinned_connection_serves_its_thread_and_is_lent_in_between(opener: Opener) -> None:
+def test_the_bell_wakes_a_waiter_that_holds_no_connection(opener: Opener) -> None:
     budget = Budget(opener, 1)
-    borrowed: list[FakeConnection] = []
-    with budget.pinned() as pin:
-        with budget.connection() as first:
-            assert first is pin
-        # Between its transactions (an endpoint called, say) another thread may borrow it,
-        # even at a budget of one.
-        other = threading.Thread(target=lambda: borrowed.append(_borrow(budget)))
-        other.start()
-        other.join(10)
-        assert borrowed == [pin]
-        with budget.connection() as again:
-            assert again is pin
-    assert len(opener.made) == 1
+    assert budget.wait_for_ring(0.05) is False  # nothing rang: the timeout
+    heard: list[bool] = []
+    waiter = threading.Thread(target=lambda: heard.append(budget.wait_for_ring(10)))
+    waiter.start()
+    budget.ring()
+    waiter.join(10)
+    assert heard == [True]
+    assert budget.wait_for_ring(0) is False  # heard once: the bell is quiet again
+    assert opener.made == []  # waiting took no connection
 
 
-def test_the_pinning_thread_waits_for_its_connection_to_come_back(opener: Opener) -> None:
-    budget = Budget(opener, 2)
-    lent = threading.Event()
-    give_back = threading.Event()
-
-    def hold_it() -> None:
-        with budget.connection():
-            lent.set()
-            give_back.wait(10)
-
-    with budget.pinned() as pin:
-        thread = threading.Thread(target=hold_it)
-        thread.start()
-        assert lent.wait(10)
-
-        # Once this thread waits for its own connection, the other gives it back.
-        def release_when_wanted() -> None:
-            wait_for(lambda: id(pin) in budget._wanted, message="the owner waits")
-            give_back.set()
-
-        threading.Thread(target=release_when_wanted).start()
-        with budget.connection() as again:  # not the free place: its own pinned one
-            assert again is pin and give_back.is_set()
-        thread.join(10)
-    assert len(opener.made) == 1
-
-
-def test_a_pin_whose_connection_closed_gets_another(opener: Opener) -> None:
+def test_the_bell_waiter_also_wakes_for_other_descriptors(opener: Opener) -> None:
     budget = Budget(opener, 1)
-    with budget.pinned() as pin:
-        pin.close()  # its session, and the lock in it, are gone
-        with budget.connection() as replacement:
-            assert replacement is not pin and not replacement.closed
+    read, write = os.pipe()
+    os.write(write, b"x")
+    assert budget.wait_for_ring(10, [read]) is False  # woken, but not by the bell
+    for _ in range(10_000):  # a ring that finds the pipe full is not lost, nor an error
+        budget.ring()
+    assert budget.wait_for_ring(0) is True
 
 
 def _borrow(budget: Budget[FakeConnection]) -> FakeConnection:

@@ -93,7 +93,7 @@ def workers_option(sub: argparse.ArgumentParser) -> None:
 
 @contextmanager
 def open_ledger(config: DaemonConfig, command: str) -> Iterator[Ledger]:
-    ledger = Ledger(config.dsn, application_name=f"uploaderd {command}").connect()
+    ledger = Ledger.of(config, f"uploaderd {command}").connect()
     try:
         yield ledger
     finally:

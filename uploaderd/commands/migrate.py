@@ -21,7 +21,7 @@ def add_parser(parsers: Parsers) -> None:
 
 
 def migrate(args: argparse.Namespace, config: DaemonConfig) -> int:
-    applied = schema.migrate(config.dsn)
+    applied = schema.migrate(config.dsn, pool_mode=config.pool_mode)
     if args.json:
         print_json({"applied": applied})
     else:

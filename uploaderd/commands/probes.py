@@ -20,7 +20,7 @@ from uploaderd.upload.storage import Storage, s3_errors
 
 
 def connect_findings(config: DaemonConfig, jobs: dict[str, Job]) -> Iterator[Finding]:
-    ledger = Ledger(config.dsn, application_name="uploaderd check")
+    ledger = Ledger.of(config, "uploaderd check")
     try:
         ledger.connect().ping()
         missing = schema.pending(ledger)

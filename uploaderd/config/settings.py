@@ -35,6 +35,7 @@ DEFAULT_JOBS_DIR = Path("/etc/uploaderd/jobs.d")
 # "Workers and the round trip").
 DEFAULT_WORKERS = 128
 DEFAULT_DSN = "postgresql://uploaderd@localhost/uploaderd"
+POOL_MODES = ("session", "transaction")  # database.pool_mode: PgBouncer's names
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 # A header value that takes a secret from the environment or a file: ${env:NAME}, ${file:/path}.
 SECRET_REFERENCE = re.compile(r"\$\{(env|file):([^}]+)\}")
@@ -85,6 +86,8 @@ class DaemonConfig:
     workers: int = DEFAULT_WORKERS
     # Database connections the daemon may hold at once (docs/install.md, "Many hosts").
     connections: int = 2
+    # "transaction" behind PgBouncer's transaction pooling: nothing kept in a session.
+    pool_mode: Literal["session", "transaction"] = "session"
     metrics_listen: str = "127.0.0.1:9464"  # "" disables the endpoint
     s3: S3Settings = field(default_factory=S3Settings)
     log_level: str = "info"
@@ -197,6 +200,7 @@ def _daemon_config(document: YamlDocument, env: Mapping[str, str]) -> DaemonConf
     if _dsn_has_password(dsn):
         database.problem("dsn", "must not contain a password: use PGPASSFILE or libpq's env")
     connections = database.integer("connections", DaemonConfig.connections, minimum=1)
+    pool_mode = database.choice("pool_mode", POOL_MODES, DaemonConfig.pool_mode)
     database.finish()
     dsn = env.get("UPLOADERD_DATABASE_DSN") or dsn
     jobs_dir = root.converted("jobs_dir", _absolute_path, DEFAULT_JOBS_DIR)
@@ -223,6 +227,7 @@ def _daemon_config(document: YamlDocument, env: Mapping[str, str]) -> DaemonConf
         jobs_dir=jobs_dir,
         workers=workers,
         connections=connections,
+        pool_mode=pool_mode,  # type: ignore[arg-type]
         metrics_listen=listen,
         s3=s3,
         log_level=level,

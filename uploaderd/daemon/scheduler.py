@@ -1,9 +1,10 @@
 """Periodic work inside ``uploaderd run``, on an APScheduler 3 background scheduler.
 
 The in-memory job store is rebuilt from the job files on start and reload. Sweeps that must
-run once per cluster (retries, session completion, trigger dispatch) take a PostgreSQL
-advisory lock, so several daemons on one database never double them; per-host work (lease
-reaping of this host's dead workers, after_upload on local files, rescans) needs none.
+run once per cluster (retries, session completion, trigger dispatch) take a lease in the
+ledger, so several daemons on one database never double them; per-host work (lease
+reaping of this host's dead workers, after_upload on local files, rescans) needs none. The
+discovery of shared jobs is leased too (``leadership``).
 Trigger calls wait on remote endpoints, so they run on a small pool of their own threads
 (each with its own connection): one slow endpoint holds one thread, never the other jobs'
 registrations. A prune can take minutes and has its own thread; everything else shares one.
@@ -27,10 +28,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from uploaderd.config.settings import Job, Retention
 from uploaderd.daemon.disposal import Disposer
+from uploaderd.daemon.leadership import RENEW_SECONDS, Leadership
 from uploaderd.daemon.triggers import TriggerDispatcher
 from uploaderd.errors import DatabaseUnavailable, StorageUnavailable
 from uploaderd.ledger.retention import Pruner, PruneStopped
-from uploaderd.ledger.store import Ledger
+from uploaderd.ledger.store import Ledger, lease_holder
 from uploaderd.observe import metrics
 from uploaderd.policy.health import Breaker
 from uploaderd.policy.lifecycle import call_by
@@ -62,6 +64,8 @@ class Scheduler:
         me: str,
         rescan: Callable[[str], None],
         retention: Retention,
+        can_lead: Callable[[str], bool] = lambda job: True,
+        on_leading: Callable[[str, bool], None] = lambda job, leading: None,
     ) -> None:
         self.ledger = ledger
         self.pruner = Pruner(prune_ledger)
@@ -75,6 +79,7 @@ class Scheduler:
         self._trigger_dispatchers: list[TriggerDispatcher] = []
         self._trigger_lock = threading.Lock()
         self.disposer = Disposer(ledger, host=host)
+        self.leadership = Leadership(ledger, can_lead=can_lead, on_change=on_leading)
         self.storage = Storage(pool_connections=2)
         self.jobs: Mapping[str, Job] = {}
         self.scheduler = BackgroundScheduler(
@@ -91,6 +96,7 @@ class Scheduler:
         self._every(RETRY_SWEEP_SECONDS, "retry-sweep", self.retry_sweep)
         self._every(ABANDONED_SECONDS, "abort-abandoned-uploads", self.abort_abandoned_uploads)
         self._every(PRUNE_SECONDS, "prune", self.prune, executor="retention")
+        self._every(RENEW_SECONDS, "discovery-leases", self.lead_shared_jobs)
 
     def _every(
         self,
@@ -132,10 +138,13 @@ class Scheduler:
         now = datetime.now(UTC)
         self.scheduler.modify_job("reclaim-leases", next_run_time=now)
         self.scheduler.modify_job("queue-gauges", next_run_time=now)
+        self.scheduler.modify_job("discovery-leases", next_run_time=now)
 
     def apply(self, jobs: Mapping[str, Job]) -> None:
         """Per-job tasks (rescan, sessions, triggers, after_upload) for exactly ``jobs``."""
         self.jobs = jobs
+        if self.scheduler.running:  # a new shared job wants its discovering host now
+            self.scheduler.modify_job("discovery-leases", next_run_time=datetime.now(UTC))
         for task in self.scheduler.get_jobs():
             prefix = next((p for p in _PER_JOB if task.id.startswith(p)), None)
             if prefix is not None and task.id[len(prefix) :] not in jobs:
@@ -220,6 +229,7 @@ class Scheduler:
                 "with the process"
             )
             return
+        self.leadership.release()
         self.ledger.close()
         with self._trigger_lock:
             for dispatcher in self._trigger_dispatchers:
@@ -234,6 +244,13 @@ class Scheduler:
         count = self.ledger.reclaim_leases(dead)
         if count:
             log.warning("reclaimed %d uploads whose worker died or lost its lease", count)
+        holders = self.ledger.lease_holders_on(self.host)
+        gone = dead_workers(self.host, holders, lease_holder())
+        if gone:
+            self.ledger.drop_leases_of(gone)
+
+    def lead_shared_jobs(self) -> None:
+        self.leadership.round(self.jobs)
 
     def retry_sweep(self) -> None:
         with self.ledger.named_lock("retry-sweep") as held:

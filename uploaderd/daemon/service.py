@@ -58,7 +58,9 @@ class Daemon:
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         self._watchdog_interval = watchdog_usec / 2e6 if watchdog_usec else None
         # Every thread's ledger shares these connections (database.connections).
-        self.budget = connection_budget(config.dsn, config.connections, "uploaderd")
+        self.budget = connection_budget(
+            config.dsn, config.connections, "uploaderd", pool_mode=config.pool_mode
+        )
         metrics.db_connections.set_function(lambda: self.budget.opened)
         self.discovery = Discovery(
             self._ledger("uploaderd discovery"),
@@ -85,6 +87,8 @@ class Daemon:
             me=self.pool.worker,
             rescan=self._rescan,
             retention=config.retention,
+            can_lead=lambda name: self.watcher.count(name) > 0,
+            on_leading=self.discovery.set_leading,
         )
         # Started in this order, stopped in the reverse: sources of work stop before the
         # pool, which stops claiming and hands back what it holds.
@@ -122,7 +126,7 @@ class Daemon:
     def _wait_for_database(self) -> bool:
         """Block until PostgreSQL answers (READY waits on it); False if told to stop first."""
         backoff = OUTAGE_FIRST_WAIT
-        probe = Ledger(self.config.dsn, application_name="uploaderd startup")
+        probe = Ledger.of(self.config, "uploaderd startup")
         while True:
             try:
                 probe.connect().ping()
@@ -142,7 +146,7 @@ class Daemon:
             backoff = next_outage_wait(backoff)
 
     def _schema_current(self) -> bool:
-        probe = Ledger(self.config.dsn, application_name="uploaderd startup").connect()
+        probe = Ledger.of(self.config, "uploaderd startup").connect()
         try:
             missing = schema.pending(probe)
         finally:
@@ -268,7 +272,7 @@ class Daemon:
         )
 
     def _ledger(self, application_name: str) -> Ledger:
-        return Ledger(self.config.dsn, application_name=application_name, budget=self.budget)
+        return Ledger.of(self.config, application_name, self.budget)
 
     def _db_reporter(self, component: str) -> Callable[[bool], None]:
         def report(up: bool) -> None:

@@ -8,7 +8,9 @@ the scheduler only put requests on its queue. Scans advance a slice at a time be
 events, so a long rescan never stalls event handling. Complete versions are handed in
 batches to a writer thread with a connection of its own (``enqueuer``: one round trip for
 many files, while the scan goes on); while PostgreSQL is away they wait in memory, and the
-next successful write is followed by a full rescan.
+next successful write is followed by a full rescan. A shared job's files are discovered by
+one host at a time (``daemon.leadership``): until told it leads, discovery leaves them be,
+and once told it scans the job's roots.
 
 Nothing ends the thread but ``stop()``: a problem with one file becomes that version's
 ``failed`` row with the reason, and anything unexpected is logged with the job and path it
@@ -53,7 +55,15 @@ class ScanRequest:
     job: str
 
 
-_Inbox = PathEvent | ScanRequest | dict[str, Job] | Written
+@dataclass(frozen=True)
+class Leading:
+    """Whether this host discovers a shared job's files now."""
+
+    job: str
+    leading: bool
+
+
+_Inbox = PathEvent | ScanRequest | Leading | dict[str, Job] | Written
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,7 @@ class Discovery:
         self.on_db = on_db
         self.inbox: queue.SimpleQueue[_Inbox] = queue.SimpleQueue()
         self._jobs: dict[str, _JobState] = {}
+        self._leading: set[str] = set()  # shared jobs whose files this host discovers
         self._scans: deque[_Scan] = deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="discovery", daemon=True)
@@ -132,6 +143,9 @@ class Discovery:
 
     def request_scan(self, job: str) -> None:
         self.inbox.put(ScanRequest(job))
+
+    def set_leading(self, job: str, leading: bool) -> None:
+        self.inbox.put(Leading(job, leading))
 
     def start(self) -> None:
         self._writer.start()
@@ -226,7 +240,9 @@ class Discovery:
             self._apply_jobs(item)
         elif isinstance(item, ScanRequest):
             self._start_scan(item.job)
-        elif item.job in self._jobs:
+        elif isinstance(item, Leading):
+            self._lead(item)
+        elif item.job in self._jobs and self._discovers(item.job):
             state = self._jobs[item.job]
             if item.is_dir:
                 self._add_scan(item.job, item.root, start=item.path)
@@ -247,9 +263,24 @@ class Discovery:
             else:
                 state.job = job
 
+    def _discovers(self, name: str) -> bool:
+        return not self._jobs[name].job.source.shared or name in self._leading
+
+    def _lead(self, item: Leading) -> None:
+        if not item.leading:
+            self._leading.discard(item.job)
+            state = self._jobs.get(item.job)
+            if state is not None:  # settling files are the new discovering host's now
+                state.tracker = SettleTracker(state.job.source.settle)
+                state.unchecked.clear()
+            return
+        if item.job not in self._leading:
+            self._leading.add(item.job)
+            self._start_scan(item.job)  # what arrived while another host discovered
+
     def _start_scan(self, name: str) -> None:
         state = self._jobs.get(name)
-        if state is None:
+        if state is None or not self._discovers(name):
             return
         for path in state.job.source.paths:
             self._add_scan(name, str(path))
@@ -267,7 +298,7 @@ class Discovery:
         try:
             for _, candidate in zip(range(SCAN_SLICE), current.candidates, strict=False):
                 seen += 1
-                if state is not None:
+                if state is not None and self._discovers(current.job):
                     self._observe(state, candidate, "scan")
         except Exception:
             log.exception(
@@ -420,4 +451,6 @@ def _describe(item: _Inbox) -> str:
         return "a change of the job set"
     if isinstance(item, ScanRequest):
         return f"a rescan request of job {item.job}"
+    if isinstance(item, Leading):
+        return f"a change of the discovering host of job {item.job}"
     return f"job {item.job}: {item.path}"

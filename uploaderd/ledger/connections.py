@@ -13,20 +13,23 @@ out waits without one rather than open another. A thread opens another connectio
 after waiting ``GROW_AFTER`` for one to come back, and a connection left unused for
 ``idle_close`` seconds is closed.
 
-A sweep under a cluster-wide lock (a session-level lock in PostgreSQL) pins a connection:
-each of its transactions runs on that one, which other threads may borrow in between (while
-the sweep calls an endpoint, say), so a slow sweep never takes a connection from the others.
 A thread that already holds a connection gets the same one again: borrowing twice never
 deadlocks, even at a budget of one.
+
+The budget also carries the process's bell. Through a transaction pooler nothing can
+LISTEN, so a thread that queued new work rings it, and the waiter hears it at once instead
+of at its next poll.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -80,16 +83,13 @@ class Budget(Generic[C]):
         self._free: list[_Idle[C]] = []  # the most recently returned last: reused first
         self._opened = 0  # open or being opened, lent or free
         self._turns: deque[_Turn[C]] = deque()
-        self._held = threading.local()  # the connection this thread holds, and its pin
-        self._pinned: dict[int, int] = {}  # id() of a pinned connection → pins on it
-        self._wanted: set[int] = set()  # id() of pinned connections their thread waits for
+        self._held = threading.local()  # the connection this thread holds
         self._listening: C | None = None  # lent to a thread that waits on it and yields it
         self._bare = False  # a listener waits without a connection, for one to come back
         self._lent: set[int] = set()  # id() of each connection lent out
         self._doomed: set[int] = set()  # lent when close() was called: closed on return
-        self._yield_r, self._yield_w = os.pipe()
-        os.set_blocking(self._yield_r, False)
-        os.set_blocking(self._yield_w, False)
+        self._yield_r, self._yield_w = _pipe()
+        self._bell_r, self._bell_w = _pipe()
 
     @property
     def opened(self) -> int:
@@ -99,14 +99,12 @@ class Budget(Generic[C]):
     @contextmanager
     def connection(self) -> Iterator[C]:
         """A connection for this thread until the block ends: the one it holds already,
-        else the one it pinned, else any."""
+        else any."""
         held: C | None = getattr(self._held, "connection", None)
         if held is not None:
             yield held
             return
-        pin: C | None = getattr(self._held, "pin", None)
-        connection = self._acquire_pinned(pin) if pin is not None else None
-        connection = connection or self._acquire()
+        connection = self._acquire()
         self._held.connection = connection
         try:
             yield connection
@@ -114,25 +112,19 @@ class Budget(Generic[C]):
             self._held.connection = None
             self._release(connection)
 
-    @contextmanager
-    def pinned(self) -> Iterator[C]:
-        """One connection for every transaction of this thread in the block (what a
-        session-level lock needs); between them other threads may borrow it."""
-        pin: C | None = getattr(self._held, "pin", None)
-        if pin is not None:
-            yield pin
-            return
-        with self.connection() as connection, self._lock:
-            self._pinned[id(connection)] = self._pinned.get(id(connection), 0) + 1
-        self._held.pin = connection
-        try:
-            yield connection
-        finally:
-            self._held.pin = None
-            with self._lock:
-                self._pinned[id(connection)] -= 1
-                if not self._pinned[id(connection)]:
-                    del self._pinned[id(connection)]
+    def ring(self) -> None:
+        """Tell this process's waiter that new work was queued."""
+        with contextlib.suppress(BlockingIOError):  # a full pipe: it will hear anyway
+            os.write(self._bell_w, b"x")
+
+    def wait_for_ring(self, timeout: float, extra_fds: Sequence[int] = ()) -> bool:
+        """Wait without a connection for the bell, ``extra_fds`` or ``timeout``; True when
+        the bell rang."""
+        ready, _, _ = select.select([self._bell_r, *extra_fds], [], [], timeout)
+        if self._bell_r not in ready:
+            return False
+        _drain(self._bell_r)
+        return True
 
     @contextmanager
     def listening(self) -> Iterator[tuple[C | None, int]]:
@@ -159,7 +151,7 @@ class Budget(Generic[C]):
             self._held.connection = connection
             with self._lock:
                 self._listening = connection
-                if self._turns or id(connection) in self._wanted:
+                if self._turns:
                     os.write(self._yield_w, b"x")
         try:
             yield connection, self._yield_r
@@ -167,7 +159,7 @@ class Budget(Generic[C]):
             with self._lock:
                 self._listening = None
                 self._bare = False
-            self._drain_yield()
+            _drain(self._yield_r)
             if connection is not None:
                 self._held.connection = None
                 self._release(connection)
@@ -182,32 +174,13 @@ class Budget(Generic[C]):
         for idle in free:
             idle.connection.close()
 
-    def _acquire_pinned(self, pin: C) -> C | None:
-        """This thread's pinned connection, once no other thread has it lent; None when it
-        closed (its session, and the lock in it, are gone)."""
-        with self._lock:
-            while not pin.closed:
-                found = next((i for i, idle in enumerate(self._free) if idle.connection is pin), -1)
-                if found >= 0:
-                    self._wanted.discard(id(pin))
-                    return self._lend(self._free.pop(found).connection)
-                self._wanted.add(id(pin))
-                if self._listening is pin:
-                    os.write(self._yield_w, b"x")
-                self._lock.wait()
-            self._wanted.discard(id(pin))
-            return None
-
     def _acquire(self) -> C:
         with self._lock:
             self._close_idle()
             # The listener's connection first, even with another free: the others then
             # go unused and close, down to the one an idle host keeps.
-            free = [
-                i for i, idle in enumerate(self._free) if id(idle.connection) not in self._wanted
-            ]
-            if not self._turns and free and self._listening is None:
-                return self._lend(self._free.pop(free[-1]).connection)
+            if not self._turns and self._free and self._listening is None:
+                return self._lend(self._free.pop().connection)
             if self._opened == 0:
                 self._opened += 1
             else:
@@ -255,10 +228,10 @@ class Budget(Generic[C]):
             self._lent.discard(id(connection))
             doomed = id(connection) in self._doomed
             self._doomed.discard(id(connection))
-            self._lock.notify_all()  # a thread waiting for its pinned connection
             if not connection.closed and not doomed:
-                if self._turns and id(connection) not in self._wanted:
+                if self._turns:
                     self._turns.popleft().connection = connection
+                    self._lock.notify_all()
                 else:
                     self._free.append(_Idle(connection, self._clock()))
                     if self._bare:
@@ -276,24 +249,26 @@ class Budget(Generic[C]):
             self._lock.notify_all()
 
     def _close_idle(self) -> None:
-        """Drop the free connections that closed (a pinned one whose session ended) or that
-        idled past ``idle_close``."""
+        """Drop the free connections that closed or that idled past ``idle_close``."""
         deadline = -1.0 if self._idle_close is None else self._clock() - self._idle_close
-        stale = [
-            idle
-            for idle in self._free
-            if idle.connection.closed
-            or (idle.since < deadline and id(idle.connection) not in self._pinned)
-        ]
+        stale = [idle for idle in self._free if idle.connection.closed or idle.since < deadline]
         if stale:
             self._free = [idle for idle in self._free if all(idle is not s for s in stale)]
             self._opened -= len(stale)
             for idle in stale:
                 idle.connection.close()
 
-    def _drain_yield(self) -> None:
-        try:
-            while os.read(self._yield_r, 64):
-                pass
-        except BlockingIOError:
+
+def _pipe() -> tuple[int, int]:
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    return read, write
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 64):
             pass
+    except BlockingIOError:
+        pass

@@ -1,8 +1,9 @@
 """Creating and upgrading the database schema from the numbered files in ``sql/migrations``.
 
-Each migration runs in its own transaction and is recorded in ``uploaderd_migrations``. A
-session-level advisory lock serialises ``uploaderd migrate`` across hosts, so two running at
-once apply each file exactly once.
+Each migration runs in its own transaction and is recorded in ``uploaderd_migrations``. In
+that transaction a transaction-level advisory lock serialises ``uploaderd migrate`` across
+hosts, and the file is applied only if no other host recorded it first: two running at
+once apply each file exactly once, through a transaction pooler too.
 """
 
 from __future__ import annotations
@@ -42,15 +43,14 @@ def pending(ledger: Ledger) -> list[Migration]:
     return [m for m in available() if m.version not in done]
 
 
-def migrate(dsn: str) -> list[str]:
+def migrate(dsn: str, *, pool_mode: str = "session") -> list[str]:
     """Apply every pending migration; returns the names applied (empty when up to date)."""
-    ledger = Ledger(dsn, application_name="uploaderd migrate").connect()
+    ledger = Ledger(dsn, application_name="uploaderd migrate", pool_mode=pool_mode).connect()
     try:
-        with ledger.migration_lock():
-            names = []
-            for migration in pending(ledger):
-                ledger.apply_migration(migration.version, migration.name, migration.sql)
-                names.append(migration.name)
-            return names
+        return [
+            migration.name
+            for migration in pending(ledger)
+            if ledger.apply_migration(migration.version, migration.name, migration.sql)
+        ]
     finally:
         ledger.close()

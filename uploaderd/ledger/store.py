@@ -10,9 +10,13 @@ caller decides whether to back off and reconnect (the daemon) or to exit 3 (a co
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import re
+import secrets
 import select
+import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,11 +31,13 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
+from uploaderd.config.settings import DaemonConfig
 from uploaderd.errors import DatabaseUnavailable, SchemaMissing
 from uploaderd.ledger.connections import Budget
 from uploaderd.policy.settle import Candidate, Signature
 
 NOTIFY_CHANNEL = "uploaderd_work"
+SWEEP_LEASE_SECONDS = 60.0  # a sweep's turn; a holder that dies elsewhere frees it this late
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
@@ -238,6 +244,17 @@ def prepared(name: str) -> Prepared:
     return Prepared(statement, f"PREPARE {statement} AS {body}", f"EXECUTE {statement}{arguments}")
 
 
+@cache
+def _holder_of(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}:{secrets.token_hex(4)}"
+
+
+def lease_holder() -> str:
+    """This process as the holder of a lease: host:pid:token, like a worker's claims (so
+    its host's next daemon sees when it died)."""
+    return _holder_of(os.getpid())
+
+
 def describe_dsn(dsn: str) -> str:
     """The DSN without any password, for messages and logs."""
     try:
@@ -277,8 +294,9 @@ class Session(psycopg2.extensions.connection):  # type: ignore[misc]  # psycopg2
         self.in_transaction = False
 
 
-def open_session(dsn: str, application_name: str) -> Session:
-    """A new connection with the session's settings, or ``DatabaseUnavailable``."""
+def open_session(dsn: str, application_name: str, *, settings: bool = True) -> Session:
+    """A new connection with the session's settings (none through a transaction pooler,
+    whose server sessions other clients share), or ``DatabaseUnavailable``."""
     try:
         session = psycopg2.connect(
             dsn,
@@ -295,19 +313,29 @@ def open_session(dsn: str, application_name: str) -> Session:
             f"cannot connect to PostgreSQL ({describe_dsn(dsn)}): {_first_line(exc)}"
         ) from exc
     assert isinstance(session, Session)
-    with _mapped(session), session, session.cursor() as cursor:
-        cursor.execute(queries()["session_settings"])
+    if settings:
+        with _mapped(session), session, session.cursor() as cursor:
+            cursor.execute(queries()["session_settings"])
     return session
 
 
-def connection_budget(dsn: str, size: int, application_name: str) -> Budget[Session]:
+def connection_budget(
+    dsn: str, size: int, application_name: str, *, pool_mode: str = "session"
+) -> Budget[Session]:
     """What the daemon's ledgers share: at most ``size`` connections."""
-    return Budget(lambda: open_session(dsn, application_name), size)
+    settings = pool_mode == "session"
+    return Budget(lambda: open_session(dsn, application_name, settings=settings), size)
 
 
 class Ledger:
     """Ledger operations for one thread, on a connection of its own or borrowed, one
-    transaction at a time, from a budget it shares with the process's other ledgers."""
+    transaction at a time, from a budget it shares with the process's other ledgers.
+
+    With ``pool_mode="transaction"`` (PgBouncer's transaction pooling, where consecutive
+    transactions may run in different server sessions) it keeps nothing in a session:
+    statements run as text, not prepared; no session settings; no LISTEN, so a waiter polls
+    and hears this process's own new work through the budget's bell.
+    """
 
     def __init__(
         self,
@@ -315,14 +343,32 @@ class Ledger:
         *,
         application_name: str = "uploaderd",
         budget: Budget[Session] | None = None,
+        pool_mode: str = "session",
     ) -> None:
         self.dsn = dsn
         self.application_name = application_name
+        self._sessions = pool_mode == "session"
         self._shared = budget is not None
         self._budget = budget or self._own_budget()
+        self._sweep_lease: str | None = None  # held by this thread's sweep: renewed as it works
+        self._renew_at = 0.0
+
+    @classmethod
+    def of(
+        cls, config: DaemonConfig, application_name: str, budget: Budget[Session] | None = None
+    ) -> Ledger:
+        """A ledger on the daemon configuration's database (its DSN and pool mode)."""
+        return cls(
+            config.dsn, application_name=application_name, budget=budget, pool_mode=config.pool_mode
+        )
 
     def _own_budget(self) -> Budget[Session]:
-        return Budget(lambda: open_session(self.dsn, self.application_name), 1, idle_close=None)
+        settings = self._sessions
+        return Budget(
+            lambda: open_session(self.dsn, self.application_name, settings=settings),
+            1,
+            idle_close=None,
+        )
 
     # --- connection ------------------------------------------------------------------------
 
@@ -346,13 +392,6 @@ class Ledger:
             self._budget.close()
 
     @contextmanager
-    def pinned(self) -> Iterator[Session]:
-        """One connection for every transaction of the block (what a session-level lock
-        needs); other threads may borrow it between them."""
-        with self._budget.pinned() as session:
-            yield session
-
-    @contextmanager
     def held(self) -> Iterator[Session]:
         """A connection held for the block, for a caller that runs its own transactions."""
         with self._budget.connection() as session:
@@ -367,6 +406,7 @@ class Ledger:
             session.in_transaction = True
             try:
                 with _mapped(session), session, session.cursor() as cursor:
+                    self._renew_sweep_lease(cursor)
                     yield cursor
             finally:
                 session.in_transaction = False
@@ -375,7 +415,7 @@ class Ledger:
         self, cursor: psycopg2.extensions.cursor, name: str, params: dict[str, Any]
     ) -> None:
         """Run a named query; one of ``PREPARED`` through its prepared statement."""
-        if name not in PREPARED:
+        if name not in PREPARED or not self._sessions:
             cursor.execute(queries()[name], params)
             return
         statement = prepared(name)
@@ -396,26 +436,23 @@ class Ledger:
 
     # --- schema ----------------------------------------------------------------------------
 
-    @contextmanager
-    def migration_lock(self) -> Iterator[None]:
-        """Serialise migrations across hosts; creates the bookkeeping table under the lock."""
-        self._all("lock_migrations")
-        try:
-            self._all("create_migrations_table")
-            yield
-        finally:
-            self._all("unlock_migrations")
-
     def applied_migrations(self) -> set[int]:
         if not self._all("migrations_table_exists")[0][0]:
             return set()
         return {row[0] for row in self._all("applied_migrations")}
 
-    def apply_migration(self, version: int, name: str, sql: str) -> None:
-        """One migration file and its record, in one transaction."""
+    def apply_migration(self, version: int, name: str, sql: str) -> bool:
+        """One migration file and its record, in one transaction under the migrations' lock;
+        False when another host applied it first."""
         with self.transaction() as cursor:
+            cursor.execute(queries()["lock_migrations"])
+            cursor.execute(queries()["create_migrations_table"])
+            cursor.execute(queries()["applied_migrations"])
+            if version in {row[0] for row in cursor.fetchall()}:
+                return False
             cursor.execute(sql)
             cursor.execute(queries()["record_migration"], {"version": version, "name": name})
+            return True
 
     # --- discovery -------------------------------------------------------------------------
 
@@ -495,13 +532,17 @@ class Ledger:
             inserted, superseded = cursor.fetchone() or (0, 0)
             if inserted:
                 self._execute(cursor, "notify_work", {"job": job})
+        if inserted:
+            self._budget.ring()  # this process's waiter, when it cannot listen
         return int(inserted), int(superseded)
 
     # --- the upload queue ------------------------------------------------------------------
 
     def listen(self) -> None:
         """Make the connection the next wait will most likely get (the one returned last)
-        listen for new work."""
+        listen for new work (through a transaction pooler: nothing to do)."""
+        if not self._sessions:
+            return
         with self._budget.connection() as session:
             if not session.listening:
                 self._listen(session)
@@ -512,6 +553,8 @@ class Ledger:
         had to start listening (what was announced before is lost: look for work). With
         every connection of a shared budget lent out, it waits without one until one comes
         back (a listening connection keeps what arrived meanwhile), then waits on that."""
+        if not self._sessions:
+            return self._budget.wait_for_ring(timeout, extra_fds)
         deadline = time.monotonic() + timeout
         while True:
             with self._budget.listening() as (session, wake):
@@ -791,15 +834,56 @@ class Ledger:
 
     @contextmanager
     def named_lock(self, name: str) -> Iterator[bool]:
-        """A cluster-wide lock for one sweep: yields False when another host holds it. The
-        lock lives in the session, so the block keeps its connection."""
-        with self.pinned() as session:
-            held = bool(self._all("try_named_lock", {"name": name})[0][0])
-            try:
-                yield held
-            finally:
-                if held and not session.closed:
-                    self._all("named_unlock", {"name": name})
+        """A cluster-wide turn for one sweep: yields False when another process has it. A
+        lease row (``SWEEP_LEASE_SECONDS``), dropped when the block ends: a sweep that
+        outlives it may overlap another host's, which the sweeps' own row-level claims
+        make harmless."""
+        held = self.take_lease(name, SWEEP_LEASE_SECONDS)
+        if held:
+            self._sweep_lease = name
+            self._renew_at = time.monotonic() + SWEEP_LEASE_SECONDS / 3
+        try:
+            yield held
+        finally:
+            if held:
+                self._sweep_lease = None
+                with contextlib.suppress(DatabaseUnavailable):  # it expires by itself
+                    self.drop_lease(name)
+
+    def _renew_sweep_lease(self, cursor: psycopg2.extensions.cursor) -> None:
+        """Within a sweep's transaction, a third of the way through its lease: renew it, so a
+        sweep that keeps working keeps its turn (one that hangs longer than the lease on an
+        endpoint or a file loses it)."""
+        if self._sweep_lease is None or time.monotonic() < self._renew_at:
+            return
+        cursor.execute(queries()["take_lease"], self._lease_params(self._sweep_lease, True))
+        self._renew_at = time.monotonic() + SWEEP_LEASE_SECONDS / 3
+
+    def take_lease(self, name: str, seconds: float, *, renew: bool = False) -> bool:
+        """Take the lease ``name`` for ``seconds`` if it is free or expired (or, with
+        ``renew``, already this process's); whether this process now holds it."""
+        return bool(self._all("take_lease", self._lease_params(name, renew, seconds)))
+
+    @staticmethod
+    def _lease_params(
+        name: str, renew: bool, seconds: float = SWEEP_LEASE_SECONDS
+    ) -> dict[str, Any]:
+        return {
+            "name": name,
+            "holder": lease_holder(),
+            "host": socket.gethostname(),
+            "seconds": seconds,
+            "renew": renew,
+        }
+
+    def drop_lease(self, name: str) -> None:
+        self._all("drop_lease", {"name": name, "holder": lease_holder()})
+
+    def lease_holders_on(self, host: str) -> list[str]:
+        return [row[0] for row in self._all("lease_holders_on_host", {"host": host})]
+
+    def drop_leases_of(self, holders: Sequence[str]) -> None:
+        self._all("drop_leases_of", {"holders": list(holders)})
 
     def notify_due_retries(self) -> int:
         """Wake the workers of every job with retries due; the number of such jobs."""

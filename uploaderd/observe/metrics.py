@@ -109,6 +109,11 @@ destination_paused = Gauge(
     ["job", "op"],
 )
 db_up = Gauge("uploaderd_db_up", "1 while PostgreSQL answers")
+discovery_leading = Gauge(
+    "uploaderd_discovery_leading",
+    "1 while this host discovers the shared job's files (it holds the job's lease)",
+    ["job"],
+)
 db_connections = Gauge(
     "uploaderd_db_connections", "Database connections open, at most database.connections"
 )

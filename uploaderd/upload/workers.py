@@ -587,7 +587,7 @@ def build_pool(
     transfer = TransferSettings()
     storage = Storage(pool_connections=workers * (1 + transfer.concurrency_per_file))
     return UploadPool(
-        Ledger(config.dsn, application_name=name, budget=budget),
+        Ledger.of(config, name, budget),
         Uploader(storage, transfer),
         jobs,
         workers=workers,
