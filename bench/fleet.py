@@ -18,9 +18,21 @@ from pathlib import Path
 
 from bench import common
 from bench.common import BenchError, Spent, postgres_cpu, process_cpu, scalar
-from devstack import S3_SERVERS, DaemonProcess, PostgresCluster, S3Server, WaitTimeout, wait_for
+from devstack import (
+    S3_SERVERS,
+    DaemonProcess,
+    PgBouncer,
+    PostgresCluster,
+    S3Server,
+    WaitTimeout,
+    wait_for,
+)
 
-CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'uploaderd'"
+# Server connections of the fleet (the daemons', their commands', or PgBouncer's for them).
+CONNECTIONS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND backend_type = 'client backend' AND application_name NOT LIKE 'bench%%'"
+)
 QUEUED = "SELECT count(*) FROM file_versions WHERE job = 'shared'"
 UPLOADED = QUEUED + " AND state = 'uploaded'"
 UPLOADERS = (
@@ -47,6 +59,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     add("--hosts", type=int, nargs="+", default=[1, 10], help="fleet sizes")
     add("--files", type=int, default=2000, help="4 KiB files in the burst")
     add("--connections", type=int, default=2, help="database.connections")
+    add(
+        "--pooler",
+        choices=("none", "session", "transaction"),
+        default="none",
+        help="PgBouncer in front of PostgreSQL, in this pool_mode",
+    )
+    add("--pool-size", type=int, default=20, help="PgBouncer's default_pool_size")
     add("--workers", type=int, default=8, help="upload threads per host")
     add("--idle", type=float, default=20.0, help="idle window, seconds")
     add("--timeout", type=float, default=600.0, help="seconds for a drain")
@@ -79,7 +98,9 @@ def fleet(
 ) -> Iterator[list[DaemonProcess]]:
     shared = work / "shared"
     shared.mkdir(parents=True)
-    settings = {"workers": args.workers, "database": {"dsn": dsn, "connections": args.connections}}
+    mode = "transaction" if args.pooler == "transaction" else "session"
+    database = {"dsn": dsn, "connections": args.connections, "pool_mode": mode}
+    settings = {"workers": args.workers, "database": database}
     destination = {"bucket": bucket, "key": "${job}/${relpath}"}
     hosts: list[DaemonProcess] = []
     try:
@@ -120,25 +141,27 @@ def measure_fleet(
     work: Path, pg: PostgresCluster, s3: S3Server, args: argparse.Namespace, size: int
 ) -> Result:
     check_inotify(size)
-    dsn = pg.create_database(f"fleet{size}")
+    direct = pg.create_database(f"fleet{size}")
     bucket = f"fleet{size}"
     s3.create_bucket(bucket)
-    migrator = common.bench_daemon(work / "migrate", dsn, s3.endpoint_url, s3, "info")
+    migrator = common.bench_daemon(work / "migrate", direct, s3.endpoint_url, s3, "info")
     common.command(migrator, "migrate", timeout=120)
     with (
-        common.connect(dsn) as conn,
-        fleet(work / f"fleet{size}", dsn, s3, bucket, args, size) as hosts,
+        pooler(pg, args) as bouncer,
+        common.connect(direct) as conn,
+        fleet(work / f"fleet{size}", bouncer_dsn(bouncer, direct), s3, bucket, args, size) as hosts,
     ):
         # Past the start-up scans: the idle window starts once the fleet holds no more than
         # a connection a host, or after two minutes whatever it holds.
         with contextlib.suppress(WaitTimeout):
             wait_for(lambda: scalar(conn, CONNECTIONS) <= size, 120, 0.5, "an idle fleet")
         pids = [common.pid_of(host) for host in hosts]
-        meters = (lambda: sum(process_cpu(pid) for pid in pids), lambda: postgres_cpu(pg))
+        server = lambda: postgres_cpu(pg) + process_cpu(bouncer.pid if bouncer else None)  # noqa: E731
+        meters = (lambda: sum(process_cpu(pid) for pid in pids), server)
         with Spent(*meters) as idle:
             time.sleep(args.idle)
         idle_connections = int(scalar(conn, CONNECTIONS))
-        with peak(dsn) as most, Spent(*meters) as burst:
+        with peak(direct) as most, Spent(*meters) as burst:
             shared = work / f"fleet{size}" / "shared"
             for i in range(args.files):
                 (shared / f"f{i:05d}.bin").write_bytes(i.to_bytes(4, "big") * 1024)
@@ -153,6 +176,19 @@ def measure_fleet(
         return Result(size, idle_connections, most[0], idle, burst, uploaders, status, refused)
 
 
+@contextlib.contextmanager
+def pooler(pg: PostgresCluster, args: argparse.Namespace) -> Iterator[PgBouncer | None]:
+    if args.pooler == "none":
+        yield None
+        return
+    with PgBouncer(pg, pool_mode=args.pooler, pool_size=args.pool_size) as bouncer:
+        yield bouncer
+
+
+def bouncer_dsn(bouncer: PgBouncer | None, direct: str) -> str:
+    return direct if bouncer is None else bouncer.dsn(direct.rsplit("/", 1)[1])
+
+
 def status_during_burst(host: DaemonProcess) -> float | None:
     """Seconds ``uploaderd status`` took; None when it failed."""
     try:
@@ -162,9 +198,18 @@ def status_during_burst(host: DaemonProcess) -> float | None:
 
 
 def report(results: Sequence[Result], args: argparse.Namespace) -> str:
+    via = (
+        "directly"
+        if args.pooler == "none"
+        else (
+            f"through PgBouncer, pool_mode {args.pooler}, default_pool_size {args.pool_size} "
+            "(its CPU counted with PG's)"
+        )
+    )
     lines = [
         f"{args.files} x 4 KiB into one shared job; database.connections {args.connections}; "
-        f"{args.workers} workers a host; PostgreSQL with its defaults (max_connections 100)",
+        f"{args.workers} workers a host; PostgreSQL with its defaults (max_connections 100), "
+        f"{via}",
         "",
         "| hosts | connections idle / peak | idle CPU, daemons + PG | CPU per shared file, "
         "daemons + PG | drain | hosts that uploaded | status during the burst | refused |",

@@ -49,7 +49,7 @@ class PgBouncer(Service):
             f"auth_type = trust\nauth_file = {self.base_dir / 'users.txt'}\n"
             f"pool_mode = {self.pool_mode}\ndefault_pool_size = {self.pool_size}\n"
             "max_client_conn = 1000\n"
-            f"logfile = {self.log_file}\n"
+            f"logfile = {self.log_file}\npidfile = {self.base_dir / 'pgbouncer.pid'}\n"
         )
         command = [str(PGBOUNCER), str(self.base_dir / "pgbouncer.ini")]
         if os.geteuid() == 0:
@@ -65,6 +65,14 @@ class PgBouncer(Service):
             start_new_session=True,
         )
         wait_for(self._accepts, START_TIMEOUT, message=f"PgBouncer on port {self.port}")
+
+    @property
+    def pid(self) -> int | None:
+        """PgBouncer's own process (not the runuser that started it), once it runs."""
+        try:
+            return int((self.base_dir / "pgbouncer.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def _accepts(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -78,6 +78,7 @@ CONTRACT = {
     "uploaderd_s3_requests_total": {"op", "code"},
     "uploaderd_db_up": set(),
     "uploaderd_db_connections": set(),
+    "uploaderd_discovery_leading": {"job"},
     "uploaderd_config_reload_success": set(),
     "uploaderd_watches": {"job"},
     "uploaderd_watch_errors_total": {"job"},
