@@ -107,6 +107,19 @@ def write_run(root: Path, run: str, files: int) -> None:
     (root / run / "DONE").write_bytes(b"")
 
 
+def runs_registered_and_deleted(root: Path, httpserver: HTTPServer, runs: int, files: int) -> None:
+    """Write ``runs`` runs of ``files`` files and a marker; wait until each is registered
+    and every source file deleted after its upload."""
+    for n in range(1, runs + 1):
+        write_run(root, f"run-{n}", files)
+    wait_for(lambda: len(httpserver.log) == runs, timeout=90, message=f"{runs} registrations")
+    wait_for(
+        lambda: not any(p.is_file() for p in root.rglob("*")),
+        timeout=60,
+        message="every source file deleted after its upload",
+    )
+
+
 @pytest.mark.parametrize("connections", [1, 2])
 def test_every_component_progresses_within_the_budget(
     connections: int,
@@ -121,16 +134,9 @@ def test_every_component_progresses_within_the_budget(
     httpserver.expect_request("/register").respond_with_json({"ok": True})
     spec = lab_job(root, bucket, httpserver.url_for("/register"))
     daemon = start(make_daemon, migrated_dsn, connections, spec)
-    for run in ("run-1", "run-2", "run-3"):
-        write_run(root, run, 40)
     # Discovery and its writer, the upload pool, the session sweep, the trigger sender and
     # the disposal sweep each had their turn: every run registered, every file deleted.
-    wait_for(lambda: len(httpserver.log) == 3, timeout=90, message="three registrations")
-    wait_for(
-        lambda: not any(p.is_file() for p in root.rglob("*")),
-        timeout=60,
-        message="every source file deleted after its upload",
-    )
+    runs_registered_and_deleted(root, httpserver, runs=3, files=40)
     assert sql("SELECT state, count(*) FROM file_versions GROUP BY state") == [("uploaded", 123)]
     registered = sorted(len(json.loads(request.data)["files"]) for request, _ in httpserver.log)
     assert registered == [41, 41, 41]
@@ -255,14 +261,7 @@ def test_migrate_the_daemon_and_its_commands_through_pgbouncer_in_transaction_mo
             assert [m.returncode for m in migrations] == [0, 0], outputs
             assert sum(line.startswith("applied ") for out in outputs for line in out.splitlines())
             daemon.start()
-            for run in ("run-1", "run-2"):
-                write_run(root, run, 20)
-            wait_for(lambda: len(httpserver.log) == 2, timeout=90, message="two registrations")
-            wait_for(
-                lambda: not any(p.is_file() for p in root.rglob("*")),
-                timeout=60,
-                message="every source file deleted after its upload",
-            )
+            runs_registered_and_deleted(root, httpserver, runs=2, files=20)
             status = subprocess.run(
                 daemon.cli("status", "--json"), capture_output=True, text=True, timeout=60
             )
