@@ -210,7 +210,8 @@ def test_a_listener_waits_without_a_connection_rather_than_open_another(
 
 def test_the_bell_wakes_a_waiter_that_holds_no_connection(opener: Opener) -> None:
     budget = Budget(opener, 1)
-    assert budget.wait_for_ring(0.05) is False  # nothing rang: the timeout
+    budget.ring()  # nobody waits yet: nothing to hear
+    assert budget.wait_for_ring(0.05) is False  # nothing rang since: the timeout
     heard: list[bool] = []
     waiter = threading.Thread(target=lambda: heard.append(budget.wait_for_ring(10)))
     waiter.start()
@@ -226,6 +227,8 @@ def test_the_bell_waiter_also_wakes_for_other_descriptors(opener: Opener) -> Non
     read, write = os.pipe()
     os.write(write, b"x")
     assert budget.wait_for_ring(10, [read]) is False  # woken, but not by the bell
+    os.close(read)
+    os.close(write)
     for _ in range(10_000):  # a ring that finds the pipe full is not lost, nor an error
         budget.ring()
     assert budget.wait_for_ring(0) is True

@@ -88,8 +88,9 @@ class Budget(Generic[C]):
         self._bare = False  # a listener waits without a connection, for one to come back
         self._lent: set[int] = set()  # id() of each connection lent out
         self._doomed: set[int] = set()  # lent when close() was called: closed on return
-        self._yield_r, self._yield_w = _pipe()
-        self._bell_r, self._bell_w = _pipe()
+        # Pipes made on first use, so a ledger that never waits (a command's) holds none.
+        self._yield_r, self._yield_w = -1, -1
+        self._bell: tuple[int, int] | None = None
 
     @property
     def opened(self) -> int:
@@ -112,18 +113,28 @@ class Budget(Generic[C]):
             self._held.connection = None
             self._release(connection)
 
+    def hang_bell(self) -> None:
+        """Make the bell (a waiter does, before it first looks for work): until then, with
+        nobody to hear it, ringing does nothing."""
+        with self._lock:
+            if self._bell is None:
+                self._bell = _pipe()
+
     def ring(self) -> None:
         """Tell this process's waiter that new work was queued."""
-        with contextlib.suppress(BlockingIOError):  # a full pipe: it will hear anyway
-            os.write(self._bell_w, b"x")
+        if self._bell is not None:
+            with contextlib.suppress(BlockingIOError):  # a full pipe: it will hear anyway
+                os.write(self._bell[1], b"x")
 
     def wait_for_ring(self, timeout: float, extra_fds: Sequence[int] = ()) -> bool:
         """Wait without a connection for the bell, ``extra_fds`` or ``timeout``; True when
         the bell rang."""
-        ready, _, _ = select.select([self._bell_r, *extra_fds], [], [], timeout)
-        if self._bell_r not in ready:
+        self.hang_bell()
+        assert self._bell is not None
+        ready, _, _ = select.select([self._bell[0], *extra_fds], [], [], timeout)
+        if self._bell[0] not in ready:
             return False
-        _drain(self._bell_r)
+        _drain(self._bell[0])
         return True
 
     @contextmanager
@@ -135,6 +146,8 @@ class Budget(Generic[C]):
         descriptor becomes readable as soon as one comes back."""
         must_open = False
         with self._lock:
+            if self._yield_r < 0:
+                self._yield_r, self._yield_w = _pipe()
             self._close_idle()  # an idle host borrows nothing else that would
             if self._free:
                 connection: C | None = self._lend(self._free.pop().connection)

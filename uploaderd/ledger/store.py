@@ -540,8 +540,10 @@ class Ledger:
 
     def listen(self) -> None:
         """Make the connection the next wait will most likely get (the one returned last)
-        listen for new work (through a transaction pooler: nothing to do)."""
+        listen for new work (through a transaction pooler: hang the bell this process's
+        writers ring instead)."""
         if not self._sessions:
+            self._budget.hang_bell()
             return
         with self._budget.connection() as session:
             if not session.listening:
