@@ -563,7 +563,8 @@ WHERE id = %(id)s AND attempts = %(attempt)s;
 -- process holds it already. One probe of the primary key; a renewal updates expires_at in
 -- place (HOT).
 INSERT INTO leases AS l (name, holder, host, expires_at)
-VALUES (%(name)s, %(holder)s, %(host)s, now() + make_interval(secs => %(seconds)s))
+VALUES (%(name)s, %(holder)s, split_part(%(holder)s, ':', 1),
+        now() + make_interval(secs => %(seconds)s))
 ON CONFLICT (name) DO UPDATE
 SET holder = excluded.holder, host = excluded.host, expires_at = excluded.expires_at
 WHERE l.expires_at < now() OR (%(renew)s AND l.holder = excluded.holder)

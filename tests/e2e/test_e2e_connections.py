@@ -120,6 +120,17 @@ def runs_registered_and_deleted(root: Path, httpserver: HTTPServer, runs: int, f
     )
 
 
+def status_states(daemon: DaemonProcess) -> dict[str, int]:
+    """Job lab's versions by state, as ``uploaderd status --json`` on the daemon's config
+    shows them (through the daemon's DSN, a pooler's too)."""
+    status = subprocess.run(
+        daemon.cli("status", "--json"), capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0, status.stderr
+    states: dict[str, int] = json.loads(status.stdout)["jobs"]["lab"]["states"]
+    return states
+
+
 @pytest.mark.parametrize("connections", [1, 2])
 def test_every_component_progresses_within_the_budget(
     connections: int,
@@ -221,15 +232,9 @@ def test_the_daemon_and_its_commands_through_pgbouncer_in_session_mode(
         dsn = bouncer.dsn(migrated_dsn.rsplit("/", 1)[1])
         spec = lab_job(root, bucket, httpserver.url_for("/register"))
         daemon = start(make_daemon, dsn, 2, spec)
-        for run in ("run-1", "run-2"):
-            write_run(root, run, 20)
-        wait_for(lambda: len(httpserver.log) == 2, timeout=90, message="two registrations")
+        runs_registered_and_deleted(root, httpserver, runs=2, files=20)
         assert sql("SELECT state, count(*) FROM file_versions GROUP BY state") == [("uploaded", 42)]
-        status = subprocess.run(
-            daemon.cli("status", "--json"), capture_output=True, text=True, timeout=60
-        )
-        assert status.returncode == 0, status.stderr
-        assert json.loads(status.stdout)["jobs"]["lab"]["states"] == {"uploaded": 42}
+        assert status_states(daemon) == {"uploaded": 42}
         assert daemon.stop() == 0
 
 
@@ -262,11 +267,7 @@ def test_migrate_the_daemon_and_its_commands_through_pgbouncer_in_transaction_mo
             assert sum(line.startswith("applied ") for out in outputs for line in out.splitlines())
             daemon.start()
             runs_registered_and_deleted(root, httpserver, runs=2, files=20)
-            status = subprocess.run(
-                daemon.cli("status", "--json"), capture_output=True, text=True, timeout=60
-            )
-            assert status.returncode == 0, status.stderr
-            assert json.loads(status.stdout)["jobs"]["lab"]["states"] == {"uploaded": 42}
+            assert status_states(daemon) == {"uploaded": 42}
             assert daemon.stop() == 0
     finally:
         pg_cluster.drop_database(name)

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from devstack import wait_for
-from uploaderd.config.settings import S3Settings, parse_job_text
+from uploaderd.config.settings import Retention, S3Settings, parse_job_text
 from uploaderd.daemon.leadership import Leadership
+from uploaderd.daemon.scheduler import Scheduler
 from uploaderd.ledger import store
 from uploaderd.ledger.store import Ledger, lease_holder
-from uploaderd.upload.workers import dead_workers
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 OTHER = "other-host:4242:feed"
@@ -82,8 +82,16 @@ def test_the_leases_of_a_dead_process_of_this_host_are_freed(ledger: Ledger, sql
             holder,
         )
     assert ledger.take_lease("prune", 60)  # ours, alive
-    gone = dead_workers(host, ledger.lease_holders_on(host), lease_holder())
-    ledger.drop_leases_of(gone)
+    scheduler = Scheduler(
+        ledger,
+        lambda: ledger,
+        ledger,
+        host=host,
+        me=f"{host}:{os.getpid()}:worker",
+        rescan=lambda job: None,
+        retention=Retention(),
+    )
+    scheduler.reclaim_leases()  # its task at start and every 30 s
     assert sorted(r[0] for r in sql("SELECT name FROM leases")) == ["prune", "retry-sweep"]
 
 

@@ -554,7 +554,9 @@ class Ledger:
         needs the connection, or ``timeout``. True on an announcement, and when the wait
         had to start listening (what was announced before is lost: look for work). With
         every connection of a shared budget lent out, it waits without one until one comes
-        back (a listening connection keeps what arrived meanwhile), then waits on that."""
+        back (a listening connection keeps what arrived meanwhile), then waits on that.
+        Through a transaction pooler it waits on this process's bell instead, without a
+        connection."""
         if not self._sessions:
             return self._budget.wait_for_ring(timeout, extra_fds)
         deadline = time.monotonic() + timeout
@@ -870,13 +872,7 @@ class Ledger:
     def _lease_params(
         name: str, renew: bool, seconds: float = SWEEP_LEASE_SECONDS
     ) -> dict[str, Any]:
-        return {
-            "name": name,
-            "holder": lease_holder(),
-            "host": socket.gethostname(),
-            "seconds": seconds,
-            "renew": renew,
-        }
+        return {"name": name, "holder": lease_holder(), "seconds": seconds, "renew": renew}
 
     def drop_lease(self, name: str) -> None:
         self._all("drop_lease", {"name": name, "holder": lease_holder()})
