@@ -69,7 +69,9 @@ WITH incoming AS (
 )
 SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM superseded);
 -- name: notify_work
-SELECT pg_notify('uploaderd_work', %(job)s);
+-- The payload names the enqueuing host: a pool wakes at once only for its own host's work
+-- (wanted_notice in store.py reads it). The retry sweep's payload is the job name alone.
+SELECT pg_notify('uploaderd_work', json_build_object('job', %(job)s::text, 'host', %(host)s::text)::text);
 
 -- name: listen_work
 LISTEN uploaderd_work;

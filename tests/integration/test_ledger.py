@@ -135,10 +135,11 @@ def test_every_prepared_statement_is_a_query_of_its_own() -> None:
         assert statement.prepare.startswith(f"PREPARE uploaderd_{name} AS ")
         assert "%(" not in statement.prepare and "%%" not in statement.prepare
     notify = prepared("notify_work")
-    assert (
-        notify.prepare == "PREPARE uploaderd_notify_work AS SELECT pg_notify('uploaderd_work', $1);"
+    assert notify.prepare.endswith(
+        "SELECT pg_notify('uploaderd_work', json_build_object('job', $1::text, 'host', $2::text)"
+        "::text);"
     )
-    assert notify.execute == "EXECUTE uploaderd_notify_work (%(job)s)"
+    assert notify.execute == "EXECUTE uploaderd_notify_work (%(job)s, %(host)s)"
     # Numbered in order of first use; a parameter used twice keeps its number.
     renew = prepared("renew_leases")
     assert renew.execute == (
@@ -457,6 +458,28 @@ def test_the_0008_index_can_be_built_beforehand_concurrently(database_dsn: str) 
             )
         ]
     conn.close()
+
+
+def test_new_work_wakes_the_enqueuing_host_at_once_and_a_retry_every_host(
+    migrated_dsn: str, sql: Sql
+) -> None:
+    """A shared job's batch wakes only the host that enqueued it (the others claim at their
+    poll, not one claim per host per batch); a retry coming due wakes every host."""
+    writer = Ledger(migrated_dsn)
+    here, there = Ledger(migrated_dsn), Ledger(migrated_dsn)
+    for ledger in (here, there):
+        ledger.listen()
+    enqueue(writer, version("a.bin"), scope="")
+    assert here.wait_for_notify(30, host="host-a")
+    # host-b heard the same notification and does not count it as work; whatever else
+    # arrived, it returns as soon as it has read it or at the deadline.
+    assert not there.wait_for_notify(1, host="host-b")
+    sql("UPDATE file_versions SET attempts = 1, next_attempt_at = now() - interval '1 s'")
+    assert writer.notify_due_retries() == 1
+    assert here.wait_for_notify(30, host="host-a")
+    assert there.wait_for_notify(30, host="host-b")
+    for ledger in (writer, here, there):
+        ledger.close()
 
 
 def test_through_a_transaction_pooler_nothing_is_kept_in_a_session(migrated_dsn: str) -> None:

@@ -79,9 +79,9 @@ class CountingLedger(Ledger):
         self.claims: list[int] = []
         self.sleeps = 0
 
-    def wait_for_notify(self, timeout: float, *extra_fds: int) -> bool:
+    def wait_for_notify(self, timeout: float, *extra_fds: int, host: str | None = None) -> bool:
         self.sleeps += 1
-        return super().wait_for_notify(timeout, *extra_fds)
+        return super().wait_for_notify(timeout, *extra_fds, host=host)
 
     def claim(self, **kwargs: Any) -> list[Claim]:
         claims = super().claim(**kwargs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import re
 import secrets
@@ -283,6 +284,25 @@ def _mapped(session: psycopg2.extensions.connection) -> Iterator[None]:
         raise DatabaseUnavailable(f"PostgreSQL: {_first_line(exc)}") from exc
 
 
+def wanted_notice(payload: str, host: str | None) -> bool:
+    """Whether a new-work notification should wake the pool of ``host`` (None: any).
+
+    Work is announced by the host that enqueued it (``notify_work``). Another host's work
+    is either its own scope, which no one else may claim, or a shared job's, which that host
+    claims at once: the others find what it leaves at their next poll instead of every host
+    running a claim for every batch (the fan-out that made a shared file's cost grow with
+    the hosts). A payload without a host (the retry sweep's, or an older daemon's)
+    wakes everyone.
+    """
+    if host is None or not payload.startswith("{"):
+        return True
+    try:
+        announced = json.loads(payload).get("host")
+    except (ValueError, AttributeError):
+        return True
+    return announced is None or announced == host
+
+
 class Session(psycopg2.extensions.connection):  # type: ignore[misc]  # psycopg2 has no stubs
     """A connection, and what this process set up on it: the statements prepared, whether
     it listens for new work."""
@@ -531,7 +551,7 @@ class Ledger:
             self._execute(cursor, "enqueue_versions", params)
             inserted, superseded = cursor.fetchone() or (0, 0)
             if inserted:
-                self._execute(cursor, "notify_work", {"job": job})
+                self._execute(cursor, "notify_work", {"job": job, "host": host})
         if inserted:
             self._budget.ring()  # this process's waiter, when it cannot listen
         return int(inserted), int(superseded)
@@ -549,10 +569,11 @@ class Ledger:
             if not session.listening:
                 self._listen(session)
 
-    def wait_for_notify(self, timeout: float, *extra_fds: int) -> bool:
+    def wait_for_notify(self, timeout: float, *extra_fds: int, host: str | None = None) -> bool:
         """Block until new work is announced, ``extra_fds`` are readable, another thread
         needs the connection, or ``timeout``. True on an announcement, and when the wait
-        had to start listening (what was announced before is lost: look for work). With
+        had to start listening (what was announced before is lost: look for work). Given
+        ``host``, work another host enqueued is no announcement (see ``wanted_notice``). With
         every connection of a shared budget lent out, it waits without one until one comes
         back (a listening connection keeps what arrived meanwhile), then waits on that.
         Through a transaction pooler it waits on this process's bell instead, without a
@@ -564,14 +585,19 @@ class Ledger:
             with self._budget.listening() as (session, wake):
                 left = max(0.0, deadline - time.monotonic())
                 if session is not None:
-                    return self._wait_on(session, wake, left, extra_fds)
+                    return self._wait_on(session, wake, left, extra_fds, host)
                 ready, _, _ = select.select([wake, *extra_fds], [], [], left)
                 if ready != [wake] or time.monotonic() >= deadline:
                     return False
             # A connection came back: wait on it for what is left of the timeout.
 
     def _wait_on(
-        self, session: Session, wake: int, timeout: float, extra_fds: Sequence[int]
+        self,
+        session: Session,
+        wake: int,
+        timeout: float,
+        extra_fds: Sequence[int],
+        host: str | None,
     ) -> bool:
         if not session.listening:
             self._listen(session)
@@ -585,7 +611,7 @@ class Ledger:
                 return False
             with _mapped(session):
                 session.poll()
-        notified = bool(session.notifies)
+        notified = any(wanted_notice(n.payload, host) for n in session.notifies)
         session.notifies.clear()
         return notified
 

@@ -425,7 +425,7 @@ class UploadPool:
                 if self._handed_in:
                     timeout = 0.0  # handed in since ``_collect``, perhaps without a wake-up
                 self._lingering = bool(self._unwritten)
-            if self.ledger.wait_for_notify(timeout, self._wake_r):
+            if self.ledger.wait_for_notify(timeout, self._wake_r, host=self.host):
                 self._work_may_wait = True
             self._drain_wake_pipe()
         return False
