@@ -66,7 +66,7 @@ uploaderd.multipart now sends the SHA-256 of the bytes it matched.
 
 from devstack.daemon import DaemonProcess, Notifications, can_name_hosts, metric
 from devstack.pgbouncer import PgBouncer
-from devstack.postgres import PostgresCluster, find_pg_bindir
+from devstack.postgres import PostgresCluster, PostgresReplica, find_pg_bindir
 from devstack.process import DevstackError, WaitTimeout, free_port, free_ports, wait_for
 from devstack.s3 import (
     ACCESS_KEY,
@@ -90,6 +90,7 @@ __all__ = [
     "Notifications",
     "PgBouncer",
     "PostgresCluster",
+    "PostgresReplica",
     "RcloneS3Server",
     "S3Server",
     "SeaweedFSServer",

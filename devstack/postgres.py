@@ -139,10 +139,11 @@ class PostgresCluster(Service):
         data, log, timeout = str(self.data_dir), str(self.log_file), str(int(START_TIMEOUT))
         self._run("pg_ctl", "start", "-w", "-t", timeout, "-D", data, "-l", log)
 
-    def stop(self) -> None:
-        """Stop the server quickly, disconnecting clients; a no-op when it is not running."""
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast``: disconnecting clients; ``immediate``: as a crash); a
+        no-op when it is not running."""
         if self.is_running():
-            self._run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data_dir))
+            self._run("pg_ctl", "stop", "-w", "-m", mode, "-D", str(self.data_dir))
 
     def is_running(self) -> bool:
         """Whether the postmaster of this cluster is alive."""
@@ -155,19 +156,19 @@ class PostgresCluster(Service):
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
 
     def _psql(self, sql: str) -> None:
-        cmd = [
-            str(self.bindir / "psql"),
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            self.dsn(),
-            "-c",
-            sql,
-        ]
+        self.query(sql)
+
+    def query(self, sql: str, dbname: str = "postgres") -> str:
+        """The first column of the first row of ``sql``, as psql prints it."""
+        cmd = [str(self.bindir / "psql"), "-X", "-A", "-t", self.dsn(dbname), "-c", sql]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise DevstackError(f"psql {sql!r} failed: {proc.stderr.strip()}")
+        return proc.stdout.strip()
+
+    def wal_lsn(self) -> str:
+        """The primary's current WAL position."""
+        return self.query("SELECT pg_current_wal_insert_lsn()")
 
     def create_database(self, name: str, template: str | None = None) -> str:
         """Create database ``name`` (a copy of ``template``, if given) and return its DSN."""
@@ -190,3 +191,35 @@ def _check_db_name(name: str) -> str:
     if not _DB_NAME.fullmatch(name):
         raise ValueError(f"database name must match {_DB_NAME.pattern}: {name!r}")
     return name
+
+
+class PostgresReplica(PostgresCluster):
+    """A streaming standby of ``primary`` on a port of its own, made by ``pg_basebackup -R``
+    (asynchronous replication: a commit on the primary returns before the standby has it).
+
+    ``detach`` stops it receiving WAL, so that what the primary commits afterwards is lost
+    when the primary dies and this one is promoted: the ledger goes back in time.
+    """
+
+    def __init__(self, primary: PostgresCluster, base_dir: Path | None = None) -> None:
+        super().__init__(base_dir, fast=primary.fast)
+        self.primary = primary
+
+    def _initdb(self) -> None:
+        args = ["-D", str(self.data_dir), "-R", "-X", "stream", "--checkpoint=fast"]
+        args += ["-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres"]
+        self._run("pg_basebackup", *args, *(["--no-sync"] if self.fast else []))
+
+    def replay_lsn(self) -> str:
+        """The last WAL position this standby replayed."""
+        return self.query("SELECT pg_last_wal_replay_lsn()")
+
+    def detach(self) -> None:
+        """Receive no more WAL from the primary (it keeps what it has)."""
+        self._psql("ALTER SYSTEM SET primary_conninfo = ''")
+        self._psql("SELECT pg_reload_conf()")
+
+    def promote(self) -> None:
+        """End recovery: from now on a primary, on a new timeline."""
+        timeout = str(int(START_TIMEOUT))
+        self._run("pg_ctl", "promote", "-w", "-t", timeout, "-D", str(self.data_dir))

@@ -368,6 +368,15 @@ LIMIT %(limit)s;
 -- name: ping
 SELECT 1;
 
+-- name: server_identity
+-- Which server a new connection reached, and on which history: the cluster's system
+-- identifier and the timeline it writes on. A standby promoted after a failover keeps its
+-- primary's identifier on a new timeline; a restart changes neither. NULL on a standby.
+SELECT CASE WHEN NOT pg_is_in_recovery() THEN
+    system_identifier::text || '/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)
+END
+FROM pg_control_system();
+
 -- name: session_settings
 -- Once per connection. No JIT: every statement here reads or writes a few rows through an
 -- index, but on a ledger of 20 M versions the planner's estimate for a prune batch (its id

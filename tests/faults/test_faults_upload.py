@@ -36,12 +36,14 @@ from pytest_httpserver import HTTPServer
 from devstack import (
     DaemonProcess,
     PostgresCluster,
+    PostgresReplica,
     S3Server,
     can_name_hosts,
     free_port,
     metric,
     wait_for,
 )
+from uploaderd.ledger import schema
 from uploaderd.ledger.store import Ledger, NewVersion
 from uploaderd.policy.settle import Candidate, Signature
 
@@ -76,6 +78,15 @@ def states(sql: Sql) -> dict[str, tuple[str, str | None]]:
         "ORDER BY relpath, id DESC"
     )
     return {relpath: (state, error) for relpath, state, error in rows}
+
+
+def run_sql(dsn: str, query: str, *params: object) -> list[tuple[Any, ...]]:
+    """``query`` on a fresh autocommit connection to ``dsn``."""
+    with contextlib.closing(psycopg2.connect(dsn)) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(query, params)
+            return cursor.fetchall() if cursor.description else []
 
 
 def wait_states(sql: Sql, expected: dict[str, str], timeout: float = 60.0) -> None:
@@ -214,6 +225,58 @@ def test_read_only_failover_is_an_outage_and_everything_uploads_after(
     assert_in_s3(s3_server, bucket, {f"in/{name}": data for name, data in files.items()})
 
 
+def test_failover_to_a_promoted_standby_that_lost_the_last_commits(
+    make_daemon: Callable[..., DaemonProcess], root: Path, bucket: str, s3_server: S3Server
+) -> None:
+    """Issue 24: the primary dies holding commits its asynchronous standby never received,
+    and the standby is promoted. The daemon follows its multi-host DSN to the new primary by
+    itself, finds again the files whose records were lost, and every file ends uploaded with
+    its bytes in S3 (an object already there with the same bytes is no failure)."""
+    with contextlib.ExitStack() as stack:
+        primary = PostgresCluster()
+        stack.callback(primary.cleanup)
+        primary.start()
+        schema.migrate(primary.create_database("ledger"))
+        standby = PostgresReplica(primary)
+        stack.callback(standby.cleanup)
+        standby.start()
+        dsn = (
+            f"host=127.0.0.1,127.0.0.1 port={primary.port},{standby.port} dbname=ledger "
+            "user=postgres target_session_attrs=read-write"
+        )
+        sql = functools.partial(run_sql, dsn)
+        port = free_port()
+        metrics = {"listen": f"127.0.0.1:{port}"}
+        daemon = start_lab(make_daemon, root, bucket, {"dsn": dsn, "metrics": metrics})
+        files = {
+            f"kept-{i}.txt": write(root, f"kept-{i}.txt", b"replicated %d" % i) for i in range(3)
+        }
+        wait_states(sql, dict.fromkeys(files, "uploaded"))
+        caught_up = f"SELECT pg_last_wal_replay_lsn() >= '{primary.wal_lsn()}'"
+        wait_for(
+            lambda: standby.query(caught_up) == "t", timeout=30, message="the standby's replay"
+        )
+        standby.detach()
+        lost = {
+            f"lost-{i}.txt": write(root, f"lost-{i}.txt", b"not replicated %d" % i)
+            for i in range(3)
+        }
+        wait_states(sql, dict.fromkeys(lost, "uploaded"))
+        files |= lost
+        # The ledger goes back in time: the standby never heard of the lost files.
+        never_heard = "SELECT count(*) FROM file_versions WHERE relpath LIKE 'lost-%'"
+        assert standby.query(never_heard, "ledger") == "0"
+        primary.stop(mode="immediate")
+        standby.promote()
+        files["after.txt"] = write(root, "after.txt", b"written after the failover")
+        wait_states(sql, dict.fromkeys(files, "uploaded"), timeout=90)
+        assert "PostgreSQL is another server than before" in daemon.log()
+        assert (metric(port, "uploaderd_db_server_changes_total") or 0) >= 1
+        assert_in_s3(s3_server, bucket, {f"in/{name}": data for name, data in files.items()})
+        healthy(daemon)
+        daemon.stop()
+
+
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_postgres_stops_mid_multipart_upload(
     make_daemon: Callable[..., DaemonProcess],
@@ -238,7 +301,7 @@ def test_postgres_stops_mid_multipart_upload(
         message="the multipart upload recorded",
         ignore=(IndexError,),
     )
-    pg_cluster._run("pg_ctl", "stop", "-w", "-m", mode, "-D", str(pg_cluster.data_dir))
+    pg_cluster.stop(mode)
     try:
         during = write(root, "during.txt", b"written while PostgreSQL is down")
         assert daemon.notes is not None

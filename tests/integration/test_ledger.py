@@ -12,6 +12,7 @@ from typing import Any
 import psycopg2
 import pytest
 
+from devstack import PostgresCluster, PostgresReplica
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.ledger import schema
 from uploaderd.ledger.store import (
@@ -458,6 +459,44 @@ def test_the_0008_index_can_be_built_beforehand_concurrently(database_dsn: str) 
             )
         ]
     conn.close()
+
+
+def test_a_promoted_standby_is_a_new_server_and_a_restart_is_not() -> None:
+    """What makes the daemon rescan after a failover (``server_identity``): a new timeline
+    on the same cluster, not a restart of the same primary."""
+    changes: list[tuple[str, str]] = []
+    with contextlib.ExitStack() as stack:
+        primary = PostgresCluster()
+        stack.callback(primary.cleanup)
+        primary.start()
+        standby = PostgresReplica(primary)
+        stack.callback(standby.cleanup)
+        standby.start()
+        dsn = (
+            f"host=127.0.0.1,127.0.0.1 port={primary.port},{standby.port} dbname=postgres "
+            "user=postgres target_session_attrs=read-write"
+        )
+        budget = connection_budget(
+            dsn, 1, "uploaderd", on_new_server=lambda *seen: changes.append(seen)
+        )
+        stack.callback(budget.close)
+
+        def reconnect() -> None:
+            budget.close()
+            with budget.connection():
+                pass
+
+        reconnect()
+        primary.stop()
+        primary.start()
+        reconnect()
+        assert changes == []
+        primary.stop(mode="immediate")
+        standby.promote()
+        reconnect()
+        [(before, now)] = changes
+        assert before.split("/")[0] == now.split("/")[0]  # the same cluster
+        assert (before.split("/")[1], now.split("/")[1]) == ("00000001", "00000002")
 
 
 def test_new_work_wakes_the_enqueuing_host_at_once_and_a_retry_every_host(

@@ -78,6 +78,7 @@ CONTRACT = {
     "uploaderd_s3_requests_total": {"op", "code"},
     "uploaderd_db_up": set(),
     "uploaderd_db_connections": set(),
+    "uploaderd_db_server_changes_total": set(),
     "uploaderd_discovery_leading": {"job"},
     "uploaderd_config_reload_success": set(),
     "uploaderd_watches": {"job"},
@@ -167,6 +168,7 @@ REQUIRED_ALERTS = {
     "UploaderdConfigReloadFailed",
     "UploaderdDestinationPaused",
     "UploaderdDatabaseDown",
+    "UploaderdDatabaseFailedOver",
 }
 
 

@@ -59,7 +59,11 @@ class Daemon:
         self._watchdog_interval = watchdog_usec / 2e6 if watchdog_usec else None
         # Every thread's ledger shares these connections (database.connections).
         self.budget = connection_budget(
-            config.dsn, config.connections, "uploaderd", pool_mode=config.pool_mode
+            config.dsn,
+            config.connections,
+            "uploaderd",
+            pool_mode=config.pool_mode,
+            on_new_server=self._new_server,
         )
         metrics.db_connections.set_function(lambda: self.budget.opened)
         self.discovery = Discovery(
@@ -284,6 +288,17 @@ class Daemon:
                 self.events.put("status")
 
         return report
+
+    def _new_server(self, before: str, now: str) -> None:
+        # On whichever thread opened the connection: hand the news on, nothing more.
+        log.warning(
+            "PostgreSQL is another server than before (%s, was %s): a failover may have "
+            "lost the last commits; every job is rescanned against the ledger",
+            now,
+            before,
+        )
+        metrics.db_server_changes.inc()
+        self.discovery.server_changed()
 
     def _watch_error(self, job: str, message: str) -> None:
         log.error("job %s: %s", job, message)

@@ -63,7 +63,13 @@ class Leading:
     leading: bool
 
 
-_Inbox = PathEvent | ScanRequest | Leading | dict[str, Job] | Written
+@dataclass(frozen=True)
+class ServerChanged:
+    """The ledger is another server than before (a promoted standby): what it was told last
+    may be lost."""
+
+
+_Inbox = PathEvent | ScanRequest | Leading | ServerChanged | dict[str, Job] | Written
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,9 @@ class Discovery:
 
     def request_scan(self, job: str) -> None:
         self.inbox.put(ScanRequest(job))
+
+    def server_changed(self) -> None:
+        self.inbox.put(ServerChanged())
 
     def set_leading(self, job: str, leading: bool) -> None:
         self.inbox.put(Leading(job, leading))
@@ -251,6 +260,8 @@ class Discovery:
             self._start_scan(item.job)
         elif isinstance(item, Leading):
             self._lead(item)
+        elif isinstance(item, ServerChanged):
+            self._server_changed()
         elif item.job in self._jobs and self._discovers(item.job):
             state = self._jobs[item.job]
             if item.is_dir:
@@ -293,6 +304,14 @@ class Discovery:
             return
         for path in state.job.source.paths:
             self._add_scan(name, str(path))
+
+    def _server_changed(self) -> None:
+        """After a failover the new primary may lack the last versions written (asynchronous
+        replication): forget which paths were written, and look at every file again, so
+        the ledger is asked about each."""
+        for name, state in self._jobs.items():
+            state.recent.clear()
+            self._start_scan(name)
 
     def _add_scan(self, name: str, root: str, start: str | None = None) -> None:
         rules = self._jobs[name].rules
@@ -462,4 +481,6 @@ def _describe(item: _Inbox) -> str:
         return f"a rescan request of job {item.job}"
     if isinstance(item, Leading):
         return f"a change of the discovering host of job {item.job}"
+    if isinstance(item, ServerChanged):
+        return "a failover of PostgreSQL"
     return f"job {item.job}: {item.path}"

@@ -18,8 +18,9 @@ import re
 import secrets
 import select
 import socket
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -340,11 +341,51 @@ def open_session(dsn: str, application_name: str, *, settings: bool = True) -> S
 
 
 def connection_budget(
-    dsn: str, size: int, application_name: str, *, pool_mode: str = "session"
+    dsn: str,
+    size: int,
+    application_name: str,
+    *,
+    pool_mode: str = "session",
+    on_new_server: Callable[[str, str], None] | None = None,
 ) -> Budget[Session]:
-    """What the daemon's ledgers share: at most ``size`` connections."""
+    """What the daemon's ledgers share: at most ``size`` connections.
+
+    With ``on_new_server``, each new connection asks which server it reached, and a change
+    from the one before (a standby promoted by a failover: ``server_identity``) is reported
+    as ``(before, now)`` on the thread that opened it.
+    """
     settings = pool_mode == "session"
-    return Budget(lambda: open_session(dsn, application_name, settings=settings), size)
+    if on_new_server is None:
+        return Budget(lambda: open_session(dsn, application_name, settings=settings), size)
+    watch = _ServerWatch(on_new_server)
+
+    def open_watched() -> Session:
+        session = open_session(dsn, application_name, settings=settings)
+        with _mapped(session), session, session.cursor() as cursor:
+            cursor.execute(queries()["server_identity"])
+            (identity,) = cursor.fetchone() or (None,)
+        watch.saw(identity)
+        return session
+
+    return Budget(open_watched, size)
+
+
+class _ServerWatch:
+    """The last server identity a process's connections reported (None: a standby's, which
+    no write reaches, is not compared)."""
+
+    def __init__(self, on_change: Callable[[str, str], None]) -> None:
+        self._on_change = on_change
+        self._known: str | None = None
+        self._lock = threading.Lock()
+
+    def saw(self, identity: str | None) -> None:
+        if identity is None:
+            return
+        with self._lock:
+            before, self._known = self._known, identity
+        if before is not None and before != identity:
+            self._on_change(before, identity)
 
 
 class Ledger:

@@ -109,6 +109,10 @@ destination_paused = Gauge(
     ["job", "op"],
 )
 db_up = Gauge("uploaderd_db_up", "1 while PostgreSQL answers")
+db_server_changes = Counter(
+    "uploaderd_db_server_changes_total",
+    "New connections that reached another PostgreSQL server or timeline (a failover)",
+)
 discovery_leading = Gauge(
     "uploaderd_discovery_leading",
     "1 while this host discovers the shared job's files (it holds the job's lease)",
