@@ -65,6 +65,7 @@ uploaderd.multipart now sends the SHA-256 of the bytes it matched.
 """
 
 from devstack.daemon import DaemonProcess, Notifications, can_name_hosts, metric
+from devstack.faultproxy import FaultProxy
 from devstack.pgbouncer import PgBouncer
 from devstack.postgres import PostgresCluster, PostgresReplica, find_pg_bindir
 from devstack.process import DevstackError, WaitTimeout, free_port, free_ports, wait_for
@@ -86,6 +87,7 @@ __all__ = [
     "SECRET_KEY",
     "DaemonProcess",
     "DevstackError",
+    "FaultProxy",
     "MotoServer",
     "Notifications",
     "PgBouncer",

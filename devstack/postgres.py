@@ -201,14 +201,20 @@ class PostgresReplica(PostgresCluster):
     when the primary dies and this one is promoted: the ledger goes back in time.
     """
 
-    def __init__(self, primary: PostgresCluster, base_dir: Path | None = None) -> None:
-        super().__init__(base_dir, fast=primary.fast)
+    def __init__(
+        self, primary: PostgresCluster, base_dir: Path | None = None, port: int | None = None
+    ) -> None:
+        super().__init__(base_dir, port, fast=primary.fast)
         self.primary = primary
 
     def _initdb(self) -> None:
         args = ["-D", str(self.data_dir), "-R", "-X", "stream", "--checkpoint=fast"]
         args += ["-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres"]
         self._run("pg_basebackup", *args, *(["--no-sync"] if self.fast else []))
+        # The copy holds the primary's socket lock files (its sockets live in its data
+        # directory): a standby of a standby would find a lock of its own port there.
+        for lock in self.data_dir.glob(".s.PGSQL.*"):
+            lock.unlink()
 
     def replay_lsn(self) -> str:
         """The last WAL position this standby replayed."""

@@ -178,6 +178,7 @@ class RcloneS3Server(S3Server):
     """
 
     honours_if_none_match = False
+    keep_data = False  # True: a restart serves the objects of before (metadata is lost)
 
     def _command(self) -> list[str]:
         return [
@@ -194,7 +195,7 @@ class RcloneS3Server(S3Server):
         ]
 
     def start(self) -> None:
-        if self._proc is None:
+        if self._proc is None and not (self.keep_data and (self.base_dir / "data").is_dir()):
             shutil.rmtree(self.base_dir / "data", ignore_errors=True)
             (self.base_dir / "data").mkdir(parents=True)
             # An empty config of its own keeps rclone from reading the user's remotes.

@@ -26,7 +26,6 @@ from typing import Any
 import psycopg2
 import pytest
 from faultkit import (
-    FaultProxy,
     TricklingEndpoint,
     daemon_threads,
     idle_connections,
@@ -35,6 +34,7 @@ from pytest_httpserver import HTTPServer
 
 from devstack import (
     DaemonProcess,
+    FaultProxy,
     PostgresCluster,
     PostgresReplica,
     S3Server,
