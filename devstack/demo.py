@@ -138,6 +138,15 @@ def _banner(directory: Path, config: Path, pg: PostgresCluster, s3: S3Server, s3
     shell = [f". {shlex.quote(str(activate))}"] if activate.is_file() else []
     shell += [_exports({"UPLOADERD_CONFIG": str(config)}), _exports(env)]
     lines = "\n".join(f"    {line}" for line in shell)
+    # devstack is not installed: `python -m devstack` runs from the checkout.
+    checkout = shlex.quote(str(Path(__file__).resolve().parent.parent))
+    kept = sorted(p.name for p in (directory / "jobs.d").glob("*.yaml") if p.name != "demo.yaml")
+    kept_note = (
+        f"\n  Also running, from an earlier demo: {', '.join(kept)} in "
+        f"{directory / 'jobs.d'} (delete them to stop them).\n"
+        if kept
+        else ""
+    )
     return f"""
 uploaderd demo: PostgreSQL at {pg.dsn("uploaderd")}, {s3_kind} S3 at {s3.endpoint_url}
 
@@ -151,11 +160,28 @@ uploaderd demo: PostgreSQL at {pg.dsn("uploaderd")}, {s3_kind} S3 at {s3.endpoin
     uploaderd files
     uploaderd explain {shlex.quote(str(directory / "inbox"))}/FILE
     uploaderd verify demo
-    aws s3 ls --recursive s3://{BUCKET}/
-
+    (cd {checkout} && python -m devstack objects)   # the bucket's objects
+{kept_note}
   Ctrl-C stops the daemon, then PostgreSQL and S3. Each start begins with an
   empty database and bucket, so files already in the inbox are uploaded again.
 """
+
+
+def objects(bucket: str) -> int:
+    """List ``bucket`` (key, size, SHA-256 metadata) on the S3 endpoint of the environment
+    the demo prints: what ``aws s3 ls`` would show, with what the demo installed."""
+    import boto3  # uploaderd's own dependency; only this command needs it here
+
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
+    count = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            head = client.head_object(Bucket=bucket, Key=item["Key"])
+            sha = {k.lower(): v for k, v in head.get("Metadata", {}).items()}.get("sha256", "")
+            say(f"{item['Size']:>12}  {item['Key']}  {sha}".rstrip())
+            count += 1
+    say(f"{count} object{'' if count == 1 else 's'} in s3://{bucket}/")
+    return 0
 
 
 def _stop_daemon(daemon: subprocess.Popen[bytes]) -> None:
@@ -167,6 +193,7 @@ def _stop_daemon(daemon: subprocess.Popen[bytes]) -> None:
 def demo(directory: Path, s3_kind: str) -> int:
     """Run ``uploaderd run`` on fresh local services until it exits or we are stopped."""
     with _stack() as stack:
+        stack.callback(say, f"PostgreSQL and S3 stopped; the demo's files stay in {directory}")
         pg, s3 = _start_services(stack, directory, s3_kind)
         config = _demo_config(directory, pg, s3)
         env = os.environ | _service_env(pg, s3)
@@ -185,6 +212,7 @@ def demo(directory: Path, s3_kind: str) -> int:
 def services(directory: Path, s3_kind: str) -> int:
     """Start PostgreSQL and S3, print the environment to reach them, wait to be stopped."""
     with _stack() as stack:
+        stack.callback(say, "PostgreSQL and S3 stopped")  # the last: unwound after both
         pg, s3 = _start_services(stack, directory, s3_kind)
         stack.callback(say, "stopping PostgreSQL and S3 ...")
         for key, value in _service_env(pg, s3).items():

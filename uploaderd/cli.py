@@ -61,7 +61,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         # Only `check --reload` (the unit's ExecReload=) runs without the unit's credentials.
         credentials = not getattr(args, "reload", False)
-        config = load_daemon_config(args.config, env=env, credentials=credentials)
+        config_file: Path | None = args.config
+        if getattr(args, "config_optional", False) and config_file == default_config(env):
+            # A command that works without a daemon (import-config) takes the file if there
+            # is one, and built-in defaults on a machine without it.
+            config_file = config_file if config_file.exists() else None
+        config = load_daemon_config(config_file, env=env, credentials=credentials)
         logs.setup(config.log_level if args.command == "run" else "warning", config.log_format, env)
         command: Command = args.handler
         return command(args, config)
@@ -70,6 +75,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return exc.exit_status
     except KeyboardInterrupt:
         return EXIT_FAILURES
+
+
+def default_config(env: Mapping[str, str]) -> Path:
+    return Path(env.get("UPLOADERD_CONFIG") or DEFAULT_CONFIG_PATH)
 
 
 def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -93,7 +102,7 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help=config_help,
-        default=Path(env.get("UPLOADERD_CONFIG") or DEFAULT_CONFIG_PATH),
+        default=default_config(env),
     )
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: given after the command it wins; not given, the one before the command stays.

@@ -173,8 +173,9 @@ def test_status_and_files_show_the_ledger(tmp_path: Path, migrated_dsn: str, sql
     config = write_config(tmp_path, migrated_dsn)
     status = uploaderd("status", "-c", str(config))
     assert status.returncode == 1, "failed files make status exit 1"
-    row = status.stdout.splitlines()[1].split()  # job, 6 states, oldest, bytes, last success
-    assert row[:7] == ["lab", "1", "0", "0", "1", "0", "0"] and row[8:] == ["12", "B", "-"]
+    row = status.stdout.splitlines()[1].split()  # job, 6 states, oldest, 2 sizes, last success
+    # Issue 25: one BYTES column summed every state; now the queued and the uploaded bytes.
+    assert row[:7] == ["lab", "1", "0", "0", "1", "0", "0"] and row[8:] == ["5", "B", "0", "B", "-"]
     assert "lab: b.txt (failed, 0 attempts): unsafe key: test" in status.stdout
     status_json = uploaderd("status", "--json", "-c", str(config))
     assert status_json.stdout, status_json.stderr
@@ -189,6 +190,8 @@ def test_status_and_files_show_the_ledger(tmp_path: Path, migrated_dsn: str, sql
     table = uploaderd("files", "-c", str(config)).stdout
     assert "b.txt  (unsafe key: test)" in table
     assert uploaderd("files", "--state", "lost", "-c", str(config)).returncode == 2
+    none = uploaderd("files", "--state", "uploaded", "--job", "lab", "-c", str(config))
+    assert none.stdout == "no file versions in state uploaded of job lab\n"  # not a header
 
 
 def test_wheel_ships_the_sql(tmp_path: Path) -> None:

@@ -430,6 +430,21 @@ def test_verify_finds_missing_extra_and_changed_objects(
     ]
 
 
+def test_no_settle_uploads_a_finished_run_without_waiting_for_settle(
+    ws: Workspace, bucket: str
+) -> None:
+    """Issue 25: a directory the user knows is complete still waited for the settle."""
+    ws.job(bucket)
+    job = yaml.safe_load((ws.jobs / "lab.yaml").read_text())
+    job["source"]["settle"] = "1h"  # without --no-settle: a budget of two hours
+    (ws.jobs / "lab.yaml").write_text(yaml.safe_dump(job))
+    ws.write("run9/a.txt", b"just written")
+    out = ok(ws.run("upload", "lab", "--no-settle", "--no-progress"))
+    assert "settling" not in out
+    explained = ok(ws.run("explain", str(ws.data / "run9/a.txt")))
+    assert "why: uploaded at" in explained and f"s3://{bucket}/lab/run9/a.txt" in explained
+
+
 def test_explain_says_why_for_uploaded_excluded_and_outside_paths(
     ws: Workspace, bucket: str, tmp_path: Path
 ) -> None:
@@ -441,7 +456,7 @@ def test_explain_says_why_for_uploaded_excluded_and_outside_paths(
     assert f"job: lab (root {ws.data}, relpath run1/a.txt)" in uploaded
     assert "filter: included" in uploaded
     assert re.search(
-        r"^version \d+: uploaded, 1 attempts, 5 bytes, key "
+        r"^version \d+: uploaded, 1 attempt, 5 bytes, key "
         rf"s3://{bucket}/lab/run1/a.txt",
         uploaded,
         re.MULTILINE,
@@ -452,8 +467,17 @@ def test_explain_says_why_for_uploaded_excluded_and_outside_paths(
     )
     excluded = ok(ws.run("explain", str(ws.data / "run1/b.tmp")))
     assert "why: excluded by **/*.tmp" in excluded and "versions: none in the ledger" in excluded
-    outside = ok(ws.run("explain", str(tmp_path / "elsewhere.txt")))
-    assert outside.splitlines() == [f"path: {tmp_path / 'elsewhere.txt'}", "why: not under any job"]
+    missing = ws.run("explain", str(tmp_path / "elsewhere.txt"))
+    assert ok(missing, 2).splitlines() == [
+        f"path: {tmp_path / 'elsewhere.txt'}",
+        "why: not under any job",
+    ]
+    assert "elsewhere.txt: no such file, and the ledger holds no version of it" in missing.stderr
+    (ws.data / "run1" / "a.txt").unlink()  # gone from disk, known to the ledger: an answer
+    assert "why: uploaded at" in ok(ws.run("explain", str(ws.data / "run1/a.txt")))
+    directory = ws.run("explain", str(ws.data / "run1"))
+    assert directory.returncode == 2 and directory.stdout == ""
+    assert "run1 is a directory: explain looks at one file" in directory.stderr
     ws.write("new.txt", b"new")
     assert "why: complete but not queued yet" in ok(ws.run("explain", str(ws.data / "new.txt")))
 

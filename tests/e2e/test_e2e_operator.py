@@ -317,6 +317,20 @@ def test_every_reporting_command_answers_in_json(
     assert as_json(ws.run("prune", "--dry-run", "--json"))["dry_run"] is True
 
 
+def test_prune_says_its_retention_and_its_help_the_shortest(ws: Workspace) -> None:
+    """Issue 25: `prune --older-than 0s` said "expected at least 1h", which --help did not;
+    `prune --dry-run` did not say which retention it used."""
+    assert "at least 1h" in " ".join(ok(ws.run("prune", "--help")).split())
+    dry = ok(ws.run("prune", "--dry-run")).splitlines()
+    assert (
+        dry[0] == "retention (ledger.retention): versions older than 90d, attempts older than 30d"
+    )
+    chosen = ok(ws.run("prune", "--dry-run", "--older-than", "36h")).splitlines()
+    assert chosen[0] == "retention (--older-than): versions older than 36h, attempts older than 36h"
+    too_short = ws.run("prune", "--older-than", "0s")
+    assert too_short.returncode == 2 and "expected at least 1h, or forever" in too_short.stderr
+
+
 def test_check_connect_counts_what_it_could_not_reach(ws: Workspace) -> None:
     ws.job("no-such-bucket-for-check")
     result = ws.run("check", "--connect")
@@ -395,6 +409,35 @@ OLD_CONFIG = {
     "max_retries": 3,
     "compress_before_upload": True,
 }
+
+
+def test_import_config_writes_the_name_given_and_needs_no_daemon_config(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    """Issue 25: --name was dropped (the job took its file's name), and a machine without
+    /etc/uploaderd/uploaderd.yaml could not convert a file."""
+    old = tmp_path / "run42.json"
+    old.write_text(json.dumps({"local_directory": "/data/run42", "s3_bucket": "lab-raw"}))
+    target = ws.jobs / "imported.yaml"
+    ok(ws.run("import-config", str(old), "--name", "scope-b", "--output", str(target)))
+    assert "name: scope-b" in target.read_text()
+    jobs = load_jobs(ws.jobs, S3Settings(), JobPolicy(allow_insecure_files=True))
+    assert not jobs.problems, jobs.problems
+    assert "scope-b" in jobs.jobs and "imported" not in jobs.jobs
+    missing = tmp_path / "etc" / "uploaderd.yaml"  # the default config, absent here
+    bare = [sys.executable, "-m", "uploaderd", "import-config", str(old)]
+    env = {**os.environ, "UPLOADERD_CONFIG": str(missing)}
+    converted = subprocess.run(bare, capture_output=True, text=True, env=env, timeout=60)
+    assert converted.returncode == 0, converted.stderr
+    assert "bucket: lab-raw" in converted.stdout
+    named = subprocess.run(
+        [*bare, "-c", str(tmp_path / "typo.yaml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert named.returncode == 2 and "typo.yaml" in named.stderr  # a file asked for must exist
 
 
 def test_import_config_writes_a_job_that_loads_and_never_copies_credentials(

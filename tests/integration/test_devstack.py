@@ -11,6 +11,7 @@ import io
 import os
 import re
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -254,3 +255,36 @@ def test_services_stop_when_the_terminal_hangs_up(demo_dir: Path) -> None:
     assert services.wait(timeout=60) == 130
     wait_for(lambda: not processes_under(demo_dir), timeout=30, message="no process left")
     assert "Traceback" not in (demo_dir / "stderr.log").read_text()
+
+
+def test_the_demo_shows_its_objects_names_kept_jobs_and_says_all_stopped(demo_dir: Path) -> None:
+    """Issue 25: the banner offered `aws s3 ls`, which the demo does not install; it ran job
+    files left from an earlier demo without a word; its shutdown never said that PostgreSQL
+    and S3 had stopped."""
+    (demo_dir / "jobs.d").mkdir()
+    (demo_dir / "earlier").mkdir()
+    kept = f"source:\n  paths: [{demo_dir / 'earlier'}]\ndestination:\n  bucket: demo\n"
+    (demo_dir / "jobs.d" / "earlier.yaml").write_text(kept)
+    demo = start_devstack("demo", demo_dir)
+    banner = read_until(demo.stdout, b"Ctrl-C stops the daemon").decode()  # type: ignore[arg-type]
+    assert "aws s3" not in banner and "python -m devstack objects" in banner
+    assert "from an earlier demo: earlier.yaml" in banner
+    exports = next(line for line in banner.splitlines() if "AWS_ENDPOINT_URL=" in line)
+    env = dict(item.split("=", 1) for item in shlex.split(exports)[1:])
+    (demo_dir / "inbox" / "hello.txt").write_bytes(b"hello")
+
+    def listed() -> str:
+        argv = [sys.executable, "-m", "devstack", "objects"]
+        done = subprocess.run(
+            argv, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    wait_for(lambda: "demo/hello.txt" in listed(), timeout=60, message="the object listed")
+    assert "1 object in s3://demo/" in listed()
+    os.killpg(demo.pid, signal.SIGINT)
+    assert demo.wait(timeout=60) == 130
+    said = demo.stdout.read().decode()  # type: ignore[union-attr]
+    assert said.rstrip().endswith(f"PostgreSQL and S3 stopped; the demo's files stay in {demo_dir}")
+    wait_for(lambda: not processes_under(demo_dir), timeout=30, message="no process left")

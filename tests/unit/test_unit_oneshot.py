@@ -169,3 +169,26 @@ def test_a_registration_call_is_described_with_its_status() -> None:
         "not sent: configuration error: header A names ${env:T}, and the environment "
         "variable T is not set; queued for retry"
     )
+
+
+def test_the_countdown_says_when_the_last_file_can_be_complete(tmp_path: Path) -> None:
+    """Issue 25: the countdown said "up to 21 s left" (the whole budget) and was done in 8."""
+    write(tmp_path, "fresh.txt", b"new", NOW)
+    time = FakeTime()
+    lefts: list[float] = []
+    collect(
+        job_for(tmp_path),
+        nothing_known,
+        clock=time.clock(),
+        on_wait=lambda files, left: lefts.append(left),
+    )
+    assert lefts[0] == 10.0 and lefts == sorted(lefts, reverse=True)
+    assert settle_budget(10) == 21.0
+
+
+def test_no_settle_takes_fresh_files_at_the_second_look(tmp_path: Path) -> None:
+    """Issue 25: `upload --no-settle`: the user knows the directory is complete."""
+    write(tmp_path, "fresh.txt", b"new", NOW)
+    time = FakeTime()
+    found = collect(job_for(tmp_path, settle="0s"), nothing_known, clock=time.clock())
+    assert [c.relpath for c in found.complete] == ["fresh.txt"] and time.slept == 0

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from uploaderd.commands.explain import version_why
 from uploaderd.observe import logs
 from uploaderd.observe.logs import ActivityLog, Attempt, JsonFormatter, PriorityFormatter
 from uploaderd.observe.progress import RunProgress, StatsDisplay
 from uploaderd.policy.transfers import Active, CountingBody, Transfers
+from uploaderd.policy.units import plural
 
 
 class Clock:
@@ -153,3 +155,11 @@ def test_stats_lines_come_every_interval_and_at_the_end() -> None:
         "(12.0 MiB/100.0 MiB)",
         "stats: 0 B/100 B (0%), -, ETA -, 0/1 file; waiting 8s to retry after big.bin: S3 SlowDown",
     ]
+
+
+def test_counts_of_one_are_singular() -> None:
+    """Issue 25: `1 attempts`, `1 files`, `1 more files`."""
+    version = {"state": "failed", "attempts": 1, "last_error": "S3 NoSuchBucket"}
+    assert version_why(version) == "failed after 1 attempt: S3 NoSuchBucket"
+    assert version_why({**version, "attempts": 2}).startswith("failed after 2 attempts:")
+    assert plural(1, "more file") == "1 more file" and plural(5, "more file") == "5 more files"

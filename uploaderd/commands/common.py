@@ -4,6 +4,7 @@ how they print for a person or as JSON."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -86,6 +87,22 @@ def workers_option(sub: argparse.ArgumentParser) -> None:
         metavar="N",
         help="upload with N threads instead of the config's workers (e.g. --workers 8)",
     )
+
+
+def settle_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="the files are complete now (a finished run): queue them without waiting for "
+        "the job's settle time (e.g. uploaderd upload scope-a --no-settle)",
+    )
+
+
+def settled_as_asked(job: Job, args: argparse.Namespace) -> Job:
+    """``job``, without its settle time under ``--no-settle``: one look at each file."""
+    if not args.no_settle:
+        return job
+    return dataclasses.replace(job, source=dataclasses.replace(job.source, settle=0.0))
 
 
 # --- what the commands open --------------------------------------------------------------------

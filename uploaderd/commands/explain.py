@@ -21,11 +21,11 @@ from uploaderd.config.settings import DaemonConfig, Job
 from uploaderd.discovery.collect import rules_of
 from uploaderd.discovery.scanner import check_path, not_utf8, relative_path
 from uploaderd.discovery.versions import scope_of
-from uploaderd.errors import EXIT_OK
+from uploaderd.errors import EXIT_OK, UsageError
 from uploaderd.ledger.store import Ledger, State
 from uploaderd.policy.keys import file_date
 from uploaderd.policy.settle import Signature
-from uploaderd.policy.units import format_bytes
+from uploaderd.policy.units import format_bytes, plural
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,12 @@ def add_parser(parsers: Parsers) -> None:
 
 
 def run_explain(args: argparse.Namespace, config: DaemonConfig) -> int:
+    absolute = os.path.abspath(args.path)
+    if os.path.isdir(absolute):  # before any line about filters or settling a file
+        raise UsageError(
+            f"{absolute} is a directory: explain looks at one file "
+            f"(e.g. uploaderd explain {os.path.join(absolute, 'FILE')})"
+        )
     jobs = jobs_of(config)
     with open_ledger(config, "explain") as ledger:
         lines = list(explain(args.path, jobs, ledger))
@@ -66,7 +72,13 @@ def run_explain(args: argparse.Namespace, config: DaemonConfig) -> int:
         )
     else:
         show(*lines)
+    if not os.path.lexists(absolute) and not any(line.startswith(_VERSION) for line in lines):
+        raise UsageError(f"{absolute}: no such file, and the ledger holds no version of it")
     return EXIT_OK
+
+
+# The lines that show the ledger knows the path: a version, or a pruned one's signature.
+_VERSION = ("version ", "versions: pruned")
 
 
 def places(path: str, jobs: Mapping[str, Job]) -> list[Place]:
@@ -194,7 +206,7 @@ def _describe_stat(job: Job, info: os.stat_result, settle_left: float) -> str:
 
 def _describe_version(version: Mapping[str, Any], attempts: list[dict[str, Any]]) -> Iterator[str]:
     yield (
-        f"version {version['id']}: {version['state']}, {version['attempts']} attempts, "
+        f"version {version['id']}: {version['state']}, {plural(version['attempts'], 'attempt')}, "
         f"{version['size']} bytes, key s3://{version['bucket']}/{version['key']}, "
         f"session {version['session_id']}, discovered {_when(version['discovered_at'])}"
     )
@@ -243,7 +255,7 @@ def version_why(version: Mapping[str, Any]) -> str:
     if state == State.UPLOADING:
         return f"uploading now (attempt {version['attempts']})"
     if state == State.FAILED:
-        return f"failed after {version['attempts']} attempts: {version['last_error']}"
+        return f"failed after {plural(version['attempts'], 'attempt')}: {version['last_error']}"
     if state == State.GONE:
         return f"gone before its upload: {version['last_error']}"
     return f"superseded: {version['last_error']}"

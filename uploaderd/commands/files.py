@@ -62,6 +62,9 @@ def run_files(args: argparse.Namespace, config: DaemonConfig) -> int:
     if args.json:
         print_json(rows)
         return EXIT_OK
+    if not rows:  # a header alone reads as a listing that broke off
+        show(f"no file versions{_selection(args)}")
+        return EXIT_OK
     show(f"{'ID':>8} {'JOB':<16} {'STATE':<10} {'TRIES':>5} {'SIZE':>10}  PATH")
     for row in rows:
         error = f"  ({row['last_error']})" if row["last_error"] else ""
@@ -70,3 +73,11 @@ def run_files(args: argparse.Namespace, config: DaemonConfig) -> int:
             f"{format_bytes(row['size']):>10}  {row['relpath']}{error}"
         )
     return EXIT_OK
+
+
+def _selection(args: argparse.Namespace) -> str:
+    """`` in state failed of job scope-a``: what ``files`` was asked for, in words."""
+    parts = [f" in state {args.state}" if args.state else ""]
+    parts.append(f" of job {args.job}" if args.job else "")
+    parts.append(f" in session {args.session_id}" if args.session_id is not None else "")
+    return "".join(parts)

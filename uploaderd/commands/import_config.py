@@ -67,7 +67,8 @@ def add_parser(parsers: Parsers) -> None:
     imported.add_argument(
         "--name",
         metavar="NAME",
-        help="the job's name (default: from the file name; e.g. --name run42)",
+        help="the job's name, written into the job file as `name:` (without it the job "
+        "takes its file's name; e.g. --name run42)",
     )
     imported.add_argument(
         "--output",
@@ -76,12 +77,17 @@ def add_parser(parsers: Parsers) -> None:
         help="write the job file there instead of printing it; never over an "
         "existing file (e.g. --output /etc/uploaderd/jobs.d/run42.yaml)",
     )
+    # Converting a file needs no daemon: without /etc/uploaderd/uploaderd.yaml the job is
+    # checked against the built-in S3 defaults.
+    imported.set_defaults(config_optional=True)
 
 
 def run_import_config(args: argparse.Namespace, config: DaemonConfig) -> int:
     old = read_old_config(args.old_config)
     result = convert(old)
     name = args.name or job_name(args.old_config)
+    if args.name:  # written out: the job keeps it whatever the file is called
+        result.job = {"name": args.name, **result.job}
     text = result.yaml(args.old_config)
     # What a person would get from this file: the job must load as it is written.
     parse_job_text(text, name=name, defaults=config.s3, policy=JobPolicy())

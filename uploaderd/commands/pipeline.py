@@ -13,6 +13,8 @@ from uploaderd.commands.common import (
     one_shot,
     open_ledger,
     progress_options,
+    settle_option,
+    settled_as_asked,
     workers_option,
 )
 from uploaderd.config.settings import DaemonConfig
@@ -28,12 +30,13 @@ def add_parser(parsers: Parsers) -> None:
     )
     pipeline.add_argument("job", metavar="JOB", help="a job in jobs.d (e.g. scope-a)")
     workers_option(pipeline)
+    settle_option(pipeline)
     progress_options(pipeline)
 
 
 def run_pipeline(args: argparse.Namespace, config: DaemonConfig) -> int:
     jobs = jobs_of(config)
-    job = job_named(config, jobs, args.job)
+    job = jobs[args.job] = settled_as_asked(job_named(config, jobs, args.job), args)
     with open_ledger(config, "pipeline") as ledger:
         runner = one_shot(config, jobs, ledger, args)
         return finish(args, runner.pipeline(job), runner.report)

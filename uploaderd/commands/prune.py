@@ -7,9 +7,10 @@ import argparse
 import dataclasses
 
 from uploaderd.commands.common import Parsers, job_named, jobs_of, open_ledger, print_json, show
-from uploaderd.config.settings import DaemonConfig, Retention, parse_retention
+from uploaderd.config.settings import MIN_RETENTION, DaemonConfig, Retention, parse_retention
 from uploaderd.errors import EXIT_OK
 from uploaderd.ledger.retention import Pruner
+from uploaderd.policy.units import format_duration
 
 
 def add_parser(parsers: Parsers) -> None:
@@ -26,8 +27,8 @@ def add_parser(parsers: Parsers) -> None:
         "--older-than",
         type=_retention_arg,
         metavar="DURATION",
-        help="versions older than this instead of ledger.retention.versions "
-        "(e.g. --older-than 30d)",
+        help=f"versions older than this, at least {format_duration(MIN_RETENTION)}, instead "
+        "of ledger.retention.versions (e.g. --older-than 30d)",
     )
     prune.add_argument(
         "--job",
@@ -57,8 +58,22 @@ def run_prune(args: argparse.Namespace, config: DaemonConfig) -> int:
     if args.json:
         print_json({"dry_run": args.dry_run, **dataclasses.asdict(report)})
     else:
+        origin = "--older-than" if args.older_than is not None else "ledger.retention"
+        show(f"retention ({origin}): {_described(retention)}")
         show(report.describe(dry_run=args.dry_run))
     return EXIT_OK
+
+
+def _described(retention: Retention) -> str:
+    """``versions older than 90d, attempts older than 30d`` (``forever``: kept)."""
+    parts = []
+    for name, seconds in (("versions", retention.versions), ("attempts", retention.attempts)):
+        parts.append(
+            f"{name} kept forever"
+            if seconds is None
+            else f"{name} older than {format_duration(seconds)}"
+        )
+    return ", ".join(parts)
 
 
 def _retention_arg(value: str) -> float:

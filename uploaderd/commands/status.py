@@ -10,7 +10,7 @@ from uploaderd.commands.common import Parsers, open_ledger, print_json, show, un
 from uploaderd.config.settings import DaemonConfig, load_jobs
 from uploaderd.errors import EXIT_FAILURES, EXIT_OK, UsageError
 from uploaderd.ledger.store import State
-from uploaderd.policy.units import format_bytes
+from uploaderd.policy.units import format_bytes, plural
 
 
 def add_parser(parsers: Parsers) -> None:
@@ -104,23 +104,26 @@ def _print_states(report: dict[str, dict[str, Any]], errors: list[dict[str, Any]
         f"{'JOB':<20}"
         + "".join(f"{s:>12}" for s in states)
         + f"{'OLDEST PENDING':>16}"
-        + f"{'BYTES':>12}  LAST SUCCESS"
+        + f"{'QUEUED BYTES':>14}{'UPLOADED BYTES':>16}  LAST SUCCESS"
     )
     for name, job in sorted(report.items()):
         oldest = job["oldest_pending_seconds"]
-        size = format_bytes(sum(job["bytes"].values()))
+        # One header, one kind of bytes: what is still to send, and what was sent.
+        queued = format_bytes(sum(job["bytes"].get(s, 0) for s in (State.PENDING, State.UPLOADING)))
+        uploaded = format_bytes(job["bytes"].get(State.UPLOADED, 0))
         last = (job["last_success"] or "-")[:19].replace("T", " ")
         show(
             f"{name:<20}"
             + "".join(f"{job['states'].get(s, 0):>12}" for s in states)
-            + f"{(f'{oldest:.0f}s' if oldest is not None else '-'):>16}{size:>12}  {last}"
+            + f"{(f'{oldest:.0f}s' if oldest is not None else '-'):>16}"
+            + f"{queued:>14}{uploaded:>16}  {last}"
         )
     if errors:
         show("", "recent errors:")
         for error in errors:
             show(
                 f"  {error['job']}: {error['relpath']} ({error['state']}, "
-                f"{error['attempts']} attempts): {error['last_error']}"
+                f"{plural(error['attempts'], 'attempt')}): {error['last_error']}"
             )
 
 
@@ -170,8 +173,9 @@ def _print_sessions(sessions: list[dict[str, Any]]) -> None:
         show("", "open sessions:")
     for row in sessions:
         group = f" {row['group_key']!r}" if row["group_key"] else ""
+        files = plural(row["files"], "file")
         show(
-            f"  {row['id']:>6} {row['job']}{group} ({row['origin']}): {row['files']} files, "
+            f"  {row['id']:>6} {row['job']}{group} ({row['origin']}): {files}, "
             f"{row['uploaded']} uploaded, {row['failed']} failed; last activity "
             f"{row['last_activity_at']:%Y-%m-%d %H:%M:%S%z}"
         )

@@ -14,6 +14,8 @@ from uploaderd.commands.common import (
     one_shot,
     open_ledger,
     progress_options,
+    settle_option,
+    settled_as_asked,
     workers_option,
 )
 from uploaderd.config import adhoc
@@ -69,6 +71,7 @@ def add_parser(parsers: Parsers) -> None:
         help="with --source: cap the upload rate (e.g. --bandwidth 20MiB/s)",
     )
     workers_option(upload)
+    settle_option(upload)
     progress_options(upload)
 
 
@@ -90,6 +93,7 @@ def run_upload(args: argparse.Namespace, config: DaemonConfig) -> int:
         raise UsageError("--include and --bandwidth go with --source; a job sets them in its file")
     else:
         job = job_named(config, jobs, args.job)
+    job = jobs[job.name] = settled_as_asked(job, args)
     with open_ledger(config, "upload") as ledger:
         runner = one_shot(config, jobs, ledger, args)
         return finish(args, runner.upload(job, dry_run=args.dry_run), runner.report)

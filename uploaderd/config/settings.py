@@ -26,7 +26,7 @@ from uploaderd.errors import ConfigError, ConfigProblem, KeyTemplateError
 from uploaderd.policy.filters import DEFAULT_EXCLUDE, PathFilter, check_pattern
 from uploaderd.policy.keys import KeyTemplate
 from uploaderd.policy.retry import Backoff, RetryPolicy
-from uploaderd.policy.units import parse_duration, parse_size
+from uploaderd.policy.units import format_duration, parse_duration, parse_size
 from uploaderd.policy.windows import Window
 
 DEFAULT_CONFIG_PATH = Path("/etc/uploaderd/uploaderd.yaml")
@@ -250,13 +250,17 @@ def _retention(ledger: Fields) -> Retention:
     return Retention(versions, attempts)
 
 
+MIN_RETENTION = 3600.0  # the shortest ledger.retention and prune --older-than accepted
+
+
 def parse_retention(value: object) -> float | None:
-    """A retention period: a duration of at least an hour, or ``forever``."""
+    """A retention period: a duration of at least ``MIN_RETENTION``, or ``forever``."""
     if value is None or value == "forever":
         return None
     seconds = parse_duration(value)
-    if seconds < 3600:
-        raise ValueError(f"expected at least 1h, or forever, got {value!r}")
+    if seconds < MIN_RETENTION:
+        least = format_duration(MIN_RETENTION)
+        raise ValueError(f"expected at least {least}, or forever, got {value!r}")
     return seconds
 
 

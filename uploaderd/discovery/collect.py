@@ -58,7 +58,8 @@ def collect(
     clock: Clock | None = None,
     on_wait: Callable[[int, float], None] = lambda waiting, remaining: None,
 ) -> Collected:
-    """Scan the job's roots now and settle what is new; ``on_wait(files, seconds left)``."""
+    """Scan the job's roots now and settle what is new; ``on_wait(files, seconds left)``:
+    the seconds until the last of them is complete if none changes again, within the budget."""
     clock = clock or Clock()
     result = Collected()
     tracker: SettleTracker[PathKey] = SettleTracker(
@@ -77,10 +78,12 @@ def collect(
     interval = min(0.5, max(0.05, job.source.settle / 4))
     while waiting:
         _look_again(waiting, tracker, rules, result)
-        remaining = deadline - clock.monotonic()
+        now = clock.monotonic()
+        remaining = deadline - now
         if not waiting or remaining <= 0:
             break
-        on_wait(len(waiting), remaining)
+        last = tracker.last_due()
+        on_wait(len(waiting), max(0.0, min(deadline, last if last is not None else now) - now))
         clock.sleep(min(interval, remaining))
     result.unsettled = sorted(waiting.values(), key=lambda c: (c.root, c.relpath))
     result.complete.sort(key=lambda c: (c.root, c.relpath))

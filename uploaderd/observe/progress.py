@@ -141,7 +141,7 @@ class StatsDisplay:
 
     def settling(self, files: int, remaining: float) -> None:
         if self._due():
-            self._print(f"stats: settling {plural(files, 'file')}, up to {remaining:.0f}s left")
+            self._print(f"stats: settling {plural(files, 'file')}, {remaining:.0f}s left")
 
     def update(self, progress: RunProgress) -> None:
         self._last = progress
@@ -205,7 +205,7 @@ class BarDisplay:
             f"settling {plural(files, 'file')}",
             total=None,
             completed=0,
-            detail=f"up to {remaining:.0f}s left",
+            detail=f"{remaining:.0f}s left",
         )
 
     def update(self, progress: RunProgress) -> None:
@@ -220,7 +220,7 @@ class BarDisplay:
         )
         self._files(progress.active)
         more = len(progress.active) - _SHOWN_FILES
-        notes = [f"and {more} more files uploading"] if more > 0 else []
+        notes = [f"and {plural(more, 'more file')} uploading"] if more > 0 else []
         if progress.waiting and progress.last_error:
             notes.append(f"last error: {progress.last_error}")
         self.progress.note = "\n".join(notes)

@@ -115,6 +115,10 @@ class SettleTracker(Generic[K]):
         now = self._monotonic()
         return [key for key, seen in self._watching.items() if seen.due <= now]
 
+    def last_due(self) -> float | None:
+        """The monotonic time the last tracked file can be complete, if none changes again."""
+        return max((seen.due for seen in self._watching.values()), default=None)
+
     def next_due(self) -> float | None:
         """The monotonic time the first tracked file can be complete; None if none is tracked."""
         return min((seen.due for seen in self._watching.values()), default=None)

@@ -38,6 +38,15 @@ def parse_duration(value: object) -> float:
     )
 
 
+def format_duration(seconds: float) -> str:
+    """The largest whole unit ``parse_duration`` reads back: ``30d``, ``36h``, ``90m``, ``45s``."""
+    for unit in ("d", "h", "m"):
+        factor = _DURATION_FACTORS[unit]
+        if seconds >= factor and seconds % factor == 0:
+            return f"{seconds / factor:.0f}{unit}"
+    return f"{seconds:g}s"
+
+
 def parse_size(value: object) -> int:
     """Bytes from ``512``, ``8MiB``, ``50MB``, ``50MB/s`` (decimal and binary prefixes)."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
