@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from devstack import DaemonProcess, PostgresCluster, S3Server, wait_for
+from devstack import DaemonProcess, PostgresCluster, S3Server, free_port, metric, wait_for
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 MiB = 1024 * 1024
@@ -269,7 +270,8 @@ def test_sighup_with_a_broken_job_file_keeps_the_previous_version(
     roots = {name: tmp_path / name for name in ("alpha", "beta", "gamma")}
     for path in roots.values():
         path.mkdir()
-    daemon = make_daemon()
+    port = free_port()
+    daemon = make_daemon(metrics={"listen": f"127.0.0.1:{port}"})
     daemon.write_job("alpha", job(roots["alpha"], bucket, destination={"key": "a/${relpath}"}))
     daemon.write_job("beta", job(roots["beta"], bucket, destination={"key": "b/${relpath}"}))
     daemon.start()
@@ -289,6 +291,10 @@ def test_sighup_with_a_broken_job_file_keeps_the_previous_version(
     assert f"{broken}:2: source.paths.0: 'relative/path' is not an absolute path" in log
     assert f"{broken}:3: source.settel: unknown key; did you mean 'settle'?" in log
     assert "job beta: keeping the previous version" in log
+    assert metric(port, "uploaderd_job_files_not_loaded") == 1
+    status = subprocess.run(daemon.cli("status"), capture_output=True, text=True, timeout=60)
+    assert status.returncode == 1 and "job files not loaded" in status.stdout
+    assert f"{broken}:3: source.settel: unknown key" in status.stdout
     assert daemon.alive()
 
 

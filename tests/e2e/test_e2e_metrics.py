@@ -85,6 +85,7 @@ def test_metrics_move_with_uploads_failures_and_the_queue(
     assert value(at_start, "uploaderd_build_info", version=_version()) == 1
     assert value(at_start, "uploaderd_db_up") == 1
     assert value(at_start, "uploaderd_config_reload_success") == 1
+    assert value(at_start, "uploaderd_job_files_not_loaded") == 0
     assert value(at_start, "uploaderd_watches", job="lab") == 1
     assert value(at_start, "uploaderd_uploads_total", job="lab", outcome="uploaded") == 0, (
         "counters start at 0, so the first upload is an increase"

@@ -284,6 +284,24 @@ def test_status_lists_configured_jobs_without_files_and_disabled_ones(
     assert [line.split()[0] for line in table.splitlines()[1:3]] == ["lab", "manual"]
 
 
+def test_status_names_job_files_not_loaded_and_exits_1(ws: Workspace, bucket: str) -> None:
+    """Issue 25: the daemon logged `typo.yaml:3: source.setle: unknown key`, and `status`
+    listed the other jobs and exited 0."""
+    ws.job(bucket)
+    typo = ws.jobs / "typo.yaml"
+    typo.write_text(f"destination:\n  bucket: {bucket}\nsource:\n  setle: 5s\n  paths: [/data]\n")
+    text = ws.run("status")
+    assert text.returncode == 1, text.stderr
+    assert "job files not loaded" in text.stdout
+    assert f"  {typo}:4: source.setle: unknown key" in text.stdout
+    report = as_json(ws.run("status", "--json"), 1)
+    [problem] = report["job_files_not_loaded"]
+    assert (problem["file"], problem["line"], problem["key"]) == (str(typo), 4, "source.setle")
+    assert ok(ws.run("status", "--job", "lab")).count("not loaded") == 0  # another job's file
+    typo.unlink()
+    assert "not loaded" not in ok(ws.run("status"))
+
+
 def test_every_reporting_command_answers_in_json(
     ws: Workspace, bucket: str, httpserver: HTTPServer
 ) -> None:

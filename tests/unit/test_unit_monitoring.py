@@ -81,6 +81,7 @@ CONTRACT = {
     "uploaderd_db_server_changes_total": set(),
     "uploaderd_discovery_leading": {"job"},
     "uploaderd_config_reload_success": set(),
+    "uploaderd_job_files_not_loaded": set(),
     "uploaderd_watches": {"job"},
     "uploaderd_watch_errors_total": {"job"},
     "uploaderd_destination_paused": {"job", "op"},

@@ -28,7 +28,13 @@ def add_parser(parsers: Parsers) -> None:
 
 
 def run_status(args: argparse.Namespace, config: DaemonConfig) -> int:
-    configured = load_jobs(config.jobs_dir, config.s3, config.job_policy).jobs
+    job_set = load_jobs(config.jobs_dir, config.s3, config.job_policy)
+    configured = job_set.jobs
+    broken = [
+        problem
+        for problem in job_set.problems
+        if args.job is None or (problem.file is not None and problem.file.stem == args.job)
+    ]
     with open_ledger(config, "status") as ledger:
         counts = ledger.job_counts(args.job)
         registrations = ledger.registration_counts(args.job)
@@ -84,6 +90,15 @@ def run_status(args: argparse.Namespace, config: DaemonConfig) -> int:
                 "paused_destinations": paused,
                 "open_sessions": sessions,
                 "recent_errors": errors,
+                "job_files_not_loaded": [
+                    {
+                        "file": str(p.file) if p.file else None,
+                        "line": p.line,
+                        "key": p.key,
+                        "message": p.message,
+                    }
+                    for p in broken
+                ],
             }
         )
     else:
@@ -91,7 +106,14 @@ def run_status(args: argparse.Namespace, config: DaemonConfig) -> int:
         _print_registrations(report)
         _print_paused(paused)
         _print_sessions(sessions)
-    failed = any(
+        if broken:
+            show(
+                "",
+                "job files not loaded (the daemon keeps a file's previous version, or runs "
+                "no job from it; fix it, then systemctl reload uploaderd):",
+                *(f"  {problem}" for problem in broken),
+            )
+    failed = broken or any(
         job["states"].get(State.FAILED, 0) or job["registrations"]["failed"]
         for job in report.values()
     )

@@ -256,6 +256,7 @@ class Daemon:
                 log.warning("job %s: keeping the previous version of %s", name, job.file)
                 jobs[name] = job
         metrics.config_reload_success.set(0 if loaded.problems else 1)
+        metrics.job_files_not_loaded.set(len(loaded.broken_files))
         for name, change in job_changes(previous, loaded.jobs, jobs):
             log.info("job %s: %s", name, change, extra=fields(name))
         return jobs

@@ -121,6 +121,10 @@ discovery_leading = Gauge(
 db_connections = Gauge(
     "uploaderd_db_connections", "Database connections open, at most database.connections"
 )
+job_files_not_loaded = Gauge(
+    "uploaderd_job_files_not_loaded",
+    "Job files in jobs.d with errors at the last load (each keeps its previous version)",
+)
 config_reload_success = Gauge(
     "uploaderd_config_reload_success", "1 if the last load of config and jobs had no error"
 )
