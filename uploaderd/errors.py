@@ -76,6 +76,38 @@ class StorageUnavailable(UploaderdError):
         self.code = code
 
 
+class StorageMisconfigured(StorageUnavailable):
+    """S3 answered that the bucket, the credentials or the policy are wrong: a retry will not
+    mend it, a change of configuration will."""
+
+    exit_status = EXIT_USAGE
+
+
+# S3 error codes that say the configuration is wrong, not that S3 is unwell: the job pauses
+# at the first one (no retries burnt), `status` exits 1, a one-shot run exits 2.
+S3_CONFIG_ERRORS = frozenset(
+    {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+)
+
+
+CONFIG_ERROR_HINT = (
+    ": a configuration error (the bucket, the credentials or the policy); the uploads resume "
+    "by themselves once it is fixed"
+)
+
+
+def s3_error_text(code: str, message: str) -> str:
+    """How an S3 error is recorded (``last_error``, destination health): ``S3 CODE: message``."""
+    return f"S3 {code}: {message}"[:300]
+
+
+def s3_error_code(text: str | None) -> str | None:
+    """The S3 error code of a text ``s3_error_text`` made; None for any other text."""
+    if not text or not text.startswith("S3 ") or ":" not in text:
+        return None
+    return text[3:].split(":", 1)[0]
+
+
 class KeyTemplateError(ValueError):
     """A destination key template, or a key rendered from it, is unsafe."""
 

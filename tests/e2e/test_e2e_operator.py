@@ -302,6 +302,29 @@ def test_status_names_job_files_not_loaded_and_exits_1(ws: Workspace, bucket: st
     assert "not loaded" not in ok(ws.run("status"))
 
 
+def test_status_exits_1_for_a_bucket_paused_by_a_configuration_error(
+    ws: Workspace, bucket: str
+) -> None:
+    """Issue 25: a missing bucket looked like an outage: the file stayed pending, retried
+    for ever, and `status` exited 0."""
+    ws.job(bucket)
+    ledger = Ledger(ws.dsn).connect()
+    try:
+        outage = "S3: Could not connect to the endpoint URL"
+        ledger.set_destination_health(
+            "lab", "host-a", "upload", failures=5, pause_seconds=60, error=outage
+        )
+        assert "paused until" in ok(ws.run("status")), "an outage: the daemon probes, exit 0"
+        wrong = "S3 NoSuchBucket: The specified bucket does not exist"
+        ledger.set_destination_health(
+            "lab", "host-a", "upload", failures=1, pause_seconds=60, error=wrong
+        )
+    finally:
+        ledger.close()
+    out = ok(ws.run("status"), 1)
+    assert f"after 1 failure: {wrong}: a configuration error (the bucket, the credentials" in out
+
+
 def test_every_reporting_command_answers_in_json(
     ws: Workspace, bucket: str, httpserver: HTTPServer
 ) -> None:
@@ -411,7 +434,7 @@ def test_an_ad_hoc_upload_needs_no_job_file_and_is_a_session_of_its_own(
     missing = ws.run(
         "upload", "--source", str(ws.data), "--to", f"s3://missing-{os.getpid()}-{bucket[-12:]}/x"
     )
-    assert missing.returncode == 3 and "nothing was queued" in missing.stderr
+    assert missing.returncode == 2 and "nothing was queued" in missing.stderr
     assert ws.run("upload", "--source", str(ws.data)).returncode == 2
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from devstack import S3Server, wait_for
 from uploaderd.config.settings import Job, S3Settings, parse_job_text
@@ -285,6 +286,53 @@ def test_failures_back_off_then_fail_with_the_reason(
     assert attempts == 3 and error.startswith("S3 NoSuchBucket")
     outcomes = sql("SELECT attempt, outcome FROM upload_attempts ORDER BY attempt")
     assert outcomes == [(1, "failed"), (2, "failed"), (3, "failed")]
+
+
+def test_a_missing_bucket_pauses_the_job_at_its_first_failure_until_it_exists(
+    migrated_dsn: str,
+    root: Path,
+    s3_server: S3Server,
+    sql: Sql,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Issue 25: NoSuchBucket is a configuration error, not an outage: the job pauses at
+    once (not after five failures), says so, and resumes by itself once the bucket exists."""
+    bucket = f"created-later-{abs(hash(request.node.name)) % 10**8}"
+    job = make_job(root, bucket, s3_server, max_attempts=3)
+    pool = UploadPool(
+        Ledger(migrated_dsn),
+        Uploader(Storage(4)),
+        lambda: {job.name: job},
+        workers=1,
+        host="host-a",
+        breaker=lambda: Breaker(first_pause=1.0, max_pause=1.0),  # the default threshold, 5
+    )
+    pool.start()
+    try:
+        for i in range(4):
+            queue_file(migrated_dsn, root, f"f{i}.txt", b"x", bucket)
+        wait_for(
+            lambda: sql("SELECT last_error FROM destination_health WHERE paused_until > now()"),
+            timeout=20,
+            message="the job paused",
+        )
+        failed = "SELECT count(*) FROM upload_attempts WHERE outcome = 'failed'"
+        assert sql(failed) == [(1,)], "paused at the first failure; the other claims released"
+        assert (
+            REGISTRY.get_sample_value("uploaderd_destination_misconfigured", {"job": job.name}) == 1
+        )
+        s3_server.create_bucket(bucket)
+        wait_for(lambda: uploaded(sql) == 4, timeout=30, message="resumed and uploaded")
+        wait_for(
+            lambda: (
+                REGISTRY.get_sample_value("uploaderd_destination_misconfigured", {"job": job.name})
+                == 0
+            ),
+            timeout=5,
+            message="the gauge back to 0",
+        )
+    finally:
+        pool.stop(time.monotonic() + 5)
 
 
 def test_a_sick_bucket_pauses_the_job_instead_of_burning_attempts(

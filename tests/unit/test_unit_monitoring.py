@@ -85,6 +85,7 @@ CONTRACT = {
     "uploaderd_watches": {"job"},
     "uploaderd_watch_errors_total": {"job"},
     "uploaderd_destination_paused": {"job", "op"},
+    "uploaderd_destination_misconfigured": {"job"},
     "uploaderd_build_info": {"version"},
 }
 
@@ -168,6 +169,7 @@ REQUIRED_ALERTS = {
     "UploaderdRescanFoundMissedFiles",
     "UploaderdConfigReloadFailed",
     "UploaderdDestinationPaused",
+    "UploaderdDestinationMisconfigured",
     "UploaderdDatabaseDown",
     "UploaderdDatabaseFailedOver",
 }

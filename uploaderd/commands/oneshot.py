@@ -27,7 +27,14 @@ from uploaderd.commands.registrar import Registrar
 from uploaderd.config.settings import DaemonConfig, Job
 from uploaderd.discovery.collect import Collected, collect
 from uploaderd.discovery.versions import enqueue, new_version, render_key, scope_of
-from uploaderd.errors import EXIT_FAILURES, EXIT_OK, EXIT_UNREACHABLE, StorageUnavailable
+from uploaderd.errors import (
+    EXIT_FAILURES,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    StorageMisconfigured,
+    StorageUnavailable,
+)
 from uploaderd.ledger.store import Ledger, State, StateTally
 from uploaderd.observe.progress import Display, RunProgress, Speed
 from uploaderd.policy.health import Breaker
@@ -83,11 +90,12 @@ class RunResult:
     left: int  # still pending or uploading when the run stopped early
     stopped: str | None = None  # why it stopped before everything was terminal
     failures: list[dict[str, Any]] = field(default_factory=list)
+    misconfigured: bool = False  # stopped because S3 said the configuration is wrong
 
     @property
     def exit_status(self) -> int:
         if self.stopped is not None:
-            return EXIT_UNREACHABLE
+            return EXIT_USAGE if self.misconfigured else EXIT_UNREACHABLE
         # ``failures`` also holds versions failed when queued (no safe key): no attempt ran.
         return EXIT_FAILURES if self.failed or self.failures or self.left else EXIT_OK
 
@@ -203,6 +211,7 @@ class Engine:
             now, stopped = self._follow(selection, baseline, display, pool, breakers)
         finally:
             pool.stop(time.monotonic() + self.config.shutdown_grace)
+        tripped = breakers.tripped()
         if stopped is not None:
             now = selection.tallies(self.ledger, self.host)  # the released claims are pending again
         display.update(run_progress(baseline, now, pool.transfers.snapshot()))
@@ -214,6 +223,7 @@ class Engine:
             left=_files(now, ACTIVE),
             stopped=stopped,
             failures=selection.failures(self.ledger),
+            misconfigured=stopped is not None and tripped is not None and tripped.misconfigured,
         )
 
     def _pool(self, selection: Selection, breakers: BreakerLog) -> UploadPool:
@@ -244,6 +254,11 @@ class Engine:
             if not _files(now, ACTIVE):
                 return now, None
             tripped = breakers.tripped()
+            if tripped is not None and tripped.misconfigured:
+                return (
+                    now,
+                    f"S3 says the bucket, credentials or policy are wrong ({tripped.last_error})",
+                )
             if tripped is not None:
                 return now, f"S3 keeps failing ({tripped.last_error})"
             if not pool.alive():
@@ -327,6 +342,11 @@ class OneShot:
         """Spend no attempts on a bucket these credentials cannot reach."""
         storage = Storage(pool_connections=1)
         finding = bucket_preflight(storage, job, listing_prefix(job.destination.key, job.name))
+        if finding.level == "error":
+            raise StorageMisconfigured(
+                f"job {job.name}: {finding.subject}: {finding.message}: the bucket, the "
+                "credentials or the policy are wrong; nothing was queued"
+            )
         if finding.level == "unreachable":
             raise StorageUnavailable(
                 f"job {job.name}: cannot reach {finding.subject}: "

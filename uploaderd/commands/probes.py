@@ -13,7 +13,7 @@ from uploaderd import __version__
 from uploaderd.commands.check import Finding
 from uploaderd.config.settings import DaemonConfig, Job
 from uploaderd.daemon.triggers import safe_url
-from uploaderd.errors import DatabaseUnavailable, StorageUnavailable
+from uploaderd.errors import S3_CONFIG_ERRORS, DatabaseUnavailable, StorageUnavailable
 from uploaderd.ledger import schema
 from uploaderd.ledger.store import Ledger, describe_dsn
 from uploaderd.upload.storage import Storage, s3_errors
@@ -65,8 +65,9 @@ def bucket_finding(storage: Storage, job: Job) -> Finding:
 def bucket_preflight(storage: Storage, job: Job, prefix: str) -> Finding:
     """Before a one-shot run spends attempts: can these credentials reach the bucket? A
     one-key listing under the job's prefix tells a missing bucket and bad credentials
-    (``unreachable``) from a policy that only lacks ``s3:ListBucket`` (``warning``: uploads
-    may still be allowed)."""
+    (``error``: the configuration is wrong) from an endpoint that does not answer
+    (``unreachable``) and from a policy that only lacks ``s3:ListBucket`` (``warning``:
+    uploads may still be allowed)."""
     destination = job.destination
     subject = f"s3://{destination.bucket}"
     try:
@@ -77,6 +78,8 @@ def bucket_preflight(storage: Storage, job: Job, prefix: str) -> Finding:
     except StorageUnavailable as exc:
         if exc.code == "AccessDenied":
             return Finding("warning", subject, f"cannot list ({exc}); uploading anyway")
+        if exc.code in S3_CONFIG_ERRORS:  # a missing bucket, refused credentials
+            return Finding("error", subject, str(exc))
         return Finding("unreachable", subject, str(exc))
     return Finding("ok", subject, "reachable with these credentials")
 

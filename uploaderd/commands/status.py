@@ -8,7 +8,14 @@ from typing import Any
 
 from uploaderd.commands.common import Parsers, open_ledger, print_json, show, unknown_job
 from uploaderd.config.settings import DaemonConfig, load_jobs
-from uploaderd.errors import EXIT_FAILURES, EXIT_OK, UsageError
+from uploaderd.errors import (
+    CONFIG_ERROR_HINT,
+    EXIT_FAILURES,
+    EXIT_OK,
+    S3_CONFIG_ERRORS,
+    UsageError,
+    s3_error_code,
+)
 from uploaderd.ledger.store import State
 from uploaderd.policy.units import format_bytes, plural
 
@@ -113,9 +120,13 @@ def run_status(args: argparse.Namespace, config: DaemonConfig) -> int:
                 "no job from it; fix it, then systemctl reload uploaderd):",
                 *(f"  {problem}" for problem in broken),
             )
-    failed = broken or any(
-        job["states"].get(State.FAILED, 0) or job["registrations"]["failed"]
-        for job in report.values()
+    failed = (
+        broken
+        or any(misconfigured(row) for row in paused)
+        or any(
+            job["states"].get(State.FAILED, 0) or job["registrations"]["failed"]
+            for job in report.values()
+        )
     )
     return EXIT_FAILURES if failed else EXIT_OK
 
@@ -183,11 +194,17 @@ def _print_paused(paused: list[dict[str, Any]]) -> None:
     if paused:
         show("", "paused destinations:")
     for row in paused:
+        hint = CONFIG_ERROR_HINT if misconfigured(row) else ""
         show(
             f"  {row['job']}: {row['kind']} on {row['host']} paused until "
-            f"{row['paused_until']:%Y-%m-%d %H:%M:%S%z} after {row['consecutive_failures']} "
-            f"failures: {row['last_error']}"
+            f"{row['paused_until']:%Y-%m-%d %H:%M:%S%z} after "
+            f"{plural(row['consecutive_failures'], 'failure')}: {row['last_error']}{hint}"
         )
+
+
+def misconfigured(paused: dict[str, Any]) -> bool:
+    """A bucket paused because S3 said its configuration is wrong: the operator must act."""
+    return paused["kind"] == "upload" and s3_error_code(paused["last_error"]) in S3_CONFIG_ERRORS
 
 
 def _print_sessions(sessions: list[dict[str, Any]]) -> None:

@@ -103,6 +103,12 @@ trigger_requests = Counter(
     "Registration calls by outcome (sent, pending, failed)",
     ["job", "outcome"],
 )
+destination_misconfigured = Gauge(
+    "uploaderd_destination_misconfigured",
+    "1 while a job's uploads are paused because S3 said the bucket, credentials or policy "
+    "are wrong",
+    ["job"],
+)
 destination_paused = Gauge(
     "uploaderd_destination_paused",
     "1 while a job's bucket (op=upload) or trigger endpoint (op=trigger) is paused",

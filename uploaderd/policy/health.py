@@ -23,6 +23,7 @@ class Breaker:
     trips: int = 0
     paused_until: float = 0.0
     last_error: str | None = None
+    misconfigured: bool = False  # the last failure said the configuration is wrong
 
     def paused(self) -> bool:
         return self.clock() < self.paused_until
@@ -37,15 +38,21 @@ class Breaker:
         self.failures = self.trips = 0
         self.paused_until = 0.0
         self.last_error = None
+        self.misconfigured = False
         return resumed
 
-    def record_failure(self, error: str) -> float | None:
-        """Count a failure; the pause in seconds when this one trips (or re-trips) the breaker."""
+    def record_failure(self, error: str, *, misconfigured: bool = False) -> float | None:
+        """Count a failure; the pause in seconds when this one trips (or re-trips) the breaker.
+
+        A ``misconfigured`` failure (a missing bucket, refused credentials) trips it at once:
+        retrying cannot help, and the probes after each pause find the fix by themselves.
+        """
         self.failures += 1
         self.last_error = error
+        self.misconfigured = misconfigured
         if self.paused():
             return None  # sent before the pause began: already counted in its length
-        if self.failures < self.threshold and not self.probing():
+        if self.failures < self.threshold and not self.probing() and not misconfigured:
             return None
         pause = min(self.max_pause, self.first_pause * 2.0**self.trips)
         self.trips += 1

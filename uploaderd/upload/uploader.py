@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 from botocore.exceptions import BotoCoreError, ClientError
 
 from uploaderd.config.settings import Destination, Job
+from uploaderd.errors import s3_error_text
 from uploaderd.ledger.store import Claim
 from uploaderd.observe import metrics
 from uploaderd.policy.bandwidth import Limiter
@@ -70,6 +71,7 @@ class UploadResult:
     retryable: bool = True
     bytes: int = 0
     destination: bool = False  # S3 failed (not the file): counts toward pausing the job
+    code: str | None = None  # S3's error code, when S3 answered with one
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,10 @@ class Uploader:
             error = exc.response.get("Error", {})
             code = error.get("Code", "?")
             return UploadResult(
-                "failed", error=f"S3 {code}: {error.get('Message', '')}"[:300], destination=True
+                "failed",
+                error=s3_error_text(code, error.get("Message", "")),
+                destination=True,
+                code=code,
             )
         except BotoCoreError as exc:
             # Before OSError: botocore's timeouts are OSErrors too, and they are S3's trouble.

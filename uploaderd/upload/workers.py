@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from uploaderd.config.settings import DaemonConfig, Destination, Job
-from uploaderd.errors import DatabaseUnavailable
+from uploaderd.errors import CONFIG_ERROR_HINT, S3_CONFIG_ERRORS, DatabaseUnavailable
 from uploaderd.ledger.connections import Budget
 from uploaderd.ledger.store import Claim, Ledger, MultipartStarted, Outcome, Session, State
 from uploaderd.observe import metrics
@@ -38,6 +38,7 @@ from uploaderd.policy.lifecycle import join, remaining
 from uploaderd.policy.printable import printable
 from uploaderd.policy.retry import OUTAGE_FIRST_WAIT, next_attempt_in, next_outage_wait
 from uploaderd.policy.transfers import Transfers
+from uploaderd.policy.units import plural
 from uploaderd.policy.windows import in_any_window
 from uploaderd.upload.storage import Storage
 from uploaderd.upload.uploader import TransferSettings, Uploader, UploadResult
@@ -272,16 +273,17 @@ class UploadPool:
                     self._health_changes[job] = None
                 self._answered.add(job)
             elif result.destination:
-                pause = breaker.record_failure(result.error or "")
+                misconfigured = result.code in S3_CONFIG_ERRORS
+                pause = breaker.record_failure(result.error or "", misconfigured=misconfigured)
                 if pause is not None:
                     self._health_changes[job] = pause
                     log.error(
-                        "job %s: pausing uploads for %.0fs after %d S3 failures in a "
-                        "row (last: %s)",
+                        "job %s: pausing uploads for %.0fs after %s (last: %s)%s",
                         job,
                         pause,
-                        breaker.failures,
+                        plural(breaker.failures, "S3 failure") + " in a row",
                         result.error,
+                        CONFIG_ERROR_HINT if misconfigured else "",
                     )
 
     def _paused(self, job: str) -> bool:
@@ -319,6 +321,8 @@ class UploadPool:
             states = {job: self._breakers[job] for job in changes}
         for job, pause in changes.items():
             metrics.destination_paused.labels(job, "upload").set(1 if pause else 0)
+            wrong = bool(pause) and states[job].misconfigured
+            metrics.destination_misconfigured.labels(job).set(1 if wrong else 0)
             self.ledger.set_destination_health(
                 job,
                 self.host,
