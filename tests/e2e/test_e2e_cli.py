@@ -115,6 +115,7 @@ def test_env_overrides_config_path_and_dsn(tmp_path: Path, migrated_dsn: str) ->
         "paused_destinations": [],
         "open_sessions": [],
         "recent_errors": [],
+        "job_files_not_loaded": [],
     }
 
 

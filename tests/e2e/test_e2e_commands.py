@@ -376,9 +376,9 @@ def test_status_shows_bytes_paused_destinations_and_open_sessions(
     ledger.close()
     table = ok(ws.run("status"))
     header, row = table.splitlines()[:2]
-    assert header.split()[-3:] == ["BYTES", "LAST", "SUCCESS"]
+    assert header.split()[-6:] == ["QUEUED", "BYTES", "UPLOADED", "BYTES", "LAST", "SUCCESS"]
     assert row.split()[:8] == ["lab", "0", "0", "1", "0", "0", "0", "-"]
-    assert row.split()[8:10] == ["5", "B"] and row.split()[10].startswith("20")
+    assert row.split()[8:12] == ["0", "B", "5", "B"] and row.split()[12].startswith("20")
     assert "lab: trigger on host-b paused until" in table and "5 failures: HTTP 503" in table
     assert f"{session} lab (upload): 0 files, 0 uploaded, 0 failed" in table
     report = json.loads(ok(ws.run("status", "--json", "--job", "lab")))
@@ -591,7 +591,7 @@ def test_commands_exit_3_when_the_database_is_unreachable(tmp_path: Path) -> Non
         ["trigger", "--session-id", "1"],
         ["pipeline", "lab"],
         ["verify", "lab"],
-        ["explain", str(ws.data)],
+        ["explain", str(ws.data / "a.txt")],
     ):
         result = ws.run(*args)
         assert result.returncode == 3, (args, result.stderr)

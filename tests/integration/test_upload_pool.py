@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from devstack import S3Server, wait_for
+from devstack import FaultProxy, S3Server, wait_for
 from uploaderd.config.settings import Job, S3Settings, parse_job_text
 from uploaderd.ledger.store import Claim, Ledger, NewVersion, Outcome
 from uploaderd.policy.health import Breaker
@@ -38,7 +38,7 @@ class HeldUploader(Uploader):
         return super().upload(claim, job, *args)
 
 
-def make_job(root: Path, bucket: str, server: S3Server, max_attempts: int = 3) -> Job:
+def make_job(root: Path, bucket: str, server: S3Server | FaultProxy, max_attempts: int = 3) -> Job:
     text = (
         f"source:\n  paths: [{root}]\ndestination:\n  bucket: {bucket}\n"
         f"  endpoint_url: {server.endpoint_url}\n"
@@ -269,21 +269,26 @@ def test_a_finished_outcome_does_not_wait_for_a_long_upload(
 def test_failures_back_off_then_fail_with_the_reason(
     migrated_dsn: str,
     root: Path,
+    bucket: str,
     s3_server: S3Server,
     sql: Sql,
     start_pool: Callable[..., UploadPool],
+    request: pytest.FixtureRequest,
 ) -> None:
-    missing = "no-such-bucket-for-this-test"
+    # S3 answering 500 (fewer times than pause a job): a missing bucket would pause it at once.
+    proxy = FaultProxy(int(s3_server.endpoint_url.rsplit(":", 1)[1]))
+    proxy.mode = "http500"
+    request.addfinalizer(proxy.close)
     uploader = Uploader(Storage(4))
-    start_pool(make_job(root, missing, s3_server, max_attempts=3), uploader)
-    queue_file(migrated_dsn, root, "doomed.txt", b"nowhere to go", missing)
+    start_pool(make_job(root, bucket, proxy, max_attempts=3), uploader)
+    queue_file(migrated_dsn, root, "doomed.txt", b"nowhere to go", bucket)
     wait_for(
         lambda: sql("SELECT state FROM file_versions") == [("failed",)],
         timeout=20,
         message="failed after max attempts",
     )
     [(attempts, error)] = sql("SELECT attempts, last_error FROM file_versions")
-    assert attempts == 3 and error.startswith("S3 NoSuchBucket")
+    assert attempts == 3 and error.startswith("S3 500"), error
     outcomes = sql("SELECT attempt, outcome FROM upload_attempts ORDER BY attempt")
     assert outcomes == [(1, "failed"), (2, "failed"), (3, "failed")]
 
