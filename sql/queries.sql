@@ -744,11 +744,33 @@ SELECT attempt, host, started_at, finished_at, outcome, error
 FROM upload_attempts WHERE file_version_id = %(id)s ORDER BY attempt;
 
 -- name: uploaded_objects
--- `uploaderd verify`: what the ledger says each key holds (its newest uploaded version).
-SELECT DISTINCT ON (key) key, bucket, size, sha256
+-- `uploaderd verify`: what the ledger says each key holds (its newest uploaded version), and
+-- the file it came from (for --repair).
+SELECT DISTINCT ON (key) key, bucket, size, sha256, id, root, relpath
 FROM file_versions
 WHERE job = %(job)s AND state = 'uploaded'
 ORDER BY key, id DESC;
+
+-- name: requeue_for_repair
+-- `uploaderd verify --repair`: uploaded versions whose object S3 lost or holds other bytes go
+-- back to pending, each with an attempt row that says why (outcome 'repair'). The repair
+-- takes an attempt number and the retry policy starts afresh after it. Only versions still
+-- 'uploaded' are taken: a run at the same time requeues nothing twice.
+WITH repaired AS (
+    UPDATE file_versions v
+    SET state = 'pending', attempts = v.attempts + 1, retry_base = v.attempts + 1,
+        next_attempt_at = now(), last_error = r.reason, etag = NULL, uploaded_at = NULL,
+        updated_at = now()
+    FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS r (id, reason)
+    WHERE v.id = r.id AND v.state = 'uploaded'
+    RETURNING v.id, v.attempts, r.reason
+), recorded AS (
+    INSERT INTO upload_attempts
+        (file_version_id, attempt, host, worker, started_at, finished_at, outcome, error)
+    SELECT id, attempts, %(host)s, 'uploaderd verify --repair', now(), now(), 'repair', reason
+    FROM repaired
+)
+SELECT id FROM repaired;
 
 -- name: selection_progress
 -- One-shot commands (`upload`, `retry --auto-retry`): files and bytes by state of what they

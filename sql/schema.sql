@@ -191,7 +191,7 @@ CREATE TABLE upload_attempts (
     worker          text        NOT NULL,
     started_at      timestamptz NOT NULL DEFAULT now(),
     finished_at     timestamptz,
-    outcome         text CHECK (outcome IN ('uploaded', 'failed', 'changed', 'released', 'expired')),
+    outcome         text CHECK (outcome IN ('uploaded', 'failed', 'changed', 'released', 'expired', 'repair')),
     error           text,
     bytes           bigint,
     UNIQUE (file_version_id, attempt)
@@ -572,4 +572,5 @@ INSERT INTO uploaderd_migrations (version, name) VALUES
     (8, '0008_ctime_in_signature.sql'),
     (9, '0009_gone_and_keys.sql'),
     (10, '0010_claims_per_job.sql'),
-    (11, '0011_leases.sql');
+    (11, '0011_leases.sql'),
+    (12, '0012_repair_attempts.sql');

@@ -444,6 +444,64 @@ def test_no_settle_uploads_a_finished_run_without_waiting_for_settle(
     assert "why: uploaded at" in explained and f"s3://{bucket}/lab/run9/a.txt" in explained
 
 
+@pytest.mark.parametrize("server_name", ["moto", pytest.param("rclone", marks=pytest.mark.rclone)])
+def test_verify_repair_requeues_what_the_source_still_holds(
+    tmp_path: Path,
+    migrated_dsn: str,
+    sql: Sql,
+    server_name: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Issue 25: after `aws s3 rm` of an uploaded object nothing could put it back. Deleted
+    and corrupted objects are requeued when their source holds the recorded bytes; a source
+    that changed or is gone is reported with why; the ledger records each repair."""
+    server: S3Server = request.getfixturevalue(f"{server_name}_server")
+    server.start()
+    bucket = f"repair-{uuid.uuid4().hex[:12]}"
+    server.create_bucket(bucket)
+    ws = Workspace(tmp_path, migrated_dsn, server.endpoint_url)
+    ws.job(bucket)
+    files = {name: f"{name} content".encode() for name in ("gone.txt", "bent.txt", "moved.txt")}
+    ws.tree({**files, "kept.txt": b"kept"})
+    ok(ws.run("upload", "lab"))
+    client = server.client()
+    client.delete_object(Bucket=bucket, Key="lab/gone.txt")
+    client.put_object(Bucket=bucket, Key="lab/bent.txt", Body=b"other bytes")  # no sha256
+    client.delete_object(Bucket=bucket, Key="lab/moved.txt")
+    (ws.data / "moved.txt").write_bytes(b"rewritten since its upload")
+
+    dry = ok(ws.run("verify", "lab", "--repair", "--dry-run"), 1)
+    assert f"would requeue gone.txt for s3://{bucket}/lab/gone.txt" in dry
+    assert f"would requeue bent.txt for s3://{bucket}/lab/bent.txt" in dry
+    assert f"cannot repair s3://{bucket}/lab/moved.txt: the source file holds other bytes" in dry
+    assert sql("SELECT count(*) FROM file_versions WHERE state = 'pending'") == [(0,)]
+
+    repaired = ws.run("verify", "lab", "--repair", "--json")
+    assert repaired.returncode == 1, "moved.txt cannot be repaired"
+    plan = json.loads(repaired.stdout)["repair"]
+    assert sorted(r["relpath"] for r in plan["requeued"]) == ["bent.txt", "gone.txt"]
+    assert [r["relpath"] for r in plan["cannot_repair"]] == ["moved.txt"]
+    records = sql(
+        "SELECT v.relpath, v.state, a.outcome, a.error FROM upload_attempts a "
+        "JOIN file_versions v ON v.id = a.file_version_id WHERE a.outcome = 'repair' "
+        "ORDER BY v.relpath"
+    )
+    assert [(r[0], r[1], r[2]) for r in records] == [
+        ("bent.txt", "pending", "repair"),
+        ("gone.txt", "pending", "repair"),
+    ]
+    assert records[1][3].startswith("repair: missing: in the ledger as uploaded, not in S3")
+    assert ok(ws.run("verify", "lab", "--repair"), 1).count("requeued") == 0, "nothing twice"
+
+    ok(ws.run("retry", "--job", "lab", "--auto-retry"))
+    held = objects(server, bucket)
+    assert held["lab/gone.txt"] == files["gone.txt"] and held["lab/bent.txt"] == files["bent.txt"]
+    ok(ws.run("upload", "lab"))  # moved.txt's new content: a version of its own
+    assert ok(ws.run("verify", "lab")).endswith(
+        "0 missing, 0 extra, 0 size, 0 checksum, 0 collision\n"
+    )
+
+
 def test_explain_says_why_for_uploaded_excluded_and_outside_paths(
     ws: Workspace, bucket: str, tmp_path: Path
 ) -> None:

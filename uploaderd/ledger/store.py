@@ -20,7 +20,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -825,6 +825,16 @@ class Ledger:
 
     def uploaded_objects(self, job: str) -> list[dict[str, Any]]:
         return self._dicts("uploaded_objects", {"job": job})
+
+    def requeue_for_repair(self, host: str, reasons: Mapping[int, str]) -> set[int]:
+        """Put uploaded versions (id → why) back in the queue; the ids it requeued."""
+        params = {"host": host, "ids": list(reasons), "reasons": list(reasons.values())}
+        with self.transaction() as cursor:
+            self._execute(cursor, "requeue_for_repair", params)
+            requeued = {int(row[0]) for row in cursor.fetchall()}
+        if requeued:
+            self._budget.ring()
+        return requeued
 
     def key_collisions(self, job: str) -> list[dict[str, Any]]:
         return self._dicts("key_collisions", {"job": job})

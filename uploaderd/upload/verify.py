@@ -13,6 +13,8 @@ the same key, only the last one is in S3 (collision).
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -39,6 +41,10 @@ class Problem:
     key: str
     detail: str
 
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
 
 @dataclass
 class VerifyReport:
@@ -47,6 +53,8 @@ class VerifyReport:
     checked: int = 0  # ledger objects HEADed
     listed: int = 0  # objects found under the prefix
     problems: list[Problem] = field(default_factory=list)
+    # (bucket, key) -> the ledger's newest uploaded version there: what --repair re-sends.
+    versions: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -59,7 +67,7 @@ class VerifyReport:
 
     def lines(self) -> Iterator[str]:
         for problem in self.problems:
-            yield f"{problem.kind:<9} s3://{problem.bucket}/{problem.key}: {problem.detail}"
+            yield f"{problem.kind:<9} {problem.url}: {problem.detail}"
         kinds = [p.kind for p in self.problems]
         counts = ", ".join(
             f"{kinds.count(k)} {k}" for k in ("missing", "extra", "size", "checksum", "collision")
@@ -85,6 +93,7 @@ def listing_prefix(template: KeyTemplate, job: str) -> str:
 def verify(job: Job, ledger: Ledger, client: S3Client, *, workers: int) -> VerifyReport:
     report = VerifyReport(job.name, listing_prefix(job.destination.key, job.name))
     expected = ledger.uploaded_objects(job.name)
+    report.versions = {(row["bucket"], row["key"]): row for row in expected}
     report.problems += [
         Problem(
             "collision",
@@ -159,3 +168,89 @@ def _list(client: S3Client, bucket: str, prefix: str) -> Iterable[tuple[str, int
         for item in page.get("Contents", []):
             if not item["Key"].startswith(PROBE_PREFIX):
                 yield item["Key"], item["Size"]
+
+
+# --- --repair --------------------------------------------------------------------------------
+
+REPAIRABLE = ("missing", "size", "checksum")  # collisions and extras are the operator's call
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Repair:
+    problem: Problem
+    relpath: str
+    reason: str  # why it is requeued, or why it cannot be
+
+
+@dataclass
+class RepairReport:
+    requeued: list[Repair] = field(default_factory=list)
+    cannot: list[Repair] = field(default_factory=list)  # the source no longer holds the bytes
+    left: list[Problem] = field(default_factory=list)  # kinds --repair does not touch
+
+    def as_json(self) -> dict[str, Any]:
+        def rows(repairs: list[Repair]) -> list[dict[str, Any]]:
+            return [
+                {"key": r.problem.key, "relpath": r.relpath, "reason": r.reason} for r in repairs
+            ]
+
+        return {
+            "requeued": rows(self.requeued),
+            "cannot_repair": rows(self.cannot),
+            "not_repaired": [asdict(p) for p in self.left],
+        }
+
+    def lines(self, *, dry_run: bool) -> Iterator[str]:
+        verb = "would requeue" if dry_run else "requeued"
+        for repair in self.requeued:
+            yield f"{verb} {repair.relpath} for {repair.problem.url}"
+        for repair in self.cannot:
+            yield f"cannot repair {repair.problem.url}: {repair.reason}"
+        for problem in self.left:
+            yield f"not repaired: {problem.kind} {problem.url} (decide by hand)"
+
+
+def repair_plan(report: VerifyReport) -> RepairReport:
+    """Which problems a re-upload mends: the version's source file must still hold exactly
+    the recorded bytes (size and SHA-256 checked now), or the upload would put other bytes
+    under the version's name."""
+    plan = RepairReport()
+    seen: set[tuple[str, str]] = set()
+    for problem in report.problems:
+        where = (problem.bucket, problem.key)
+        if problem.kind not in REPAIRABLE:
+            plan.left.append(problem)
+            continue
+        if where in seen:  # a wrong size and a wrong checksum of one object: one repair
+            continue
+        seen.add(where)
+        version = report.versions[where]
+        why_not = source_differs(f"{version['root']}/{version['relpath']}", version)
+        repair = Repair(
+            problem, version["relpath"], why_not or f"repair: {problem.kind}: {problem.detail}"
+        )
+        (plan.cannot if why_not else plan.requeued).append(repair)
+    return plan
+
+
+def source_differs(path: str, version: dict[str, Any]) -> str | None:
+    """Why the file at ``path`` is not the recorded version any more; None when it is."""
+    try:
+        with open(path, "rb", opener=_no_follow) as file:
+            digest = hashlib.sha256()
+            size = 0
+            while chunk := file.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except FileNotFoundError:
+        return "the source file is gone"
+    except OSError as exc:
+        return f"cannot read the source file: {exc.strerror or exc}"
+    if size != version["size"] or digest.hexdigest() != version["sha256"]:
+        return "the source file holds other bytes now (its newer version is a file of its own)"
+    return None
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)  # a link in its place is not the file
