@@ -44,6 +44,7 @@ from devstack import (
     PostgresCluster,
     PostgresReplica,
     RcloneS3Server,
+    failover_dsn,
     free_port,
     wait_for,
 )
@@ -392,10 +393,7 @@ class Site:
         stack.callback(lambda: self.primary.cleanup())
         schema.migrate(self.primary.create_database(DATABASE))
         self.standby = self._new_standby(1)
-        self.dsn = (
-            f"host=127.0.0.1,127.0.0.1 port={self.ports[0]},{self.ports[1]} dbname={DATABASE} "
-            "user=postgres target_session_attrs=read-write"
-        )
+        self.dsn = failover_dsn(self.ports, DATABASE)
         self.s3 = RcloneS3Server(work / "s3")
         self.s3.keep_data = True
         self.s3.start()

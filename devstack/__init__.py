@@ -67,7 +67,7 @@ uploaderd.multipart now sends the SHA-256 of the bytes it matched.
 from devstack.daemon import DaemonProcess, Notifications, can_name_hosts, metric
 from devstack.faultproxy import FaultProxy
 from devstack.pgbouncer import PgBouncer
-from devstack.postgres import PostgresCluster, PostgresReplica, find_pg_bindir
+from devstack.postgres import PostgresCluster, PostgresReplica, failover_dsn, find_pg_bindir
 from devstack.process import DevstackError, WaitTimeout, free_port, free_ports, wait_for
 from devstack.s3 import (
     ACCESS_KEY,
@@ -98,6 +98,7 @@ __all__ = [
     "SeaweedFSServer",
     "WaitTimeout",
     "can_name_hosts",
+    "failover_dsn",
     "find_pg_bindir",
     "free_port",
     "free_ports",

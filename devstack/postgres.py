@@ -9,6 +9,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from devstack.process import START_TIMEOUT, DevstackError, Service, free_port, tail
@@ -191,6 +192,16 @@ def _check_db_name(name: str) -> str:
     if not _DB_NAME.fullmatch(name):
         raise ValueError(f"database name must match {_DB_NAME.pattern}: {name!r}")
     return name
+
+
+def failover_dsn(ports: Sequence[int], dbname: str) -> str:
+    """A libpq DSN naming every server of a replicated set on 127.0.0.1: libpq connects to
+    whichever takes writes, so after a failover it finds the promoted standby."""
+    hosts = ",".join("127.0.0.1" for _ in ports)
+    numbers = ",".join(str(port) for port in ports)
+    return (
+        f"host={hosts} port={numbers} dbname={dbname} user=postgres target_session_attrs=read-write"
+    )
 
 
 class PostgresReplica(PostgresCluster):

@@ -164,7 +164,9 @@ WITH claimed AS (
     ))
     RETURNING id, job, scope, root, relpath, size, mtime_ns, inode, bucket, key, attempts,
               session_id, attempts - retry_base AS tries, multipart_upload_id,
-              multipart_part_size, ctime_ns
+              multipart_part_size, ctime_ns,
+              -- requeued by `verify --repair` (requeue_for_repair): counted when it uploads
+              coalesce(last_error LIKE 'repair: %%', false) AS repair
 ), attempts AS (
     -- A released attempt gave its number back (release_claims); its row is reused.
     INSERT INTO upload_attempts (file_version_id, attempt, host, worker)
@@ -178,7 +180,7 @@ WITH claimed AS (
 -- hosts running one non-shared job, or a key template that maps two paths to one key).
 SELECT c.id, c.job, c.root, c.relpath, c.size, c.mtime_ns, c.inode, c.bucket, c.key,
        c.attempts, c.session_id, c.tries, c.multipart_upload_id, c.multipart_part_size,
-       c.ctime_ns, holder.sha256, holder.host || ':' || holder.relpath
+       c.ctime_ns, holder.sha256, holder.host || ':' || holder.relpath, c.repair
 FROM claimed c
 LEFT JOIN LATERAL (
     SELECT h.sha256, h.host, h.relpath FROM file_versions h

@@ -252,6 +252,11 @@ def test_postgres_outage_under_the_running_daemon(
         (root / "during.txt").write_text("written while PostgreSQL is down")
         assert daemon.notes is not None
         daemon.notes.wait_prefix("STATUS=", "database unreachable", timeout=30)
+        wait_for(
+            lambda: "discovery: cannot connect" in daemon.log(),
+            timeout=30,
+            message="discovery meeting the outage",
+        )
         assert daemon.alive()
     finally:
         pg_cluster.start()
@@ -259,6 +264,12 @@ def test_postgres_outage_under_the_running_daemon(
     wait_uploaded(sql, {"before.txt", "during.txt", "after.txt"}, timeout=90)
     daemon.notes.wait_prefix("STATUS=", "database ok", timeout=30)
     assert object_body(s3_server, bucket, "in/during.txt")[0] == b"written while PostgreSQL is down"
+    # Issue 25: after "PostgreSQL is back" came "connection already closed" (a stale pooled
+    # connection) and "is back" again: one outage logged as two.
+    log = daemon.log()
+    after = log[log.index("PostgreSQL is back") :]
+    assert "connection already closed" not in log
+    assert after.count("PostgreSQL is back") == 1 and "ERROR" not in after, after
 
 
 def test_sighup_with_a_broken_job_file_keeps_the_previous_version(

@@ -39,6 +39,7 @@ from devstack import (
     PostgresReplica,
     S3Server,
     can_name_hosts,
+    failover_dsn,
     free_port,
     metric,
     wait_for,
@@ -240,10 +241,7 @@ def test_failover_to_a_promoted_standby_that_lost_the_last_commits(
         standby = PostgresReplica(primary)
         stack.callback(standby.cleanup)
         standby.start()
-        dsn = (
-            f"host=127.0.0.1,127.0.0.1 port={primary.port},{standby.port} dbname=ledger "
-            "user=postgres target_session_attrs=read-write"
-        )
+        dsn = failover_dsn((primary.port, standby.port), "ledger")
         sql = functools.partial(run_sql, dsn)
         port = free_port()
         metrics = {"listen": f"127.0.0.1:{port}"}
@@ -275,39 +273,6 @@ def test_failover_to_a_promoted_standby_that_lost_the_last_commits(
         assert_in_s3(s3_server, bucket, {f"in/{name}": data for name, data in files.items()})
         healthy(daemon)
         daemon.stop()
-
-
-def test_a_postgres_restart_is_logged_as_one_outage(
-    make_daemon: Callable[..., DaemonProcess],
-    root: Path,
-    bucket: str,
-    s3_server: S3Server,
-    sql: Sql,
-    pg_cluster: PostgresCluster,
-) -> None:
-    """Issue 25: after PostgreSQL came back the log said "is back", then "connection already
-    closed" (a stale pooled connection), then "is back" again: one outage read as two."""
-    daemon = start_lab(make_daemon, root, bucket)
-    files = {"before.txt": write(root, "before.txt", b"before")}
-    wait_states(sql, {"before.txt": "uploaded"})
-    pg_cluster.stop()
-    try:
-        files["during.txt"] = write(root, "during.txt", b"written while PostgreSQL is down")
-        wait_for(
-            lambda: "discovery: cannot connect" in daemon.log(),
-            timeout=30,
-            message="discovery meeting the outage",
-        )
-    finally:
-        pg_cluster.start()
-    files["after.txt"] = write(root, "after.txt", b"after")
-    wait_states(sql, dict.fromkeys(files, "uploaded"), timeout=90)
-    log = daemon.log()
-    after = log[log.index("PostgreSQL is back") :]
-    assert "connection already closed" not in log
-    assert after.count("PostgreSQL is back") == 1 and "ERROR" not in after, after
-    assert_in_s3(s3_server, bucket, {f"in/{name}": data for name, data in files.items()})
-    healthy(daemon)
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from devstack import PostgresCluster, PostgresReplica
+from devstack import PostgresCluster, PostgresReplica, failover_dsn
 from uploaderd.errors import DatabaseUnavailable
 from uploaderd.ledger import schema
 from uploaderd.ledger.store import (
@@ -472,10 +472,7 @@ def test_a_promoted_standby_is_a_new_server_and_a_restart_is_not() -> None:
         standby = PostgresReplica(primary)
         stack.callback(standby.cleanup)
         standby.start()
-        dsn = (
-            f"host=127.0.0.1,127.0.0.1 port={primary.port},{standby.port} dbname=postgres "
-            "user=postgres target_session_attrs=read-write"
-        )
+        dsn = failover_dsn((primary.port, standby.port), "postgres")
         budget = connection_budget(
             dsn, 1, "uploaderd", on_new_server=lambda *seen: changes.append(seen)
         )

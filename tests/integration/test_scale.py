@@ -183,7 +183,7 @@ def timer_queries() -> Iterator[tuple[str, dict[str, Any]]]:
         },
     )
     yield "open_sessions", {"job": "scope-a", "host": "host-a", "group_keys": ["run-9"]}
-    yield "notify_work", {"job": "fresh"}
+    yield "notify_work", {"job": "fresh", "host": "host-a"}
     yield (
         "enqueue_versions",
         {

@@ -298,46 +298,64 @@ def test_a_missing_bucket_pauses_the_job_at_its_first_failure_until_it_exists(
     root: Path,
     s3_server: S3Server,
     sql: Sql,
+    start_pool: Callable[..., UploadPool],
     request: pytest.FixtureRequest,
 ) -> None:
     """Issue 25: NoSuchBucket is a configuration error, not an outage: the job pauses at
     once (not after five failures), says so, and resumes by itself once the bucket exists."""
     bucket = f"created-later-{abs(hash(request.node.name)) % 10**8}"
     job = make_job(root, bucket, s3_server, max_attempts=3)
-    pool = UploadPool(
-        Ledger(migrated_dsn),
-        Uploader(Storage(4)),
-        lambda: {job.name: job},
-        workers=1,
-        host="host-a",
-        breaker=lambda: Breaker(first_pause=1.0, max_pause=1.0),  # the default threshold, 5
+    # The default threshold (5 failures in a row), pauses short enough for a test.
+    start_pool(job, Uploader(Storage(4)), workers=1, breaker=lambda: Breaker(first_pause=1.0))
+    for i in range(4):
+        queue_file(migrated_dsn, root, f"f{i}.txt", b"x", bucket)
+    wait_for(
+        lambda: sql("SELECT last_error FROM destination_health WHERE paused_until > now()"),
+        timeout=20,
+        message="the job paused",
     )
-    pool.start()
-    try:
-        for i in range(4):
-            queue_file(migrated_dsn, root, f"f{i}.txt", b"x", bucket)
-        wait_for(
-            lambda: sql("SELECT last_error FROM destination_health WHERE paused_until > now()"),
-            timeout=20,
-            message="the job paused",
-        )
-        failed = "SELECT count(*) FROM upload_attempts WHERE outcome = 'failed'"
-        assert sql(failed) == [(1,)], "paused at the first failure; the other claims released"
-        assert (
-            REGISTRY.get_sample_value("uploaderd_destination_misconfigured", {"job": job.name}) == 1
-        )
-        s3_server.create_bucket(bucket)
-        wait_for(lambda: uploaded(sql) == 4, timeout=30, message="resumed and uploaded")
-        wait_for(
-            lambda: (
-                REGISTRY.get_sample_value("uploaderd_destination_misconfigured", {"job": job.name})
-                == 0
-            ),
-            timeout=5,
-            message="the gauge back to 0",
-        )
-    finally:
-        pool.stop(time.monotonic() + 5)
+    failed = "SELECT count(*) FROM upload_attempts WHERE outcome = 'failed'"
+    assert sql(failed) == [(1,)], "paused at the first failure; the other claims released"
+    misconfigured = ("uploaderd_destination_misconfigured", {"job": job.name})
+    assert REGISTRY.get_sample_value(*misconfigured) == 1
+    s3_server.create_bucket(bucket)
+    wait_for(lambda: uploaded(sql) == 4, timeout=30, message="resumed and uploaded")
+    wait_for(
+        lambda: REGISTRY.get_sample_value(*misconfigured) == 0,
+        timeout=5,
+        message="the gauge back to 0",
+    )
+
+
+def test_a_repaired_version_uploads_again_and_is_counted(
+    migrated_dsn: str,
+    root: Path,
+    lab: Job,
+    bucket: str,
+    s3_server: S3Server,
+    sql: Sql,
+    start_pool: Callable[..., UploadPool],
+) -> None:
+    """Issue 25: `verify --repair` requeues; the pool uploads it again, once, and counts it."""
+    start_pool(lab, Uploader(Storage(4)))
+    queue_file(migrated_dsn, root, "lost.txt", b"lost and found", bucket)
+    wait_for(lambda: uploaded(sql) == 1, message="the first upload")
+    repairs = ("uploaderd_repairs_total", {"job": lab.name})
+    before = REGISTRY.get_sample_value(*repairs) or 0.0
+    s3_server.client().delete_object(Bucket=bucket, Key="lab/lost.txt")
+    [(version,)] = sql("SELECT id FROM file_versions")
+    ledger = Ledger(migrated_dsn)
+    reason = "repair: missing: in the ledger as uploaded, not in S3"
+    assert ledger.requeue_for_repair("host-a", {version: reason}) == {version}
+    assert ledger.requeue_for_repair("host-a", {version: reason}) == set(), "only once"
+    ledger.close()
+    wait_for(lambda: uploaded(sql) == 1, timeout=30, message="uploaded again")
+    body = s3_server.client().get_object(Bucket=bucket, Key="lab/lost.txt")["Body"].read()
+    assert body == b"lost and found"
+    assert REGISTRY.get_sample_value(*repairs) == before + 1
+    outcomes = sql("SELECT attempt, outcome FROM upload_attempts ORDER BY attempt")
+    assert outcomes == [(1, "uploaded"), (2, "repair"), (3, "uploaded")]
+    assert sql("SELECT last_error FROM file_versions") == [(None,)]
 
 
 def test_a_sick_bucket_pauses_the_job_instead_of_burning_attempts(

@@ -86,6 +86,7 @@ CONTRACT = {
     "uploaderd_watch_errors_total": {"job"},
     "uploaderd_destination_paused": {"job", "op"},
     "uploaderd_destination_misconfigured": {"job"},
+    "uploaderd_repairs_total": {"job"},
     "uploaderd_build_info": {"version"},
 }
 

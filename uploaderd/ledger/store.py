@@ -153,6 +153,7 @@ class Claim:
     # SHA-256: this version must not overwrite it with different content.
     holder_sha256: str | None = None
     holder: str | None = None
+    repair: bool = False  # requeued by `verify --repair` since its last upload
 
     @property
     def signature(self) -> Signature:

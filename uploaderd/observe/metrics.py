@@ -103,6 +103,11 @@ trigger_requests = Counter(
     "Registration calls by outcome (sent, pending, failed)",
     ["job", "outcome"],
 )
+repairs = Counter(
+    "uploaderd_repairs_total",
+    "Uploads of versions `uploaderd verify --repair` requeued (S3 had lost or changed them)",
+    ["job"],
+)
 destination_misconfigured = Gauge(
     "uploaderd_destination_misconfigured",
     "1 while a job's uploads are paused because S3 said the bucket, credentials or policy "
@@ -160,7 +165,9 @@ def declare_jobs(jobs: Iterable[str]) -> None:
         upload_bytes.labels(job)
         upload_stalls.labels(job)
         watch_errors.labels(job)
+        repairs.labels(job)
         destination_paused.labels(job, "upload")
+        destination_misconfigured.labels(job)
 
 
 def set_queue(rows: Iterable[JobStateCount]) -> None:

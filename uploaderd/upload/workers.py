@@ -253,6 +253,8 @@ class UploadPool:
         metrics.uploads.labels(job.name, result.outcome).inc()
         self._record_health(job.name, result)
         if result.outcome == "uploaded":
+            if claim.repair:
+                metrics.repairs.labels(job.name).inc()
             metrics.upload_duration.labels(job.name).observe(seconds)
             metrics.upload_bytes.labels(job.name).inc(result.bytes)
             metrics.upload_size.labels(job.name).observe(claim.size)
