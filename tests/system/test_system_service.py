@@ -184,7 +184,8 @@ def test_journal_priorities_through_the_real_journald(
 ) -> None:
     since = "--since=" + host.run("date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
     daemon = ("-t", "uploaderd", since)  # the daemon's own lines, not systemd's about it
-    # A bucket that does not exist: each failed attempt is a warning, never an error.
+    # A bucket that does not exist: a failed attempt is a warning; the job's pause, a
+    # configuration error for the operator to fix (issue 25), is the one error.
     add_job(host, "nobucket", "/data/nobucket", "no-such-bucket")
     host.run("systemctl", "reload", UNIT)
     write_file(host, "/data/nobucket/lost.txt", b"no bucket for me")
@@ -198,7 +199,11 @@ def test_journal_priorities_through_the_real_journald(
     ).splitlines()
     assert all("job nobucket" in line for line in warnings), warnings
     assert any("lost.txt" in line for line in warnings), warnings
-    assert host.journal(UNIT, "-p", "err", *daemon).strip() == ""
+    errors = host.journal(UNIT, "-p", "err", *daemon).strip().splitlines()
+    assert errors and all(
+        "job nobucket: pausing uploads" in line and "a configuration error" in line
+        for line in errors
+    ), errors
     info = host.journal(UNIT, "-p", "info", *daemon)
     assert "job scope-a: uploaded info.txt as s3://readme/scope-a/info.txt" in info
     host.path("/etc/uploaderd/jobs.d/nobucket.yaml").unlink()

@@ -33,7 +33,8 @@ def add_parser(parsers: Parsers) -> None:
     verify.add_argument(
         "--dry-run",
         action="store_true",
-        help="with --repair: list what it would requeue; change nothing",
+        help="with --repair: list what it would requeue; change nothing "
+        "(e.g. uploaderd verify scope-a --repair --dry-run)",
     )
 
 
