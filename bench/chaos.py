@@ -34,7 +34,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from devstack import (
     free_port,
     wait_for,
 )
+from devstack.httpd import LocalEndpoint, QuietHandler
 from devstack.process import WaitTimeout, tail
 from uploaderd.ledger import schema
 
@@ -141,7 +141,7 @@ class Report:
 # --- the registration endpoint ---------------------------------------------------------------
 
 
-class Endpoint:
+class Endpoint(LocalEndpoint):
     """A catalog's registration endpoint: records every call; ``up``, ``down`` (503) or
     ``slow`` (answers after the daemon's timeout)."""
 
@@ -151,7 +151,7 @@ class Endpoint:
         self.calls: list[dict[str, Any]] = []  # each accepted manifest
         self._lock = threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 mode = endpoint.mode
@@ -166,16 +166,7 @@ class Endpoint:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/register"
+        super().__init__(Handler)
 
     def keys_by_session(self) -> dict[tuple[str, int], set[str]]:
         with self._lock:
@@ -183,10 +174,6 @@ class Endpoint:
             for call in self.calls:
                 found.setdefault((call["job"], call["session"]), set()).add(call["idempotency_key"])
             return found
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 # --- the writer ------------------------------------------------------------------------------

@@ -12,17 +12,17 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+
+from devstack.httpd import LocalEndpoint, QuietHandler
 
 
-class TricklingEndpoint:
+class TricklingEndpoint(LocalEndpoint):
     """An HTTP endpoint that answers 200 and then its body one byte a second, for minutes."""
 
     def __init__(self, seconds: int = 120) -> None:
         endpoint = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 endpoint.calls += 1
@@ -39,24 +39,14 @@ class TricklingEndpoint:
                         endpoint.cut += 1
                         return
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
         self.calls = 0
         self.cut = 0
         self.closed = threading.Event()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/register"
+        super().__init__(Handler)
 
     def close(self) -> None:
         self.closed.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
 
 def daemon_threads(pid: int) -> int:
