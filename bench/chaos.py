@@ -48,6 +48,7 @@ from devstack import (
     wait_for,
 )
 from devstack.httpd import LocalEndpoint, QuietHandler
+from devstack.kernel import low_inotify_queue
 from devstack.process import WaitTimeout, tail
 from uploaderd.ledger import schema
 
@@ -56,7 +57,6 @@ BUCKET = "chaos"
 DATABASE = "chaos"
 SETTLE = 1.0  # a slow writer pauses at most a fifth of it: no half-written file settles
 TREE_BYTES = 256 * MiB  # past this on disk, the writer deletes instead of writing
-INOTIFY_QUEUE = "/proc/sys/fs/inotify/max_queued_events"
 LOW_INOTIFY_QUEUE = 256  # for the soak's daemons, so that a burst overflows their queue
 FAULTS = (
     "kill9",
@@ -552,22 +552,6 @@ class Site:
         return self._endpoint("slow")
 
 
-@contextlib.contextmanager
-def low_inotify_queue() -> Iterator[bool]:
-    """The kernel's inotify queue lowered for the soak (root only; restored after): a burst
-    overflows it. False where the kernel does not let us."""
-    try:
-        before = Path(INOTIFY_QUEUE).read_text()
-        Path(INOTIFY_QUEUE).write_text(str(LOW_INOTIFY_QUEUE))
-    except OSError:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        Path(INOTIFY_QUEUE).write_text(before)
-
-
 # --- the oracle ------------------------------------------------------------------------------
 
 
@@ -684,7 +668,7 @@ def soak(
     rng = random.Random(seed)
     faults: list[Fault] = []
     with contextlib.ExitStack() as stack:
-        overflow = stack.enter_context(low_inotify_queue())
+        overflow = stack.enter_context(low_inotify_queue(LOW_INOTIFY_QUEUE))
         kinds = [k for k in kinds if k != "overflow" or overflow]
         site = Site(work, random.Random(rng.random()), stack)
         site.start_daemon()

@@ -28,6 +28,7 @@ import yaml
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, WatchDescriptor
 
 from devstack import DaemonProcess, S3Server, free_port, metric, wait_for
+from devstack.kernel import low_inotify_queue
 from uploaderd.config.settings import Job, S3Settings, parse_job_text
 from uploaderd.daemon.disposal import Disposer
 from uploaderd.discovery.discovery import Discovery
@@ -117,7 +118,7 @@ def s3_body(s3: S3Server, bucket: str, key: str) -> bytes:
     return bytes(s3.client().get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
-def lab_job(root: Path, **source: Any) -> Job:
+def lab_job(root: Path, name: str = "lab", **source: Any) -> Job:
     return parse_job_text(
         yaml.safe_dump(
             {
@@ -125,7 +126,7 @@ def lab_job(root: Path, **source: Any) -> Job:
                 "destination": {"bucket": "lab-raw", "key": "${relpath}"},
             }
         ),
-        name="lab",
+        name=name,
         defaults=S3Settings(),
     )
 
@@ -402,6 +403,44 @@ class _LossySink:
             self.discovery.submit(event)
 
 
+class _MainLoop:
+    """What the daemon's main loop does for the watcher: ``refresh()`` when a watch asks
+    (``on_change``), on a thread of its own."""
+
+    def __init__(self) -> None:
+        self.watcher: Watcher | None = None
+        self._asked = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def ask(self) -> None:
+        self._asked.set()
+
+    def start(self, watcher: Watcher) -> None:
+        self.watcher = watcher
+        self._thread.start()
+
+    def _run(self) -> None:
+        assert self.watcher is not None
+        while not self._stop.is_set():
+            if self._asked.wait(0.1):
+                self._asked.clear()
+                self.watcher.refresh()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def overflow(watcher: Watcher, job: str) -> None:
+    """What watchdog's reader thread does when read() returns IN_Q_OVERFLOW (wd -1)."""
+    observer = watcher.watches[job].observer
+    assert observer is not None
+    observer._inotify_fd.handle_event(  # type: ignore[attr-defined]
+        InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b"")
+    )
+
+
 def test_an_inotify_overflow_rescans_the_job_at_once(
     migrated_dsn: str, tmp_path: Path, sql: Sql
 ) -> None:
@@ -417,8 +456,10 @@ def test_an_inotify_overflow_rescans_the_job_at_once(
         sink(event)
 
     errors: list[str] = []
-    watcher = Watcher(record, lambda _job, message: errors.append(message))
+    main_loop = _MainLoop()
+    watcher = Watcher(record, lambda _job, message: errors.append(message), main_loop.ask)
     discovery.start()
+    main_loop.start(watcher)
     try:
         discovery.set_jobs({"lab": job})
         watcher.apply({"lab": job})
@@ -430,18 +471,12 @@ def test_an_inotify_overflow_rescans_the_job_at_once(
         wait_for(discovery.settled, timeout=10, message="discovery idle")
         assert versions(sql, "lab", "missed.txt") == [], "nothing told discovery"
 
-        # What watchdog's reader thread does when read() returns IN_Q_OVERFLOW (wd -1).
-        observer = watcher.watches["lab"].observer
-        assert observer is not None
         before = len(requests)
-        observer._inotify_fd.handle_event(  # type: ignore[attr-defined]
-            InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b"")
-        )
+        overflow(watcher, "lab")
         wait_state(sql, "lab", "missed.txt", "pending", timeout=10)
 
-        # One overflow, one scan. A directory made now reaches the sink only after all the
-        # overflow still had queued: watchdog's queues are first in, first out, and one
-        # thread dispatches them.
+        # One overflow, one scan, after the new observer's watches exist: a directory made
+        # now is reported by them.
         marker = root / "made-after-the-overflow"
         marker.mkdir()
         wait_for(
@@ -454,11 +489,67 @@ def test_an_inotify_overflow_rescans_the_job_at_once(
         ], "one overflow, one scan of the root"
         assert errors == [
             f"the inotify queue overflowed and events under {root} were lost "
-            "(raise fs.inotify.max_queued_events); scanning it now"
+            "(raise fs.inotify.max_queued_events); watching the job anew and scanning it"
         ]
     finally:
+        main_loop.stop()
         watcher.stop(time.monotonic() + 5)
         discovery.stop(time.monotonic() + 10)
+
+
+def test_an_overflow_of_more_directories_than_the_queue_holds_ends_and_spares_other_jobs(
+    migrated_dsn: str, tmp_path: Path, sql: Sql
+) -> None:
+    """Found by the 30-minute chaos soak (seed 778969075): watchdog repairs an overflow by
+    removing and re-adding every watch on the same kernel queue, and each removal queues an
+    event. A tree of more directories than the queue holds overflowed it again, for ever,
+    and each overflow queued a scan of the whole tree ahead of every other job's work: an
+    outbox job's files were never discovered."""
+    lab, outbox = tmp_path / "lab", tmp_path / "outbox"
+    directories = [lab / f"d{i:03d}" for i in range(600)]
+    for directory in directories:
+        directory.mkdir(parents=True)
+    outbox.mkdir()
+    jobs = {"lab": lab_job(lab, rescan="1h"), "outbox": lab_job(outbox, "outbox", rescan="1h")}
+    discovery = Discovery(Ledger(migrated_dsn), host="host-a")
+    errors: list[tuple[str, str]] = []
+    main_loop = _MainLoop()
+    with low_inotify_queue(256) as lowered:
+        if not lowered:
+            pytest.skip("cannot lower fs.inotify.max_queued_events here")
+        watcher = Watcher(discovery.submit, lambda *error: errors.append(error), main_loop.ask)
+        discovery.start()
+        main_loop.start(watcher)
+        try:
+            discovery.set_jobs(jobs)
+            watcher.apply(jobs)
+            wait_for(discovery.settled, timeout=10, message="the start-up scans done")
+            overflow(watcher, "lab")
+            write(outbox / "report.txt", b"another job's file")
+            for directory in directories:
+                write(directory / "data.bin", directory.name.encode())
+            wait_state(sql, "outbox", "report.txt", "pending", timeout=20)
+            wait_for(
+                lambda: (
+                    sql("SELECT count(*) FROM file_versions WHERE job = 'lab'")[0][0]
+                    == len(directories)
+                ),
+                timeout=30,
+                message="every file of the lab tree queued",
+            )
+            wait_for(discovery.settled, timeout=30, message="discovery idle")
+
+            # The overflow is over: a file written now is found by its event (the rescan is
+            # an hour away), and the queue did not overflow again.
+            reported = list(errors)
+            write(lab / "d000" / "after.bin", b"after the overflow")
+            wait_state(sql, "lab", "d000/after.bin", "pending", timeout=10)
+            assert errors == reported
+            assert reported and {job for job, _ in reported} == {"lab"}
+        finally:
+            main_loop.stop()
+            watcher.stop(time.monotonic() + 5)
+            discovery.stop(time.monotonic() + 10)
 
 
 def _mount_tmpfs(path: Path) -> None:

@@ -1,16 +1,22 @@
-"""Discovery without the watcher: a rescan alone finds what no event reported."""
+"""Discovery without the watcher: a rescan alone finds what no event reported, and rescans
+of one job neither pile up nor hold back another job's."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from devstack import wait_for
 from uploaderd.config.settings import S3Settings, parse_job_text
-from uploaderd.discovery.discovery import Discovery
+from uploaderd.discovery import discovery as discovery_module
+from uploaderd.discovery.discovery import SCAN_SLICE, Discovery
+from uploaderd.discovery.scanner import scan
 from uploaderd.ledger.store import Ledger
+from uploaderd.policy.settle import Candidate
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 
@@ -59,3 +65,62 @@ def test_rescan_queues_what_events_missed_in_one_batch(
     }
     assert keys == {True}, "the key renders ${session} as the session id"
     assert sql("SELECT count(*) FROM file_versions WHERE relpath LIKE '%%.part'") == [(0,)]
+
+
+def test_rescans_asked_for_again_are_one_and_jobs_take_turns(
+    migrated_dsn: str, tmp_path: Path, sql: Sql, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An overflow storm asked for thousands of rescans of one tree, each queued behind the
+    last, and another job's scan waited behind them all. A rescan asked for while one of the
+    same tree has not begun is that one; scans take turns a slice at a time."""
+    lab, outbox = tmp_path / "lab", tmp_path / "outbox"
+    for i in range(3 * SCAN_SLICE):
+        (lab / f"d{i % 30:02d}").mkdir(parents=True, exist_ok=True)
+        (lab / f"d{i % 30:02d}" / f"f{i:05d}").write_bytes(b"x")
+    outbox.mkdir()
+    jobs = {
+        name: parse_job_text(
+            f"source: {{paths: [{root}], settle: 0s}}\ndestination: {{bucket: lab-raw}}\n",
+            name=name,
+            defaults=S3Settings(),
+        )
+        for name, root in (("lab", lab), ("outbox", outbox))
+    }
+    began: list[str] = []  # the job of each scan added
+    found: list[str] = []  # the job of each file a scan yields, in order
+
+    def watched_scan(root: str, *args: Any, **kwargs: Any) -> Iterator[Candidate]:
+        job = "lab" if root == str(lab) else "outbox"
+        began.append(job)
+        for candidate in scan(root, *args, **kwargs):
+            found.append(job)
+            yield candidate
+
+    monkeypatch.setattr(discovery_module, "scan", watched_scan)
+    discovery = Discovery(Ledger(migrated_dsn), host="host-a")
+    discovery.start()
+    try:
+        discovery.set_jobs(jobs)
+        wait_for(
+            lambda: sql("SELECT count(*) FROM file_versions")[0][0] == 3 * SCAN_SLICE,
+            timeout=30,
+            message="the lab tree queued",
+        )
+        wait_for(discovery.settled, timeout=10, message="discovery idle")
+        began.clear()
+        found.clear()
+        (outbox / "report.txt").write_bytes(b"another job's file")
+        for _ in range(40):
+            discovery.request_scan("lab")
+        discovery.request_scan("outbox")
+        wait_for(
+            lambda: sql("SELECT count(*) FROM file_versions WHERE job = 'outbox'") == [(1,)],
+            timeout=30,
+            message="the outbox file queued",
+        )
+        wait_for(discovery.settled, timeout=30, message="discovery idle")
+    finally:
+        discovery.stop(time.monotonic() + 10)
+    assert began.count("lab") <= 2, "forty requests, at most one scan begun and one waiting"
+    assert began.count("outbox") == 1
+    assert found.index("outbox") <= SCAN_SLICE, "the outbox scan's turn came after one slice"

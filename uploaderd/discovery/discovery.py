@@ -130,7 +130,11 @@ class Discovery:
         self.inbox: queue.SimpleQueue[_Inbox] = queue.SimpleQueue()
         self._jobs: dict[str, _JobState] = {}
         self._leading: set[str] = set()  # shared jobs whose files this host discovers
+        # Scans in progress, a slice each in turn, so that one job's many scans (a storm of
+        # overflows, a tree of new directories) cannot hold back another job's.
         self._scans: deque[_Scan] = deque()
+        # (job, path) of the scans not begun: asking again for one of them adds nothing.
+        self._waiting: set[tuple[str, str]] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="discovery", daemon=True)
         self._db_ok = True
@@ -219,7 +223,7 @@ class Discovery:
             self._check_unchecked()
             self._recheck_tracked()
             next_tick = self._next_tick(now)
-        self._flush(force=not self._scans)
+        self._flush()
         return next_tick
 
     def _next_tick(self, now: float) -> float:
@@ -275,10 +279,12 @@ class Discovery:
     def _apply_jobs(self, jobs: dict[str, Job]) -> None:
         for name in [name for name in self._jobs if name not in jobs]:
             self._submit(self._jobs.pop(name), force=True)  # a last write of what is complete
+            self._drop_scans(name)
         for name, job in jobs.items():
             state = self._jobs.get(name)
             if state is None or state.job.source != job.source:
                 self._jobs[name] = _JobState(job, SettleTracker(job.source.settle))
+                self._drop_scans(name)  # they follow the old paths and filter
                 self._start_scan(name)
             else:
                 state.job = job
@@ -314,13 +320,22 @@ class Discovery:
             self._start_scan(name)
 
     def _add_scan(self, name: str, root: str, start: str | None = None) -> None:
+        key = (name, start or root)
+        if key in self._waiting:
+            return
+        self._waiting.add(key)
         rules = self._jobs[name].rules
         self._scans.append(_Scan(name, start or root, scan(root, rules, start=start)))
+
+    def _drop_scans(self, name: str) -> None:
+        self._scans = deque(s for s in self._scans if s.job != name)
+        self._waiting = {key for key in self._waiting if key[0] != name}
 
     def _advance_scan(self) -> None:
         if not self._scans:
             return
         current = self._scans[0]
+        self._waiting.discard((current.job, current.path))  # begun: files may change behind it
         state = self._jobs.get(current.job)
         seen = 0
         try:
@@ -336,8 +351,9 @@ class Discovery:
                 current.path,
             )
             seen = 0
-        if seen < SCAN_SLICE:
-            self._scans.popleft()
+        self._scans.popleft()
+        if seen == SCAN_SLICE:
+            self._scans.append(current)  # the next slice after one of each other scan
 
     def _observe(self, state: _JobState, candidate: Candidate, source: str) -> None:
         key = (candidate.root, candidate.relpath)
@@ -417,13 +433,16 @@ class Discovery:
 
     # --- writing to the ledger (on the writer's thread) --------------------------------------
 
-    def _flush(self, *, force: bool) -> None:
+    def _flush(self, *, force: bool = False) -> None:
+        """Hand complete files to the writer: a job being scanned in full batches (the scan
+        finds more), the others all they have."""
         if time.monotonic() < self._retry_at:
             return
         if not any(state.sent for state in self._jobs.values()):
             self._writer.resume()  # nothing in flight: after an outage, safe to write again
-        for state in list(self._jobs.values()):
-            self._submit(state, force=force)
+        scanning = {current.job for current in self._scans}
+        for name, state in list(self._jobs.items()):
+            self._submit(state, force=force or name not in scanning)
 
     def _submit(self, state: _JobState, *, force: bool) -> None:
         """Hand the batch's unsent files to the writer, a chunk at a time; they stay at the

@@ -8,8 +8,10 @@ Watches get lost: a root deleted and re-created, or a mount point remounted, lea
 watch on the old directory. ``refresh()`` (every second, from the main loop) notices a root
 that is gone, has another identity (device, inode) or whose emitter stopped, drops that
 watch and watches the root again as soon as it is a directory, then has it scanned. When the
-kernel's inotify queue overflows, events were dropped: watchdog rebuilds its watches, then
-tells each watch (``EventsLostEvent``), and that root is scanned at once.
+kernel's inotify queue overflows, events were dropped: the job's observer is replaced by a new
+one, with a kernel queue of its own, and every root of the job is scanned. Not watchdog's own
+repair, which removes and re-adds every watch on the same queue: each removal queues an
+event, so a tree of more directories than the queue holds overflowed it again, for ever.
 
 Two needs have no public API in watchdog: hearing of IN_UNMOUNT, which watchdog drops, and
 handing a file's event over without watchdog's queues (see ``_ReportingEmitter``). For them
@@ -103,9 +105,8 @@ class _ReportingEmitter(InotifyEmitter):
     Neither has a public API, so this replaces ``on_event``, the reader's callback, of the
     emitter's (private) watch group ``self._inotify``. watchdog drops IN_UNMOUNT; the wrapper
     turns it into an ``UnmountEvent``, so that the unmounted root is watched again. An
-    overflow needs no wrapper: watchdog rebuilds its recursive watches itself, then queues
-    an ``EventsLostEvent`` behind the events read so far, which ``_Forward`` turns into a
-    scan of the root.
+    overflow needs no wrapper: watchdog queues an ``EventsLostEvent`` behind the events read
+    so far, which ``_Forward`` turns into a new observer for the job.
 
     An event on a file (not a directory) needs none of watchdog's bookkeeping: no watch
     to add or move. Yet each would pass its move grouper (a linear search of its queue per
@@ -159,12 +160,13 @@ class _Forward(FileSystemEventHandler):
     directories, the files of a directory that appeared, and every event of the polling
     observer."""
 
-    def __init__(self, watch: JobWatch, root: str) -> None:
+    def __init__(self, watch: JobWatch, root: str, observer: BaseObserver) -> None:
         self.watch, self.job, self.root, self.sink = watch, watch.job.name, root, watch.sink
+        self.observer = observer
 
     # Dispatched by event_type (after on_any_event, which ignores them).
     def on_events_lost(self, _event: EventsLostEvent) -> None:
-        self.watch.overflowed(self.root)
+        self.watch.overflowed(self.root, self.observer)
 
     def on_unmount(self, _event: UnmountEvent) -> None:
         self.watch.root_changed(self.root)
@@ -231,6 +233,8 @@ class JobWatch:
         self.refused: set[str] = set()
         # Roots whose watch watchdog's thread saw go (unmounted): dropped at the next refresh.
         self.stale: set[str] = set()
+        # The observer whose kernel queue overflowed: replaced at the next refresh.
+        self.overflowed_observer: BaseObserver | None = None
         self.polling = self._wants_polling()
         self._started = False
 
@@ -261,6 +265,9 @@ class JobWatch:
 
     def refresh(self) -> bool:
         """Drop lost watches and watch every root that can be watched; True if any changed."""
+        if self.overflowed_observer is not None and self.overflowed_observer is self.observer:
+            self._renew()
+            return True
         lost = [root for root, watched in self.watched.items() if self._lost(root, watched)]
         for root in lost:
             self._unwatch(root)
@@ -309,7 +316,7 @@ class JobWatch:
             return f"root {root} is not a directory"
         try:
             watch = self.observer.schedule(
-                _Forward(self, root),
+                _Forward(self, root, self.observer),
                 root,
                 recursive=self.job.source.recursive,
                 event_filter=_WANTED,
@@ -342,14 +349,32 @@ class JobWatch:
         self.stale.add(root)
         self.on_change()
 
-    def overflowed(self, root: str) -> None:
-        """Events were lost (watchdog's thread): scan the root now instead of at the rescan."""
+    def overflowed(self, root: str, observer: BaseObserver) -> None:
+        """Events were lost (watchdog's thread): have ``refresh`` replace the observer, and so
+        scan the job's roots, now instead of at the rescan. Reported once per observer: its
+        queue may overflow again before it is replaced."""
+        if observer is not self.observer or self.overflowed_observer is observer:
+            return
+        self.overflowed_observer = observer
         self.on_error(
             self.job.name,
-            f"the inotify queue overflowed and events under {root} "
-            "were lost (raise fs.inotify.max_queued_events); scanning it now",
+            f"the inotify queue overflowed and events under {root} were lost "
+            "(raise fs.inotify.max_queued_events); watching the job anew and scanning it",
         )
-        self.sink(PathEvent(self.job.name, root, root, True))
+        self.on_change()
+
+    def _renew(self) -> None:
+        """A new observer, with an empty kernel queue of its own, in place of the old one;
+        each root watched again is scanned (``ensure_watches``). Adding watches queues no
+        event, so this ends an overflow that removing and re-adding them would repeat."""
+        assert self.observer is not None
+        old = self.observer
+        old.stop()
+        join(old, time.monotonic() + _SWAP_SECONDS)
+        self.watched.clear()
+        self.stale.clear()
+        self.overflowed_observer = None
+        self.start()
 
     def alive(self) -> bool:
         return self.observer is not None and self.observer.is_alive()
