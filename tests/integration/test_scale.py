@@ -204,9 +204,12 @@ def timer_queries() -> Iterator[tuple[str, dict[str, Any]]]:
             "errors": [None] * 500,
         },
     )
+    # status's, and top's every second.
     yield "job_counts", {"job": None}
-    yield "compact_counts", {}
+    yield "registration_counts", {"job": None}
+    yield "paused_destinations", {"job": None}
     yield "recent_errors", {"job": None, "limit": 10}
+    yield "compact_counts", {}
     yield "abandoned_uploads", {"limit": 100}
     yield "notify_due_retries", {}
     yield "workers_on_host", {"prefix": "host-a:%"}

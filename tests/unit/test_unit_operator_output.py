@@ -110,18 +110,18 @@ def test_a_burst_is_limited_per_job_then_summarised(caplog: pytest.LogCaptureFix
 
 def test_a_body_counts_only_what_is_read_to_send_and_each_byte_once() -> None:
     transfers = Transfers()
-    progress = transfers.begin(1, "big.bin", 10)
+    progress = transfers.begin(1, "lab", "big.bin", 10)
     body = CountingBody(b"0123456789", progress.sent)
     body.read()  # a checksum before the request is signed: not sent
     body.seek(0)
     body.signal_transferring()
     body.read(4)
-    assert transfers.snapshot().active == (Active("big.bin", 4, 10),)
+    assert transfers.snapshot().active == (Active("lab", "big.bin", 4, 10),)
     body.seek(0)  # a retry resends from the start
     body.read(6)
     body.finish()
     snapshot = transfers.snapshot()
-    assert (snapshot.sent_total, snapshot.active) == (10, (Active("big.bin", 10, 10),))
+    assert (snapshot.sent_total, snapshot.active) == (10, (Active("lab", "big.bin", 10, 10),))
     progress.kept(5)  # a resumed part: done, not on the wire
     assert transfers.snapshot().sent_total == 10
     transfers.end([1])
@@ -139,7 +139,7 @@ def test_stats_lines_come_every_interval_and_at_the_end() -> None:
         100 * 2**20,
         1,
         None,
-        (Active("big.bin", 12 * 2**20, 100 * 2**20),),
+        (Active("lab", "big.bin", 12 * 2**20, 100 * 2**20),),
         None,
         4 * 2**20,
     )

@@ -98,7 +98,12 @@ class Daemon:
         # pool, which stops claiming and hands back what it holds.
         self.components = Components(
             [
-                ("metrics server", metrics.MetricsServer(config.metrics_listen)),
+                (
+                    "metrics server",
+                    metrics.MetricsServer(
+                        config.metrics_listen, lambda: self.pool.transfers.snapshot().active
+                    ),
+                ),
                 ("upload pool", self.pool),
                 ("scheduler", self.scheduler),
                 ("discovery", self.discovery),

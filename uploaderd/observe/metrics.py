@@ -6,13 +6,17 @@ keys or error text, which would explode cardinality and could leak data.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from http.server import HTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client import (
     Counter,
@@ -27,6 +31,9 @@ from uploaderd import __version__
 from uploaderd.errors import UsageError
 from uploaderd.ledger.store import JobStateCount, State
 from uploaderd.policy.lifecycle import call_by
+from uploaderd.policy.transfers import Active
+
+Uploads = Callable[[], Iterable[Active]]
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +207,42 @@ SERVER_THREADS = 4
 SERVER_TIMEOUT = 5.0  # seconds a connection may sit idle or trickle its request
 
 
+# The uploads in flight on this host, as JSON (``uploaderd top``): {"uploads": [{"job",
+# "relpath", "sent", "size"}, ...]}. They name files, so only a client on this host gets
+# them, whatever address the endpoint listens on.
+UPLOADS_PATH = "/uploads"
+
+
 class _Handler(MetricsHandler):
     timeout = SERVER_TIMEOUT  # StreamRequestHandler sets it on the socket
+    server: _BoundedServer
+
+    def do_GET(self) -> None:
+        if urlsplit(self.path).path == UPLOADS_PATH:
+            self._send_uploads()
+        else:
+            super().do_GET()
+
+    def _send_uploads(self) -> None:
+        if not local_client(self.client_address[0]):
+            self.send_error(403, f"{UPLOADS_PATH} is served to this host only")
+            return
+        body = json.dumps({"uploads": [asdict(a) for a in self.server.uploads()]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not worth a log line."""
+
+
+def local_client(host: str) -> bool:
+    address = ipaddress.ip_address(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # 127.0.0.1 on a dual-stack [::] socket
+    return address.is_loopback
 
 
 class _BoundedServer(HTTPServer):
@@ -215,9 +253,10 @@ class _BoundedServer(HTTPServer):
 
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int]) -> None:
+    def __init__(self, address: tuple[str, int], uploads: Uploads) -> None:
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
+        self.uploads = uploads
         super().__init__(address, _Handler)
         self._pool = ThreadPoolExecutor(SERVER_THREADS, thread_name_prefix="metrics")
         self._free = threading.Semaphore(SERVER_THREADS)
@@ -244,10 +283,12 @@ class _BoundedServer(HTTPServer):
 
 
 class MetricsServer:
-    """/metrics on ``host:port`` (a component); an empty address disables the endpoint."""
+    """/metrics and /uploads on ``host:port`` (a component); an empty address disables the
+    endpoint. ``uploads`` tells the uploads in flight."""
 
-    def __init__(self, listen: str) -> None:
+    def __init__(self, listen: str, uploads: Uploads = tuple) -> None:
         self.listen = listen
+        self.uploads = uploads
         self._server: _BoundedServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -256,7 +297,7 @@ class MetricsServer:
             return
         host, _, port = self.listen.rpartition(":")
         try:
-            self._server = _BoundedServer((host.strip("[]"), int(port)))
+            self._server = _BoundedServer((host.strip("[]"), int(port)), self.uploads)
         except OSError as exc:
             raise UsageError(
                 f"metrics.listen: cannot listen on {self.listen}: {exc.strerror}"

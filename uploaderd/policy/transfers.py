@@ -22,6 +22,7 @@ STATS_SECONDS = 10.0
 class Active:
     """A file being uploaded right now: bytes sent of this attempt, of its size."""
 
+    job: str
     relpath: str
     sent: int
     size: int
@@ -40,13 +41,13 @@ class Transfers:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sent_total = 0
-        self._active: dict[int, list[Any]] = {}  # version id → [relpath, sent, size]
+        self._active: dict[int, list[Any]] = {}  # version id → [job, relpath, sent, size]
         self._last_error: str | None = None
 
-    def begin(self, version_id: int, relpath: str, size: int) -> FileProgress:
+    def begin(self, version_id: int, job: str, relpath: str, size: int) -> FileProgress:
         """Start counting one attempt; its bytes are reported through what this returns."""
         with self._lock:
-            self._active[version_id] = [relpath, 0, size]
+            self._active[version_id] = [job, relpath, 0, size]
         return FileProgress(self, version_id)
 
     def add(self, version_id: int, count: int, *, on_wire: bool) -> None:
@@ -56,7 +57,7 @@ class Transfers:
                 self._sent_total += count
             entry = self._active.get(version_id)
             if entry is not None:
-                entry[1] = min(entry[2], entry[1] + count)
+                entry[2] = min(entry[3], entry[2] + count)
 
     def failed(self, relpath: str, error: str) -> None:
         with self._lock:
@@ -70,7 +71,7 @@ class Transfers:
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            active = tuple(Active(r, s, z) for r, s, z in self._active.values())
+            active = tuple(Active(*entry) for entry in self._active.values())
             return Snapshot(self._sent_total, active, self._last_error)
 
 

@@ -243,7 +243,7 @@ class UploadPool:
         def multipart_started(upload_id: str, part_size: int) -> None:
             self._hand_in(MultipartStarted(claim, upload_id, part_size))
 
-        progress = self.transfers.begin(claim.id, claim.relpath, claim.size)
+        progress = self.transfers.begin(claim.id, job.name, claim.relpath, claim.size)
         try:
             result = self.uploader.upload(claim, job, multipart_started, progress)
         except Exception as exc:  # a bug must cost one attempt, not the worker thread
