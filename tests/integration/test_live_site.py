@@ -44,6 +44,11 @@ def test_a_frame_outlives_the_database_going_away_and_follows_it_back(
         "('lab', 'host-a', 'host-a', '/data', 'next.raw', 10, 1, 2, 'lab-raw', 'next.raw', "
         "'pending', 0, NULL)"
     )
+    sql(
+        "INSERT INTO destination_health (job, host, kind, consecutive_failures, paused_until, "
+        "last_error) VALUES ('lab', 'host-b', 'trigger', 5, now() + interval '1 hour', "
+        "'HTTP 503 \x1b[2J')"
+    )
     port = free_port()  # nothing listens there
     sampler = SiteSampler(Ledger(migrated_dsn), lambda: jobs, f"127.0.0.1:{port}")
     try:
@@ -57,6 +62,10 @@ def test_a_frame_outlives_the_database_going_away_and_follows_it_back(
             {},
         )
         assert [e["relpath"] for e in first.errors] == ["bad.raw"]
+        shown = screen(first)
+        assert "lab: trigger on host-b until" in shown and "after 5 failures" in shown
+        assert "HTTP 503 \\x1b[2J" in shown, "an endpoint's answer cannot clear the screen"
+        assert "last errors" in shown and "bad.raw (failed, 3 attempts)" in shown
         assert first.uploads is None
         assert first.daemon.startswith(f"no answer from http://127.0.0.1:{port}")
 

@@ -104,31 +104,32 @@ def _upload_row(upload: Active) -> tuple[RenderableType, ...]:
 
 
 def _paused(frame: Frame) -> list[RenderableType]:
-    if not frame.paused:
-        return []
-    lines: list[RenderableType] = [Text(""), Text("paused destinations", "bold")]
-    for row in frame.paused:
-        lines.append(
-            _safe(
-                f"  {row['job']}: {row['kind']} on {row['host']} until "
-                f"{row['paused_until'].astimezone(UTC):%H:%M:%S} after "
-                f"{plural(row['consecutive_failures'], 'failure')}: {row['last_error']}",
-                "yellow",
-            )
-        )
-    return lines
+    return _section(
+        "paused destinations",
+        [
+            f"  {row['job']}: {row['kind']} on {row['host']} until "
+            f"{row['paused_until'].astimezone(UTC):%H:%M:%S} after "
+            f"{plural(row['consecutive_failures'], 'failure')}: {row['last_error']}"
+            for row in frame.paused
+        ],
+        "yellow",
+    )
 
 
 def _errors(frame: Frame) -> list[RenderableType]:
-    if not frame.errors:
+    return _section(
+        "last errors",
+        [
+            f"  {error['updated_at'].astimezone(UTC):%H:%M:%S} {error['job']}: "
+            f"{error['relpath']} ({error['state']}, {plural(error['attempts'], 'attempt')}): "
+            f"{error['last_error']}"
+            for error in frame.errors
+        ],
+    )
+
+
+def _section(heading: str, lines: list[str], style: str = "") -> list[RenderableType]:
+    """A blank line, a heading and its lines; nothing when there are none."""
+    if not lines:
         return []
-    lines: list[RenderableType] = [Text(""), Text("last errors", "bold")]
-    for error in frame.errors:
-        lines.append(
-            _safe(
-                f"  {error['updated_at'].astimezone(UTC):%H:%M:%S} {error['job']}: "
-                f"{error['relpath']} ({error['state']}, {plural(error['attempts'], 'attempt')}): "
-                f"{error['last_error']}"
-            )
-        )
-    return lines
+    return [Text(""), Text(heading, "bold"), *(_safe(line, style) for line in lines)]
