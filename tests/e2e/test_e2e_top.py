@@ -156,7 +156,7 @@ def test_top_shows_the_queue_and_a_large_upload_moving_and_quits_on_q(
     assert "uploaderd top" not in terminal.screen(), "the screen given back as it was"
 
 
-def test_top_prints_one_plain_snapshot_when_not_on_a_terminal(
+def test_top_prints_one_plain_snapshot_when_not_on_a_terminal_of_every_job_or_one(
     lab: DaemonProcess, tmp_path: Path, sql: Sql
 ) -> None:
     (tmp_path / "data" / "a.txt").write_bytes(b"a")
@@ -173,6 +173,19 @@ def test_top_prints_one_plain_snapshot_when_not_on_a_terminal(
     assert job_line(result.stdout, "lab") == ["lab", "-", "-", "0", "0", "0", "-", "0"]
     assert "uploads in flight on" in result.stdout
 
-    only = subprocess.run(lab.cli("top", "--job", "nope"), capture_output=True, text=True)
-    assert only.returncode == 2
-    assert "unknown job 'nope'" in only.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    lab.write_job(
+        "other",
+        {"source": {"paths": [str(other)]}, "destination": {"bucket": "other-bucket"}},
+    )
+    both = subprocess.run(lab.cli("top"), capture_output=True, text=True, timeout=60)
+    assert job_line(both.stdout, "other")[0] == "other"
+    only = subprocess.run(lab.cli("top", "--job", "lab"), capture_output=True, text=True)
+    assert only.returncode == 0, only.stderr
+    assert job_line(only.stdout, "lab")[0] == "lab"
+    assert "other" not in only.stdout
+
+    unknown = subprocess.run(lab.cli("top", "--job", "nope"), capture_output=True, text=True)
+    assert unknown.returncode == 2
+    assert "unknown job 'nope'" in unknown.stderr
