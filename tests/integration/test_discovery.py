@@ -124,3 +124,41 @@ def test_rescans_asked_for_again_are_one_and_jobs_take_turns(
     assert began.count("lab") <= 2, "forty requests, at most one scan begun and one waiting"
     assert began.count("outbox") == 1
     assert found.index("outbox") <= SCAN_SLICE, "the outbox scan's turn came after one slice"
+
+
+def test_a_jobs_own_roots_are_scanned_in_order_while_jobs_take_turns(
+    migrated_dsn: str, tmp_path: Path, sql: Sql, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Turns are between jobs: a job's second root waits for its first to be scanned
+    (a sentinel listed in the last root means the whole job was seen)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for i in range(3 * SCAN_SLICE):
+        (first / f"d{i % 30:02d}").mkdir(parents=True, exist_ok=True)
+        (first / f"d{i % 30:02d}" / f"f{i:05d}").write_bytes(b"x")
+    second.mkdir()
+    (second / "sentinel").write_bytes(b"last")
+    found: list[str] = []  # the root of each file a scan yields, in order
+
+    def watched_scan(root: str, *args: Any, **kwargs: Any) -> Iterator[Candidate]:
+        for candidate in scan(root, *args, **kwargs):
+            found.append(root)
+            yield candidate
+
+    monkeypatch.setattr(discovery_module, "scan", watched_scan)
+    job = parse_job_text(
+        f"source: {{paths: [{first}, {second}], settle: 0s}}\ndestination: {{bucket: lab-raw}}\n",
+        name="lab",
+        defaults=S3Settings(),
+    )
+    discovery = Discovery(Ledger(migrated_dsn), host="host-a")
+    discovery.start()
+    try:
+        discovery.set_jobs({"lab": job})
+        wait_for(
+            lambda: sql("SELECT count(*) FROM file_versions")[0][0] == 3 * SCAN_SLICE + 1,
+            timeout=30,
+            message="both roots queued",
+        )
+    finally:
+        discovery.stop(time.monotonic() + 10)
+    assert found == [str(first)] * (3 * SCAN_SLICE) + [str(second)]

@@ -130,8 +130,9 @@ class Discovery:
         self.inbox: queue.SimpleQueue[_Inbox] = queue.SimpleQueue()
         self._jobs: dict[str, _JobState] = {}
         self._leading: set[str] = set()  # shared jobs whose files this host discovers
-        # Scans in progress, a slice each in turn, so that one job's many scans (a storm of
-        # overflows, a tree of new directories) cannot hold back another job's.
+        # Scans in progress, first in first out within a job, the jobs a slice each in
+        # turn, so that one job's many scans (a storm of overflows, a tree of new
+        # directories) cannot hold back another job's.
         self._scans: deque[_Scan] = deque()
         # (job, path) of the scans not begun: asking again for one of them adds nothing.
         self._waiting: set[tuple[str, str]] = set()
@@ -353,7 +354,15 @@ class Discovery:
             seen = 0
         self._scans.popleft()
         if seen == SCAN_SLICE:
-            self._scans.append(current)  # the next slice after one of each other scan
+            self._scans.appendleft(current)
+        self._take_turns(current.job)
+
+    def _take_turns(self, job: str) -> None:
+        """After a slice, the job's scans (in their order) go behind the other jobs': jobs
+        take turns, and a job's own roots are still scanned one after the other."""
+        mine = [s for s in self._scans if s.job == job]
+        if len(mine) < len(self._scans):
+            self._scans = deque([*(s for s in self._scans if s.job != job), *mine])
 
     def _observe(self, state: _JobState, candidate: Candidate, source: str) -> None:
         key = (candidate.root, candidate.relpath)
